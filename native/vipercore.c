@@ -1,0 +1,1335 @@
+/*
+ * viperdbm._vipercore: the hot paths of viperdbm in C.
+ *
+ * This extension never calls libpmemobj (that binding is viperdbm/_pmemobj.py, ctypes).
+ * Python hands it the address and mapped length of a pool, and the blocks that Python
+ * allocated there; the core then
+ *   - appends records to the active block (Viper's sequential VPage writes),
+ *   - keeps the volatile DRAM hash index: key -> pool offset of the newest record,
+ *     8 bytes a slot, no copy of keys or values (keys are compared in the pool),
+ *   - scans blocks at open to rebuild the index (Viper's recovery), bounds-checking
+ *     every length read from the media before touching memory,
+ *   - copies live records during reorganize().
+ * The record and block formats are described in docs/format.md.
+ *
+ * Concurrency: every method runs with the GIL held and never releases it, so each call is
+ * atomic with respect to other Python threads. Slow paths (allocating a block) are done by
+ * Python under its own lock, signalled by the NEED_* return codes below.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "vipercore.h"
+
+/* ------------------------------------------------------------------ return codes */
+#define RC_OK 0
+#define RC_NEED_BLOCK 1 /* the active block is full (or there is none): add a block */
+#define RC_NEED_JUMBO 2 /* the record is too large for a standard block */
+#define RC_FREEABLE 3   /* done; some block became entirely dead: free it */
+#define RC_BUSY 4       /* reorganize() is running: wait for it (take the store lock), retry */
+
+#define PERSIST_NONE 0  /* ordinary file or tmpfs: the page cache survives kill -9 */
+#define PERSIST_MSYNC 1 /* flag 's': msync each record before acknowledging it */
+#define PERSIST_FUNC 2  /* real PMem (DAX): pmem_persist each record, as Viper does */
+
+static PyObject *ClosedError; /* set by set_error_classes() */
+static PyObject *CorruptedError;
+
+/* ------------------------------------------------------------------ crc32c */
+static uint32_t crc_table[8][256];
+
+static void crc_init(void) {
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+        crc_table[0][i] = c;
+    }
+    for (uint32_t i = 0; i < 256; i++)
+        for (int t = 1; t < 8; t++)
+            crc_table[t][i] = (crc_table[t - 1][i] >> 8) ^ crc_table[0][crc_table[t - 1][i] & 0xFF];
+}
+
+static uint32_t crc_sw(uint32_t crc, const uint8_t *p, size_t n) {
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        w ^= crc;
+        crc = crc_table[7][w & 0xFF] ^ crc_table[6][(w >> 8) & 0xFF] ^
+              crc_table[5][(w >> 16) & 0xFF] ^ crc_table[4][(w >> 24) & 0xFF] ^
+              crc_table[3][(w >> 32) & 0xFF] ^ crc_table[2][(w >> 40) & 0xFF] ^
+              crc_table[1][(w >> 48) & 0xFF] ^ crc_table[0][w >> 56];
+        p += 8;
+        n -= 8;
+    }
+    while (n--) crc = (crc >> 8) ^ crc_table[0][(crc ^ *p++) & 0xFF];
+    return crc;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("sse4.2"))) static uint32_t crc_hw(uint32_t crc, const uint8_t *p, size_t n) {
+    uint64_t c = crc;
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        c = __builtin_ia32_crc32di(c, w);
+        p += 8;
+        n -= 8;
+    }
+    uint32_t c32 = (uint32_t)c;
+    while (n--) c32 = __builtin_ia32_crc32qi(c32, *p++);
+    return c32;
+}
+#endif
+
+static int have_hw_crc = 0;
+
+static uint32_t crc32c_update(uint32_t crc, const void *data, size_t n) {
+#if defined(__x86_64__)
+    if (have_hw_crc) return crc_hw(crc, (const uint8_t *)data, n);
+#endif
+    return crc_sw(crc, (const uint8_t *)data, n);
+}
+
+/* ------------------------------------------------------------------ hashing */
+static inline uint64_t rd64(const uint8_t *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+
+static inline uint64_t mix64(uint64_t a, uint64_t b) {
+    __uint128_t r = (__uint128_t)a * b;
+    return (uint64_t)r ^ (uint64_t)(r >> 64);
+}
+
+/* A wyhash-style 64-bit hash; the index is volatile, so it never reaches the media. */
+static uint64_t key_hash(const uint8_t *p, size_t n) {
+    const uint64_t k0 = 0xa0761d6478bd642full, k1 = 0xe7037ed1a0b428dbull, k2 = 0x8ebc6af09c88c6e3ull;
+    uint64_t h = k0 ^ mix64((uint64_t)n ^ k1, k2);
+    size_t i = n;
+    while (i >= 16) {
+        h = mix64(rd64(p) ^ k1, rd64(p + 8) ^ h);
+        p += 16;
+        i -= 16;
+    }
+    uint64_t a = 0, b = 0;
+    if (i >= 8) {
+        a = rd64(p);
+        memcpy(&b, p + 8, i - 8);
+    } else {
+        memcpy(&a, p, i);
+    }
+    return mix64(a ^ k1 ^ h, b ^ k2 ^ (uint64_t)n);
+}
+
+/* ------------------------------------------------------------------ media helpers */
+static inline uint32_t rd32(const uint8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+static inline void wr32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
+static inline void wr64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
+static inline uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) & ~(a - 1); }
+
+static inline uint64_t header_len_for(uint64_t klen) {
+    return klen > VD_KLEN_SHORT_MAX ? VD_RECORD_HEADER_SIZE + 4 : VD_RECORD_HEADER_SIZE;
+}
+
+static inline uint64_t record_len_for(uint64_t klen, uint64_t vlen) {
+    return header_len_for(klen) + klen + vlen;
+}
+
+/* A record as parsed from the media (only ever from validated or self-written bytes). */
+typedef struct {
+    uint64_t seq, klen, vlen, hlen, total; /* total = header + key + value, unaligned */
+    unsigned kind;
+} Rec;
+
+static inline void rec_parse(const uint8_t *r, Rec *out) {
+    uint64_t meta = rd64(r + 8);
+    out->vlen = rd32(r + 4);
+    out->seq = meta & VD_SEQ_MASK;
+    out->kind = (unsigned)((meta >> VD_KIND_SHIFT) & 0xF);
+    uint64_t kshort = meta >> VD_KLEN_SHIFT;
+    if (kshort == VD_KLEN_EXTENDED) {
+        out->klen = rd32(r + 16);
+        out->hlen = VD_RECORD_HEADER_SIZE + 4;
+    } else {
+        out->klen = kshort;
+        out->hlen = VD_RECORD_HEADER_SIZE;
+    }
+    out->total = out->hlen + out->klen + out->vlen;
+}
+
+/* ------------------------------------------------------------------ the Core object */
+typedef struct {
+    uint64_t off;       /* pool offset of the block object */
+    uint64_t size;      /* bytes of the block that the log may use (from its header) */
+    uint64_t log_start; /* pool offset of the first record */
+    uint64_t end;       /* pool offset just past the last valid record */
+    uint64_t live, live_bytes, dead_bytes, tombstones;
+    uint64_t seq_max;
+    unsigned kind;
+    int old; /* being compacted away by reorganize() */
+} Block;
+
+typedef struct {
+    PyObject_HEAD uint8_t *base; /* NULL once closed */
+    uint64_t mapped;             /* bytes of the pool that are mapped: bound for every offset */
+    /* index: open addressing, linear probing, slot = tag:24 | (offset >> 2):40, 0 = empty */
+    uint64_t *slots;
+    uint64_t cap, count, tombs_in_index;
+    Block *blocks; /* sorted by off */
+    size_t nblocks, blocks_cap;
+    Py_ssize_t active; /* index in blocks[] of the block being appended to, or -1 */
+    uint64_t next_seq, floor, max_seq_seen;
+    int persist_mode;
+    void (*persist_fn)(const void *, size_t);
+    int recovering;
+    uint64_t compact_cursor;
+    int compacting; /* between compact_begin() and compact_end(): mutators get RC_BUSY */
+    uint64_t writes; /* mutation counter, for stats */
+} Core;
+
+#define SLOT_OFF_BITS 40
+#define SLOT_OFF_MASK ((UINT64_C(1) << SLOT_OFF_BITS) - 1)
+#define SLOT_TAG(h) ((((h) >> 40) & 0xFFFFFFu) | 1u) /* never 0, so a used slot is never 0 */
+
+static inline uint64_t slot_make(uint64_t h, uint64_t off) {
+    return ((uint64_t)SLOT_TAG(h) << SLOT_OFF_BITS) | (off >> 2);
+}
+static inline uint64_t slot_off(uint64_t s) { return (s & SLOT_OFF_MASK) << 2; }
+static inline uint64_t slot_tag(uint64_t s) { return s >> SLOT_OFF_BITS; }
+
+static int core_check_open(Core *c) {
+    if (c->base == NULL) {
+        PyErr_SetString(ClosedError ? ClosedError : PyExc_ValueError,
+                        "DBM object has already been closed");
+        return -1;
+    }
+    return 0;
+}
+
+/* Get the key bytes of a Python key: bytes, str (UTF-8) or another bytes-like object. */
+typedef struct {
+    const uint8_t *p;
+    Py_ssize_t n;
+    Py_buffer view;
+    int has_view;
+} KeyArg;
+
+static int keyarg_get(PyObject *o, KeyArg *k, const char *what) {
+    k->has_view = 0;
+    if (PyBytes_CheckExact(o)) {
+        k->p = (const uint8_t *)PyBytes_AS_STRING(o);
+        k->n = PyBytes_GET_SIZE(o);
+        return 0;
+    }
+    if (PyUnicode_Check(o)) {
+        const char *s = PyUnicode_AsUTF8AndSize(o, &k->n);
+        if (s == NULL) return -1;
+        k->p = (const uint8_t *)s;
+        return 0;
+    }
+    if (PyObject_CheckBuffer(o)) {
+        if (PyObject_GetBuffer(o, &k->view, PyBUF_SIMPLE) < 0) return -1;
+        k->p = (const uint8_t *)k->view.buf;
+        k->n = k->view.len;
+        k->has_view = 1;
+        return 0;
+    }
+    PyErr_Format(PyExc_TypeError, "%s must be bytes or str, not %.100s", what, Py_TYPE(o)->tp_name);
+    return -1;
+}
+
+static void keyarg_release(KeyArg *k) {
+    if (k->has_view) PyBuffer_Release(&k->view);
+}
+
+/* ------------------------------------------------------------------ blocks registry */
+static Py_ssize_t block_find(Core *c, uint64_t off) {
+    /* the block containing pool offset off, or -1 */
+    size_t lo = 0, hi = c->nblocks;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (c->blocks[mid].off <= off)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo == 0) return -1;
+    Block *b = &c->blocks[lo - 1];
+    if (off < b->off + b->size) return (Py_ssize_t)(lo - 1);
+    return -1;
+}
+
+static Py_ssize_t block_insert(Core *c, const Block *nb) {
+    if (c->nblocks == c->blocks_cap) {
+        size_t ncap = c->blocks_cap ? c->blocks_cap * 2 : 64;
+        Block *n = PyMem_Realloc(c->blocks, ncap * sizeof(Block));
+        if (!n) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        c->blocks = n;
+        c->blocks_cap = ncap;
+    }
+    size_t i = 0;
+    while (i < c->nblocks && c->blocks[i].off < nb->off) i++;
+    if (i < c->nblocks && c->blocks[i].off == nb->off) {
+        PyErr_SetString(PyExc_ValueError, "block registered twice");
+        return -1;
+    }
+    /* blocks must not overlap */
+    if ((i > 0 && c->blocks[i - 1].off + c->blocks[i - 1].size > nb->off) ||
+        (i < c->nblocks && nb->off + nb->size > c->blocks[i].off)) {
+        PyErr_SetString(CorruptedError ? CorruptedError : PyExc_ValueError, "overlapping blocks in the pool");
+        return -1;
+    }
+    memmove(&c->blocks[i + 1], &c->blocks[i], (c->nblocks - i) * sizeof(Block));
+    c->blocks[i] = *nb;
+    c->nblocks++;
+    if (c->active >= (Py_ssize_t)i) c->active++;
+    return (Py_ssize_t)i;
+}
+
+/* account a record (at pool offset off, aligned length len) as dead in its block */
+static int account_dead(Core *c, uint64_t off, uint64_t len) {
+    Py_ssize_t bi = block_find(c, off);
+    if (bi < 0) return 0;
+    Block *b = &c->blocks[bi];
+    if (b->live) b->live--;
+    b->live_bytes = b->live_bytes >= len ? b->live_bytes - len : 0;
+    b->dead_bytes += len;
+    return b->live == 0 && b->tombstones == 0 && bi != c->active;
+}
+
+/* ------------------------------------------------------------------ index */
+static int index_alloc(Core *c, uint64_t cap) {
+    uint64_t *s = PyMem_Calloc(cap, sizeof(uint64_t));
+    if (!s) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    c->slots = s;
+    c->cap = cap;
+    return 0;
+}
+
+static const uint8_t *rec_key(Core *c, uint64_t off, Rec *r) {
+    const uint8_t *p = c->base + off;
+    rec_parse(p, r);
+    return p + r->hlen;
+}
+
+/* Find key; returns slot index if found, else -(insert position) - 1. */
+static int64_t index_lookup(Core *c, const uint8_t *key, uint64_t klen, uint64_t h) {
+    uint64_t mask = c->cap - 1, i = h & mask, tag = SLOT_TAG(h);
+    for (;;) {
+        uint64_t s = c->slots[i];
+        if (s == 0) return -(int64_t)i - 1;
+        if (slot_tag(s) == tag) {
+            Rec r;
+            const uint8_t *k = rec_key(c, slot_off(s), &r);
+            if (r.klen == klen && memcmp(k, key, klen) == 0) return (int64_t)i;
+        }
+        i = (i + 1) & mask;
+    }
+}
+
+static uint64_t hash_of_slot(Core *c, uint64_t s) {
+    Rec r;
+    const uint8_t *k = rec_key(c, slot_off(s), &r);
+    return key_hash(k, r.klen);
+}
+
+static int index_resize(Core *c, uint64_t ncap) {
+    uint64_t *old = c->slots, ocap = c->cap;
+    if (index_alloc(c, ncap) < 0) {
+        c->slots = old;
+        c->cap = ocap;
+        return -1;
+    }
+    uint64_t mask = ncap - 1;
+    for (uint64_t i = 0; i < ocap; i++) {
+        uint64_t s = old[i];
+        if (!s) continue;
+        uint64_t j = hash_of_slot(c, s) & mask;
+        while (c->slots[j]) j = (j + 1) & mask;
+        c->slots[j] = s;
+    }
+    PyMem_Free(old);
+    return 0;
+}
+
+/* make room for one more entry before anything is written */
+static int index_reserve(Core *c) {
+    if ((c->count + 1) * 4 > c->cap * 3) return index_resize(c, c->cap * 2);
+    return 0;
+}
+
+static void index_remove_at(Core *c, uint64_t i) {
+    /* backward-shift deletion keeps linear probing correct without tombstones */
+    uint64_t mask = c->cap - 1, j = i;
+    c->slots[i] = 0;
+    for (;;) {
+        j = (j + 1) & mask;
+        uint64_t s = c->slots[j];
+        if (!s) break;
+        uint64_t home = hash_of_slot(c, s) & mask;
+        /* move s into the hole at i if its home is not in the cyclic range (i, j] */
+        int in_range = (i <= j) ? (home > i && home <= j) : (home > i || home <= j);
+        if (!in_range) {
+            c->slots[i] = s;
+            c->slots[j] = 0;
+            i = j;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ writing records */
+static void persist_range(Core *c, uint64_t off, uint64_t len) {
+    if (c->persist_mode == PERSIST_FUNC && c->persist_fn) {
+        c->persist_fn(c->base + off, (size_t)len);
+    } else if (c->persist_mode == PERSIST_MSYNC) {
+        uint64_t start = off & ~(uint64_t)(VD_PAGE_SIZE - 1);
+        uint64_t stop = align_up(off + len, VD_PAGE_SIZE);
+        (void)msync(c->base + start, (size_t)(stop - start), MS_SYNC);
+    }
+}
+
+/* Write one record at pool offset off. The CRC word goes last: until it is stored the
+ * header does not verify, so a crash mid-copy leaves a record that recovery ignores. */
+static void write_record(Core *c, uint64_t off, unsigned kind, uint64_t seq, const uint8_t *key,
+                         uint64_t klen, const uint8_t *val, uint64_t vlen) {
+    uint8_t *r = c->base + off;
+    uint64_t hlen = header_len_for(klen);
+    uint64_t kfield = klen > VD_KLEN_SHORT_MAX ? VD_KLEN_EXTENDED : klen;
+    wr32(r + 4, (uint32_t)vlen);
+    wr64(r + 8, (seq & VD_SEQ_MASK) | ((uint64_t)kind << VD_KIND_SHIFT) | (kfield << VD_KLEN_SHIFT));
+    if (hlen > VD_RECORD_HEADER_SIZE) wr32(r + 16, (uint32_t)klen);
+    if (klen) memcpy(r + hlen, key, klen);
+    if (vlen) memcpy(r + hlen + klen, val, vlen);
+    uint32_t crc = crc32c_update(0xFFFFFFFFu, r + 4, hlen - 4 + klen + vlen) ^ 0xFFFFFFFFu;
+    __atomic_store_n((uint32_t *)r, crc, __ATOMIC_RELEASE);
+}
+
+/* Where in the active block a record of len bytes goes (padding to the next page when it
+ * does not fit in the rest of this one); 0 if the block has no room. */
+static uint64_t place_record(Core *c, Block *b, uint64_t len, uint64_t *pad_at, uint64_t *pad_len) {
+    uint64_t pos = b->end, block_end = b->off + b->size;
+    *pad_len = 0;
+    uint64_t in_page = pos % VD_PAGE_SIZE, room = VD_PAGE_SIZE - in_page;
+    if (in_page != 0 && len > room) {
+        *pad_at = pos;
+        *pad_len = room;
+        pos += room;
+    }
+    if (pos + len > block_end) return 0;
+    (void)c;
+    return pos;
+}
+
+static void write_pad(Core *c, uint64_t at, uint64_t len) {
+    if (len < VD_RECORD_HEADER_SIZE) return; /* recovery skips a page tail shorter than a header */
+    write_record(c, at, VD_KIND_PAD, 0, NULL, 0, NULL, len - VD_RECORD_HEADER_SIZE);
+}
+
+/* Append a record to the active block and point the index at it. */
+static int append_record(Core *c, unsigned kind, const uint8_t *key, uint64_t klen, const uint8_t *val,
+                         uint64_t vlen, uint64_t *out_off) {
+    uint64_t len = record_len_for(klen, vlen);
+    if (len > VD_INLINE_MAX) return RC_NEED_JUMBO;
+    if (c->active < 0) return RC_NEED_BLOCK;
+    Block *b = &c->blocks[c->active];
+    uint64_t pad_at = 0, pad_len = 0;
+    uint64_t alen = align_up(len, VD_RECORD_ALIGN);
+    uint64_t pos = place_record(c, b, alen, &pad_at, &pad_len);
+    if (pos == 0) return RC_NEED_BLOCK;
+    if (pad_len) write_pad(c, pad_at, pad_len);
+    write_record(c, pos, kind, c->next_seq++, key, klen, val, vlen);
+    persist_range(c, pad_len ? pad_at : pos, (pos - (pad_len ? pad_at : pos)) + len);
+    b->end = pos + alen;
+    b->seq_max = c->next_seq - 1;
+    *out_off = pos;
+    return RC_OK;
+}
+
+/* ------------------------------------------------------------------ Core methods */
+static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"base", "mapped", "capacity_hint", NULL};
+    unsigned long long base = 0, mapped = 0, hint = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "KK|K", kwlist, &base, &mapped, &hint)) return NULL;
+    if (base == 0 || (base % VD_PAGE_SIZE) != 0) {
+        PyErr_SetString(PyExc_ValueError, "pool base must be a non-null page-aligned address");
+        return NULL;
+    }
+    Core *c = (Core *)type->tp_alloc(type, 0);
+    if (!c) return NULL;
+    c->base = (uint8_t *)(uintptr_t)base;
+    c->mapped = mapped;
+    c->active = -1;
+    c->next_seq = 1;
+    uint64_t cap = 1024;
+    while (cap * 3 < hint * 4 + 4) cap *= 2;
+    if (index_alloc(c, cap) < 0) {
+        Py_DECREF(c);
+        return NULL;
+    }
+    return (PyObject *)c;
+}
+
+static void Core_dealloc(Core *c) {
+    PyMem_Free(c->slots);
+    PyMem_Free(c->blocks);
+    Py_TYPE(c)->tp_free((PyObject *)c);
+}
+
+static PyObject *Core_invalidate(Core *c, PyObject *unused) {
+    (void)unused;
+    c->base = NULL; /* after this no method touches the mapping */
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_set_mapped(Core *c, PyObject *arg) {
+    unsigned long long m = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred()) return NULL;
+    if (m < c->mapped) {
+        PyErr_SetString(PyExc_ValueError, "the mapped size of a pool never shrinks");
+        return NULL;
+    }
+    c->mapped = m;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_set_persist(Core *c, PyObject *args) {
+    int mode;
+    unsigned long long fn = 0;
+    if (!PyArg_ParseTuple(args, "i|K", &mode, &fn)) return NULL;
+    if (mode < PERSIST_NONE || mode > PERSIST_FUNC || (mode == PERSIST_FUNC && fn == 0)) {
+        PyErr_SetString(PyExc_ValueError, "bad persist mode");
+        return NULL;
+    }
+    c->persist_mode = mode;
+    c->persist_fn = (void (*)(const void *, size_t))(uintptr_t)fn;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_set_floor(Core *c, PyObject *arg) {
+    unsigned long long f = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred()) return NULL;
+    c->floor = f;
+    if (c->next_seq < f) c->next_seq = f;
+    Py_RETURN_NONE;
+}
+
+/* Initialise a freshly allocated (zeroed) block object: write its header. */
+static int init_block_header(Core *c, uint64_t off, uint64_t size, unsigned kind, uint64_t *log_start) {
+    uint8_t *h = c->base + off;
+    uint64_t ls = kind == VD_BLOCK_KIND_STANDARD ? align_up(off + VD_BLOCK_HEADER_SIZE, VD_PAGE_SIZE)
+                                                 : off + VD_BLOCK_HEADER_SIZE;
+    memset(h, 0, VD_BLOCK_HEADER_SIZE);
+    wr32(h + 8, VD_FORMAT_VERSION);
+    wr32(h + 12, kind);
+    wr64(h + 16, size);
+    wr64(h + 24, ls - off);
+    uint32_t crc = crc32c_update(0xFFFFFFFFu, h + 8, VD_BLOCK_HEADER_SIZE - 8) ^ 0xFFFFFFFFu;
+    wr32(h + 4, crc);
+    __atomic_store_n((uint32_t *)h, VD_BLOCK_MAGIC, __ATOMIC_RELEASE);
+    persist_range(c, off, VD_BLOCK_HEADER_SIZE);
+    *log_start = ls;
+    return 0;
+}
+
+static int check_block_bounds(Core *c, uint64_t off, uint64_t usable) {
+    if (off == 0 || off % 8 || usable < VD_BLOCK_HEADER_SIZE + VD_RECORD_HEADER_SIZE || off > c->mapped ||
+        usable > c->mapped - off) {
+        PyErr_Format(CorruptedError, "block at offset %llu (size %llu) lies outside the pool (%llu bytes)",
+                     (unsigned long long)off, (unsigned long long)usable, (unsigned long long)c->mapped);
+        return -1;
+    }
+    return 0;
+}
+
+/* add_block(off, usable_size): a new zeroed standard block becomes the active block */
+static PyObject *Core_add_block(Core *c, PyObject *args) {
+    unsigned long long off, usable;
+    if (!PyArg_ParseTuple(args, "KK", &off, &usable)) return NULL;
+    if (core_check_open(c) < 0 || check_block_bounds(c, off, usable) < 0) return NULL;
+    uint64_t size = usable < VD_BLOCK_SIZE ? usable : VD_BLOCK_SIZE;
+    Block b = {0};
+    b.off = off;
+    b.size = size;
+    b.kind = VD_BLOCK_KIND_STANDARD;
+    init_block_header(c, off, size, VD_BLOCK_KIND_STANDARD, &b.log_start);
+    b.end = b.log_start;
+    Py_ssize_t prev = c->active;
+    uint64_t prev_off = prev >= 0 ? c->blocks[prev].off : 0;
+    Py_ssize_t i = block_insert(c, &b);
+    if (i < 0) return NULL;
+    c->active = i;
+    /* the block we leave may already be entirely dead */
+    if (prev >= 0) {
+        Py_ssize_t pi = block_find(c, prev_off);
+        if (pi >= 0 && c->blocks[pi].live == 0 && c->blocks[pi].tombstones == 0) return PyLong_FromLong(RC_FREEABLE);
+    }
+    return PyLong_FromLong(RC_OK);
+}
+
+static int do_put(Core *c, const uint8_t *key, uint64_t klen, const uint8_t *val, uint64_t vlen, uint64_t jumbo_off,
+                  uint64_t jumbo_size) {
+    if (klen > VD_MAX_KEY || vlen > VD_MAX_VALUE) {
+        PyErr_SetString(PyExc_ValueError, "key or value too large for viperdbm (limit 4 GiB)");
+        return -1;
+    }
+    uint64_t h = key_hash(key, klen);
+    if (index_reserve(c) < 0) return -1;
+    uint64_t off;
+    if (jumbo_off) {
+        uint64_t len = record_len_for(klen, vlen);
+        Block b = {0};
+        b.off = jumbo_off;
+        b.size = jumbo_size;
+        b.kind = VD_BLOCK_KIND_JUMBO;
+        init_block_header(c, jumbo_off, jumbo_size, VD_BLOCK_KIND_JUMBO, &b.log_start);
+        if (b.log_start + len > jumbo_off + jumbo_size) {
+            PyErr_SetString(PyExc_ValueError, "jumbo block too small for the record");
+            return -1;
+        }
+        if (block_insert(c, &b) < 0) return -1;
+        off = b.log_start;
+        write_record(c, off, VD_KIND_PUT, c->next_seq++, key, klen, val, vlen);
+        persist_range(c, off, len);
+        Py_ssize_t bi = block_find(c, off);
+        c->blocks[bi].end = off + align_up(len, VD_RECORD_ALIGN);
+        c->blocks[bi].seq_max = c->next_seq - 1;
+    } else {
+        int rc = append_record(c, VD_KIND_PUT, key, klen, val, vlen, &off);
+        if (rc != RC_OK) return rc;
+    }
+    uint64_t alen = align_up(record_len_for(klen, vlen), VD_RECORD_ALIGN);
+    Py_ssize_t bi = block_find(c, off);
+    c->blocks[bi].live++;
+    c->blocks[bi].live_bytes += alen;
+    c->writes++;
+    int64_t i = index_lookup(c, key, klen, h);
+    int freeable = 0;
+    if (i >= 0) {
+        uint64_t old = slot_off(c->slots[i]);
+        Rec r;
+        rec_parse(c->base + old, &r);
+        freeable = account_dead(c, old, align_up(r.total, VD_RECORD_ALIGN));
+        c->slots[i] = slot_make(h, off);
+    } else {
+        c->slots[-i - 1] = slot_make(h, off);
+        c->count++;
+    }
+    return freeable ? RC_FREEABLE : RC_OK;
+}
+
+/* put(key, value) -> 0 ok, 1 need block, 2 need jumbo block, 3 ok and a block is freeable */
+static PyObject *Core_put(Core *c, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "put(key, value)");
+        return NULL;
+    }
+    if (core_check_open(c) < 0) return NULL;
+    if (c->compacting) return PyLong_FromLong(RC_BUSY);
+    KeyArg k, v;
+    if (keyarg_get(args[0], &k, "keys") < 0) return NULL;
+    if (keyarg_get(args[1], &v, "values") < 0) {
+        keyarg_release(&k);
+        return NULL;
+    }
+    int rc = do_put(c, k.p, (uint64_t)k.n, v.p, (uint64_t)v.n, 0, 0);
+    keyarg_release(&k);
+    keyarg_release(&v);
+    if (rc < 0) return NULL;
+    return PyLong_FromLong(rc);
+}
+
+/* jumbo_size(klen, vlen) -> bytes to allocate for a jumbo block holding that record */
+static PyObject *Core_jumbo_size(PyObject *mod, PyObject *args) {
+    (void)mod;
+    unsigned long long klen, vlen;
+    if (!PyArg_ParseTuple(args, "KK", &klen, &vlen)) return NULL;
+    return PyLong_FromUnsignedLongLong(VD_BLOCK_HEADER_SIZE + align_up(record_len_for(klen, vlen), VD_RECORD_ALIGN));
+}
+
+/* put_jumbo(off, usable, key, value): write a record into its own freshly allocated block */
+static PyObject *Core_put_jumbo(Core *c, PyObject *args) {
+    unsigned long long off, usable;
+    PyObject *ko, *vo;
+    if (!PyArg_ParseTuple(args, "KKOO", &off, &usable, &ko, &vo)) return NULL;
+    if (core_check_open(c) < 0 || check_block_bounds(c, off, usable) < 0) return NULL;
+    KeyArg k, v;
+    if (keyarg_get(ko, &k, "keys") < 0) return NULL;
+    if (keyarg_get(vo, &v, "values") < 0) {
+        keyarg_release(&k);
+        return NULL;
+    }
+    int rc = do_put(c, k.p, (uint64_t)k.n, v.p, (uint64_t)v.n, off, usable);
+    keyarg_release(&k);
+    keyarg_release(&v);
+    if (rc < 0) return NULL;
+    return PyLong_FromLong(rc);
+}
+
+/* delete(key) -> -1 missing, 0 ok, 1 need block, 2 need jumbo, 3 ok and freeable */
+static PyObject *Core_delete(Core *c, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 1) {
+        PyErr_SetString(PyExc_TypeError, "delete(key)");
+        return NULL;
+    }
+    if (core_check_open(c) < 0) return NULL;
+    if (c->compacting) return PyLong_FromLong(RC_BUSY);
+    KeyArg k;
+    if (keyarg_get(args[0], &k, "keys") < 0) return NULL;
+    uint64_t h = key_hash(k.p, (uint64_t)k.n);
+    int64_t i = index_lookup(c, k.p, (uint64_t)k.n, h);
+    if (i < 0) {
+        keyarg_release(&k);
+        return PyLong_FromLong(-1);
+    }
+    uint64_t off;
+    int rc = append_record(c, VD_KIND_DEL, k.p, (uint64_t)k.n, NULL, 0, &off);
+    keyarg_release(&k);
+    if (rc != RC_OK) return PyLong_FromLong(rc);
+    Py_ssize_t bi = block_find(c, off);
+    c->blocks[bi].tombstones++;
+    c->blocks[bi].dead_bytes += align_up(record_len_for((uint64_t)k.n, 0), VD_RECORD_ALIGN);
+    uint64_t old = slot_off(c->slots[i]);
+    Rec r;
+    rec_parse(c->base + old, &r);
+    int freeable = account_dead(c, old, align_up(r.total, VD_RECORD_ALIGN));
+    index_remove_at(c, (uint64_t)i);
+    c->count--;
+    c->writes++;
+    return PyLong_FromLong(freeable ? RC_FREEABLE : RC_OK);
+}
+
+/* delete_jumbo(off, usable, key): a tombstone too large for a standard block */
+static PyObject *Core_delete_jumbo(Core *c, PyObject *args) {
+    unsigned long long off, usable;
+    PyObject *ko;
+    if (!PyArg_ParseTuple(args, "KKO", &off, &usable, &ko)) return NULL;
+    if (core_check_open(c) < 0 || check_block_bounds(c, off, usable) < 0) return NULL;
+    KeyArg k;
+    if (keyarg_get(ko, &k, "keys") < 0) return NULL;
+    uint64_t h = key_hash(k.p, (uint64_t)k.n);
+    int64_t i = index_lookup(c, k.p, (uint64_t)k.n, h);
+    if (i < 0) {
+        keyarg_release(&k);
+        return PyLong_FromLong(-1);
+    }
+    uint64_t len = record_len_for((uint64_t)k.n, 0);
+    Block b = {0};
+    b.off = off;
+    b.size = usable;
+    b.kind = VD_BLOCK_KIND_JUMBO;
+    init_block_header(c, off, usable, VD_BLOCK_KIND_JUMBO, &b.log_start);
+    if (b.log_start + len > off + usable) {
+        keyarg_release(&k);
+        PyErr_SetString(PyExc_ValueError, "jumbo block too small for the record");
+        return NULL;
+    }
+    b.end = b.log_start + align_up(len, VD_RECORD_ALIGN);
+    b.tombstones = 1;
+    b.dead_bytes = align_up(len, VD_RECORD_ALIGN);
+    write_record(c, b.log_start, VD_KIND_DEL, c->next_seq++, k.p, (uint64_t)k.n, NULL, 0);
+    persist_range(c, b.log_start, len);
+    b.seq_max = c->next_seq - 1;
+    keyarg_release(&k);
+    if (block_insert(c, &b) < 0) return NULL;
+    uint64_t old = slot_off(c->slots[i]);
+    Rec r;
+    rec_parse(c->base + old, &r);
+    int freeable = account_dead(c, old, align_up(r.total, VD_RECORD_ALIGN));
+    index_remove_at(c, (uint64_t)i);
+    c->count--;
+    c->writes++;
+    return PyLong_FromLong(freeable ? RC_FREEABLE : RC_OK);
+}
+
+static int64_t lookup_arg(Core *c, PyObject *key) {
+    KeyArg k;
+    if (keyarg_get(key, &k, "keys") < 0) return INT64_MIN;
+    int64_t i = index_lookup(c, k.p, (uint64_t)k.n, key_hash(k.p, (uint64_t)k.n));
+    keyarg_release(&k);
+    return i;
+}
+
+static PyObject *value_at(Core *c, int64_t i) {
+    Rec r;
+    const uint8_t *k = rec_key(c, slot_off(c->slots[i]), &r);
+    return PyBytes_FromStringAndSize((const char *)k + r.klen, (Py_ssize_t)r.vlen);
+}
+
+/* get(key, default=None) */
+static PyObject *Core_get(Core *c, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "get(key, default=None)");
+        return NULL;
+    }
+    if (core_check_open(c) < 0) return NULL;
+    int64_t i = lookup_arg(c, args[0]);
+    if (i == INT64_MIN) return NULL;
+    if (i < 0) {
+        PyObject *d = nargs == 2 ? args[1] : Py_None;
+        Py_INCREF(d);
+        return d;
+    }
+    return value_at(c, i);
+}
+
+/* getitem(key): the value, or KeyError */
+static PyObject *Core_getitem(Core *c, PyObject *key) {
+    if (core_check_open(c) < 0) return NULL;
+    int64_t i = lookup_arg(c, key);
+    if (i == INT64_MIN) return NULL;
+    if (i < 0) {
+        PyErr_SetObject(PyExc_KeyError, key);
+        return NULL;
+    }
+    return value_at(c, i);
+}
+
+static PyObject *Core_contains(Core *c, PyObject *key) {
+    if (core_check_open(c) < 0) return NULL;
+    int64_t i = lookup_arg(c, key);
+    if (i == INT64_MIN) return NULL;
+    return PyBool_FromLong(i >= 0);
+}
+
+static Py_ssize_t Core_len(Core *c) {
+    if (core_check_open(c) < 0) return -1;
+    return (Py_ssize_t)c->count;
+}
+
+static PyObject *key_of_slot(Core *c, uint64_t s) {
+    Rec r;
+    const uint8_t *k = rec_key(c, slot_off(s), &r);
+    return PyBytes_FromStringAndSize((const char *)k, (Py_ssize_t)r.klen);
+}
+
+static PyObject *Core_keys(Core *c, PyObject *unused) {
+    (void)unused;
+    if (core_check_open(c) < 0) return NULL;
+    PyObject *list = PyList_New((Py_ssize_t)c->count);
+    if (!list) return NULL;
+    Py_ssize_t n = 0;
+    for (uint64_t i = 0; i < c->cap && n < (Py_ssize_t)c->count; i++) {
+        if (!c->slots[i]) continue;
+        PyObject *k = key_of_slot(c, c->slots[i]);
+        if (!k) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, n++, k);
+    }
+    return list;
+}
+
+static PyObject *next_key_from(Core *c, uint64_t i) {
+    for (; i < c->cap; i++)
+        if (c->slots[i]) return key_of_slot(c, c->slots[i]);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_firstkey(Core *c, PyObject *unused) {
+    (void)unused;
+    if (core_check_open(c) < 0) return NULL;
+    return next_key_from(c, 0);
+}
+
+static PyObject *Core_nextkey(Core *c, PyObject *key) {
+    if (core_check_open(c) < 0) return NULL;
+    int64_t i = lookup_arg(c, key);
+    if (i == INT64_MIN) return NULL;
+    if (i < 0) Py_RETURN_NONE; /* as gdbm: a key that is not there has no successor */
+    return next_key_from(c, (uint64_t)i + 1);
+}
+
+/* ------------------------------------------------------------------ recovery */
+
+/* Apply one valid record found by the scan: the newest version of each key wins.
+ * During recovery the index also holds tombstones (a delete must beat an older put found
+ * later in the scan); count includes them and tombs_in_index counts them. */
+static int recover_record(Core *c, uint64_t off, const Rec *r, uint64_t alen, Block *b) {
+    const uint8_t *key = c->base + off + r->hlen;
+    if (r->seq > c->max_seq_seen) c->max_seq_seen = r->seq;
+    if (r->seq < c->floor) { /* superseded wholesale by a reorganize() */
+        b->dead_bytes += alen;
+        return 0;
+    }
+    if (r->kind == VD_KIND_DEL) b->tombstones++;
+    uint64_t h = key_hash(key, r->klen);
+    if (index_reserve(c) < 0) return -1;
+    int64_t i = index_lookup(c, key, r->klen, h);
+    if (i >= 0) {
+        uint64_t old = slot_off(c->slots[i]);
+        Rec o;
+        rec_parse(c->base + old, &o);
+        if (o.seq == r->seq) {
+            PyErr_Format(CorruptedError, "two records carry sequence number %llu", (unsigned long long)r->seq);
+            return -1;
+        }
+        if (o.seq > r->seq) { /* ours is the older one */
+            b->dead_bytes += alen;
+            return 0;
+        }
+        if (o.kind == VD_KIND_PUT)
+            account_dead(c, old, align_up(o.total, VD_RECORD_ALIGN));
+        else
+            c->tombs_in_index--;
+        c->slots[i] = slot_make(h, off);
+    } else {
+        c->slots[-i - 1] = slot_make(h, off);
+        c->count++;
+    }
+    if (r->kind == VD_KIND_PUT) {
+        b->live++;
+        b->live_bytes += alen;
+    } else {
+        b->dead_bytes += alen;
+        c->tombs_in_index++;
+    }
+    return 0;
+}
+
+/* scan_block(off, usable) -> (status, records)
+ * status 0: a valid block, scanned; 1: no valid header (allocated but never initialised). */
+static PyObject *Core_scan_block(Core *c, PyObject *args) {
+    unsigned long long off, usable;
+    if (!PyArg_ParseTuple(args, "KK", &off, &usable)) return NULL;
+    if (core_check_open(c) < 0 || check_block_bounds(c, off, usable) < 0) return NULL;
+    const uint8_t *h = c->base + off;
+    uint32_t magic = rd32(h), hcrc = rd32(h + 4);
+    uint32_t want = crc32c_update(0xFFFFFFFFu, h + 8, VD_BLOCK_HEADER_SIZE - 8) ^ 0xFFFFFFFFu;
+    if (magic != VD_BLOCK_MAGIC || hcrc != want) return Py_BuildValue("(ii)", 1, 0);
+    uint32_t version = rd32(h + 8), kind = rd32(h + 12);
+    uint64_t size = rd64(h + 16), ls_rel = rd64(h + 24);
+    if (version != VD_FORMAT_VERSION) {
+        PyErr_Format(CorruptedError, "block at offset %llu has format version %u, expected %u",
+                     (unsigned long long)off, version, VD_FORMAT_VERSION);
+        return NULL;
+    }
+    if ((kind != VD_BLOCK_KIND_STANDARD && kind != VD_BLOCK_KIND_JUMBO) || size > usable ||
+        ls_rel < VD_BLOCK_HEADER_SIZE || ls_rel > size) {
+        PyErr_Format(CorruptedError, "block at offset %llu has an impossible header", (unsigned long long)off);
+        return NULL;
+    }
+    Block nb = {0};
+    nb.off = off;
+    nb.size = size;
+    nb.kind = kind;
+    nb.log_start = off + ls_rel;
+    nb.end = nb.log_start;
+    /* register the block before scanning, so that a record superseded by a later one in
+     * the same block is accounted to it (no other block is inserted during the scan) */
+    Py_ssize_t bi = block_insert(c, &nb);
+    if (bi < 0) return NULL;
+    Block *b = &c->blocks[bi];
+    uint64_t pos = b->log_start, end = off + size, prev_seq = 0, nrec = 0;
+    while (pos + VD_RECORD_HEADER_SIZE <= end) {
+        uint64_t room = VD_PAGE_SIZE - pos % VD_PAGE_SIZE;
+        if (kind == VD_BLOCK_KIND_STANDARD && room < VD_RECORD_HEADER_SIZE) {
+            pos += room;
+            continue;
+        }
+        const uint8_t *r = c->base + pos;
+        if (rd64(r) == 0 && rd64(r + 8) == 0) break; /* the end of the log */
+        uint64_t meta = rd64(r + 8);
+        unsigned rk = (unsigned)((meta >> VD_KIND_SHIFT) & 0xF);
+        if (rk < VD_KIND_PUT || rk > VD_KIND_PAD) break;
+        uint64_t kshort = meta >> VD_KLEN_SHIFT;
+        uint64_t hlen = kshort == VD_KLEN_EXTENDED ? VD_RECORD_HEADER_SIZE + 4 : VD_RECORD_HEADER_SIZE;
+        if (pos + hlen > end) break;
+        Rec rec;
+        rec_parse(r, &rec);
+        if (rec.total > end - pos) break; /* the length runs past the block: torn or damaged */
+        uint32_t crc = crc32c_update(0xFFFFFFFFu, r + 4, rec.total - 4) ^ 0xFFFFFFFFu;
+        if (crc != rd32(r)) break; /* a torn write: the log ends here */
+        uint64_t alen = align_up(rec.total, VD_RECORD_ALIGN);
+        if (rec.kind == VD_KIND_PAD) {
+            pos += alen;
+            continue;
+        }
+        if (rec.seq <= prev_seq || rec.seq == 0) break; /* sequence numbers only grow in a log */
+        prev_seq = rec.seq;
+        if (recover_record(c, pos, &rec, alen, b) < 0) return NULL;
+        nrec++;
+        pos += alen;
+        if (kind == VD_BLOCK_KIND_JUMBO) break; /* a jumbo block holds one record */
+    }
+    b->end = pos;
+    b->seq_max = prev_seq;
+    return Py_BuildValue("(iK)", 0, (unsigned long long)nrec);
+}
+
+/* finish_recovery(writable) -> list of offsets of blocks that hold nothing needed.
+ * Removes the tombstones from the index, sets the next sequence number and, when the store
+ * is writable, resumes appending in the newest standard block (zeroing its tail first, so
+ * that bytes of a torn record can never be mistaken for records). */
+static PyObject *Core_finish_recovery(Core *c, PyObject *arg) {
+    int writable = PyObject_IsTrue(arg);
+    if (writable < 0 || core_check_open(c) < 0) return NULL;
+    if (c->tombs_in_index) {
+        for (uint64_t i = 0; i < c->cap;) {
+            uint64_t s = c->slots[i];
+            if (s) {
+                Rec r;
+                rec_parse(c->base + slot_off(s), &r);
+                if (r.kind == VD_KIND_DEL) {
+                    index_remove_at(c, i);
+                    c->count--;
+                    continue; /* a later entry may have shifted into slot i */
+                }
+            }
+            i++;
+        }
+        c->tombs_in_index = 0;
+    }
+    if (c->max_seq_seen + 1 > c->next_seq) c->next_seq = c->max_seq_seen + 1;
+    if (c->next_seq < c->floor) c->next_seq = c->floor;
+    c->active = -1;
+    if (writable) {
+        Py_ssize_t best = -1;
+        for (size_t i = 0; i < c->nblocks; i++) {
+            Block *b = &c->blocks[i];
+            if (b->kind != VD_BLOCK_KIND_STANDARD) continue;
+            if (b->end + VD_PAGE_SIZE > b->off + b->size) continue; /* (nearly) full */
+            if (best < 0 || b->seq_max > c->blocks[best].seq_max) best = (Py_ssize_t)i;
+        }
+        if (best >= 0) {
+            Block *b = &c->blocks[best];
+            uint8_t *tail = c->base + b->end;
+            uint64_t tail_len = b->off + b->size - b->end;
+            int dirty = 0;
+            for (uint64_t j = 0; j < tail_len; j += 8) {
+                uint64_t w;
+                memcpy(&w, tail + j, tail_len - j >= 8 ? 8 : tail_len - j);
+                if (w) {
+                    dirty = 1;
+                    break;
+                }
+            }
+            if (dirty) {
+                memset(tail, 0, tail_len);
+                persist_range(c, b->end, tail_len);
+            }
+            c->active = best;
+        }
+    }
+    PyObject *out = PyList_New(0);
+    if (!out) return NULL;
+    for (size_t i = 0; i < c->nblocks; i++) {
+        Block *b = &c->blocks[i];
+        if ((Py_ssize_t)i == c->active || b->live || b->tombstones) continue;
+        PyObject *o = PyLong_FromUnsignedLongLong(b->off);
+        if (!o || PyList_Append(out, o) < 0) {
+            Py_XDECREF(o);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(o);
+    }
+    return out;
+}
+
+/* freeable() -> offsets of blocks that hold no live record and no tombstone */
+static PyObject *Core_freeable(Core *c, PyObject *unused) {
+    (void)unused;
+    if (core_check_open(c) < 0) return NULL;
+    PyObject *out = PyList_New(0);
+    if (!out) return NULL;
+    for (size_t i = 0; i < c->nblocks; i++) {
+        Block *b = &c->blocks[i];
+        if ((Py_ssize_t)i == c->active || b->live || b->tombstones) continue;
+        PyObject *o = PyLong_FromUnsignedLongLong(b->off);
+        if (!o || PyList_Append(out, o) < 0) {
+            Py_XDECREF(o);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(o);
+    }
+    return out;
+}
+
+/* drop_block(off): forget a block that Python has just freed in the pool */
+static PyObject *Core_drop_block(Core *c, PyObject *arg) {
+    unsigned long long off = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred()) return NULL;
+    Py_ssize_t i = block_find(c, off);
+    if (i < 0 || c->blocks[i].off != off) {
+        PyErr_SetString(PyExc_ValueError, "no block at that offset");
+        return NULL;
+    }
+    if (i == c->active) {
+        PyErr_SetString(PyExc_ValueError, "the active block cannot be dropped");
+        return NULL;
+    }
+    memmove(&c->blocks[i], &c->blocks[i + 1], (c->nblocks - (size_t)i - 1) * sizeof(Block));
+    c->nblocks--;
+    if (c->active > i) c->active--;
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------------ reorganize */
+
+/* compact_begin() -> floor: every block existing now is "old"; the next writes go to new
+ * blocks. After compact_step() has copied every live record, the caller persists floor in
+ * the root: from then on recovery ignores every record older than floor. */
+static PyObject *Core_compact_begin(Core *c, PyObject *unused) {
+    (void)unused;
+    if (core_check_open(c) < 0) return NULL;
+    for (size_t i = 0; i < c->nblocks; i++) c->blocks[i].old = 1;
+    c->active = -1;
+    c->compact_cursor = 0;
+    c->compacting = 1;
+    return PyLong_FromUnsignedLongLong(c->next_seq);
+}
+
+/* compact_step() -> (0, 0) done | (1, 0) need block | (2, size) need a jumbo block of size */
+static PyObject *Core_compact_step(Core *c, PyObject *args) {
+    unsigned long long joff = 0, jsize = 0;
+    if (!PyArg_ParseTuple(args, "|KK", &joff, &jsize)) return NULL;
+    if (core_check_open(c) < 0) return NULL;
+    if (joff && check_block_bounds(c, joff, jsize) < 0) return NULL;
+    for (; c->compact_cursor < c->cap; c->compact_cursor++) {
+        uint64_t s = c->slots[c->compact_cursor];
+        if (!s) continue;
+        uint64_t old = slot_off(s);
+        Py_ssize_t bi = block_find(c, old);
+        if (bi < 0 || !c->blocks[bi].old) continue;
+        Rec r;
+        const uint8_t *k = rec_key(c, old, &r);
+        uint64_t len = record_len_for(r.klen, r.vlen), off;
+        if (len > VD_INLINE_MAX) {
+            if (!joff) return Py_BuildValue("(iK)", RC_NEED_JUMBO, (unsigned long long)(VD_BLOCK_HEADER_SIZE + align_up(len, VD_RECORD_ALIGN)));
+            Block b = {0};
+            b.off = joff;
+            b.size = jsize;
+            b.kind = VD_BLOCK_KIND_JUMBO;
+            init_block_header(c, joff, jsize, VD_BLOCK_KIND_JUMBO, &b.log_start);
+            if (b.log_start + len > joff + jsize) {
+                PyErr_SetString(PyExc_ValueError, "jumbo block too small for the record");
+                return NULL;
+            }
+            if (block_insert(c, &b) < 0) return NULL;
+            off = b.log_start;
+            k = c->base + old + r.hlen; /* block_insert may not move the pool, only blocks[] */
+            write_record(c, off, VD_KIND_PUT, c->next_seq++, k, r.klen, k + r.klen, r.vlen);
+            persist_range(c, off, len);
+            Py_ssize_t nb = block_find(c, off);
+            c->blocks[nb].end = off + align_up(len, VD_RECORD_ALIGN);
+            c->blocks[nb].seq_max = c->next_seq - 1;
+            joff = 0;
+        } else {
+            int rc = append_record(c, VD_KIND_PUT, k, r.klen, k + r.klen, r.vlen, &off);
+            if (rc != RC_OK) return Py_BuildValue("(iK)", rc, 0ULL);
+        }
+        uint64_t alen = align_up(len, VD_RECORD_ALIGN);
+        Py_ssize_t nb = block_find(c, off);
+        c->blocks[nb].live++;
+        c->blocks[nb].live_bytes += alen;
+        account_dead(c, old, alen);
+        c->slots[c->compact_cursor] = (s & ~SLOT_OFF_MASK) | (off >> 2);
+    }
+    return Py_BuildValue("(iK)", RC_OK, 0ULL);
+}
+
+static PyObject *Core_compact_end(Core *c, PyObject *unused) {
+    (void)unused;
+    c->compacting = 0;
+    for (size_t i = 0; i < c->nblocks; i++) c->blocks[i].old = 0;
+    Py_RETURN_NONE;
+}
+
+/* old_blocks() -> offsets of the blocks that compact_begin() marked */
+static PyObject *Core_old_blocks(Core *c, PyObject *unused) {
+    (void)unused;
+    PyObject *out = PyList_New(0);
+    if (!out) return NULL;
+    for (size_t i = 0; i < c->nblocks; i++) {
+        if (!c->blocks[i].old) continue;
+        PyObject *o = PyLong_FromUnsignedLongLong(c->blocks[i].off);
+        if (!o || PyList_Append(out, o) < 0) {
+            Py_XDECREF(o);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(o);
+    }
+    return out;
+}
+
+/* ------------------------------------------------------------------ stats */
+static PyObject *Core_stats(Core *c, PyObject *unused) {
+    (void)unused;
+    if (core_check_open(c) < 0) return NULL;
+    uint64_t live = 0, dead = 0, used = 0, jumbo = 0, tombs = 0;
+    for (size_t i = 0; i < c->nblocks; i++) {
+        Block *b = &c->blocks[i];
+        live += b->live_bytes;
+        dead += b->dead_bytes;
+        used += b->size;
+        tombs += b->tombstones;
+        jumbo += b->kind == VD_BLOCK_KIND_JUMBO;
+    }
+    return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsK}", "records", (unsigned long long)c->count, "live_bytes",
+                         (unsigned long long)live, "dead_bytes", (unsigned long long)dead, "block_bytes",
+                         (unsigned long long)used, "blocks", (unsigned long long)c->nblocks, "jumbo_blocks",
+                         (unsigned long long)jumbo, "tombstones", (unsigned long long)tombs, "index_slots",
+                         (unsigned long long)c->cap, "index_bytes", (unsigned long long)(c->cap * sizeof(uint64_t)),
+                         "next_seq", (unsigned long long)c->next_seq);
+}
+
+static PyObject *Core_get_next_seq(Core *c, void *closure) {
+    (void)closure;
+    return PyLong_FromUnsignedLongLong(c->next_seq);
+}
+
+static PyObject *Core_get_has_active(Core *c, void *closure) {
+    (void)closure;
+    return PyBool_FromLong(c->active >= 0);
+}
+
+static PyObject *Core_get_is_open(Core *c, void *closure) {
+    (void)closure;
+    return PyBool_FromLong(c->base != NULL);
+}
+
+/* ------------------------------------------------------------------ module */
+static PyMethodDef Core_methods[] = {
+    {"invalidate", (PyCFunction)Core_invalidate, METH_NOARGS, "Forget the mapping; every later call raises."},
+    {"set_mapped", (PyCFunction)Core_set_mapped, METH_O, "Raise the bound that every pool offset is checked against."},
+    {"set_persist", (PyCFunction)Core_set_persist, METH_VARARGS, "set_persist(mode, fn_address=0)"},
+    {"set_floor", (PyCFunction)Core_set_floor, METH_O, "Records older than this sequence number are dead."},
+    {"add_block", (PyCFunction)Core_add_block, METH_VARARGS, "add_block(off, usable) -> rc"},
+    {"put", (PyCFunction)(void (*)(void))Core_put, METH_FASTCALL, "put(key, value) -> rc"},
+    {"put_jumbo", (PyCFunction)Core_put_jumbo, METH_VARARGS, "put_jumbo(off, usable, key, value) -> rc"},
+    {"delete", (PyCFunction)(void (*)(void))Core_delete, METH_FASTCALL, "delete(key) -> rc (-1: missing)"},
+    {"delete_jumbo", (PyCFunction)Core_delete_jumbo, METH_VARARGS, "delete_jumbo(off, usable, key) -> rc"},
+    {"get", (PyCFunction)(void (*)(void))Core_get, METH_FASTCALL, "get(key, default=None)"},
+    {"getitem", (PyCFunction)Core_getitem, METH_O, "getitem(key) -> value or KeyError"},
+    {"contains", (PyCFunction)Core_contains, METH_O, "contains(key) -> bool"},
+    {"keys", (PyCFunction)Core_keys, METH_NOARGS, "keys() -> list of bytes, in index order"},
+    {"firstkey", (PyCFunction)Core_firstkey, METH_NOARGS, "firstkey() -> bytes or None"},
+    {"nextkey", (PyCFunction)Core_nextkey, METH_O, "nextkey(key) -> bytes or None"},
+    {"scan_block", (PyCFunction)Core_scan_block, METH_VARARGS, "scan_block(off, usable) -> (status, records)"},
+    {"finish_recovery", (PyCFunction)Core_finish_recovery, METH_O, "finish_recovery(writable) -> freeable offsets"},
+    {"freeable", (PyCFunction)Core_freeable, METH_NOARGS, "freeable() -> offsets of dead blocks"},
+    {"drop_block", (PyCFunction)Core_drop_block, METH_O, "drop_block(off)"},
+    {"compact_begin", (PyCFunction)Core_compact_begin, METH_NOARGS, "compact_begin() -> floor"},
+    {"compact_step", (PyCFunction)Core_compact_step, METH_VARARGS, "compact_step([joff, jsize]) -> (rc, size)"},
+    {"compact_end", (PyCFunction)Core_compact_end, METH_NOARGS, "compact_end(): mutators may run again"},
+    {"old_blocks", (PyCFunction)Core_old_blocks, METH_NOARGS, "old_blocks() -> offsets"},
+    {"stats", (PyCFunction)Core_stats, METH_NOARGS, "stats() -> dict"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Core_getset[] = {
+    {"next_seq", (getter)Core_get_next_seq, NULL, "the sequence number of the next record", NULL},
+    {"has_active", (getter)Core_get_has_active, NULL, "whether a block is open for appends", NULL},
+    {"is_open", (getter)Core_get_is_open, NULL, "whether the core still has its mapping", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PySequenceMethods Core_as_sequence = {
+    .sq_length = (lenfunc)Core_len,
+};
+
+static PyTypeObject CoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "viperdbm._vipercore.Core",
+    .tp_basicsize = sizeof(Core),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The record log, the DRAM index and the recovery scan of one open store.",
+    .tp_new = Core_new,
+    .tp_dealloc = (destructor)Core_dealloc,
+    .tp_methods = Core_methods,
+    .tp_getset = Core_getset,
+    .tp_as_sequence = &Core_as_sequence,
+};
+
+static PyObject *mod_set_error_classes(PyObject *mod, PyObject *args) {
+    (void)mod;
+    PyObject *closed, *corrupted;
+    if (!PyArg_ParseTuple(args, "OO", &closed, &corrupted)) return NULL;
+    Py_XDECREF(ClosedError);
+    Py_XDECREF(CorruptedError);
+    Py_INCREF(closed);
+    Py_INCREF(corrupted);
+    ClosedError = closed;
+    CorruptedError = corrupted;
+    Py_RETURN_NONE;
+}
+
+static PyObject *mod_crc32c(PyObject *mod, PyObject *args) {
+    (void)mod;
+    Py_buffer b;
+    unsigned int crc = 0;
+    if (!PyArg_ParseTuple(args, "y*|I", &b, &crc)) return NULL;
+    uint32_t r = crc32c_update(crc ^ 0xFFFFFFFFu, b.buf, (size_t)b.len) ^ 0xFFFFFFFFu;
+    PyBuffer_Release(&b);
+    return PyLong_FromUnsignedLong(r);
+}
+
+static PyMethodDef module_methods[] = {
+    {"set_error_classes", mod_set_error_classes, METH_VARARGS, "set_error_classes(ClosedError, CorruptedError)"},
+    {"crc32c", mod_crc32c, METH_VARARGS, "crc32c(data, crc=0) -> int (Castagnoli)"},
+    {"jumbo_size", Core_jumbo_size, METH_VARARGS, "jumbo_size(klen, vlen) -> bytes to allocate"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef moduledef = {
+    PyModuleDef_HEAD_INIT, "viperdbm._vipercore", "The native hot paths of viperdbm.", -1, module_methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__vipercore(void) {
+    crc_init();
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    have_hw_crc = __builtin_cpu_supports("sse4.2");
+#endif
+    if (PyType_Ready(&CoreType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&moduledef);
+    if (!m) return NULL;
+    Py_INCREF(&CoreType);
+    if (PyModule_AddObject(m, "Core", (PyObject *)&CoreType) < 0) return NULL;
+#define ADD(name, value) PyModule_AddObject(m, name, PyLong_FromUnsignedLongLong((unsigned long long)(value)))
+    ADD("FORMAT_VERSION", VD_FORMAT_VERSION);
+    ADD("PAGE_SIZE", VD_PAGE_SIZE);
+    ADD("BLOCK_SIZE", VD_BLOCK_SIZE);
+    ADD("INLINE_MAX", VD_INLINE_MAX);
+    ADD("BLOCK_MAGIC", VD_BLOCK_MAGIC);
+    ADD("BLOCK_HEADER_SIZE", VD_BLOCK_HEADER_SIZE);
+    ADD("BLOCK_KIND_STANDARD", VD_BLOCK_KIND_STANDARD);
+    ADD("BLOCK_KIND_JUMBO", VD_BLOCK_KIND_JUMBO);
+    ADD("RECORD_HEADER_SIZE", VD_RECORD_HEADER_SIZE);
+    ADD("RECORD_ALIGN", VD_RECORD_ALIGN);
+    ADD("KIND_PUT", VD_KIND_PUT);
+    ADD("KIND_DEL", VD_KIND_DEL);
+    ADD("KIND_PAD", VD_KIND_PAD);
+    ADD("MAX_KEY", VD_MAX_KEY);
+    ADD("MAX_VALUE", VD_MAX_VALUE);
+    ADD("RC_OK", RC_OK);
+    ADD("RC_NEED_BLOCK", RC_NEED_BLOCK);
+    ADD("RC_NEED_JUMBO", RC_NEED_JUMBO);
+    ADD("RC_FREEABLE", RC_FREEABLE);
+    ADD("RC_BUSY", RC_BUSY);
+    ADD("PERSIST_NONE", PERSIST_NONE);
+    ADD("PERSIST_MSYNC", PERSIST_MSYNC);
+    ADD("PERSIST_FUNC", PERSIST_FUNC);
+#undef ADD
+    return m;
+}

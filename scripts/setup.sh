@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Set up everything viperdbm needs on a fresh Debian 12 machine (run as root, or with sudo):
+# the PMDK libraries from Debian, a virtual environment in .venv, and the package built
+# from this checkout (which compiles the native part). Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+for pkg in libpmemobj1 libpmemobj-dev libpmem1 gcc; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    echo "setup: installing Debian packages: ${need[*]}"
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv with $($PYTHON --version)"
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[test,lint]"
+echo "setup: ready (.venv/bin/python -c 'import viperdbm')"

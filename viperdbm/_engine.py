@@ -1,0 +1,522 @@
+"""The engine: one open store, its pool, its DRAM index and its block log.
+
+This is Viper's design on a libpmemobj pool. Records are appended to the pages of the
+active block (the native core does the append, the CRC and the index update in one call);
+the volatile hash index maps each key to its newest record and is rebuilt at open by
+scanning every block (:meth:`Engine._recover`). Updates and deletes are out of place: a new
+version or a tombstone with a higher sequence number. Blocks that hold nothing needed any
+more are freed as soon as that happens; :meth:`Engine.reorganize` copies every live record
+forward and then frees every older block.
+
+Locking inside a process: every native call holds the GIL and is atomic, so the fast paths
+(put, get, delete) take no lock. The slow paths that call into libpmemobj (allocating a
+block, freeing blocks, sync, close, reorganize) hold ``self._lock``; the native core answers
+RC_NEED_BLOCK / RC_BUSY when a fast path needs one of them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+import weakref
+from dataclasses import dataclass
+
+from . import _layout as L
+from . import _native
+from ._errors import (
+    ClosedError,
+    CorruptedError,
+    LockError,
+    NotAStoreError,
+    ReadonlyError,
+    StoreFullError,
+    VersionMismatchError,
+    error,
+)
+from ._pmemobj import Pool, write_poolset
+
+log = logging.getLogger("viperdbm")
+
+_open_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def _invalidate_after_fork() -> None:
+    # The child shares the parent's mapping: a write from it would corrupt the parent's
+    # store, and pmemobj_close() would mark the parent's pool closed. Forget everything.
+    for engine in list(_open_engines):
+        engine._forked()
+
+
+os.register_at_fork(after_in_child=_invalidate_after_fork)
+
+
+@dataclass(frozen=True)
+class OpenOptions:
+    """What the dbm flag string asks for."""
+
+    writable: bool
+    create: bool
+    truncate: bool
+    sync_each_write: bool  # 's'
+    lock: bool  # not 'u'
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+class Engine:
+    """An open store. Not part of the public API: :mod:`viperdbm._dbm` wraps it."""
+
+    def __init__(self, path: str, options: OpenOptions, mode: int) -> None:
+        self.path = os.path.abspath(path)
+        self.options = options
+        self._lock = threading.RLock()
+        self._lock_fd: int | None = None
+        self._pool: Pool | None = None
+        self._root_off = 0
+        self.rebuild_seconds = 0.0
+        self.core: _native.Core | None = None
+        self._open(mode)
+        _open_engines.add(self)
+
+    # ------------------------------------------------------------------ opening
+    def _open(self, mode: int) -> None:
+        opts = self.options
+        exists = os.path.lexists(self.path)
+        if not exists and not opts.create:
+            raise error(
+                "no viperdbm store at this path; use flag 'c' or 'n' to create one",
+                filename=self.path,
+                errno=2,
+            )
+        if exists:
+            self._check_is_store()
+        try:
+            if not exists:
+                self._create(mode)
+            elif opts.truncate:
+                self._replace_with_new(mode)
+            else:
+                self._take_lock()
+            self._open_pool()
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _check_is_store(self) -> None:
+        if not os.path.isdir(self.path):
+            raise NotAStoreError(
+                "not a viperdbm store (a viperdbm store is a directory)", filename=self.path
+            )
+        for name in (L.SET_FILE, L.PARTS_DIR):
+            if not os.path.lexists(os.path.join(self.path, name)):
+                raise NotAStoreError(
+                    f"not a viperdbm store (the directory has no {name!r})", filename=self.path
+                )
+
+    def _take_lock(self, directory: str | None = None) -> None:
+        if not self.options.lock:
+            return
+        lock_path = os.path.join(directory or self.path, L.LOCK_FILE)
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            if not self.options.writable:
+                return  # a read-only store on a read-only medium: libpmemobj still locks it
+            raise error(f"cannot open the lock file: {exc.strerror}", filename=lock_path) from exc
+        how = fcntl.LOCK_EX if self.options.writable else fcntl.LOCK_SH
+        try:
+            fcntl.flock(fd, how | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LockError("the store is in use by another process or handle", filename=self.path) from None
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor drops the flock
+            self._lock_fd = None
+
+    def _build_new_store(self, directory: str, mode: int) -> None:
+        """Create a complete, empty store in ``directory`` (which must not exist)."""
+        os.mkdir(directory, L.dir_mode(mode))
+        os.mkdir(os.path.join(directory, L.PARTS_DIR), L.dir_mode(mode))
+        fd = os.open(os.path.join(directory, L.LOCK_FILE), os.O_RDWR | os.O_CREAT, mode)
+        os.close(fd)
+        set_path = os.path.join(directory, L.SET_FILE)
+        write_poolset(set_path, os.path.join(directory, L.PARTS_DIR), L.MIN_RESERVATION, mode)
+        pool = Pool.create(set_path, L.POOL_LAYOUT, mode & ~_umask())
+        try:
+            root_off = pool.root(L.ROOT_SIZE)
+            root = L.Root(created_ns=time.time_ns())
+            pool.write(root_off, root.pack())
+            pool.persist(root_off, L.Root.SIZE)
+        finally:
+            pool.close()
+        _fsync_dir(directory)
+
+    def _create(self, mode: int) -> None:
+        # Build the store beside its final path and rename it into place: a crash during
+        # creation leaves no half-made store at the path, only a temporary directory.
+        parent = os.path.dirname(self.path)
+        tmp = os.path.join(parent, f".{os.path.basename(self.path)}.viperdbm-new-{uuid.uuid4().hex}")
+        try:
+            self._build_new_store(tmp, mode)
+            try:
+                os.rename(tmp, self.path)
+            except OSError:
+                if os.path.isdir(self.path):  # another process created it first: use theirs
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    self._check_is_store()
+                else:
+                    raise
+            _fsync_dir(parent)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, error):
+                raise
+            raise _os_error("cannot create the store", exc, self.path) from exc
+        self._take_lock()
+
+    def _replace_with_new(self, mode: int) -> None:
+        """Flag 'n' on an existing store: swap in a new empty store, under the old one's lock."""
+        self._take_lock()
+        parent = os.path.dirname(self.path)
+        token = uuid.uuid4().hex
+        base = os.path.basename(self.path)
+        tmp = os.path.join(parent, f".{base}.viperdbm-new-{token}")
+        trash = os.path.join(parent, f".{base}.viperdbm-old-{token}")
+        try:
+            self._build_new_store(tmp, mode)
+            os.rename(self.path, trash)
+            os.rename(tmp, self.path)
+            _fsync_dir(parent)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, error):
+                raise
+            raise _os_error("cannot replace the store", exc, self.path) from exc
+        shutil.rmtree(trash, ignore_errors=True)
+        # hold the lock of the new store, not of the one just removed
+        self._release_lock()
+        self._take_lock()
+
+    def _open_pool(self) -> None:
+        set_path = os.path.join(self.path, L.SET_FILE)
+        parts = os.path.join(self.path, L.PARTS_DIR)
+        self._refresh_poolset(set_path, parts)
+        pool = Pool.open(set_path, L.POOL_LAYOUT)
+        self._pool = pool
+        try:
+            self._read_root()
+            started = time.perf_counter()
+            self._recover()
+            self.rebuild_seconds = time.perf_counter() - started
+            self._choose_persist_mode()
+            self._tune_growth()
+        except BaseException:
+            if self.core is not None:
+                self.core.invalidate()
+            pool.close()
+            self._pool = None
+            raise
+        log.debug(
+            "opened %s: %d records, index rebuilt in %.1f ms",
+            self.path,
+            len(self.core) if self.core is not None else 0,
+            self.rebuild_seconds * 1e3,
+        )
+
+    def _refresh_poolset(self, set_path: str, parts: str) -> None:
+        # The poolset names its parts directory by absolute path, so a store that was moved
+        # or copied needs it rewritten; the reservation (address space, not disk) is raised
+        # here when the store has grown towards it.
+        used = sum(
+            e.stat().st_size for e in os.scandir(parts) if e.is_file(follow_symlinks=False)
+        )
+        reservation = L.MIN_RESERVATION
+        while reservation < 4 * used:
+            reservation *= 2
+        try:
+            with open(set_path, encoding="ascii") as f:
+                current_reservation, current_parts = _parse_poolset(f.read())
+            set_mode = os.stat(set_path).st_mode & 0o777
+        except (OSError, UnicodeDecodeError) as exc:
+            raise NotAStoreError("cannot read the store's pool.set", filename=set_path) from exc
+        if current_parts != os.path.abspath(parts) or current_reservation < reservation:
+            write_poolset(set_path, parts, max(reservation, current_reservation), set_mode)
+
+    def _read_root(self) -> None:
+        pool = self._require_pool()
+        if pool.root_size() < L.ROOT_SIZE:
+            raise CorruptedError("the store has no root object", filename=self.path)
+        self._root_off = pool.root(L.ROOT_SIZE)
+        root = L.Root.unpack(pool.read(self._root_off, L.Root.SIZE))
+        if root.magic != L.ROOT_MAGIC:
+            raise NotAStoreError("the pool is not a viperdbm store (bad root magic)", filename=self.path)
+        if root.format_version != L.FORMAT_VERSION:
+            raise VersionMismatchError(
+                f"the store has format version {root.format_version}; this viperdbm reads "
+                f"version {L.FORMAT_VERSION}",
+                filename=self.path,
+                hint="open it with the viperdbm version that wrote it and 'dump' it",
+            )
+        self._root = root
+
+    def _recover(self) -> None:
+        """Viper's recovery: scan every block, newest record of each key wins."""
+        pool = self._require_pool()
+        objects = pool.objects()
+        log_bytes = sum(size for _, type_num, size in objects)
+        core = _native.Core(pool.base, pool.mapped_size(), log_bytes // 128)
+        self.core = core
+        core.set_floor(self._root.seq_floor)
+        unused: list[int] = []
+        for off, type_num, usable in objects:
+            if type_num not in (L.TYPE_STANDARD_BLOCK, L.TYPE_JUMBO_BLOCK):
+                raise CorruptedError(
+                    f"the pool holds an object of unknown type {type_num}", filename=self.path
+                )
+            status, _records = core.scan_block(off, usable)
+            if status != 0:
+                unused.append(off)  # allocated, then the process died before its header
+        freeable = core.finish_recovery(self.options.writable)
+        if self.options.writable:
+            for off in unused:
+                pool.free(off)
+            for off in freeable:
+                pool.free(off)
+                core.drop_block(off)
+
+    def _choose_persist_mode(self) -> None:
+        core = self._require_core()
+        pool = self._require_pool()
+        if pool.is_pmem(pool.mapped_size()):
+            # real persistent memory (DAX): flush each record as Viper does
+            core.set_persist(_native.PERSIST_FUNC, pool.persist_function_address)
+        elif self.options.sync_each_write:
+            core.set_persist(_native.PERSIST_MSYNC)
+        else:
+            core.set_persist(_native.PERSIST_NONE)
+
+    def _tune_growth(self) -> None:
+        # libpmemobj adds a part file of this size when the heap is full; a sixteenth of the
+        # pool keeps the unused tail of the last part small (and the part count low).
+        pool = self._require_pool()
+        if not self.options.writable:
+            return
+        size = max(8 << 20, min(1 << 30, pool.mapped_size() // 16))
+        pool.set_heap_granularity(size & ~((1 << 20) - 1))
+
+    # ------------------------------------------------------------------ helpers
+    def _require_pool(self) -> Pool:
+        if self._pool is None:
+            raise ClosedError("DBM object has already been closed")
+        return self._pool
+
+    def _require_core(self) -> _native.Core:
+        if self.core is None:
+            raise ClosedError("DBM object has already been closed")
+        return self.core
+
+    def _require_writable(self) -> None:
+        if not self.options.writable:
+            raise ReadonlyError("the store was opened read-only", filename=self.path)
+
+    def _forked(self) -> None:
+        if self.core is not None:
+            self.core.invalidate()
+        self.core = None
+        self._pool = None  # the binding has poisoned the pool itself
+        self._lock_fd = None  # the descriptor is the parent's lock: never close it here
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ slow paths
+    def put_slow(self, rc: int, key: bytes | str, value: bytes | str) -> None:
+        """Finish a put that the fast path could not do (rc from Core.put)."""
+        with self._lock:
+            core = self._require_core()
+            while True:
+                if rc == _native.RC_OK:
+                    return
+                if rc == _native.RC_FREEABLE:
+                    self._free_dead_blocks()
+                    return
+                if rc == _native.RC_BUSY:
+                    pass  # reorganize() finished while we waited for the lock
+                elif rc == _native.RC_NEED_BLOCK:
+                    self._new_block()
+                elif rc == _native.RC_NEED_JUMBO:
+                    kb, vb = _as_bytes(key), _as_bytes(value)
+                    off, usable = self._alloc(
+                        _native.jumbo_size(len(kb), len(vb)), L.TYPE_JUMBO_BLOCK, zero=False
+                    )
+                    rc = core.put_jumbo(off, usable, kb, vb)
+                    continue
+                else:  # pragma: no cover - the core returns only the codes above
+                    raise error(f"unexpected return code {rc} from the native core")
+                rc = core.put(key, value)
+
+    def delete_slow(self, rc: int, key: bytes | str) -> bool:
+        """Finish a delete that the fast path could not do; False if the key is missing."""
+        with self._lock:
+            core = self._require_core()
+            while True:
+                if rc == -1:
+                    return False
+                if rc == _native.RC_OK:
+                    return True
+                if rc == _native.RC_FREEABLE:
+                    self._free_dead_blocks()
+                    return True
+                if rc == _native.RC_NEED_BLOCK:
+                    self._new_block()
+                elif rc == _native.RC_NEED_JUMBO:
+                    kb = _as_bytes(key)
+                    off, usable = self._alloc(
+                        _native.jumbo_size(len(kb), 0), L.TYPE_JUMBO_BLOCK, zero=False
+                    )
+                    rc = core.delete_jumbo(off, usable, kb)
+                    continue
+                rc = core.delete(key)
+
+    def _alloc(self, size: int, type_num: int, *, zero: bool) -> tuple[int, int]:
+        pool = self._require_pool()
+        off = pool.alloc(size, type_num, zero=zero)
+        usable = pool.usable_size(off)
+        self._require_core().set_mapped(pool.mapped_size())
+        self._tune_growth()
+        return off, usable
+
+    def _new_block(self) -> None:
+        off, usable = self._alloc(
+            L.BLOCK_SIZE - L.PMEMOBJ_OBJECT_HEADER, L.TYPE_STANDARD_BLOCK, zero=True
+        )
+        if self._require_core().add_block(off, usable) == _native.RC_FREEABLE:
+            self._free_dead_blocks()
+
+    def _free_dead_blocks(self) -> None:
+        core = self._require_core()
+        pool = self._require_pool()
+        for off in core.freeable():
+            pool.free(off)  # atomic in libpmemobj; a crash here leaves only a dead block
+            core.drop_block(off)
+
+    # ------------------------------------------------------------------ maintenance
+    def sync(self) -> None:
+        """Make everything written so far power-fail durable (a no-op on DAX and tmpfs)."""
+        with self._lock:
+            pool = self._require_pool()
+            self._require_core()
+            if not self.options.writable:
+                return
+            pool.msync(0, pool.mapped_size())
+            _fsync_dir(os.path.join(self.path, L.PARTS_DIR))
+
+    def reorganize(self) -> None:
+        """Copy every live record forward, then free every older block.
+
+        Crash-safe at every instant: the copies are complete before the root's sequence
+        floor moves past the old records (one 8-byte store, persisted), and only then are
+        the old blocks freed. Before the floor moves, recovery sees the copies as the newest
+        versions; after, it ignores every old record, so no delete can come back.
+        """
+        self._require_writable()
+        with self._lock:
+            core = self._require_core()
+            pool = self._require_pool()
+            floor = core.compact_begin()
+            try:
+                rc, size = core.compact_step()
+                while rc != _native.RC_OK:
+                    if rc == _native.RC_NEED_BLOCK:
+                        self._new_block()
+                        rc, size = core.compact_step()
+                    elif rc == _native.RC_NEED_JUMBO:
+                        off, usable = self._alloc(size, L.TYPE_JUMBO_BLOCK, zero=False)
+                        rc, size = core.compact_step(off, usable)
+                    else:  # pragma: no cover
+                        raise error(f"unexpected return code {rc} from the native core")
+                # every live record now has a copy newer than floor: make the copies
+                # durable before the floor that makes the originals dead
+                pool.msync(0, pool.mapped_size())
+                pool.write(self._root_off + L.Root.SEQ_FLOOR_OFFSET, floor.to_bytes(8, "little"))
+                pool.persist(self._root_off + L.Root.SEQ_FLOOR_OFFSET, 8)
+                self._root.seq_floor = floor
+                core.set_floor(floor)
+                for off in core.old_blocks():
+                    pool.free(off)
+                    core.drop_block(off)
+            finally:
+                core.compact_end()
+
+    def stats(self) -> dict[str, int | float]:
+        with self._lock:
+            pool = self._require_pool()
+            out: dict[str, int | float] = dict(self._require_core().stats())
+            out["pool_bytes"] = pool.mapped_size()
+            out["rebuild_seconds"] = self.rebuild_seconds
+            return out
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is None:
+                return
+            try:
+                if self.options.writable and self.core is not None:
+                    self.sync()
+            finally:
+                if self.core is not None:
+                    self.core.invalidate()
+                self.core = None
+                pool, self._pool = self._pool, None
+                pool.close()
+                self._release_lock()
+                _open_engines.discard(self)
+
+    @property
+    def closed(self) -> bool:
+        return self._pool is None
+
+
+# ---------------------------------------------------------------------- module helpers
+def _as_bytes(data: bytes | str) -> bytes:
+    return data.encode("utf-8") if isinstance(data, str) else bytes(data)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems cannot fsync a directory; nothing more can be done there
+    finally:
+        os.close(fd)
+
+
+def _parse_poolset(text: str) -> tuple[int, str]:
+    """(reservation in bytes, parts directory) of a directory poolset; (0, "") if unreadable."""
+    for line in text.splitlines():
+        fields = line.split(maxsplit=1)
+        if len(fields) == 2 and fields[0][:1].isdigit():
+            number = fields[0].rstrip("KMGTkmgt")
+            unit = fields[0][len(number) :].upper()
+            scale = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(unit)
+            if scale is None or not number.isdigit():
+                return 0, ""
+            return int(number) * scale, fields[1].strip()
+    return 0, ""
+
+
+def _os_error(what: str, exc: OSError, path: str) -> error:
+    if exc.errno in (28, 122):  # ENOSPC, EDQUOT
+        return StoreFullError(f"{what}: {exc.strerror}", filename=path)
+    return error(f"{what}: {exc.strerror or exc}", filename=path, errno=exc.errno)

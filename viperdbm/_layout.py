@@ -1,0 +1,99 @@
+"""The on-media layout of a viperdbm store, in one place (described in docs/format.md).
+
+A store is a directory::
+
+    <store>/pool.set   the libpmemobj poolset (text; rewritten when the store moves)
+    <store>/parts/     the pool's part files, owned by libpmemobj
+    <store>/lock       viperdbm's own lock file (flock)
+
+Inside the pool: a 4 KiB root object (below), and blocks allocated from the pool. A
+standard block is a 64-byte block header followed by a log of 4 KiB pages of records; a
+jumbo block holds one record too large for a standard block. Records are written and
+checked by the native core (native/vipercore.c, constants in native/vipercore.h); the
+numbers here must equal the ones the core exports, which tests/test_layout.py checks.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+#: libpmemobj's layout name: checked by pmemobj_open, so a foreign pool is refused at once.
+POOL_LAYOUT = "viperdbm"
+#: The format of everything inside the pool. Bumped on any incompatible change.
+FORMAT_VERSION = 1
+
+SET_FILE = "pool.set"
+PARTS_DIR = "parts"
+LOCK_FILE = "lock"
+
+#: libpmemobj type numbers of the objects viperdbm allocates.
+TYPE_STANDARD_BLOCK = 1
+TYPE_JUMBO_BLOCK = 2
+
+PAGE_SIZE = 4096
+BLOCK_SIZE = 4 << 20
+INLINE_MAX = 1 << 20
+BLOCK_MAGIC = 0x4B4C4256
+BLOCK_HEADER_SIZE = 64
+BLOCK_KIND_STANDARD = 1
+BLOCK_KIND_JUMBO = 2
+RECORD_HEADER_SIZE = 16
+RECORD_ALIGN = 4
+KIND_PUT = 1
+KIND_DEL = 2
+KIND_PAD = 3
+MAX_KEY = 0xFFFFFFFF - 64
+MAX_VALUE = 0xFFFFFFFF - 64
+
+#: libpmemobj's per-object header: requesting BLOCK_SIZE minus this fills whole 256 KiB chunks.
+PMEMOBJ_OBJECT_HEADER = 16
+
+#: Default address-space reservation of the poolset (not disk: parts are added as needed).
+MIN_RESERVATION = 64 << 30
+
+ROOT_SIZE = 4096
+ROOT_MAGIC = b"VIPERDBM"
+_ROOT = struct.Struct("<8sIIQQQQ")
+
+
+@dataclass
+class Root:
+    """The fields of the root object, at the start of its 4 KiB."""
+
+    format_version: int = FORMAT_VERSION
+    flags: int = 0
+    block_size: int = BLOCK_SIZE
+    #: Records with a smaller sequence number are dead (set by reorganize()).
+    seq_floor: int = 0
+    #: Every record up to this sequence number was made power-fail durable by sync().
+    durable_seq: int = 0
+    created_ns: int = 0
+    magic: bytes = ROOT_MAGIC
+
+    def pack(self) -> bytes:
+        return _ROOT.pack(
+            self.magic,
+            self.format_version,
+            self.flags,
+            self.block_size,
+            self.seq_floor,
+            self.durable_seq,
+            self.created_ns,
+        )
+
+    @classmethod
+    def unpack(cls, data: bytes) -> Root:
+        magic, version, flags, block_size, floor, durable, created = _ROOT.unpack_from(data)
+        return cls(version, flags, block_size, floor, durable, created, magic)
+
+    SIZE = _ROOT.size
+
+    #: Byte offsets of fields that are updated in place (8-byte aligned: one store each).
+    SEQ_FLOOR_OFFSET = 24
+    DURABLE_SEQ_OFFSET = 32
+
+
+def dir_mode(mode: int) -> int:
+    """The mode for a directory of a store whose files get ``mode``: x wherever r is set."""
+    return mode | ((mode & 0o444) >> 2)

@@ -1,0 +1,30 @@
+"""Loads the native core (native/vipercore.c), built by the package's own build."""
+
+from __future__ import annotations
+
+from . import _errors
+
+try:
+    from . import _vipercore as core
+except ImportError as exc:  # pragma: no cover - depends on how the package was installed
+    raise ImportError(
+        "viperdbm's native core (viperdbm._vipercore) is not built: install the package with "
+        "'pip install .' (or 'make setup' in a checkout), which compiles native/vipercore.c"
+    ) from exc
+
+core.set_error_classes(_errors.ClosedError, _errors.CorruptedError)
+
+Core = core.Core
+crc32c = core.crc32c
+jumbo_size = core.jumbo_size
+
+RC_OK: int = core.RC_OK
+RC_NEED_BLOCK: int = core.RC_NEED_BLOCK
+RC_NEED_JUMBO: int = core.RC_NEED_JUMBO
+RC_FREEABLE: int = core.RC_FREEABLE
+RC_BUSY: int = core.RC_BUSY
+PERSIST_NONE: int = core.PERSIST_NONE
+PERSIST_MSYNC: int = core.PERSIST_MSYNC
+PERSIST_FUNC: int = core.PERSIST_FUNC
+
+__all__ = ["Core", "core", "crc32c", "jumbo_size"]
