@@ -416,7 +416,10 @@ static void write_record(Core *c, uint64_t off, unsigned kind, uint64_t seq, con
     wr64(r + 8, (seq & VD_SEQ_MASK) | ((uint64_t)kind << VD_KIND_SHIFT) | (kfield << VD_KLEN_SHIFT));
     if (hlen > VD_RECORD_HEADER_SIZE) wr32(r + 16, (uint32_t)klen);
     if (klen) memcpy(r + hlen, key, klen);
-    if (vlen) memcpy(r + hlen + klen, val, vlen);
+    if (vlen && val)
+        memcpy(r + hlen + klen, val, vlen);
+    else if (vlen)
+        memset(r + hlen + klen, 0, vlen); /* a pad record */
     uint32_t crc = crc32c_update(0xFFFFFFFFu, r + 4, hlen - 4 + klen + vlen) ^ 0xFFFFFFFFu;
     __atomic_store_n((uint32_t *)r, crc, __ATOMIC_RELEASE);
 }

@@ -1,0 +1,246 @@
+"""Durability under SIGKILL: every acknowledged write survives, the store always opens.
+
+A child Python process (this file run as a script) opens a store and performs a seeded
+stream of operations, printing each operation's index on stdout *after* the operation
+returned. The parent reads those acknowledgements, SIGKILLs the child at a random point,
+reopens the store and checks it against a model replayed from the same seed:
+
+* every acknowledged put holds its last acknowledged value, every acknowledged delete is
+  gone, and no key that was never written exists;
+* the single operation in flight at the kill is either wholly applied or not at all;
+* len(), keys(), iteration, ``in`` and get() agree with each other.
+
+Values are computed from (seed, operation index), so the parent can check every byte.
+Set VIPERDBM_CRASH_SEED to replay a failing run; the seed is in every failure message.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+KEYSPACE = [b"key-%02d" % i for i in range(48)]
+NEVER_WRITTEN = [b"key-99", b"", b"other"]
+MAX_VALUE = 64 * 1024
+STREAM_LENGTH = 100_000  # far more than a round ever acknowledges before its kill
+
+
+@dataclass(frozen=True)
+class Op:
+    index: int
+    key: bytes
+    value: bytes | None  # None: delete
+
+
+def operation(seed: int, index: int) -> Op:
+    """The index-th operation of the stream *seed*: the same in parent and child."""
+    rng = random.Random(seed * 1_000_003 + index)
+    key = rng.choice(KEYSPACE)
+    if rng.random() < 0.2:
+        return Op(index, key, None)
+    size = rng.choice([0, 1, rng.randrange(2, 512), rng.randrange(512, MAX_VALUE + 1)])
+    return Op(index, key, random.Random(f"{seed}/{index}").randbytes(size))
+
+
+# -- the child ---------------------------------------------------------------------------
+
+
+def _ack(out: IO[str], line: str) -> None:
+    out.write(line + "\n")
+    out.flush()
+
+
+def child_writer(module_name: str, path: str, seed: int, sync_each: bool) -> None:
+    module = importlib.import_module(module_name)
+    db = module.open(path, "c")
+    _ack(sys.stdout, "ready")
+    for index in range(STREAM_LENGTH):
+        op = operation(seed, index)
+        if op.value is None:
+            try:
+                del db[op.key]
+            except KeyError:
+                pass
+        else:
+            db[op.key] = op.value
+        if sync_each:  # dbm.dumb only: it keeps its index in memory until sync()
+            db.sync()
+        _ack(sys.stdout, str(index))
+    db.close()
+
+
+def child_reopener(module_name: str, path: str, flags: str) -> None:
+    module = importlib.import_module(module_name)
+    _ack(sys.stdout, "ready")
+    for index in range(STREAM_LENGTH):
+        db = module.open(path, flags[index % len(flags)])
+        len(db)
+        db.get(KEYSPACE[0])
+        db.close()
+        _ack(sys.stdout, str(index))
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "writer":
+        child_writer(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] == "sync")
+    else:
+        child_reopener(sys.argv[2], sys.argv[3], sys.argv[4])
+    sys.exit(0)
+
+
+# -- the parent --------------------------------------------------------------------------
+
+import pytest  # noqa: E402  (the child above needs none of this)
+from conftest import Backend, Store  # noqa: E402
+
+ROUNDS = 5
+
+
+@dataclass
+class Killed:
+    acks: int  # operations acknowledged before the child died
+    finished: bool  # the child got to the end by itself (no operation in flight)
+
+
+def spawn(backend: Backend, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, __file__, args[0], backend.name, *args[1:]],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=backend.child_env(),
+    )
+
+
+def kill_after(proc: subprocess.Popen[str], acks: int, rng: random.Random, ctx: str) -> Killed:
+    """Read acknowledgements; SIGKILL the child after *acks* of them (and a random pause
+    of at most 2 ms); then collect the acknowledgements that were already on their way."""
+    assert proc.stdout is not None and proc.stderr is not None
+    ready = proc.stdout.readline()
+    if ready != "ready\n":
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"{ctx}: child did not start: {ready!r} {proc.stderr.read()}")
+    seen = 0
+    while seen < acks:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        assert line == f"{seen}\n", f"{ctx}: unexpected line {line!r}"
+        seen += 1
+    time.sleep(rng.random() / 500)
+    proc.send_signal(signal.SIGKILL)
+    for line in proc.stdout:
+        assert line == f"{seen}\n", f"{ctx}: unexpected line {line!r}"
+        seen += 1
+    code = proc.wait()
+    stderr = proc.stderr.read()
+    proc.stdout.close()
+    proc.stderr.close()
+    assert code in (0, -signal.SIGKILL), f"{ctx}: child failed ({code}): {stderr}"
+    return Killed(seen, finished=code == 0)
+
+
+def check_agreement(db: Store, ctx: str) -> dict[bytes, bytes]:
+    """len/keys/iteration/in/get must tell the same story; return the contents."""
+    keys = db.keys()
+    assert len(keys) == len(set(keys)) == len(db), ctx
+    assert sorted(db) == sorted(keys), ctx
+    found = {key: db[key] for key in keys}
+    for key in KEYSPACE + NEVER_WRITTEN:
+        assert (key in db) == (key in found), f"{ctx}: 'in' disagrees for {key!r}"
+        assert db.get(key) == found.get(key), f"{ctx}: get() disagrees for {key!r}"
+    return found
+
+
+def describe(value: bytes | None) -> str:
+    return "absent" if value is None else f"{len(value)} bytes {value[:8]!r}..."
+
+
+def verify(
+    db: Store, model: dict[bytes, bytes], in_flight: Op | None, ctx: str
+) -> dict[bytes, bytes]:
+    """Check the reopened store against *model* (every acknowledged operation applied);
+    the in-flight operation may be applied or not. Return what the store holds."""
+    found = check_agreement(db, ctx)
+    extra = set(found) - set(model) - ({in_flight.key} if in_flight else set())
+    assert not extra, f"{ctx}: keys that were never written (or were deleted): {sorted(extra)}"
+    for key in set(model) | set(found):
+        got = found.get(key)
+        old = model.get(key)
+        if in_flight is not None and key == in_flight.key:
+            assert got in (old, in_flight.value), (
+                f"{ctx}: in-flight op {in_flight.index} on {key!r} left {describe(got)}; "
+                f"want old {describe(old)} or new {describe(in_flight.value)} (torn?)"
+            )
+        else:
+            assert got == old, f"{ctx}: {key!r} is {describe(got)}, want {describe(old)}"
+    return found
+
+
+def crash_seed() -> int:
+    env = os.environ.get("VIPERDBM_CRASH_SEED")
+    return int(env) if env else random.SystemRandom().randrange(2**32)
+
+
+@pytest.mark.beyond_dumb("dbm.dumb is not crash-safe, even synced after each write", strict=False)
+def test_acknowledged_writes_survive_sigkill(backend: Backend, store_path: Path) -> None:
+    base_seed = crash_seed()
+    rng = random.Random(base_seed)
+    model: dict[bytes, bytes] = {}
+    sync = "nosync" if backend.is_viperdbm else "sync"
+    for round_ in range(ROUNDS):
+        seed = base_seed * 100 + round_
+        ctx = f"VIPERDBM_CRASH_SEED={base_seed} round {round_}"
+        proc = spawn(backend, "writer", str(store_path), str(seed), sync)
+        killed = kill_after(proc, rng.randrange(1, 400), rng, ctx)
+        for index in range(killed.acks):
+            op = operation(seed, index)
+            if op.value is None:
+                model.pop(op.key, None)
+            else:
+                model[op.key] = op.value
+        in_flight = None if killed.finished else operation(seed, killed.acks)
+        with backend.open(store_path, "r") as db:
+            model = verify(db, model, in_flight, f"{ctx} after {killed.acks} acks")
+    with backend.open(store_path, "w") as db:  # still writable after all that
+        db[b"after"] = b"crashes"
+        model[b"after"] = b"crashes"
+    with backend.open(store_path, "r") as db:
+        assert check_agreement(db, "final") == model
+
+
+def test_kill_while_opening_an_existing_store(backend: Backend, store_path: Path) -> None:
+    base_seed = crash_seed()
+    rng = random.Random(base_seed)
+    model = {key: random.Random(key).randbytes(rng.randrange(0, 5000)) for key in KEYSPACE[::2]}
+    with backend.open(store_path, "c") as db:
+        for key, value in model.items():
+            db[key] = value
+    for round_ in range(ROUNDS):
+        ctx = f"VIPERDBM_CRASH_SEED={base_seed} reopen round {round_}"
+        proc = spawn(backend, "reopen", str(store_path), "wrc")
+        kill_after(proc, rng.choice([0, 0, 1, rng.randrange(2, 30)]), rng, ctx)
+        with backend.open(store_path, "r") as db:
+            assert verify(db, model, None, ctx) == model
+
+
+def test_kill_while_creating_a_store(backend: Backend, store_path: Path) -> None:
+    """Killed inside open(path, 'n') — the first creation or a re-creation — the path
+    must still open with 'c', as an empty store (every version of it was empty)."""
+    base_seed = crash_seed()
+    rng = random.Random(base_seed)
+    for round_ in range(ROUNDS):
+        ctx = f"VIPERDBM_CRASH_SEED={base_seed} create round {round_}"
+        proc = spawn(backend, "reopen", str(store_path), "n")
+        kill_after(proc, rng.choice([0, 0, 1, rng.randrange(2, 30)]), rng, ctx)
+        with backend.open(store_path, "c") as db:
+            assert check_agreement(db, ctx) == {}, ctx
