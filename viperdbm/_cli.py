@@ -67,7 +67,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             for i in range(0, n, 7):
                 assert db[b"key-%010d" % i].startswith(b"value-%010d-" % i)
             elapsed = time.perf_counter() - started
-            _say(f"  read back every 7th record ({(n + 6) // 7:,} gets/s: {(n + 6) // 7 / elapsed:,.0f})")
+            reads = (n + 6) // 7
+            _say(f"  read back every 7th record: {reads:,} gets ({reads / elapsed:,.0f} gets/s)")
             for i in range(0, n, 2):
                 del db[b"key-%010d" % i]
             db["greeting"] = "hello, persistent world"
@@ -111,11 +112,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         shelf_path = os.path.join(tmp, "shelf.vdb")
         with vshelve.open(shelf_path) as shelf:
             shelf["config"] = {"retries": 3, "hosts": ["a", "b"], "ratio": 0.5}
-        with shelve.Shelf(open_store(shelf_path, "r")) as shelf:  # type: ignore[arg-type]
+        with shelve.Shelf[object](open_store(shelf_path, "r")) as shelf:
             _say(f"  shelve over viperdbm: shelf['config'] = {shelf['config']!r}")
     _say("demo done")
     return 0
-
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -125,7 +125,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(json.dumps(stats, indent=2))
     else:
         for name, value in stats.items():
-            print(f"{name:>16}: {value:,}" if isinstance(value, int) else f"{name:>16}: {value:.4f}")
+            print(
+                f"{name:>16}: {value:,}" if isinstance(value, int) else f"{name:>16}: {value:.4f}"
+            )
     return 0
 
 
@@ -157,7 +159,8 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     with open_store(args.path, "r") as db:
-        for key in db.keys():
+        keys = db.keys()
+        for key in keys:
             sys.stdout.buffer.write(key + b"\n")
     return 0
 
@@ -172,12 +175,16 @@ def cmd_reorganize(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="viperdbm", description="Inspect and use viperdbm stores.")
+    parser = argparse.ArgumentParser(
+        prog="viperdbm", description="Inspect and use viperdbm stores."
+    )
     parser.add_argument("--version", action="version", version=f"viperdbm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="run a demo of the store in a temporary directory")
-    p.add_argument("--records", type=int, default=200_000, help="records to insert (default 200,000)")
+    p.add_argument(
+        "--records", type=int, default=200_000, help="records to insert (default 200,000)"
+    )
     p.add_argument("--dir", default=None, help="where to make the temporary store")
     p.set_defaults(func=cmd_demo)
 

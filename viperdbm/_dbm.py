@@ -8,6 +8,7 @@ key is a ``KeyError``; every store failure is a :class:`viperdbm.error`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from collections.abc import Iterator, MutableMapping
@@ -96,7 +97,7 @@ class _Database(MutableMapping[bytes, bytes]):
         if rc and not self._require_engine().delete_slow(rc, key):
             raise KeyError(key)
 
-    def setdefault(self, key: _BytesLike, default: _BytesLike = b"") -> bytes:  # type: ignore[override]
+    def setdefault(self, key: _BytesLike, default: _BytesLike = b"") -> bytes:
         value = self._live_core().get(key)
         if value is not None:
             return value
@@ -107,7 +108,8 @@ class _Database(MutableMapping[bytes, bytes]):
         core = self._live_core()
         if self._readonly:
             raise ReadonlyError("the store was opened read-only", filename=self._path())
-        for key in core.keys():
+        snapshot = core.keys()
+        for key in snapshot:
             del self[key]
 
     # ------------------------------------------------------------------ gdbm extras
@@ -151,10 +153,8 @@ class _Database(MutableMapping[bytes, bytes]):
             warnings.warn(
                 f"viperdbm store {engine.path!r} was not closed", ResourceWarning, stacklevel=2
             )
-            try:
+            with contextlib.suppress(Exception):  # nothing can be reported from a finaliser
                 engine.close()
-            except Exception:  # noqa: BLE001 - nothing can be reported from a finaliser
-                pass
 
     def __repr__(self) -> str:
         state = "closed" if self._engine is None else f"{len(self)} records"
@@ -177,7 +177,7 @@ class _Database(MutableMapping[bytes, bytes]):
         return self._engine.path if self._engine is not None else "?"
 
 
-def open(  # noqa: A001 - the dbm modules' entry point is called open
+def open(
     file: str | os.PathLike[str] | os.PathLike[bytes] | bytes,
     flag: str = "r",
     mode: int = 0o666,

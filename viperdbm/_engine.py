@@ -26,7 +26,7 @@ import uuid
 import weakref
 from dataclasses import dataclass
 
-from . import _layout as L
+from . import _layout as layout
 from . import _native
 from ._errors import (
     ClosedError,
@@ -116,7 +116,7 @@ class Engine:
             raise NotAStoreError(
                 "not a viperdbm store (a viperdbm store is a directory)", filename=self.path
             )
-        for name in (L.SET_FILE, L.PARTS_DIR):
+        for name in (layout.SET_FILE, layout.PARTS_DIR):
             if not os.path.lexists(os.path.join(self.path, name)):
                 raise NotAStoreError(
                     f"not a viperdbm store (the directory has no {name!r})", filename=self.path
@@ -125,7 +125,7 @@ class Engine:
     def _take_lock(self, directory: str | None = None) -> None:
         if not self.options.lock:
             return
-        lock_path = os.path.join(directory or self.path, L.LOCK_FILE)
+        lock_path = os.path.join(directory or self.path, layout.LOCK_FILE)
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         except OSError as exc:
@@ -137,7 +137,9 @@ class Engine:
             fcntl.flock(fd, how | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise LockError("the store is in use by another process or handle", filename=self.path) from None
+            raise LockError(
+                "the store is in use by another process or handle", filename=self.path
+            ) from None
         self._lock_fd = fd
 
     def _release_lock(self) -> None:
@@ -147,18 +149,20 @@ class Engine:
 
     def _build_new_store(self, directory: str, mode: int) -> None:
         """Create a complete, empty store in ``directory`` (which must not exist)."""
-        os.mkdir(directory, L.dir_mode(mode))
-        os.mkdir(os.path.join(directory, L.PARTS_DIR), L.dir_mode(mode))
-        fd = os.open(os.path.join(directory, L.LOCK_FILE), os.O_RDWR | os.O_CREAT, mode)
+        os.mkdir(directory, layout.dir_mode(mode))
+        os.mkdir(os.path.join(directory, layout.PARTS_DIR), layout.dir_mode(mode))
+        fd = os.open(os.path.join(directory, layout.LOCK_FILE), os.O_RDWR | os.O_CREAT, mode)
         os.close(fd)
-        set_path = os.path.join(directory, L.SET_FILE)
-        write_poolset(set_path, os.path.join(directory, L.PARTS_DIR), L.MIN_RESERVATION, mode)
-        pool = Pool.create(set_path, L.POOL_LAYOUT, mode & ~_umask())
+        set_path = os.path.join(directory, layout.SET_FILE)
+        write_poolset(
+            set_path, os.path.join(directory, layout.PARTS_DIR), layout.MIN_RESERVATION, mode
+        )
+        pool = Pool.create(set_path, layout.POOL_LAYOUT, mode & ~_umask())
         try:
-            root_off = pool.root(L.ROOT_SIZE)
-            root = L.Root(created_ns=time.time_ns())
+            root_off = pool.root(layout.ROOT_SIZE)
+            root = layout.Root(created_ns=time.time_ns())
             pool.write(root_off, root.pack())
-            pool.persist(root_off, L.Root.SIZE)
+            pool.persist(root_off, layout.Root.SIZE)
         finally:
             pool.close()
         _fsync_dir(directory)
@@ -167,7 +171,9 @@ class Engine:
         # Build the store beside its final path and rename it into place: a crash during
         # creation leaves no half-made store at the path, only a temporary directory.
         parent = os.path.dirname(self.path)
-        tmp = os.path.join(parent, f".{os.path.basename(self.path)}.viperdbm-new-{uuid.uuid4().hex}")
+        tmp = os.path.join(
+            parent, f".{os.path.basename(self.path)}.viperdbm-new-{uuid.uuid4().hex}"
+        )
         try:
             self._build_new_store(tmp, mode)
             try:
@@ -210,10 +216,10 @@ class Engine:
         self._take_lock()
 
     def _open_pool(self) -> None:
-        set_path = os.path.join(self.path, L.SET_FILE)
-        parts = os.path.join(self.path, L.PARTS_DIR)
+        set_path = os.path.join(self.path, layout.SET_FILE)
+        parts = os.path.join(self.path, layout.PARTS_DIR)
         self._refresh_poolset(set_path, parts)
-        pool = Pool.open(set_path, L.POOL_LAYOUT)
+        pool = Pool.open(set_path, layout.POOL_LAYOUT)
         self._pool = pool
         try:
             self._read_root()
@@ -239,10 +245,8 @@ class Engine:
         # The poolset names its parts directory by absolute path, so a store that was moved
         # or copied needs it rewritten; the reservation (address space, not disk) is raised
         # here when the store has grown towards it.
-        used = sum(
-            e.stat().st_size for e in os.scandir(parts) if e.is_file(follow_symlinks=False)
-        )
-        reservation = L.MIN_RESERVATION
+        used = sum(e.stat().st_size for e in os.scandir(parts) if e.is_file(follow_symlinks=False))
+        reservation = layout.MIN_RESERVATION
         while reservation < 4 * used:
             reservation *= 2
         try:
@@ -256,16 +260,18 @@ class Engine:
 
     def _read_root(self) -> None:
         pool = self._require_pool()
-        if pool.root_size() < L.ROOT_SIZE:
+        if pool.root_size() < layout.ROOT_SIZE:
             raise CorruptedError("the store has no root object", filename=self.path)
-        self._root_off = pool.root(L.ROOT_SIZE)
-        root = L.Root.unpack(pool.read(self._root_off, L.Root.SIZE))
-        if root.magic != L.ROOT_MAGIC:
-            raise NotAStoreError("the pool is not a viperdbm store (bad root magic)", filename=self.path)
-        if root.format_version != L.FORMAT_VERSION:
+        self._root_off = pool.root(layout.ROOT_SIZE)
+        root = layout.Root.unpack(pool.read(self._root_off, layout.Root.SIZE))
+        if root.magic != layout.ROOT_MAGIC:
+            raise NotAStoreError(
+                "the pool is not a viperdbm store (bad root magic)", filename=self.path
+            )
+        if root.format_version != layout.FORMAT_VERSION:
             raise VersionMismatchError(
                 f"the store has format version {root.format_version}; this viperdbm reads "
-                f"version {L.FORMAT_VERSION}",
+                f"version {layout.FORMAT_VERSION}",
                 filename=self.path,
                 hint="open it with the viperdbm version that wrote it and 'dump' it",
             )
@@ -281,7 +287,7 @@ class Engine:
         core.set_floor(self._root.seq_floor)
         unused: list[int] = []
         for off, type_num, usable in objects:
-            if type_num not in (L.TYPE_STANDARD_BLOCK, L.TYPE_JUMBO_BLOCK):
+            if type_num not in (layout.TYPE_STANDARD_BLOCK, layout.TYPE_JUMBO_BLOCK):
                 raise CorruptedError(
                     f"the pool holds an object of unknown type {type_num}", filename=self.path
                 )
@@ -357,7 +363,7 @@ class Engine:
                 elif rc == _native.RC_NEED_JUMBO:
                     kb, vb = _as_bytes(key), _as_bytes(value)
                     off, usable = self._alloc(
-                        _native.jumbo_size(len(kb), len(vb)), L.TYPE_JUMBO_BLOCK, zero=False
+                        _native.jumbo_size(len(kb), len(vb)), layout.TYPE_JUMBO_BLOCK, zero=False
                     )
                     rc = core.put_jumbo(off, usable, kb, vb)
                     continue
@@ -382,7 +388,7 @@ class Engine:
                 elif rc == _native.RC_NEED_JUMBO:
                     kb = _as_bytes(key)
                     off, usable = self._alloc(
-                        _native.jumbo_size(len(kb), 0), L.TYPE_JUMBO_BLOCK, zero=False
+                        _native.jumbo_size(len(kb), 0), layout.TYPE_JUMBO_BLOCK, zero=False
                     )
                     rc = core.delete_jumbo(off, usable, kb)
                     continue
@@ -398,7 +404,7 @@ class Engine:
 
     def _new_block(self) -> None:
         off, usable = self._alloc(
-            L.BLOCK_SIZE - L.PMEMOBJ_OBJECT_HEADER, L.TYPE_STANDARD_BLOCK, zero=True
+            layout.BLOCK_SIZE - layout.PMEMOBJ_OBJECT_HEADER, layout.TYPE_STANDARD_BLOCK, zero=True
         )
         if self._require_core().add_block(off, usable) == _native.RC_FREEABLE:
             self._free_dead_blocks()
@@ -419,7 +425,7 @@ class Engine:
             if not self.options.writable:
                 return
             pool.msync(0, pool.mapped_size())
-            _fsync_dir(os.path.join(self.path, L.PARTS_DIR))
+            _fsync_dir(os.path.join(self.path, layout.PARTS_DIR))
 
     def reorganize(self) -> None:
         """Copy every live record forward, then free every older block.
@@ -441,15 +447,17 @@ class Engine:
                         self._new_block()
                         rc, size = core.compact_step()
                     elif rc == _native.RC_NEED_JUMBO:
-                        off, usable = self._alloc(size, L.TYPE_JUMBO_BLOCK, zero=False)
+                        off, usable = self._alloc(size, layout.TYPE_JUMBO_BLOCK, zero=False)
                         rc, size = core.compact_step(off, usable)
                     else:  # pragma: no cover
                         raise error(f"unexpected return code {rc} from the native core")
                 # every live record now has a copy newer than floor: make the copies
                 # durable before the floor that makes the originals dead
                 pool.msync(0, pool.mapped_size())
-                pool.write(self._root_off + L.Root.SEQ_FLOOR_OFFSET, floor.to_bytes(8, "little"))
-                pool.persist(self._root_off + L.Root.SEQ_FLOOR_OFFSET, 8)
+                pool.write(
+                    self._root_off + layout.Root.SEQ_FLOOR_OFFSET, floor.to_bytes(8, "little")
+                )
+                pool.persist(self._root_off + layout.Root.SEQ_FLOOR_OFFSET, 8)
                 self._root.seq_floor = floor
                 core.set_floor(floor)
                 for off in core.old_blocks():

@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno as _errno
 
 __all__ = [
-    "error",
     "ClosedError",
     "CorruptedError",
     "LockError",
@@ -19,10 +18,11 @@ __all__ = [
     "ReadonlyError",
     "StoreFullError",
     "VersionMismatchError",
+    "error",
 ]
 
 
-class error(OSError):  # noqa: N801 - the dbm modules all name their exception ``error``
+class error(OSError):  # noqa: N801, N818 - the dbm modules all name their exception ``error``
     """Base class of every viperdbm failure (an :class:`OSError`, as in ``dbm``).
 
     ``errno`` and ``filename`` are set when they are known; ``hint`` is a sentence

@@ -18,7 +18,7 @@ from ._dbm import open as _open_db
 __all__ = ["open"]
 
 
-def open(  # noqa: A001 - mirrors shelve.open
+def open(
     filename: str | os.PathLike[str],
     flag: str = "c",
     protocol: int | None = None,
@@ -28,4 +28,4 @@ def open(  # noqa: A001 - mirrors shelve.open
 ) -> _shelve.Shelf[object]:
     """Open a persistent dictionary of picklable objects stored in a viperdbm store."""
     db = _open_db(filename, flag, mode)
-    return _shelve.Shelf(db, protocol=protocol, writeback=writeback)  # type: ignore[arg-type]
+    return _shelve.Shelf(db, protocol=protocol, writeback=writeback)
