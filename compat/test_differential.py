@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections.abc
 import errno
+import functools
 import importlib
 import importlib.util
 import os
@@ -36,7 +37,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -72,8 +73,10 @@ def module(request: pytest.FixtureRequest) -> ModuleType:
     try:
         return importlib.import_module(name)
     except ImportError as exc:
-        pytest.fail(f"cannot import {name} ({exc}); set {BACKEND_ENV}=dbm.dumb to run "
-                    "without it", pytrace=False)
+        pytest.fail(
+            f"cannot import {name} ({exc}); set {BACKEND_ENV}=dbm.dumb to run without it",
+            pytrace=False,
+        )
 
 
 def category(exc: BaseException) -> str:
@@ -262,13 +265,13 @@ def run_lockstep(module: ModuleType, path: Path, script: list[Op]) -> None:
             if op[0] == "popitem":
                 got = outcome(db.popitem)
                 if got[0] == "ok":
-                    key, value = got[1]  # type: ignore[misc]
+                    key, value = cast(tuple[bytes, bytes], got[1])
                     assert oracle.data.pop(key, None) == value, f"step {step}: {op} -> {got}"
                 else:
                     assert got == raises("KeyError") and not oracle.data, f"step {step}: {got}"
                 continue
-            want = outcome(lambda: apply(oracle, op))
-            got = outcome(lambda: apply(db, op))
+            want = outcome(functools.partial(apply, oracle, op))
+            got = outcome(functools.partial(apply, db, op))
             assert got == want, f"step {step}: {op!r}: {module.__name__} {got!r}, dict {want!r}"
         assert sorted(db.keys()) == sorted(oracle.data)
         for key, value in oracle.data.items():
@@ -278,7 +281,17 @@ def run_lockstep(module: ModuleType, path: Path, script: list[Op]) -> None:
 
 
 KEYS: list[bytes | str] = [
-    b"a", "a", b"", "", b"\x00", b"a\x00b", "ä", "ä".encode(), "ключ", b"k" * 300, b"\xff\xfe",
+    b"a",
+    "a",
+    b"",
+    "",
+    b"\x00",
+    b"a\x00b",
+    "ä",
+    "ä".encode(),
+    "ключ",
+    b"k" * 300,
+    b"\xff\xfe",
 ]
 VALUES: list[bytes | str] = [b"", b"v", "v", b"\x00\xff", "ö", b"x" * 5000, bytes(range(256))]
 
@@ -346,8 +359,9 @@ ops_st: st.SearchStrategy[Op] = st.one_of(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(script=st.lists(ops_st, max_size=40))
-def test_generated_script(module: ModuleType, tmp_path_factory: pytest.TempPathFactory,
-                          script: list[Op]) -> None:
+def test_generated_script(
+    module: ModuleType, tmp_path_factory: pytest.TempPathFactory, script: list[Op]
+) -> None:
     run_lockstep(module, tmp_path_factory.mktemp("gen") / "store", script)
 
 

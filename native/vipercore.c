@@ -907,27 +907,44 @@ static int recover_record(Core *c, uint64_t off, const Rec *r, uint64_t alen, Bl
     return 0;
 }
 
-/* scan_block(off, usable) -> (status, records)
- * status 0: a valid block, scanned; 1: no valid header (allocated but never initialised). */
+/* scan_block(off, usable, kind) -> (status, records); kind comes from the object's type.
+ * status 0: a valid block, scanned.
+ * status 1: the header does not verify and no record follows it: the block was allocated
+ *           but the process died before it was used. The caller frees it.
+ * status 2: the header is damaged but records follow it: they were scanned (the header is
+ *           redundant: where the log starts and ends follows from the object itself). */
 static PyObject *Core_scan_block(Core *c, PyObject *args) {
     unsigned long long off, usable;
-    if (!PyArg_ParseTuple(args, "KK", &off, &usable)) return NULL;
+    unsigned int kind;
+    if (!PyArg_ParseTuple(args, "KKI", &off, &usable, &kind)) return NULL;
     if (core_check_open(c) < 0 || check_block_bounds(c, off, usable) < 0) return NULL;
+    if (kind != VD_BLOCK_KIND_STANDARD && kind != VD_BLOCK_KIND_JUMBO) {
+        PyErr_SetString(PyExc_ValueError, "unknown block kind");
+        return NULL;
+    }
     const uint8_t *h = c->base + off;
     uint32_t magic = rd32(h), hcrc = rd32(h + 4);
     uint32_t want = crc32c_update(0xFFFFFFFFu, h + 8, VD_BLOCK_HEADER_SIZE - 8) ^ 0xFFFFFFFFu;
-    if (magic != VD_BLOCK_MAGIC || hcrc != want) return Py_BuildValue("(ii)", 1, 0);
-    uint32_t version = rd32(h + 8), kind = rd32(h + 12);
-    uint64_t size = rd64(h + 16), ls_rel = rd64(h + 24);
-    if (version != VD_FORMAT_VERSION) {
-        PyErr_Format(CorruptedError, "block at offset %llu has format version %u, expected %u",
-                     (unsigned long long)off, version, VD_FORMAT_VERSION);
-        return NULL;
-    }
-    if ((kind != VD_BLOCK_KIND_STANDARD && kind != VD_BLOCK_KIND_JUMBO) || size > usable ||
-        ls_rel < VD_BLOCK_HEADER_SIZE || ls_rel > size) {
-        PyErr_Format(CorruptedError, "block at offset %llu has an impossible header", (unsigned long long)off);
-        return NULL;
+    uint64_t size, ls_rel;
+    int header_ok = magic == VD_BLOCK_MAGIC && hcrc == want;
+    if (header_ok) {
+        uint32_t version = rd32(h + 8), hkind = rd32(h + 12);
+        size = rd64(h + 16);
+        ls_rel = rd64(h + 24);
+        if (version != VD_FORMAT_VERSION) {
+            PyErr_Format(CorruptedError, "block at offset %llu has format version %u, expected %u",
+                         (unsigned long long)off, version, VD_FORMAT_VERSION);
+            return NULL;
+        }
+        if (hkind != kind || size > usable || ls_rel < VD_BLOCK_HEADER_SIZE || ls_rel > size) {
+            PyErr_Format(CorruptedError, "block at offset %llu has an impossible header", (unsigned long long)off);
+            return NULL;
+        }
+    } else {
+        size = kind == VD_BLOCK_KIND_STANDARD && usable > VD_BLOCK_SIZE ? VD_BLOCK_SIZE : usable;
+        ls_rel = kind == VD_BLOCK_KIND_STANDARD ? align_up(off + VD_BLOCK_HEADER_SIZE, VD_PAGE_SIZE) - off
+                                                : VD_BLOCK_HEADER_SIZE;
+        if (ls_rel + VD_RECORD_HEADER_SIZE > size) return Py_BuildValue("(ii)", 1, 0);
     }
     Block nb = {0};
     nb.off = off;
@@ -974,7 +991,13 @@ static PyObject *Core_scan_block(Core *c, PyObject *args) {
     }
     b->end = pos;
     b->seq_max = prev_seq;
-    return Py_BuildValue("(iK)", 0, (unsigned long long)nrec);
+    if (!header_ok && nrec == 0) {
+        /* nothing here: unregister it again, the caller frees the object */
+        memmove(&c->blocks[bi], &c->blocks[bi + 1], (c->nblocks - (size_t)bi - 1) * sizeof(Block));
+        c->nblocks--;
+        return Py_BuildValue("(ii)", 1, 0);
+    }
+    return Py_BuildValue("(iK)", header_ok ? 0 : 2, (unsigned long long)nrec);
 }
 
 /* finish_recovery(writable) -> list of offsets of blocks that hold nothing needed.
@@ -1228,7 +1251,7 @@ static PyMethodDef Core_methods[] = {
     {"keys", (PyCFunction)Core_keys, METH_NOARGS, "keys() -> list of bytes, in index order"},
     {"firstkey", (PyCFunction)Core_firstkey, METH_NOARGS, "firstkey() -> bytes or None"},
     {"nextkey", (PyCFunction)Core_nextkey, METH_O, "nextkey(key) -> bytes or None"},
-    {"scan_block", (PyCFunction)Core_scan_block, METH_VARARGS, "scan_block(off, usable) -> (status, records)"},
+    {"scan_block", (PyCFunction)Core_scan_block, METH_VARARGS, "scan_block(off, usable, kind) -> (status, records)"},
     {"finish_recovery", (PyCFunction)Core_finish_recovery, METH_O, "finish_recovery(writable) -> freeable offsets"},
     {"freeable", (PyCFunction)Core_freeable, METH_NOARGS, "freeable() -> offsets of dead blocks"},
     {"drop_block", (PyCFunction)Core_drop_block, METH_O, "drop_block(off)"},

@@ -16,6 +16,7 @@ Set VIPERDBM_CRASH_SEED to replay a failing run; the seed is in every failure me
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import random
@@ -65,10 +66,8 @@ def child_writer(module_name: str, path: str, seed: int, sync_each: bool) -> Non
     for index in range(STREAM_LENGTH):
         op = operation(seed, index)
         if op.value is None:
-            try:
+            with contextlib.suppress(KeyError):
                 del db[op.key]
-            except KeyError:
-                pass
         else:
             db[op.key] = op.value
         if sync_each:  # dbm.dumb only: it keeps its index in memory until sync()

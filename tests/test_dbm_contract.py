@@ -15,7 +15,7 @@ import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from conftest import CLOSED_MESSAGE, Backend, OpenStore, Store
@@ -40,7 +40,8 @@ def populate(db: Store, data: dict[bytes, bytes]) -> None:
 
 
 def contents(db: Store) -> dict[bytes, bytes]:
-    return {key: db[key] for key in db.keys()}
+    keys = db.keys()  # the contract's list, not iteration
+    return {key: db[key] for key in keys}
 
 
 def tree(path: Path) -> list[str]:
@@ -184,7 +185,12 @@ class TestOpenFlags:
 class TestMode:
     @pytest.mark.parametrize(
         ("mode", "umask", "want"),
-        [(0o666, 0o022, 0o644), (0o666, 0o027, 0o640), (0o600, 0o000, 0o600), (0o644, 0o077, 0o600)],
+        [
+            (0o666, 0o022, 0o644),
+            (0o666, 0o027, 0o640),
+            (0o600, 0o000, 0o600),
+            (0o644, 0o077, 0o600),
+        ],
     )
     def test_mode_with_umask_applies_to_every_created_file(
         self, backend: Backend, store_dir: Path, store_path: Path, mode: int, umask: int, want: int
@@ -224,7 +230,7 @@ class TestReadOnly:
         assert sorted(readonly) == sorted(SAMPLE)
         readonly.sync()
 
-    MUTATORS: dict[str, Callable[[Store], object]] = {
+    MUTATORS: ClassVar[dict[str, Callable[[Store], object]]] = {
         "setitem-new": lambda db: db.__setitem__(b"new", b"v"),
         "setitem-existing": lambda db: db.__setitem__(b"a", b"v"),
         "delitem": lambda db: db.__delitem__(b"a"),
@@ -498,10 +504,12 @@ class TestDataTypes:
         db.close()
         assert contents(open_store("r")) == data
 
-    BAD: list[Any] = [1, 1.5, None, ["k"], ("k",), object()]
+    BAD: ClassVar[list[Any]] = [1, 1.5, None, ["k"], ("k",), object()]
 
     @pytest.mark.parametrize("bad", BAD, ids=lambda v: type(v).__name__)
-    def test_setitem_with_other_types_raises_typeerror(self, open_store: OpenStore, bad: Any) -> None:
+    def test_setitem_with_other_types_raises_typeerror(
+        self, open_store: OpenStore, bad: Any
+    ) -> None:
         db = open_store("c")
         with pytest.raises(TypeError):
             db[bad] = b"v"
@@ -530,7 +538,9 @@ class TestDataTypes:
             db.get(bad)
         assert contents(db) == {b"1": b"v"}
 
-    def test_setdefault_with_other_value_types_raises_typeerror(self, open_store: OpenStore) -> None:
+    def test_setdefault_with_other_value_types_raises_typeerror(
+        self, open_store: OpenStore
+    ) -> None:
         db = open_store("c")
         with pytest.raises(TypeError):
             db.setdefault(b"k", 1)  # type: ignore[arg-type]
@@ -576,7 +586,8 @@ class TestDataTypes:
         db.close()
         db = open_store("r")
         assert db[key] == b"value of a huge key"
-        found = [k for k in db.keys() if len(k) > 1]
+        keys = db.keys()
+        found = [k for k in keys if len(k) > 1]
         assert len(found) == 1
         assert_same_bytes(found[0], key)
 
@@ -728,10 +739,16 @@ class TestLifecycle:
         assert contents(db) == {b"k%d" % i: b"v%d" % i for i in range(30)}
 
     def test_two_stores_side_by_side(self, backend: Backend, store_dir: Path) -> None:
-        with backend.open(store_dir / "one", "c") as one, backend.open(store_dir / "two", "c") as two:
+        with (
+            backend.open(store_dir / "one", "c") as one,
+            backend.open(store_dir / "two", "c") as two,
+        ):
             one[b"k"] = b"1"
             two[b"k"] = b"2"
-        with backend.open(store_dir / "one", "r") as one, backend.open(store_dir / "two", "r") as two:
+        with (
+            backend.open(store_dir / "one", "r") as one,
+            backend.open(store_dir / "two", "r") as two,
+        ):
             assert (one[b"k"], two[b"k"]) == (b"1", b"2")
 
 
@@ -741,8 +758,8 @@ class TestGdbmExtras:
     def test_firstkey_nextkey_visit_each_key_once(self, open_store: OpenStore, count: int) -> None:
         db = open_store("c")
         want = {b"k%d" % i for i in range(count)} | ({b""} if count else set())
-        for key in want:
-            db[key] = b"v"
+        for k in want:
+            db[k] = b"v"
         seen: list[bytes] = []
         key = db.firstkey()
         while key is not None:

@@ -9,14 +9,20 @@ import fractions
 import os
 import pickle
 import shelve
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
-from conftest import Backend
+from conftest import Backend, Store
 
 PROTOCOLS = list(range(pickle.HIGHEST_PROTOCOL + 1))
+
+
+def shelf_over(db: Store, protocol: int | None = None) -> shelve.Shelf[Any]:
+    """``shelve.Shelf(store)``, the stdlib way to put a third-party dbm under shelve."""
+    return shelve.Shelf(cast("MutableMapping[bytes, bytes]", db), protocol)
 
 
 @dataclass(frozen=True)
@@ -49,7 +55,7 @@ VALUES: dict[str, Any] = {
     "large": list(range(50_000)),
     "large bytes": os.urandom(300_000),
     "date": datetime.date(2026, 1, 2),
-    "datetime": datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc),
+    "datetime": datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC),
     "decimal": decimal.Decimal("1.10"),
     "fraction": fractions.Fraction(1, 3),
     "dataclass": Point(1, 2),
@@ -61,13 +67,13 @@ VALUES: dict[str, Any] = {
 def test_shelf_over_the_store_round_trips_every_type(
     backend: Backend, store_path: Path, protocol: int
 ) -> None:
-    with shelve.Shelf(backend.open(store_path, "c"), protocol=protocol) as shelf:
+    with shelf_over(backend.open(store_path, "c"), protocol) as shelf:
         for key, value in VALUES.items():
             shelf[key] = value
         assert len(shelf) == len(VALUES)
         for key, value in VALUES.items():
             assert shelf[key] == value
-    with shelve.Shelf(backend.open(store_path, "r")) as shelf:
+    with shelf_over(backend.open(store_path, "r")) as shelf:
         assert sorted(shelf) == sorted(VALUES)
         for key, value in VALUES.items():
             assert shelf[key] == value

@@ -286,14 +286,26 @@ class Engine:
         self.core = core
         core.set_floor(self._root.seq_floor)
         unused: list[int] = []
+        kinds = {
+            layout.TYPE_STANDARD_BLOCK: layout.BLOCK_KIND_STANDARD,
+            layout.TYPE_JUMBO_BLOCK: layout.BLOCK_KIND_JUMBO,
+        }
         for off, type_num, usable in objects:
-            if type_num not in (layout.TYPE_STANDARD_BLOCK, layout.TYPE_JUMBO_BLOCK):
+            kind = kinds.get(type_num)
+            if kind is None:
                 raise CorruptedError(
                     f"the pool holds an object of unknown type {type_num}", filename=self.path
                 )
-            status, _records = core.scan_block(off, usable)
-            if status != 0:
-                unused.append(off)  # allocated, then the process died before its header
+            status, _records = core.scan_block(off, usable, kind)
+            if status == 1:
+                unused.append(off)  # allocated, then the process died before its first record
+            elif status == 2:
+                log.warning(
+                    "%s: the header of the block at offset %d is damaged; its records were "
+                    "recovered without it",
+                    self.path,
+                    off,
+                )
         freeable = core.finish_recovery(self.options.writable)
         if self.options.writable:
             for off in unused:

@@ -1,0 +1,278 @@
+"""The engine's own promises: the Viper log, space reclamation, recovery of torn records,
+jumbo records, growth, the index's footprint, threads and fork.
+
+Everything runs on real stores (tmpfs and ext4) through the public API; damaged records are
+made by editing the pool's part files of a closed store, as a crash or a bad disk would.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+import viperdbm
+from viperdbm import _layout as layout
+from viperdbm._pmemobj import Pool
+
+
+def part_files(store: Path) -> list[Path]:
+    return sorted((store / layout.PARTS_DIR).glob("*.pmem"))
+
+
+def find_in_pool(store: Path, needle: bytes) -> list[tuple[Path, int]]:
+    """Where ``needle`` occurs in the part files of a closed store (file, offset in file)."""
+    hits = []
+    for part in part_files(store):
+        data = part.read_bytes()
+        start = data.find(needle)
+        while start >= 0:
+            hits.append((part, start))
+            start = data.find(needle, start + 1)
+    return hits
+
+
+def flip_byte(part: Path, offset: int) -> None:
+    with part.open("r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def disk_bytes(store: Path) -> int:
+    return sum(p.stat().st_blocks * 512 for p in store.rglob("*") if p.is_file())
+
+
+class TestSpace:
+    def test_an_empty_store_takes_at_most_16_mib(self, store_path: Path) -> None:
+        viperdbm.open(store_path, "c").close()
+        assert disk_bytes(store_path) <= 16 << 20
+
+    def test_overwritten_blocks_are_freed_without_reorganize(self, store_path: Path) -> None:
+        with viperdbm.open(store_path, "c") as db:
+            for round_ in range(12):
+                for i in range(2000):
+                    db[b"key%05d" % i] = bytes([round_]) * 1000
+            stats = db.stats()
+        # 2 MB live; a block is 4 MiB: only the blocks still holding live records remain
+        assert stats["blocks"] <= 3
+        assert stats["live_bytes"] >= 2000 * 1000
+        with viperdbm.open(store_path, "r") as db:
+            assert all(db[b"key%05d" % i] == bytes([11]) * 1000 for i in range(2000))
+
+    def test_reorganize_reclaims_dead_space_and_deletes_stay_deleted(
+        self, store_path: Path
+    ) -> None:
+        with viperdbm.open(store_path, "c") as db:
+            for i in range(5000):
+                db[b"k%d" % i] = b"v" * 200
+            for i in range(0, 5000, 2):
+                del db[b"k%d" % i]
+            before = db.stats()
+            db.reorganize()
+            after = db.stats()
+        assert before["dead_bytes"] > 0 and before["tombstones"] == 2500
+        assert after["dead_bytes"] == 0 and after["tombstones"] == 0
+        assert after["records"] == 2500
+        with viperdbm.open(store_path, "r") as db:
+            assert len(db) == 2500
+            assert all((b"k%d" % i in db) == (i % 2 == 1) for i in range(5000))
+
+    def test_the_index_holds_no_values(self, store_path: Path) -> None:
+        with viperdbm.open(store_path, "c") as db:
+            for i in range(100_000):
+                db[b"%016d" % i] = b"x" * 100
+            stats = db.stats()
+        assert stats["index_bytes"] / stats["records"] <= 40
+
+
+class TestRecovery:
+    def test_a_torn_new_record_is_ignored_and_the_rest_survives(self, store_path: Path) -> None:
+        with viperdbm.open(store_path, "c") as db:
+            db[b"a"] = b"A-VALUE-MARKER-1"
+            db[b"b"] = b"B-VALUE-MARKER-2"
+            db[b"c"] = b"C-VALUE-MARKER-3"
+        [(part, at)] = find_in_pool(store_path, b"C-VALUE-MARKER-3")
+        flip_byte(part, at + 5)  # the last record no longer matches its checksum
+        with viperdbm.open(store_path, "r") as db:
+            assert db[b"a"] == b"A-VALUE-MARKER-1"
+            assert db[b"b"] == b"B-VALUE-MARKER-2"
+            assert b"c" not in db
+            assert len(db) == 2
+
+    def test_a_torn_update_leaves_the_previous_value(self, store_path: Path) -> None:
+        with viperdbm.open(store_path, "c") as db:
+            db[b"k"] = b"OLD-VERSION-MARKER"
+            db[b"k"] = b"NEW-VERSION-MARKER"
+        [(part, at)] = find_in_pool(store_path, b"NEW-VERSION-MARKER")
+        flip_byte(part, at)
+        with viperdbm.open(store_path, "r") as db:
+            assert db[b"k"] == b"OLD-VERSION-MARKER"
+
+    def test_writes_after_a_torn_record_are_found_again(self, store_path: Path) -> None:
+        with viperdbm.open(store_path, "c") as db:
+            db[b"a"] = b"x" * 50
+            db[b"torn"] = b"TORN-RECORD-MARKER" + b"y" * 300
+        [(part, at)] = find_in_pool(store_path, b"TORN-RECORD-MARKER")
+        flip_byte(part, at)
+        # the writer resumes after the last valid record, over the remains of the torn one
+        with viperdbm.open(store_path, "w") as db:
+            assert b"torn" not in db
+            db[b"after1"] = b"1"
+            db[b"after2"] = b"2" * 10
+        with viperdbm.open(store_path, "r") as db:
+            assert sorted(db.keys()) == [b"a", b"after1", b"after2"]
+
+    def test_a_damaged_block_header_loses_no_record(self, store_path: Path) -> None:
+        with viperdbm.open(store_path, "c") as db:
+            for i in range(100):
+                db[b"k%d" % i] = b"v%d" % i
+        # the block header starts with the magic "VBLK"
+        [(part, at)] = find_in_pool(store_path, layout.BLOCK_MAGIC.to_bytes(4, "little"))
+        flip_byte(part, at + 20)
+        with viperdbm.open(store_path, "w") as db:
+            assert len(db) == 100
+            assert all(db[b"k%d" % i] == b"v%d" % i for i in range(100))
+
+    def test_an_unknown_object_in_the_pool_is_reported(self, store_path: Path) -> None:
+        viperdbm.open(store_path, "c").close()
+        pool = Pool.open(str(store_path / layout.SET_FILE), layout.POOL_LAYOUT)
+        try:
+            pool.alloc(4096, 99)
+        finally:
+            pool.close()
+        with pytest.raises(viperdbm.CorruptedError, match="unknown type 99"):
+            viperdbm.open(store_path, "r")
+
+    def test_jumbo_records_round_trip_and_are_freed_when_superseded(self, store_path: Path) -> None:
+        big1 = os.urandom(3 << 20)
+        big2 = os.urandom(2 << 20)
+        with viperdbm.open(store_path, "c") as db:
+            db[b"big"] = big1
+            assert db.stats()["jumbo_blocks"] == 1
+            db[b"big"] = big2
+            assert db.stats()["jumbo_blocks"] == 1  # the first one was freed
+            db[b"other"] = big1
+        with viperdbm.open(store_path, "w") as db:
+            assert db[b"big"] == big2 and db[b"other"] == big1
+            db[b"big"] = b"small now"
+            del db[b"other"]
+            assert db.stats()["jumbo_blocks"] == 0
+        with viperdbm.open(store_path, "r") as db:
+            assert db[b"big"] == b"small now" and b"other" not in db
+
+    def test_a_long_key_and_its_delete(self, store_path: Path) -> None:
+        key = b"K" * (2 << 20)  # too long for a standard block, even as a tombstone
+        with viperdbm.open(store_path, "c") as db:
+            db[key] = b"value"
+            db[b"short"] = b"s"
+        with viperdbm.open(store_path, "w") as db:
+            assert db[key] == b"value"
+            del db[key]
+        with viperdbm.open(store_path, "w") as db:
+            assert key not in db and db[b"short"] == b"s"
+            db.reorganize()
+        with viperdbm.open(store_path, "r") as db:
+            assert db.keys() == [b"short"]
+
+
+class TestGrowth:
+    def test_the_store_grows_past_4_gib_while_open(self, tmp_path: Path) -> None:
+        # ext4 only: on tmpfs this would hold 4 GiB of RAM
+        path = Path("/tmp") / f"viperdbm-big-{os.getpid()}"
+        try:
+            value = b"\xab" * (64 << 20)
+            with viperdbm.open(path, "c") as db:
+                for i in range(66):
+                    db[b"%d" % i] = value[:-1] + bytes([i])
+                assert db.stats()["pool_bytes"] > 4 << 30
+                assert db[b"3"][-1] == 3
+            with viperdbm.open(path, "r") as db:
+                assert len(db) == 66
+                assert db[b"65"][-1] == 65 and db[b"0"][:4] == b"\xab" * 4
+        finally:
+            subprocess.run(["rm", "-rf", str(path)], check=False)
+
+
+class TestConcurrency:
+    def test_threads_write_and_read_one_store(self, store_path: Path) -> None:
+        errors: list[BaseException] = []
+        with viperdbm.open(store_path, "c") as db:
+
+            def writer(t: int) -> None:
+                try:
+                    for i in range(3000):
+                        db[b"t%d-%d" % (t, i)] = b"%d" % i * 20
+                        if i % 7 == 0:
+                            del db[b"t%d-%d" % (t, i)]
+                except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+                    errors.append(exc)
+
+            def reader() -> None:
+                try:
+                    for _ in range(20):
+                        for key in db.keys()[:200]:
+                            db.get(key)
+                except BaseException as exc:  # noqa: BLE001
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=writer, args=(t,)) for t in range(4)]
+            threads += [threading.Thread(target=reader) for _ in range(2)]
+            threads.append(threading.Thread(target=db.reorganize))
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+        assert errors == []
+        with viperdbm.open(store_path, "r") as db:
+            for t in range(4):
+                for i in range(3000):
+                    expected = None if i % 7 == 0 else b"%d" % i * 20
+                    assert db.get(b"t%d-%d" % (t, i)) == expected
+
+    def test_a_forked_child_cannot_use_the_parents_store(self, store_path: Path) -> None:
+        db = viperdbm.open(store_path, "c")
+        db[b"k"] = b"parent"
+        pid = os.fork()
+        if pid == 0:  # the child: every use is a ClosedError, and close() is harmless
+            code = 0
+            try:
+                db[b"k"] = b"child"
+                code = 1
+            except viperdbm.ClosedError:
+                pass
+            try:
+                db.close()
+            except BaseException:  # noqa: BLE001
+                code = 2
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        db[b"k2"] = b"still works"
+        db.close()
+        with viperdbm.open(store_path, "r") as db2:
+            assert db2[b"k"] == b"parent" and db2[b"k2"] == b"still works"
+
+
+class TestFlags:
+    def test_flag_s_writes_durably_and_reads_back(self, store_path: Path) -> None:
+        with viperdbm.open(store_path, "cs") as db:
+            for i in range(50):
+                db[b"%d" % i] = b"v" * i
+        with viperdbm.open(store_path, "rf") as db:
+            assert all(db[b"%d" % i] == b"v" * i for i in range(50))
+
+    def test_the_command_line_demo_runs(self, tmp_path: Path) -> None:
+        result = subprocess.run(
+            [sys.executable, "-m", "viperdbm", "demo", "--records", "3000", "--dir", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "(0 lost)" in result.stdout and "demo done" in result.stdout
