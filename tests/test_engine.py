@@ -210,7 +210,7 @@ class TestConcurrency:
                         db[b"t%d-%d" % (t, i)] = b"%d" % i * 20
                         if i % 7 == 0:
                             del db[b"t%d-%d" % (t, i)]
-                except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+                except BaseException as exc:
                     errors.append(exc)
 
             def reader() -> None:
@@ -218,7 +218,7 @@ class TestConcurrency:
                     for _ in range(20):
                         for key in db.keys()[:200]:
                             db.get(key)
-                except BaseException as exc:  # noqa: BLE001
+                except BaseException as exc:
                     errors.append(exc)
 
             threads = [threading.Thread(target=writer, args=(t,)) for t in range(4)]
@@ -248,7 +248,7 @@ class TestConcurrency:
                 pass
             try:
                 db.close()
-            except BaseException:  # noqa: BLE001
+            except BaseException:
                 code = 2
             os._exit(code)
         _, status = os.waitpid(pid, 0)
