@@ -97,10 +97,17 @@ class _Database(MutableMapping[bytes, bytes]):
         if rc and not self._require_engine().delete_slow(rc, key):
             raise KeyError(key)
 
-    def setdefault(self, key: _BytesLike, default: _BytesLike = b"") -> bytes:
+    def setdefault(self, key: _BytesLike, default: _BytesLike | None = None) -> bytes:  # type: ignore[override]
+        """The value of ``key``; if it is missing, store ``default`` and return it.
+
+        As in ``dbm.gnu`` and ``dbm.dumb`` the default is None, which is not a value: a
+        missing key then raises ``TypeError``.
+        """
         value = self._live_core().get(key)
         if value is not None:
             return value
+        if default is None:
+            raise TypeError("setdefault() needs a bytes or str default for a missing key")
         self[key] = default
         return default.encode("utf-8") if isinstance(default, str) else bytes(default)
 
