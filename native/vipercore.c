@@ -176,6 +176,7 @@ typedef struct {
     uint64_t end;       /* pool offset just past the last valid record */
     uint64_t live, live_bytes, dead_bytes, tombstones;
     uint64_t seq_max;
+    uint64_t damaged_at; /* where the scan met bytes that are neither a record nor zeros */
     unsigned kind;
     int old; /* being compacted away by reorganize() */
 } Block;
@@ -944,7 +945,7 @@ static PyObject *Core_scan_block(Core *c, PyObject *args) {
         size = kind == VD_BLOCK_KIND_STANDARD && usable > VD_BLOCK_SIZE ? VD_BLOCK_SIZE : usable;
         ls_rel = kind == VD_BLOCK_KIND_STANDARD ? align_up(off + VD_BLOCK_HEADER_SIZE, VD_PAGE_SIZE) - off
                                                 : VD_BLOCK_HEADER_SIZE;
-        if (ls_rel + VD_RECORD_HEADER_SIZE > size) return Py_BuildValue("(ii)", 1, 0);
+        if (ls_rel + VD_RECORD_HEADER_SIZE > size) return Py_BuildValue("(iii)", 1, 0, 0);
     }
     Block nb = {0};
     nb.off = off;
@@ -958,6 +959,7 @@ static PyObject *Core_scan_block(Core *c, PyObject *args) {
     if (bi < 0) return NULL;
     Block *b = &c->blocks[bi];
     uint64_t pos = b->log_start, end = off + size, prev_seq = 0, nrec = 0;
+    int damaged = 0; /* the log ended at bytes that are not a valid record (nor zeros) */
     while (pos + VD_RECORD_HEADER_SIZE <= end) {
         uint64_t room = VD_PAGE_SIZE - pos % VD_PAGE_SIZE;
         if (kind == VD_BLOCK_KIND_STANDARD && room < VD_RECORD_HEADER_SIZE) {
@@ -966,6 +968,7 @@ static PyObject *Core_scan_block(Core *c, PyObject *args) {
         }
         const uint8_t *r = c->base + pos;
         if (rd64(r) == 0 && rd64(r + 8) == 0) break; /* the end of the log */
+        damaged = 1; /* until this record proves valid */
         uint64_t meta = rd64(r + 8);
         unsigned rk = (unsigned)((meta >> VD_KIND_SHIFT) & 0xF);
         if (rk < VD_KIND_PUT || rk > VD_KIND_PAD) break;
@@ -979,11 +982,13 @@ static PyObject *Core_scan_block(Core *c, PyObject *args) {
         if (crc != rd32(r)) break; /* a torn write: the log ends here */
         uint64_t alen = align_up(rec.total, VD_RECORD_ALIGN);
         if (rec.kind == VD_KIND_PAD) {
+            damaged = 0;
             pos += alen;
             continue;
         }
         if (rec.seq <= prev_seq || rec.seq == 0) break; /* sequence numbers only grow in a log */
         prev_seq = rec.seq;
+        damaged = 0;
         if (recover_record(c, pos, &rec, alen, b) < 0) return NULL;
         nrec++;
         pos += alen;
@@ -991,13 +996,15 @@ static PyObject *Core_scan_block(Core *c, PyObject *args) {
     }
     b->end = pos;
     b->seq_max = prev_seq;
+    b->damaged_at = damaged ? pos : 0;
     if (!header_ok && nrec == 0) {
         /* nothing here: unregister it again, the caller frees the object */
         memmove(&c->blocks[bi], &c->blocks[bi + 1], (c->nblocks - (size_t)bi - 1) * sizeof(Block));
         c->nblocks--;
-        return Py_BuildValue("(ii)", 1, 0);
+        return Py_BuildValue("(iii)", 1, 0, 0);
     }
-    return Py_BuildValue("(iK)", header_ok ? 0 : 2, (unsigned long long)nrec);
+    return Py_BuildValue("(iKK)", header_ok ? 0 : 2, (unsigned long long)nrec,
+                         (unsigned long long)(damaged ? pos : 0));
 }
 
 /* finish_recovery(writable) -> list of offsets of blocks that hold nothing needed.
@@ -1051,6 +1058,7 @@ static PyObject *Core_finish_recovery(Core *c, PyObject *arg) {
                 memset(tail, 0, tail_len);
                 persist_range(c, b->end, tail_len);
             }
+            b->damaged_at = 0;
             c->active = best;
         }
     }
@@ -1066,6 +1074,31 @@ static PyObject *Core_finish_recovery(Core *c, PyObject *arg) {
             return NULL;
         }
         Py_DECREF(o);
+    }
+    return out;
+}
+
+/* damage() -> [(block offset, offset of the first unreadable byte)] for every block whose
+ * log ends in bytes that are not a record, except the newest block: there that is the
+ * expected remains of the write in flight when the process died. */
+static PyObject *Core_damage(Core *c, PyObject *unused) {
+    (void)unused;
+    if (core_check_open(c) < 0) return NULL;
+    Py_ssize_t newest = -1;
+    for (size_t i = 0; i < c->nblocks; i++)
+        if (newest < 0 || c->blocks[i].seq_max > c->blocks[newest].seq_max) newest = (Py_ssize_t)i;
+    PyObject *out = PyList_New(0);
+    if (!out) return NULL;
+    for (size_t i = 0; i < c->nblocks; i++) {
+        Block *b = &c->blocks[i];
+        if (!b->damaged_at || (Py_ssize_t)i == newest) continue;
+        PyObject *t = Py_BuildValue("(KK)", (unsigned long long)b->off, (unsigned long long)b->damaged_at);
+        if (!t || PyList_Append(out, t) < 0) {
+            Py_XDECREF(t);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(t);
     }
     return out;
 }
@@ -1251,8 +1284,9 @@ static PyMethodDef Core_methods[] = {
     {"keys", (PyCFunction)Core_keys, METH_NOARGS, "keys() -> list of bytes, in index order"},
     {"firstkey", (PyCFunction)Core_firstkey, METH_NOARGS, "firstkey() -> bytes or None"},
     {"nextkey", (PyCFunction)Core_nextkey, METH_O, "nextkey(key) -> bytes or None"},
-    {"scan_block", (PyCFunction)Core_scan_block, METH_VARARGS, "scan_block(off, usable, kind) -> (status, records)"},
+    {"scan_block", (PyCFunction)Core_scan_block, METH_VARARGS, "scan_block(off, usable, kind) -> (status, records, damaged_at)"},
     {"finish_recovery", (PyCFunction)Core_finish_recovery, METH_O, "finish_recovery(writable) -> freeable offsets"},
+    {"damage", (PyCFunction)Core_damage, METH_NOARGS, "damage() -> [(block, offset)] of unreadable log tails"},
     {"freeable", (PyCFunction)Core_freeable, METH_NOARGS, "freeable() -> offsets of dead blocks"},
     {"drop_block", (PyCFunction)Core_drop_block, METH_O, "drop_block(off)"},
     {"compact_begin", (PyCFunction)Core_compact_begin, METH_NOARGS, "compact_begin() -> floor"},

@@ -83,6 +83,8 @@ class Engine:
         self._pool: Pool | None = None
         self._root_off = 0
         self.rebuild_seconds = 0.0
+        #: (block offset, offset of the first unreadable byte) for each damaged block log
+        self.damage: list[tuple[int, int]] = []
         self.core: _native.Core | None = None
         self._open(mode)
         _open_engines.add(self)
@@ -296,7 +298,7 @@ class Engine:
                 raise CorruptedError(
                     f"the pool holds an object of unknown type {type_num}", filename=self.path
                 )
-            status, _records = core.scan_block(off, usable, kind)
+            status, _records, _damaged_at = core.scan_block(off, usable, kind)
             if status == 1:
                 unused.append(off)  # allocated, then the process died before its first record
             elif status == 2:
@@ -306,6 +308,16 @@ class Engine:
                     self.path,
                     off,
                 )
+        # damage is read before finish_recovery() zeroes the torn tail of the resumed block
+        self.damage = core.damage()
+        for block, at in self.damage:
+            log.warning(
+                "%s: the log of the block at offset %d ends in unreadable bytes at offset %d; "
+                "records after that point in the block (if any) are lost",
+                self.path,
+                block,
+                at,
+            )
         freeable = core.finish_recovery(self.options.writable)
         if self.options.writable:
             for off in unused:
