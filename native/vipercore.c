@@ -201,7 +201,13 @@ typedef struct {
 
 #define SLOT_OFF_BITS 40
 #define SLOT_OFF_MASK ((UINT64_C(1) << SLOT_OFF_BITS) - 1)
-#define SLOT_TAG(h) ((((h) >> 40) & 0xFFFFFFu) | 1u) /* never 0, so a used slot is never 0 */
+/* The tag is the hash's top 24 bits, and a key's home slot is the top log2(cap) bits: up to
+ * 2^24 slots the home of an entry follows from its tag, so growing the table and deleting
+ * (backward shift) never read keys from the pool. A used slot is never 0: no record is at
+ * pool offset 0. */
+#define SLOT_TAG(h) ((h) >> 40)
+
+static inline unsigned log2u64(uint64_t v) { return 63u - (unsigned)__builtin_clzll(v); }
 
 static inline uint64_t slot_make(uint64_t h, uint64_t off) {
     return ((uint64_t)SLOT_TAG(h) << SLOT_OFF_BITS) | (off >> 2);
@@ -332,7 +338,7 @@ static const uint8_t *rec_key(Core *c, uint64_t off, Rec *r) {
 
 /* Find key; returns slot index if found, else -(insert position) - 1. */
 static int64_t index_lookup(Core *c, const uint8_t *key, uint64_t klen, uint64_t h) {
-    uint64_t mask = c->cap - 1, i = h & mask, tag = SLOT_TAG(h);
+    uint64_t mask = c->cap - 1, i = h >> (64 - log2u64(c->cap)), tag = SLOT_TAG(h);
     for (;;) {
         uint64_t s = c->slots[i];
         if (s == 0) return -(int64_t)i - 1;
@@ -351,6 +357,13 @@ static uint64_t hash_of_slot(Core *c, uint64_t s) {
     return key_hash(k, r.klen);
 }
 
+/* the home slot of an entry in a table of cap slots */
+static inline uint64_t home_of(Core *c, uint64_t s, uint64_t cap) {
+    unsigned bits = log2u64(cap);
+    if (bits <= 24) return slot_tag(s) >> (24 - bits);
+    return hash_of_slot(c, s) >> (64 - bits);
+}
+
 static int index_resize(Core *c, uint64_t ncap) {
     uint64_t *old = c->slots, ocap = c->cap;
     if (index_alloc(c, ncap) < 0) {
@@ -362,7 +375,7 @@ static int index_resize(Core *c, uint64_t ncap) {
     for (uint64_t i = 0; i < ocap; i++) {
         uint64_t s = old[i];
         if (!s) continue;
-        uint64_t j = hash_of_slot(c, s) & mask;
+        uint64_t j = home_of(c, s, ncap);
         while (c->slots[j]) j = (j + 1) & mask;
         c->slots[j] = s;
     }
@@ -384,7 +397,7 @@ static void index_remove_at(Core *c, uint64_t i) {
         j = (j + 1) & mask;
         uint64_t s = c->slots[j];
         if (!s) break;
-        uint64_t home = hash_of_slot(c, s) & mask;
+        uint64_t home = home_of(c, s, c->cap);
         /* move s into the hole at i if its home is not in the cyclic range (i, j] */
         int in_range = (i <= j) ? (home > i && home <= j) : (home > i || home <= j);
         if (!in_range) {
@@ -619,7 +632,7 @@ static int do_put(Core *c, const uint8_t *key, uint64_t klen, const uint8_t *val
         if (rc != RC_OK) return rc;
     }
     uint64_t alen = align_up(record_len_for(klen, vlen), VD_RECORD_ALIGN);
-    Py_ssize_t bi = block_find(c, off);
+    Py_ssize_t bi = jumbo_off ? block_find(c, off) : c->active;
     c->blocks[bi].live++;
     c->blocks[bi].live_bytes += alen;
     c->writes++;
@@ -638,25 +651,30 @@ static int do_put(Core *c, const uint8_t *key, uint64_t klen, const uint8_t *val
     return freeable ? RC_FREEABLE : RC_OK;
 }
 
+/* Put from Python objects: rc >= 0 (RC_*), or -2 with an exception set. */
+static int core_put_obj(Core *c, PyObject *key, PyObject *value) {
+    if (core_check_open(c) < 0) return -2;
+    if (c->compacting) return RC_BUSY;
+    KeyArg k, v;
+    if (keyarg_get(key, &k, "keys") < 0) return -2;
+    if (keyarg_get(value, &v, "values") < 0) {
+        keyarg_release(&k);
+        return -2;
+    }
+    int rc = do_put(c, k.p, (uint64_t)k.n, v.p, (uint64_t)v.n, 0, 0);
+    keyarg_release(&k);
+    keyarg_release(&v);
+    return rc < 0 ? -2 : rc;
+}
+
 /* put(key, value) -> 0 ok, 1 need block, 2 need jumbo block, 3 ok and a block is freeable */
 static PyObject *Core_put(Core *c, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "put(key, value)");
         return NULL;
     }
-    if (core_check_open(c) < 0) return NULL;
-    if (c->compacting) return PyLong_FromLong(RC_BUSY);
-    KeyArg k, v;
-    if (keyarg_get(args[0], &k, "keys") < 0) return NULL;
-    if (keyarg_get(args[1], &v, "values") < 0) {
-        keyarg_release(&k);
-        return NULL;
-    }
-    int rc = do_put(c, k.p, (uint64_t)k.n, v.p, (uint64_t)v.n, 0, 0);
-    keyarg_release(&k);
-    keyarg_release(&v);
-    if (rc < 0) return NULL;
-    return PyLong_FromLong(rc);
+    int rc = core_put_obj(c, args[0], args[1]);
+    return rc == -2 ? NULL : PyLong_FromLong(rc);
 }
 
 /* jumbo_size(klen, vlen) -> bytes to allocate for a jumbo block holding that record */
@@ -686,29 +704,25 @@ static PyObject *Core_put_jumbo(Core *c, PyObject *args) {
     return PyLong_FromLong(rc);
 }
 
-/* delete(key) -> -1 missing, 0 ok, 1 need block, 2 need jumbo, 3 ok and freeable */
-static PyObject *Core_delete(Core *c, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 1) {
-        PyErr_SetString(PyExc_TypeError, "delete(key)");
-        return NULL;
-    }
-    if (core_check_open(c) < 0) return NULL;
-    if (c->compacting) return PyLong_FromLong(RC_BUSY);
+/* Delete from a Python object: -1 missing, rc >= 0 (RC_*), or -2 with an exception set. */
+static int core_delete_obj(Core *c, PyObject *key) {
+    if (core_check_open(c) < 0) return -2;
+    if (c->compacting) return RC_BUSY;
     KeyArg k;
-    if (keyarg_get(args[0], &k, "keys") < 0) return NULL;
+    if (keyarg_get(key, &k, "keys") < 0) return -2;
     uint64_t h = key_hash(k.p, (uint64_t)k.n);
     int64_t i = index_lookup(c, k.p, (uint64_t)k.n, h);
     if (i < 0) {
         keyarg_release(&k);
-        return PyLong_FromLong(-1);
+        return -1;
     }
-    uint64_t off;
-    int rc = append_record(c, VD_KIND_DEL, k.p, (uint64_t)k.n, NULL, 0, &off);
+    uint64_t off, klen = (uint64_t)k.n;
+    int rc = append_record(c, VD_KIND_DEL, k.p, klen, NULL, 0, &off);
     keyarg_release(&k);
-    if (rc != RC_OK) return PyLong_FromLong(rc);
-    Py_ssize_t bi = block_find(c, off);
-    c->blocks[bi].tombstones++;
-    c->blocks[bi].dead_bytes += align_up(record_len_for((uint64_t)k.n, 0), VD_RECORD_ALIGN);
+    if (rc != RC_OK) return rc;
+    Block *b = &c->blocks[c->active];
+    b->tombstones++;
+    b->dead_bytes += align_up(record_len_for(klen, 0), VD_RECORD_ALIGN);
     uint64_t old = slot_off(c->slots[i]);
     Rec r;
     rec_parse(c->base + old, &r);
@@ -716,7 +730,17 @@ static PyObject *Core_delete(Core *c, PyObject *const *args, Py_ssize_t nargs) {
     index_remove_at(c, (uint64_t)i);
     c->count--;
     c->writes++;
-    return PyLong_FromLong(freeable ? RC_FREEABLE : RC_OK);
+    return freeable ? RC_FREEABLE : RC_OK;
+}
+
+/* delete(key) -> -1 missing, 0 ok, 1 need block, 2 need jumbo, 3 ok and freeable */
+static PyObject *Core_delete(Core *c, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 1) {
+        PyErr_SetString(PyExc_TypeError, "delete(key)");
+        return NULL;
+    }
+    int rc = core_delete_obj(c, args[0]);
+    return rc == -2 ? NULL : PyLong_FromLong(rc);
 }
 
 /* delete_jumbo(off, usable, key): a tombstone too large for a standard block */
@@ -1320,6 +1344,203 @@ static PyTypeObject CoreType = {
     .tp_as_sequence = &Core_as_sequence,
 };
 
+
+/* ------------------------------------------------------------------ MapBase
+ * The C base of viperdbm's dbm object (_dbm._Database subclasses it together with
+ * MutableMapping), so that db[k] = v, db[k], k in db, del db[k] and len(db) run without a
+ * Python frame: the mapping slots call the core directly and fall back to the engine's
+ * Python slow paths (put_slow / delete_slow) only when a block must be allocated or freed. */
+typedef struct {
+    PyObject_HEAD Core *core; /* NULL when the store is closed */
+    PyObject *engine;         /* has put_slow(rc, key, value) and delete_slow(rc, key) -> bool */
+    PyObject *on_readonly;    /* called (no arguments) to raise ReadonlyError */
+    int readonly;
+} MapBase;
+
+static PyObject *str_put_slow, *str_delete_slow;
+
+static Core *map_core(MapBase *m) {
+    if (m->core == NULL) {
+        PyErr_SetString(ClosedError ? ClosedError : PyExc_ValueError, "DBM object has already been closed");
+        return NULL;
+    }
+    return m->core;
+}
+
+static int map_refuse_readonly(MapBase *m) {
+    PyObject *r = m->on_readonly ? PyObject_CallNoArgs(m->on_readonly) : NULL;
+    if (r != NULL) { /* the callable was meant to raise */
+        Py_DECREF(r);
+        PyErr_SetString(PyExc_OSError, "the store was opened read-only");
+    }
+    return -1;
+}
+
+static int MapBase_traverse(MapBase *m, visitproc visit, void *arg) {
+    Py_VISIT(m->core);
+    Py_VISIT(m->engine);
+    Py_VISIT(m->on_readonly);
+    return 0;
+}
+
+static int MapBase_clear(MapBase *m) {
+    Py_CLEAR(m->core);
+    Py_CLEAR(m->engine);
+    Py_CLEAR(m->on_readonly);
+    return 0;
+}
+
+static void MapBase_dealloc(MapBase *m) {
+    PyObject_GC_UnTrack(m);
+    MapBase_clear(m);
+    Py_TYPE(m)->tp_free((PyObject *)m);
+}
+
+/* _attach(core, engine, readonly, on_readonly) */
+static PyObject *MapBase_attach(MapBase *m, PyObject *args) {
+    PyObject *core, *engine, *on_readonly;
+    int readonly;
+    if (!PyArg_ParseTuple(args, "O!OpO", &CoreType, &core, &engine, &readonly, &on_readonly)) return NULL;
+    Py_INCREF(core);
+    Py_INCREF(engine);
+    Py_INCREF(on_readonly);
+    MapBase_clear(m);
+    m->core = (Core *)core;
+    m->engine = engine;
+    m->on_readonly = on_readonly;
+    m->readonly = readonly;
+    Py_RETURN_NONE;
+}
+
+static PyObject *MapBase_detach(MapBase *m, PyObject *unused) {
+    (void)unused;
+    MapBase_clear(m);
+    Py_RETURN_NONE;
+}
+
+static Py_ssize_t MapBase_len(MapBase *m) {
+    Core *c = map_core(m);
+    return c ? Core_len(c) : -1;
+}
+
+static PyObject *MapBase_subscript(MapBase *m, PyObject *key) {
+    Core *c = map_core(m);
+    return c ? Core_getitem(c, key) : NULL;
+}
+
+static int MapBase_ass_subscript(MapBase *m, PyObject *key, PyObject *value) {
+    Core *c = map_core(m);
+    if (!c) return -1;
+    if (m->readonly) return map_refuse_readonly(m);
+    if (value != NULL) {
+        int rc = core_put_obj(c, key, value);
+        if (rc == RC_OK) return 0;
+        if (rc == -2) return -1;
+        PyObject *rco = PyLong_FromLong(rc);
+        if (!rco) return -1;
+        PyObject *r = PyObject_CallMethodObjArgs(m->engine, str_put_slow, rco, key, value, NULL);
+        Py_DECREF(rco);
+        if (!r) return -1;
+        Py_DECREF(r);
+        return 0;
+    }
+    int rc = core_delete_obj(c, key);
+    if (rc == RC_OK) return 0;
+    if (rc == -2) return -1;
+    if (rc == -1) {
+        PyErr_SetObject(PyExc_KeyError, key);
+        return -1;
+    }
+    PyObject *rco = PyLong_FromLong(rc);
+    if (!rco) return -1;
+    PyObject *r = PyObject_CallMethodObjArgs(m->engine, str_delete_slow, rco, key, NULL);
+    Py_DECREF(rco);
+    if (!r) return -1;
+    int found = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    if (found < 0) return -1;
+    if (!found) {
+        PyErr_SetObject(PyExc_KeyError, key);
+        return -1;
+    }
+    return 0;
+}
+
+static int MapBase_contains(MapBase *m, PyObject *key) {
+    Core *c = map_core(m);
+    if (!c) return -1;
+    if (core_check_open(c) < 0) return -1;
+    int64_t i = lookup_arg(c, key);
+    if (i == INT64_MIN) return -1;
+    return i >= 0;
+}
+
+static PyObject *MapBase_get(MapBase *m, PyObject *const *args, Py_ssize_t nargs) {
+    Core *c = map_core(m);
+    return c ? Core_get(c, args, nargs) : NULL;
+}
+
+static PyObject *MapBase_keys(MapBase *m, PyObject *unused) {
+    Core *c = map_core(m);
+    return c ? Core_keys(c, unused) : NULL;
+}
+
+static PyObject *MapBase_iter(MapBase *m) {
+    /* a snapshot of the keys: the store may change while the caller iterates */
+    PyObject *keys = MapBase_keys(m, NULL);
+    if (!keys) return NULL;
+    PyObject *it = PyObject_GetIter(keys);
+    Py_DECREF(keys);
+    return it;
+}
+
+static PyObject *MapBase_firstkey(MapBase *m, PyObject *unused) {
+    Core *c = map_core(m);
+    return c ? Core_firstkey(c, unused) : NULL;
+}
+
+static PyObject *MapBase_nextkey(MapBase *m, PyObject *key) {
+    Core *c = map_core(m);
+    return c ? Core_nextkey(c, key) : NULL;
+}
+
+static PyMethodDef MapBase_methods[] = {
+    {"_attach", (PyCFunction)MapBase_attach, METH_VARARGS, "_attach(core, engine, readonly, on_readonly)"},
+    {"_detach", (PyCFunction)MapBase_detach, METH_NOARGS, "_detach(): the store is closed"},
+    {"get", (PyCFunction)(void (*)(void))MapBase_get, METH_FASTCALL, "get(key, default=None): the value of key, or default"},
+    {"keys", (PyCFunction)MapBase_keys, METH_NOARGS, "keys(): a list of every key (as every dbm module returns)"},
+    {"firstkey", (PyCFunction)MapBase_firstkey, METH_NOARGS,
+     "firstkey(): the first key in the store's (hash) order, or None when it is empty (gdbm)"},
+    {"nextkey", (PyCFunction)MapBase_nextkey, METH_O,
+     "nextkey(key): the key after key in the order of firstkey(), or None at the end (gdbm)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMappingMethods MapBase_as_mapping = {
+    .mp_length = (lenfunc)MapBase_len,
+    .mp_subscript = (binaryfunc)MapBase_subscript,
+    .mp_ass_subscript = (objobjargproc)MapBase_ass_subscript,
+};
+
+static PySequenceMethods MapBase_as_sequence = {
+    .sq_contains = (objobjproc)MapBase_contains,
+};
+
+static PyTypeObject MapBaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "viperdbm._vipercore.MapBase",
+    .tp_basicsize = sizeof(MapBase),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The native mapping slots of a viperdbm store object.",
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)MapBase_dealloc,
+    .tp_traverse = (traverseproc)MapBase_traverse,
+    .tp_clear = (inquiry)MapBase_clear,
+    .tp_methods = MapBase_methods,
+    .tp_as_mapping = &MapBase_as_mapping,
+    .tp_as_sequence = &MapBase_as_sequence,
+    .tp_iter = (getiterfunc)MapBase_iter,
+};
+
 static PyObject *mod_set_error_classes(PyObject *mod, PyObject *args) {
     (void)mod;
     PyObject *closed, *corrupted;
@@ -1366,6 +1587,12 @@ PyMODINIT_FUNC PyInit__vipercore(void) {
     if (!m) return NULL;
     Py_INCREF(&CoreType);
     if (PyModule_AddObject(m, "Core", (PyObject *)&CoreType) < 0) return NULL;
+    if (PyType_Ready(&MapBaseType) < 0) return NULL;
+    Py_INCREF(&MapBaseType);
+    if (PyModule_AddObject(m, "MapBase", (PyObject *)&MapBaseType) < 0) return NULL;
+    str_put_slow = PyUnicode_InternFromString("put_slow");
+    str_delete_slow = PyUnicode_InternFromString("delete_slow");
+    if (!str_put_slow || !str_delete_slow) return NULL;
 #define ADD(name, value) PyModule_AddObject(m, name, PyLong_FromUnsignedLongLong((unsigned long long)(value)))
     ADD("FORMAT_VERSION", VD_FORMAT_VERSION);
     ADD("PAGE_SIZE", VD_PAGE_SIZE);

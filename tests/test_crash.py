@@ -23,6 +23,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +102,7 @@ import pytest  # noqa: E402  (the child above needs none of this)
 from conftest import Backend, Store  # noqa: E402
 
 ROUNDS = 5
+WATCHDOG_SECONDS = 120
 
 
 @dataclass
@@ -121,29 +123,41 @@ def spawn(backend: Backend, *args: str) -> subprocess.Popen[str]:
 
 def kill_after(proc: subprocess.Popen[str], acks: int, rng: random.Random, ctx: str) -> Killed:
     """Read acknowledgements; SIGKILL the child after *acks* of them (and a random pause
-    of at most 2 ms); then collect the acknowledgements that were already on their way."""
+    of at most 2 ms); then collect the acknowledgements that were already on their way.
+
+    A watchdog kills a child that stops making progress, so a hang fails instead of
+    blocking the suite (protection, not a timing assertion)."""
     assert proc.stdout is not None and proc.stderr is not None
-    ready = proc.stdout.readline()
-    if ready != "ready\n":
+    hung = threading.Event()
+
+    def watchdog() -> None:
+        hung.set()
         proc.kill()
-        proc.wait()
-        pytest.fail(f"{ctx}: child did not start: {ready!r} {proc.stderr.read()}")
-    seen = 0
-    while seen < acks:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        assert line == f"{seen}\n", f"{ctx}: unexpected line {line!r}"
-        seen += 1
-    time.sleep(rng.random() / 500)
-    proc.send_signal(signal.SIGKILL)
-    for line in proc.stdout:
-        assert line == f"{seen}\n", f"{ctx}: unexpected line {line!r}"
-        seen += 1
-    code = proc.wait()
+
+    timer = threading.Timer(WATCHDOG_SECONDS, watchdog)
+    timer.start()
+    try:
+        ready = proc.stdout.readline()
+        seen = 0
+        while ready == "ready\n" and seen < acks:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            assert line == f"{seen}\n", f"{ctx}: unexpected line {line!r}"
+            seen += 1
+        time.sleep(rng.random() / 500)
+        proc.send_signal(signal.SIGKILL)
+        for line in proc.stdout:
+            assert line == f"{seen}\n", f"{ctx}: unexpected line {line!r}"
+            seen += 1
+        code = proc.wait()
+    finally:
+        timer.cancel()
     stderr = proc.stderr.read()
     proc.stdout.close()
     proc.stderr.close()
+    assert not hung.is_set(), f"{ctx}: child hung ({seen} acks): {stderr}"
+    assert ready == "ready\n", f"{ctx}: child did not start: {ready!r} {stderr}"
     assert code in (0, -signal.SIGKILL), f"{ctx}: child failed ({code}): {stderr}"
     return Killed(seen, finished=code == 0)
 

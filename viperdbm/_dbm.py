@@ -11,9 +11,9 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, MutableMapping
 from types import TracebackType
-from typing import TypeAlias
+from typing import NoReturn, TypeAlias
 
 from . import _native
 from ._engine import Engine, OpenOptions
@@ -40,70 +40,38 @@ def _parse_flag(flag: str) -> OpenOptions:
     )
 
 
-class _Database(MutableMapping[bytes, bytes]):
-    """An open viperdbm store: a persistent mapping of bytes to bytes."""
+def _readonly_refusal(path: str) -> Callable[[], NoReturn]:
+    def refuse() -> NoReturn:
+        raise ReadonlyError("the store was opened read-only", filename=path)
+
+    return refuse
+
+
+class _Database(_native.MapBase, MutableMapping[bytes, bytes]):  # type: ignore[misc]
+    """An open viperdbm store: a persistent mapping of bytes to bytes.
+
+    The mapping operations themselves (``db[key]``, ``db[key] = value``, ``del db[key]``,
+    ``key in db``, ``len(db)``, iteration, ``get``, ``keys``, ``firstkey``, ``nextkey``) are
+    implemented by the native base class, which calls the engine's core directly.
+    """
 
     def __init__(self, path: str, flag: str, mode: int) -> None:
         options = _parse_flag(flag)
         self._engine: Engine | None = None
         self._engine = Engine(path, options, mode)
-        self._core = self._engine.core
         self._readonly = not options.writable
-        self._sync_each_write = options.sync_each_write
-
-    # ------------------------------------------------------------------ reading
-    def __getitem__(self, key: _BytesLike) -> bytes:
-        return self._live_core().getitem(key)
-
-    def get(self, key: _BytesLike, default: bytes | None = None) -> bytes | None:  # type: ignore[override]
-        return self._live_core().get(key, default)
-
-    def __contains__(self, key: object) -> bool:
-        return self._live_core().contains(key)  # type: ignore[arg-type]
-
-    def __len__(self) -> int:
-        return len(self._live_core())
-
-    def keys(self) -> list[bytes]:  # type: ignore[override]
-        """All keys, as a list (as every dbm module returns)."""
-        return self._live_core().keys()
-
-    def __iter__(self) -> Iterator[bytes]:
-        # a snapshot: the store may be changed while the caller iterates
-        return iter(self._live_core().keys())
-
-    def firstkey(self) -> bytes | None:
-        """The first key in the store's (hash) order, or None when it is empty (gdbm)."""
-        return self._live_core().firstkey()
-
-    def nextkey(self, key: _BytesLike) -> bytes | None:
-        """The key after ``key`` in the order of :meth:`firstkey`, or None at the end."""
-        return self._live_core().nextkey(key)
+        self._attach(
+            self._engine.core, self._engine, self._readonly, _readonly_refusal(self._engine.path)
+        )
 
     # ------------------------------------------------------------------ writing
-    def __setitem__(self, key: _BytesLike, value: _BytesLike) -> None:
-        core = self._live_core()
-        if self._readonly:
-            raise ReadonlyError("the store was opened read-only", filename=self._path())
-        rc = core.put(key, value)
-        if rc:
-            self._require_engine().put_slow(rc, key, value)
-
-    def __delitem__(self, key: _BytesLike) -> None:
-        core = self._live_core()
-        if self._readonly:
-            raise ReadonlyError("the store was opened read-only", filename=self._path())
-        rc = core.delete(key)
-        if rc and not self._require_engine().delete_slow(rc, key):
-            raise KeyError(key)
-
     def setdefault(self, key: _BytesLike, default: _BytesLike | None = None) -> bytes:  # type: ignore[override]
         """The value of ``key``; if it is missing, store ``default`` and return it.
 
         As in ``dbm.gnu`` and ``dbm.dumb`` the default is None, which is not a value: a
         missing key then raises ``TypeError``.
         """
-        value = self._live_core().get(key)
+        value = self.get(key)
         if value is not None:
             return value
         if default is None:
@@ -112,10 +80,9 @@ class _Database(MutableMapping[bytes, bytes]):
         return default.encode("utf-8") if isinstance(default, str) else bytes(default)
 
     def clear(self) -> None:
-        core = self._live_core()
+        snapshot = self.keys()
         if self._readonly:
             raise ReadonlyError("the store was opened read-only", filename=self._path())
-        snapshot = core.keys()
         for key in snapshot:
             del self[key]
 
@@ -139,7 +106,7 @@ class _Database(MutableMapping[bytes, bytes]):
     def close(self) -> None:
         """Make everything durable and release the store. Closing twice is harmless."""
         engine, self._engine = self._engine, None
-        self._core = None
+        self._detach()
         if engine is not None:
             engine.close()
 
@@ -168,12 +135,6 @@ class _Database(MutableMapping[bytes, bytes]):
         return f"<viperdbm store {self._path()!r}, {state}>"
 
     # ------------------------------------------------------------------ helpers
-    def _live_core(self) -> _native.Core:
-        core = self._core
-        if core is None:
-            raise ClosedError(_CLOSED)
-        return core
-
     def _require_engine(self) -> Engine:
         engine = self._engine
         if engine is None or engine.closed:

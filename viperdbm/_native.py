@@ -15,6 +15,7 @@ except ImportError as exc:  # pragma: no cover - depends on how the package was 
 core.set_error_classes(_errors.ClosedError, _errors.CorruptedError)
 
 Core = core.Core
+MapBase = core.MapBase
 crc32c = core.crc32c
 jumbo_size = core.jumbo_size
 
