@@ -58,14 +58,12 @@ class _Database(_native.MapBase, MutableMapping[bytes, bytes]):  # type: ignore[
     def __init__(self, path: str, flag: str, mode: int) -> None:
         options = _parse_flag(flag)
         self._engine: Engine | None = None
-        self._engine = Engine(path, options, mode)
+        engine = self._engine = Engine(path, options, mode)
         self._readonly = not options.writable
-        self._attach(
-            self._engine.core, self._engine, self._readonly, _readonly_refusal(self._engine.path)
-        )
+        self._attach(engine._require_core(), engine, self._readonly, _readonly_refusal(engine.path))
 
     # ------------------------------------------------------------------ writing
-    def setdefault(self, key: _BytesLike, default: _BytesLike | None = None) -> bytes:  # type: ignore[override]
+    def setdefault(self, key: _BytesLike, default: _BytesLike | None = None) -> bytes:
         """The value of ``key``; if it is missing, store ``default`` and return it.
 
         As in ``dbm.gnu`` and ``dbm.dumb`` the default is None, which is not a value: a
