@@ -191,6 +191,14 @@ typedef struct {
     size_t nblocks, blocks_cap;
     Py_ssize_t active; /* index in blocks[] of the block being appended to, or -1 */
     uint64_t next_seq, floor, max_seq_seen;
+    uint64_t durable_seq; /* every record up to this one was made durable by sync() */
+    /* during recovery: records newer than durable_seq, applied in sequence order by
+     * finish_recovery() only as far as they form a gap-free run (the power-fail rule) */
+    struct Pending {
+        uint64_t seq, off, alen;
+    } *pending;
+    size_t npending, pending_cap;
+    uint64_t discarded; /* records dropped by the power-fail rule at the last recovery */
     int persist_mode;
     void (*persist_fn)(const void *, size_t);
     int recovering;
@@ -504,6 +512,7 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
 }
 
 static void Core_dealloc(Core *c) {
+    PyMem_Free(c->pending);
     PyMem_Free(c->slots);
     PyMem_Free(c->blocks);
     Py_TYPE(c)->tp_free((PyObject *)c);
@@ -544,6 +553,13 @@ static PyObject *Core_set_floor(Core *c, PyObject *arg) {
     if (PyErr_Occurred()) return NULL;
     c->floor = f;
     if (c->next_seq < f) c->next_seq = f;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_set_durable(Core *c, PyObject *arg) {
+    unsigned long long d = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred()) return NULL;
+    c->durable_seq = d;
     Py_RETURN_NONE;
 }
 
@@ -890,11 +906,28 @@ static PyObject *Core_nextkey(Core *c, PyObject *key) {
 /* Apply one valid record found by the scan: the newest version of each key wins.
  * During recovery the index also holds tombstones (a delete must beat an older put found
  * later in the scan); count includes them and tombs_in_index counts them. */
-static int recover_record(Core *c, uint64_t off, const Rec *r, uint64_t alen, Block *b) {
+static int recover_record(Core *c, uint64_t off, const Rec *r, uint64_t alen, Block *b, int deferred) {
     const uint8_t *key = c->base + off + r->hlen;
     if (r->seq > c->max_seq_seen) c->max_seq_seen = r->seq;
     if (r->seq < c->floor) { /* superseded wholesale by a reorganize() */
         b->dead_bytes += alen;
+        return 0;
+    }
+    if (!deferred && r->seq > c->durable_seq) {
+        if (c->npending == c->pending_cap) {
+            size_t ncap = c->pending_cap ? c->pending_cap * 2 : 1024;
+            struct Pending *n = PyMem_Realloc(c->pending, ncap * sizeof(struct Pending));
+            if (!n) {
+                PyErr_NoMemory();
+                return -1;
+            }
+            c->pending = n;
+            c->pending_cap = ncap;
+        }
+        c->pending[c->npending].seq = r->seq;
+        c->pending[c->npending].off = off;
+        c->pending[c->npending].alen = alen;
+        c->npending++;
         return 0;
     }
     if (r->kind == VD_KIND_DEL) b->tombstones++;
@@ -1013,7 +1046,7 @@ static PyObject *Core_scan_block(Core *c, PyObject *args) {
         if (rec.seq <= prev_seq || rec.seq == 0) break; /* sequence numbers only grow in a log */
         prev_seq = rec.seq;
         damaged = 0;
-        if (recover_record(c, pos, &rec, alen, b) < 0) return NULL;
+        if (recover_record(c, pos, &rec, alen, b, 0) < 0) return NULL;
         nrec++;
         pos += alen;
         if (kind == VD_BLOCK_KIND_JUMBO) break; /* a jumbo block holds one record */
@@ -1035,9 +1068,71 @@ static PyObject *Core_scan_block(Core *c, PyObject *args) {
  * Removes the tombstones from the index, sets the next sequence number and, when the store
  * is writable, resumes appending in the newest standard block (zeroing its tail first, so
  * that bytes of a torn record can never be mistaken for records). */
+static int pending_cmp(const void *a, const void *b) {
+    uint64_t x = ((const struct Pending *)a)->seq, y = ((const struct Pending *)b)->seq;
+    return x < y ? -1 : x > y;
+}
+
+/* Apply the records newer than durable_seq in sequence order, as far as the sequence has no
+ * gap. After a crash of the process every acknowledged record is there, so this drops only
+ * what was never acknowledged. After a power cut, pages written since the last sync() may
+ * each be old or new: a record missing from the middle then cuts the run, and everything
+ * after it is dropped too, so that the store holds a prefix of its history (a delete can
+ * never be lost while a later write survives). A writable open then erases the dropped
+ * records (zeroing the first one of each block ends that block's log there), so that they
+ * cannot come back once new records fill the gap. */
+static int apply_pending(Core *c, int writable) {
+    if (!c->npending) return 0;
+    qsort(c->pending, c->npending, sizeof(struct Pending), pending_cmp);
+    uint64_t expected = c->durable_seq + 1;
+    if (expected < c->floor) expected = c->floor;
+    size_t i = 0;
+    for (; i < c->npending; i++) {
+        struct Pending *p = &c->pending[i];
+        if (p->seq != expected) break;
+        Py_ssize_t bi = block_find(c, p->off);
+        if (bi < 0) {
+            PyErr_SetString(CorruptedError, "a record lies outside every block");
+            return -1;
+        }
+        Rec r;
+        rec_parse(c->base + p->off, &r);
+        if (recover_record(c, p->off, &r, p->alen, &c->blocks[bi], 1) < 0) return -1;
+        expected++;
+    }
+    c->discarded = c->npending - i;
+    c->max_seq_seen = expected - 1 > c->durable_seq ? expected - 1 : c->durable_seq;
+    for (size_t j = i; j < c->npending; j++) {
+        struct Pending *p = &c->pending[j];
+        Py_ssize_t bi = block_find(c, p->off);
+        if (bi < 0) continue;
+        Block *b = &c->blocks[bi];
+        /* the block's log now ends before this record (records after it in the block are
+         * newer, so they are dropped too) */
+        if (p->off < b->end) {
+            b->end = p->off;
+            b->damaged_at = 0;
+            b->seq_max = p->seq - 1; /* an upper bound of what the block still holds */
+        }
+    }
+    for (size_t j = i; writable && j < c->npending; j++) {
+        struct Pending *p = &c->pending[j];
+        Py_ssize_t bi = block_find(c, p->off);
+        if (bi >= 0 && c->blocks[bi].end == p->off) {
+            memset(c->base + p->off, 0, VD_RECORD_HEADER_SIZE);
+            persist_range(c, p->off, VD_RECORD_HEADER_SIZE);
+        }
+    }
+    PyMem_Free(c->pending);
+    c->pending = NULL;
+    c->npending = c->pending_cap = 0;
+    return 0;
+}
+
 static PyObject *Core_finish_recovery(Core *c, PyObject *arg) {
     int writable = PyObject_IsTrue(arg);
     if (writable < 0 || core_check_open(c) < 0) return NULL;
+    if (apply_pending(c, writable) < 0) return NULL;
     if (c->tombs_in_index) {
         for (uint64_t i = 0; i < c->cap;) {
             uint64_t s = c->slots[i];
@@ -1055,6 +1150,7 @@ static PyObject *Core_finish_recovery(Core *c, PyObject *arg) {
         c->tombs_in_index = 0;
     }
     if (c->max_seq_seen + 1 > c->next_seq) c->next_seq = c->max_seq_seen + 1;
+    if (c->next_seq < c->durable_seq + 1) c->next_seq = c->durable_seq + 1;
     if (c->next_seq < c->floor) c->next_seq = c->floor;
     c->active = -1;
     if (writable) {
@@ -1281,6 +1377,11 @@ static PyObject *Core_get_next_seq(Core *c, void *closure) {
     return PyLong_FromUnsignedLongLong(c->next_seq);
 }
 
+static PyObject *Core_get_discarded(Core *c, void *closure) {
+    (void)closure;
+    return PyLong_FromUnsignedLongLong(c->discarded);
+}
+
 static PyObject *Core_get_has_active(Core *c, void *closure) {
     (void)closure;
     return PyBool_FromLong(c->active >= 0);
@@ -1297,6 +1398,7 @@ static PyMethodDef Core_methods[] = {
     {"set_mapped", (PyCFunction)Core_set_mapped, METH_O, "Raise the bound that every pool offset is checked against."},
     {"set_persist", (PyCFunction)Core_set_persist, METH_VARARGS, "set_persist(mode, fn_address=0)"},
     {"set_floor", (PyCFunction)Core_set_floor, METH_O, "Records older than this sequence number are dead."},
+    {"set_durable", (PyCFunction)Core_set_durable, METH_O, "Every record up to this sequence number is durable."},
     {"add_block", (PyCFunction)Core_add_block, METH_VARARGS, "add_block(off, usable) -> rc"},
     {"put", (PyCFunction)(void (*)(void))Core_put, METH_FASTCALL, "put(key, value) -> rc"},
     {"put_jumbo", (PyCFunction)Core_put_jumbo, METH_VARARGS, "put_jumbo(off, usable, key, value) -> rc"},
@@ -1323,6 +1425,7 @@ static PyMethodDef Core_methods[] = {
 
 static PyGetSetDef Core_getset[] = {
     {"next_seq", (getter)Core_get_next_seq, NULL, "the sequence number of the next record", NULL},
+    {"discarded", (getter)Core_get_discarded, NULL, "records dropped by the power-fail rule at open", NULL},
     {"has_active", (getter)Core_get_has_active, NULL, "whether a block is open for appends", NULL},
     {"is_open", (getter)Core_get_is_open, NULL, "whether the core still has its mapping", NULL},
     {NULL, NULL, NULL, NULL, NULL},

@@ -181,6 +181,91 @@ class TestRecovery:
             assert db.keys() == [b"short"]
 
 
+def run_child(code: str, *args: str) -> None:
+    """Run ``code`` in a child Python that ends with os._exit (no close: a crash)."""
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def zero_page_holding(store: Path, needle: bytes) -> None:
+    [(part, at)] = find_in_pool(store, needle)
+    page = at - at % layout.PAGE_SIZE
+    with part.open("r+b") as f:
+        f.seek(page)
+        f.write(bytes(layout.PAGE_SIZE))
+
+
+_POWER_CUT_CHILD = """
+import os, sys, viperdbm
+db = viperdbm.open(sys.argv[1], "c")
+db[b"k"] = b"before sync"                   # page 0, with a (which fills it)
+db[b"a"] = b"A" * 4040
+db.sync()                                   # the durable point
+del db[b"k"]                                # page 1 (j is too long for its rest)
+db[b"j"] = b"J-MARKER" + b"j" * 5000        # pages 2 and 3
+db[b"b"] = b"B-MARKER" + b"b" * 3000        # page 3
+os._exit(0)                                 # no close(): as if the power went here
+"""
+
+
+class TestPowerFailRule:
+    """After a power cut, pages written since the last sync() may each be old or new. The
+    store must then hold everything up to the sync and a gap-free prefix of what followed."""
+
+    def test_all_pages_on_disk_keeps_everything(self, store_path: Path) -> None:
+        run_child(_POWER_CUT_CHILD, str(store_path))
+        with viperdbm.open(store_path, "r") as db:
+            assert sorted(db.keys()) == [b"a", b"b", b"j"]
+
+    def test_a_lost_page_drops_everything_after_it(self, store_path: Path) -> None:
+        run_child(_POWER_CUT_CHILD, str(store_path))
+        zero_page_holding(store_path, b"J-MARKER")  # page 2 never reached the disk
+        with viperdbm.open(store_path, "w") as db:
+            # the delete (page 1) survived; the write on page 3 came after the lost page 2,
+            # so keeping it would show a state that never existed
+            assert sorted(db.keys()) == [b"a"]
+            db[b"new"] = b"after recovery"
+        with viperdbm.open(store_path, "r") as db:
+            assert sorted(db.keys()) == [b"a", b"new"]  # the dropped records stay dropped
+
+    def test_a_lost_delete_does_not_let_later_writes_survive(self, store_path: Path) -> None:
+        run_child(_POWER_CUT_CHILD, str(store_path))
+        # the tombstone of k is alone on the page after the one holding k and a
+        [(apart, a_at)] = find_in_pool(store_path, b"A" * 4040)
+        page = a_at - a_at % layout.PAGE_SIZE + layout.PAGE_SIZE
+        with apart.open("r+b") as f:
+            f.seek(page)
+            f.write(bytes(layout.PAGE_SIZE))
+        with viperdbm.open(store_path, "r") as db:
+            assert db[b"k"] == b"before sync"  # the delete was lost ...
+            assert b"j" not in db and b"b" not in db  # ... and so is everything after it
+            assert db[b"a"] == b"A" * 4040
+
+    def test_a_lost_page_in_one_block_drops_later_blocks_too(self, store_path: Path) -> None:
+        code = """
+import os, sys, viperdbm
+db = viperdbm.open(sys.argv[1], "c")
+db[b"k"] = b"before sync"
+db.sync()
+del db[b"k"]                                       # in block 1, right after the sync
+for i in range(6):                                 # fills block 1, spills into block 2
+    db[b"big%d" % i] = bytes([i]) * 1_000_000
+db[b"late"] = b"LATE-MARKER"                       # in block 2
+os._exit(0)
+"""
+        run_child(code, str(store_path))
+        [(part, at)] = find_in_pool(store_path, b"before sync")
+        with part.open("r+b") as f:  # k and its tombstone share the block's first page
+            f.seek(at - at % layout.PAGE_SIZE)
+            f.write(bytes(layout.PAGE_SIZE))
+        with viperdbm.open(store_path, "r") as db:
+            # block 2 is intact, but its records came after the lost tombstone
+            assert b"late" not in db
+            assert not any(key.startswith(b"big") for key in db.keys())
+
+
 class TestGrowth:
     def test_the_store_grows_past_4_gib_while_open(self, tmp_path: Path) -> None:
         # ext4 only: on tmpfs this would hold 4 GiB of RAM

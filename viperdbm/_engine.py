@@ -287,6 +287,7 @@ class Engine:
         core = _native.Core(pool.base, pool.mapped_size(), log_bytes // 128)
         self.core = core
         core.set_floor(self._root.seq_floor)
+        core.set_durable(self._root.durable_seq)
         unused: list[int] = []
         kinds = {
             layout.TYPE_STANDARD_BLOCK: layout.BLOCK_KIND_STANDARD,
@@ -319,7 +320,18 @@ class Engine:
                 at,
             )
         freeable = core.finish_recovery(self.options.writable)
-        if self.options.writable:
+        if core.discarded:
+            log.warning(
+                "%s: %d records written after the last sync() were not all on disk (the "
+                "machine lost power?); the store was rolled back to the last complete prefix "
+                "of its writes",
+                self.path,
+                core.discarded,
+            )
+        if self.options.writable and (core.discarded or freeable or unused):
+            # freeing removes sequence numbers: everything left must be durable first, or a
+            # later recovery would see a gap in the sequence and stop there
+            self._sync_locked()
             for off in unused:
                 pool.free(off)
             for off in freeable:
@@ -436,20 +448,36 @@ class Engine:
     def _free_dead_blocks(self) -> None:
         core = self._require_core()
         pool = self._require_pool()
-        for off in core.freeable():
+        offsets = core.freeable()
+        if offsets:
+            self._sync_locked()  # see _recover: no sequence number may vanish before it is durable
+        for off in offsets:
             pool.free(off)  # atomic in libpmemobj; a crash here leaves only a dead block
             core.drop_block(off)
 
     # ------------------------------------------------------------------ maintenance
     def sync(self) -> None:
-        """Make everything written so far power-fail durable (a no-op on DAX and tmpfs)."""
+        """Make everything written so far power-fail durable (a no-op on tmpfs)."""
         with self._lock:
-            pool = self._require_pool()
             self._require_core()
-            if not self.options.writable:
-                return
-            pool.msync(0, pool.mapped_size())
-            _fsync_dir(os.path.join(self.path, layout.PARTS_DIR))
+            if self.options.writable:
+                self._sync_locked()
+
+    def _sync_locked(self) -> None:
+        # 1. every dirty page of the pool to the disk; 2. the parts directory (growth adds
+        # files); 3. only then the watermark that tells recovery all records up to here are
+        # complete on disk (one 8-byte store in the root, persisted by libpmemobj).
+        pool = self._require_pool()
+        core = self._require_core()
+        pool.msync(0, pool.mapped_size())
+        _fsync_dir(os.path.join(self.path, layout.PARTS_DIR))
+        durable = core.next_seq - 1
+        if durable != self._root.durable_seq:
+            at = self._root_off + layout.Root.DURABLE_SEQ_OFFSET
+            pool.write(at, durable.to_bytes(8, "little"))
+            pool.persist(at, 8)
+            self._root.durable_seq = durable
+            core.set_durable(durable)
 
     def reorganize(self) -> None:
         """Copy every live record forward, then free every older block.
@@ -477,7 +505,7 @@ class Engine:
                         raise error(f"unexpected return code {rc} from the native core")
                 # every live record now has a copy newer than floor: make the copies
                 # durable before the floor that makes the originals dead
-                pool.msync(0, pool.mapped_size())
+                self._sync_locked()
                 pool.write(
                     self._root_off + layout.Root.SEQ_FLOOR_OFFSET, floor.to_bytes(8, "little")
                 )
