@@ -22,6 +22,7 @@
 #include <errno.h>
 #include <stdint.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -1351,6 +1352,112 @@ static PyObject *Core_old_blocks(Core *c, PyObject *unused) {
     return out;
 }
 
+/* map_parts([(path, size), ...]) -> base: map the part files of a pool read-only, back to
+ * back, as libpmemobj maps them (a SINGLEHDR poolset has no per-part headers), for readers
+ * that share a store without libpmemobj's exclusive lock. */
+static PyObject *mod_map_parts(PyObject *mod, PyObject *arg) {
+    (void)mod;
+    PyObject *seq = PySequence_Fast(arg, "map_parts() takes a list of (path, size)");
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    uint64_t total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        unsigned long long size;
+        PyObject *path;
+        if (!PyArg_ParseTuple(item, "O&K", PyUnicode_FSConverter, &path, &size)) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+        Py_DECREF(path);
+        if (size == 0 || size % VD_PAGE_SIZE) {
+            Py_DECREF(seq);
+            PyErr_SetString(PyExc_ValueError, "part sizes must be non-zero multiples of the page size");
+            return NULL;
+        }
+        total += size;
+    }
+    if (total == 0) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "no parts to map");
+        return NULL;
+    }
+    uint8_t *base = mmap(NULL, (size_t)total, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (base == MAP_FAILED) {
+        Py_DECREF(seq);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    uint64_t at = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i), *path;
+        unsigned long long size;
+        if (!PyArg_ParseTuple(item, "O&K", PyUnicode_FSConverter, &path, &size)) goto fail;
+        int fd = open(PyBytes_AS_STRING(path), O_RDONLY | O_CLOEXEC);
+        if (fd < 0) {
+            PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path);
+            Py_DECREF(path);
+            goto fail;
+        }
+        void *p = mmap(base + at, (size_t)size, PROT_READ, MAP_SHARED | MAP_FIXED, fd, 0);
+        int saved = errno;
+        close(fd);
+        if (p == MAP_FAILED) {
+            errno = saved;
+            PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path);
+            Py_DECREF(path);
+            goto fail;
+        }
+        Py_DECREF(path);
+        at += size;
+    }
+    Py_DECREF(seq);
+    return Py_BuildValue("(KK)", (unsigned long long)(uintptr_t)base, (unsigned long long)total);
+fail:
+    munmap(base, (size_t)total);
+    Py_DECREF(seq);
+    return NULL;
+}
+
+
+/* peek(base, total, off, n) -> bytes: read from a mapping made by map_parts(), bounds-checked */
+static PyObject *mod_peek(PyObject *mod, PyObject *args) {
+    (void)mod;
+    unsigned long long base, total, off, n;
+    if (!PyArg_ParseTuple(args, "KKKK", &base, &total, &off, &n)) return NULL;
+    if (off > total || n > total - off) {
+        PyErr_SetString(CorruptedError ? CorruptedError : PyExc_ValueError, "offset outside the pool");
+        return NULL;
+    }
+    return PyBytes_FromStringAndSize((const char *)(uintptr_t)(base + off), (Py_ssize_t)n);
+}
+
+/* unmap_parts(base, total) */
+static PyObject *mod_unmap_parts(PyObject *mod, PyObject *args) {
+    (void)mod;
+    unsigned long long base, total;
+    if (!PyArg_ParseTuple(args, "KK", &base, &total)) return NULL;
+    if (munmap((void *)(uintptr_t)base, (size_t)total) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
+/* blocks() -> [(off, size, kind)] of every block the core knows */
+static PyObject *Core_blocks(Core *c, PyObject *unused) {
+    (void)unused;
+    if (core_check_open(c) < 0) return NULL;
+    PyObject *out = PyList_New((Py_ssize_t)c->nblocks);
+    if (!out) return NULL;
+    for (size_t i = 0; i < c->nblocks; i++) {
+        PyObject *t = Py_BuildValue("(KKI)", (unsigned long long)c->blocks[i].off,
+                                    (unsigned long long)c->blocks[i].size, c->blocks[i].kind);
+        if (!t) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, (Py_ssize_t)i, t);
+    }
+    return out;
+}
+
 /* ------------------------------------------------------------------ stats */
 static PyObject *Core_stats(Core *c, PyObject *unused) {
     (void)unused;
@@ -1420,6 +1527,7 @@ static PyMethodDef Core_methods[] = {
     {"compact_end", (PyCFunction)Core_compact_end, METH_NOARGS, "compact_end(): mutators may run again"},
     {"old_blocks", (PyCFunction)Core_old_blocks, METH_NOARGS, "old_blocks() -> offsets"},
     {"stats", (PyCFunction)Core_stats, METH_NOARGS, "stats() -> dict"},
+    {"blocks", (PyCFunction)Core_blocks, METH_NOARGS, "blocks() -> [(off, size, kind)]"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1446,6 +1554,7 @@ static PyTypeObject CoreType = {
     .tp_getset = Core_getset,
     .tp_as_sequence = &Core_as_sequence,
 };
+
 
 
 /* ------------------------------------------------------------------ MapBase
@@ -1670,6 +1779,9 @@ static PyObject *mod_crc32c(PyObject *mod, PyObject *args) {
 static PyMethodDef module_methods[] = {
     {"set_error_classes", mod_set_error_classes, METH_VARARGS, "set_error_classes(ClosedError, CorruptedError)"},
     {"crc32c", mod_crc32c, METH_VARARGS, "crc32c(data, crc=0) -> int (Castagnoli)"},
+    {"map_parts", mod_map_parts, METH_O, "map_parts([(path, size)]) -> (base, total), read-only"},
+    {"unmap_parts", mod_unmap_parts, METH_VARARGS, "unmap_parts(base, total)"},
+    {"peek", mod_peek, METH_VARARGS, "peek(base, total, off, n) -> bytes"},
     {"jumbo_size", Core_jumbo_size, METH_VARARGS, "jumbo_size(klen, vlen) -> bytes to allocate"},
     {NULL, NULL, 0, NULL},
 };

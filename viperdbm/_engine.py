@@ -16,6 +16,7 @@ RC_NEED_BLOCK / RC_BUSY when a fast path needs one of them.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -81,6 +82,8 @@ class Engine:
         self._lock = threading.RLock()
         self._lock_fd: int | None = None
         self._pool: Pool | None = None
+        #: (base, length) of a read-only mapping of the parts: a reader sharing the store
+        self._shared_map: tuple[int, int] | None = None
         self._root_off = 0
         self.rebuild_seconds = 0.0
         #: (block offset, offset of the first unreadable byte) for each damaged block log
@@ -108,7 +111,8 @@ class Engine:
                 self._replace_with_new(mode)
             else:
                 self._take_lock()
-            self._open_pool()
+            if opts.writable or not opts.lock or not self._open_shared():
+                self._open_pool()
         except BaseException:
             self._release_lock()
             raise
@@ -220,11 +224,16 @@ class Engine:
     def _open_pool(self) -> None:
         set_path = os.path.join(self.path, layout.SET_FILE)
         parts = os.path.join(self.path, layout.PARTS_DIR)
+        _drop_interrupted_part(parts)
         self._refresh_poolset(set_path, parts)
         pool = Pool.open(set_path, layout.POOL_LAYOUT)
         self._pool = pool
         try:
             self._read_root()
+            if self.options.writable and self._root.directory_generation:
+                # the blocks file stops being current with the first write
+                self._store_root_u64(layout.Root.DIRECTORY_GENERATION_OFFSET, 0)
+                self._root.directory_generation = 0
             started = time.perf_counter()
             self._recover()
             self.rebuild_seconds = time.perf_counter() - started
@@ -242,6 +251,85 @@ class Engine:
             len(self.core) if self.core is not None else 0,
             self.rebuild_seconds * 1e3,
         )
+
+    def _open_shared(self) -> bool:
+        """Open read-only without libpmemobj, sharing the store with other readers.
+
+        libpmemobj locks a pool exclusively, so readers map the part files read-only
+        themselves and find the blocks in the ``blocks`` file that the last writer wrote at
+        close. False when that file is missing or not current (the last writer did not
+        close: the caller then opens the pool exclusively, which runs the full recovery).
+        """
+        try:
+            with open(os.path.join(self.path, layout.BLOCKS_FILE), "rb") as f:
+                directory = layout.BlockDirectory.unpack(f.read(), _native.crc32c)
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError) as exc:
+            log.debug("%s: blocks file not usable (%s); opening exclusively", self.path, exc)
+            return False
+        parts = _part_files(os.path.join(self.path, layout.PARTS_DIR))
+        if sum(size for _, size in parts) != directory.mapped_size:
+            return False
+        base, total = _native.core.map_parts(parts)
+        started = time.perf_counter()
+        try:
+            root = layout.Root.unpack(
+                _native.core.peek(base, total, directory.root_offset, layout.Root.SIZE)
+            )
+            if root.magic != layout.ROOT_MAGIC or root.directory_generation != directory.generation:
+                _native.core.unmap_parts(base, total)
+                return False
+            self._root = root
+            core = _native.Core(base, total, sum(size for _, size, _ in directory.blocks) // 128)
+            core.set_floor(root.seq_floor)
+            core.set_durable(root.durable_seq)
+            for off, size, kind in directory.blocks:
+                core.scan_block(off, size, kind)
+            self.damage = core.damage()
+            core.finish_recovery(False)
+        except BaseException:
+            _native.core.unmap_parts(base, total)
+            raise
+        self.core = core
+        self._shared_map = (base, total)
+        self.rebuild_seconds = time.perf_counter() - started
+        log.debug("opened %s shared, read-only: %d records", self.path, len(core))
+        return True
+
+    def _write_block_directory(self) -> None:
+        """At a writer's close: the ``blocks`` file, then its generation in the root."""
+        pool = self._require_pool()
+        core = self._require_core()
+        generation = int.from_bytes(os.urandom(8), "little") | 1
+        directory = layout.BlockDirectory(
+            generation, self._root_off, pool.mapped_size(), core.blocks()
+        )
+        path = os.path.join(self.path, layout.BLOCKS_FILE)
+        tmp = f"{path}.{generation:x}.tmp"
+        mode = os.stat(os.path.join(self.path, layout.SET_FILE)).st_mode & 0o777
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+            try:
+                os.write(fd, directory.pack(_native.crc32c))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            _fsync_dir(self.path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            # readers will open the store exclusively instead; nothing is lost
+            log.warning("%s: cannot write the blocks file (%s)", self.path, exc)
+            return
+        self._store_root_u64(layout.Root.DIRECTORY_GENERATION_OFFSET, generation)
+        self._root.directory_generation = generation
+
+    def _store_root_u64(self, offset: int, value: int) -> None:
+        pool = self._require_pool()
+        pool.write(self._root_off + offset, value.to_bytes(8, "little"))
+        pool.persist(self._root_off + offset, 8)
 
     def _refresh_poolset(self, set_path: str, parts: str) -> None:
         # The poolset names its parts directory by absolute path, so a store that was moved
@@ -378,6 +466,7 @@ class Engine:
             self.core.invalidate()
         self.core = None
         self._pool = None  # the binding has poisoned the pool itself
+        self._shared_map = None  # the child's copy of the mapping goes with the child
         self._lock_fd = None  # the descriptor is the parent's lock: never close it here
         self._lock = threading.RLock()
 
@@ -520,19 +609,32 @@ class Engine:
 
     def stats(self) -> dict[str, int | float]:
         with self._lock:
-            pool = self._require_pool()
             out: dict[str, int | float] = dict(self._require_core().stats())
-            out["pool_bytes"] = pool.mapped_size()
+            if self._shared_map is not None:
+                out["pool_bytes"] = self._shared_map[1]
+            else:
+                out["pool_bytes"] = self._require_pool().mapped_size()
             out["rebuild_seconds"] = self.rebuild_seconds
             return out
 
     def close(self) -> None:
         with self._lock:
+            if self._shared_map is not None:
+                if self.core is not None:
+                    self.core.invalidate()
+                self.core = None
+                base, total = self._shared_map
+                self._shared_map = None
+                _native.core.unmap_parts(base, total)
+                self._release_lock()
+                _open_engines.discard(self)
+                return
             if self._pool is None:
                 return
             try:
                 if self.options.writable and self.core is not None:
-                    self.sync()
+                    self._sync_locked()
+                    self._write_block_directory()
             finally:
                 if self.core is not None:
                     self.core.invalidate()
@@ -544,7 +646,7 @@ class Engine:
 
     @property
     def closed(self) -> bool:
-        return self._pool is None
+        return self._pool is None and self._shared_map is None
 
 
 # ---------------------------------------------------------------------- module helpers
@@ -560,6 +662,43 @@ def _fsync_dir(path: str) -> None:
         pass  # some filesystems cannot fsync a directory; nothing more can be done there
     finally:
         os.close(fd)
+
+
+def _drop_interrupted_part(parts_dir: str) -> None:
+    """Remove the empty last part file that a crash during pool growth leaves behind.
+
+    libpmemobj grows a pool by creating the next part file and then allocating its space;
+    a process killed in between leaves an empty file that the heap never used, on which
+    pmemobj_open() would fail. Only an empty file with the highest number is removed.
+    """
+    numbered = []
+    for entry in os.scandir(parts_dir):
+        stem, dot, ext = entry.name.partition(".")
+        if dot and ext == "pmem" and stem.isdigit():
+            numbered.append((int(stem), entry))
+    if len(numbered) < 2:
+        return
+    _, last = max(numbered, key=lambda item: item[0])
+    if last.is_file(follow_symlinks=False) and last.stat().st_size == 0:
+        log.warning("%s: removing the empty part file left by an interrupted growth", last.path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(last.path)
+
+
+def _part_files(parts_dir: str) -> list[tuple[str, int]]:
+    """The pool's part files in order with their mapped sizes, as libpmemobj maps them."""
+    numbered = []
+    for entry in os.scandir(parts_dir):
+        stem, dot, ext = entry.name.partition(".")
+        if dot and ext == "pmem" and stem.isdigit() and entry.is_file(follow_symlinks=False):
+            numbered.append((int(stem), entry.path, entry.stat().st_size))
+    numbered.sort()
+    parts = []
+    for expected, (index, path, size) in enumerate(numbered):
+        if index != expected:
+            break  # libpmemobj stops at the first missing number too
+        parts.append((path, size - size % layout.PAGE_SIZE))
+    return parts
 
 
 def _parse_poolset(text: str) -> tuple[int, str]:

@@ -5,6 +5,7 @@ A store is a directory::
     <store>/pool.set   the libpmemobj poolset (text; rewritten when the store moves)
     <store>/parts/     the pool's part files, owned by libpmemobj
     <store>/lock       viperdbm's own lock file (flock)
+    <store>/blocks     the block directory readers use to share the store (written at close)
 
 Inside the pool: a 4 KiB root object (below), and blocks allocated from the pool. A
 standard block is a 64-byte block header followed by a log of 4 KiB pages of records; a
@@ -16,6 +17,7 @@ numbers here must equal the ones the core exports, which tests/test_layout.py ch
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 #: libpmemobj's layout name: checked by pmemobj_open, so a foreign pool is refused at once.
@@ -26,6 +28,7 @@ FORMAT_VERSION = 1
 SET_FILE = "pool.set"
 PARTS_DIR = "parts"
 LOCK_FILE = "lock"
+BLOCKS_FILE = "blocks"
 
 #: libpmemobj type numbers of the objects viperdbm allocates.
 TYPE_STANDARD_BLOCK = 1
@@ -54,7 +57,7 @@ MIN_RESERVATION = 64 << 30
 
 ROOT_SIZE = 4096
 ROOT_MAGIC = b"VIPERDBM"
-_ROOT = struct.Struct("<8sIIQQQQ")
+_ROOT = struct.Struct("<8sIIQQQQQ")
 
 
 @dataclass
@@ -69,6 +72,8 @@ class Root:
     #: Every record up to this sequence number was made power-fail durable by sync().
     durable_seq: int = 0
     created_ns: int = 0
+    #: Equal to the generation in the ``blocks`` file when that file is current (0: not).
+    directory_generation: int = 0
     magic: bytes = ROOT_MAGIC
 
     def pack(self) -> bytes:
@@ -80,20 +85,76 @@ class Root:
             self.seq_floor,
             self.durable_seq,
             self.created_ns,
+            self.directory_generation,
         )
 
     @classmethod
     def unpack(cls, data: bytes) -> Root:
-        magic, version, flags, block_size, floor, durable, created = _ROOT.unpack_from(data)
-        return cls(version, flags, block_size, floor, durable, created, magic)
+        magic, version, flags, block_size, floor, durable, created, gen = _ROOT.unpack_from(data)
+        return cls(version, flags, block_size, floor, durable, created, gen, magic)
 
     SIZE = _ROOT.size
 
     #: Byte offsets of fields that are updated in place (8-byte aligned: one store each).
     SEQ_FLOOR_OFFSET = 24
     DURABLE_SEQ_OFFSET = 32
+    DIRECTORY_GENERATION_OFFSET = 48
 
 
 def dir_mode(mode: int) -> int:
     """The mode for a directory of a store whose files get ``mode``: x wherever r is set."""
     return mode | ((mode & 0o444) >> 2)
+
+
+BLOCKS_MAGIC = b"VIPERDBM-BLOCKS\0"
+_BLOCKS_HEAD = struct.Struct("<16sIIQQQ")
+_BLOCKS_ENTRY = struct.Struct("<QQII")
+_CRC = struct.Struct("<I")
+
+
+@dataclass
+class BlockDirectory:
+    """The ``blocks`` file: where every block is, so that readers can share a store.
+
+    libpmemobj's pool open is exclusive, so readers map the part files read-only themselves
+    and need the list of blocks that the pool's heap would otherwise give. The writer writes
+    this file at close and then stores its generation in the root; a reader trusts the file
+    only when the two match (a writer that crashed leaves them different).
+    """
+
+    generation: int
+    root_offset: int
+    mapped_size: int
+    blocks: list[tuple[int, int, int]]  # (offset, size, kind)
+
+    def pack(self, crc32c: Callable[[bytes], int]) -> bytes:
+        head = _BLOCKS_HEAD.pack(
+            BLOCKS_MAGIC,
+            FORMAT_VERSION,
+            len(self.blocks),
+            self.generation,
+            self.root_offset,
+            self.mapped_size,
+        )
+        body = b"".join(_BLOCKS_ENTRY.pack(off, size, kind, 0) for off, size, kind in self.blocks)
+        return head + body + _CRC.pack(crc32c(head + body))
+
+    @classmethod
+    def unpack(cls, data: bytes, crc32c: Callable[[bytes], int]) -> BlockDirectory:
+        """Parse the file; ValueError if it is damaged or of another format version."""
+        if len(data) < _BLOCKS_HEAD.size + _CRC.size:
+            raise ValueError("blocks file too short")
+        magic, version, count, generation, root_off, mapped = _BLOCKS_HEAD.unpack_from(data)
+        if magic != BLOCKS_MAGIC or version != FORMAT_VERSION:
+            raise ValueError("not a blocks file of this format version")
+        end = _BLOCKS_HEAD.size + count * _BLOCKS_ENTRY.size
+        if len(data) != end + _CRC.size:
+            raise ValueError("blocks file has the wrong length")
+        (crc,) = _CRC.unpack_from(data, end)
+        if crc != crc32c(data[:end]):
+            raise ValueError("blocks file checksum mismatch")
+        blocks = [
+            (off, size, kind)
+            for off, size, kind, _ in _BLOCKS_ENTRY.iter_unpack(data[_BLOCKS_HEAD.size : end])
+        ]
+        return cls(generation, root_off, mapped, blocks)
