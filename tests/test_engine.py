@@ -315,7 +315,7 @@ os._exit(0)
                 db[b"%d" % i] = bytes(1_000_000)
         parts = part_files(store_path)
         assert len(parts) >= 2
-        ghost = parts[-1].with_name("%06d.pmem" % (len(parts)))
+        ghost = parts[-1].with_name(f"{len(parts):06d}.pmem")
         ghost.touch()  # what a kill between creating and sizing a new part leaves
         with viperdbm.open(store_path, "w") as db:
             assert len(db) == 12
