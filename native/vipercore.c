@@ -34,6 +34,7 @@
 #define RC_NEED_JUMBO 2 /* the record is too large for a standard block */
 #define RC_FREEABLE 3   /* done; some block became entirely dead: free it */
 #define RC_BUSY 4       /* reorganize() is running: wait for it (take the store lock), retry */
+#define RC_COMPACT 5    /* done; dead space passed the threshold: compact a block or two */
 
 #define PERSIST_NONE 0  /* ordinary file or tmpfs: the page cache survives kill -9 */
 #define PERSIST_MSYNC 1 /* flag 's': msync each record before acknowledging it */
@@ -176,7 +177,7 @@ typedef struct {
     uint64_t log_start; /* pool offset of the first record */
     uint64_t end;       /* pool offset just past the last valid record */
     uint64_t live, live_bytes, dead_bytes, tombstones;
-    uint64_t seq_max;
+    uint64_t seq_min, seq_max; /* of the records in the block (0: none yet) */
     uint64_t damaged_at; /* where the scan met bytes that are neither a record nor zeros */
     unsigned kind;
     int old; /* being compacted away by reorganize() */
@@ -205,6 +206,8 @@ typedef struct {
     int recovering;
     uint64_t compact_cursor;
     int compacting; /* between compact_begin() and compact_end(): mutators get RC_BUSY */
+    int auto_compact; /* signal RC_COMPACT when dead space passes the threshold */
+    uint64_t block_cursor_off, block_cursor_pos; /* where compact_block() resumes */
     uint64_t writes; /* mutation counter, for stats */
 } Core;
 
@@ -480,11 +483,40 @@ static int append_record(Core *c, unsigned kind, const uint8_t *key, uint64_t kl
     uint64_t pos = place_record(c, b, alen, &pad_at, &pad_len);
     if (pos == 0) return RC_NEED_BLOCK;
     if (pad_len) write_pad(c, pad_at, pad_len);
+    if (!b->seq_min) b->seq_min = c->next_seq;
     write_record(c, pos, kind, c->next_seq++, key, klen, val, vlen);
     persist_range(c, pad_len ? pad_at : pos, (pos - (pad_len ? pad_at : pos)) + len);
     b->end = pos + alen;
     b->seq_max = c->next_seq - 1;
     *out_off = pos;
+    return RC_OK;
+}
+
+
+#define COMPACT_MIN_DEAD (8u << 20) /* never compact for less dead space than two blocks */
+
+/* The standard block (not the active one) with the most dead bytes, when dead space is over
+ * half of all block space and at least COMPACT_MIN_DEAD; -1 otherwise. */
+static Py_ssize_t compaction_victim(Core *c) {
+    uint64_t dead = 0, total = 0, best_dead = 0;
+    Py_ssize_t best = -1;
+    for (size_t i = 0; i < c->nblocks; i++) {
+        Block *b = &c->blocks[i];
+        total += b->size;
+        dead += b->dead_bytes;
+        if ((Py_ssize_t)i == c->active || b->kind != VD_BLOCK_KIND_STANDARD || b->old) continue;
+        if (b->dead_bytes > best_dead) {
+            best_dead = b->dead_bytes;
+            best = (Py_ssize_t)i;
+        }
+    }
+    if (dead < COMPACT_MIN_DEAD || dead * 2 < total) return -1;
+    return best;
+}
+
+static inline int after_write(Core *c, int freeable) {
+    if (freeable) return RC_FREEABLE;
+    if ((++c->writes & 4095) == 0 && c->auto_compact && compaction_victim(c) >= 0) return RC_COMPACT;
     return RC_OK;
 }
 
@@ -643,7 +675,7 @@ static int do_put(Core *c, const uint8_t *key, uint64_t klen, const uint8_t *val
         persist_range(c, off, len);
         Py_ssize_t bi = block_find(c, off);
         c->blocks[bi].end = off + align_up(len, VD_RECORD_ALIGN);
-        c->blocks[bi].seq_max = c->next_seq - 1;
+        c->blocks[bi].seq_max = c->blocks[bi].seq_min = c->next_seq - 1;
     } else {
         int rc = append_record(c, VD_KIND_PUT, key, klen, val, vlen, &off);
         if (rc != RC_OK) return rc;
@@ -652,7 +684,6 @@ static int do_put(Core *c, const uint8_t *key, uint64_t klen, const uint8_t *val
     Py_ssize_t bi = jumbo_off ? block_find(c, off) : c->active;
     c->blocks[bi].live++;
     c->blocks[bi].live_bytes += alen;
-    c->writes++;
     int64_t i = index_lookup(c, key, klen, h);
     int freeable = 0;
     if (i >= 0) {
@@ -665,7 +696,7 @@ static int do_put(Core *c, const uint8_t *key, uint64_t klen, const uint8_t *val
         c->slots[-i - 1] = slot_make(h, off);
         c->count++;
     }
-    return freeable ? RC_FREEABLE : RC_OK;
+    return after_write(c, freeable);
 }
 
 /* Put from Python objects: rc >= 0 (RC_*), or -2 with an exception set. */
@@ -746,8 +777,7 @@ static int core_delete_obj(Core *c, PyObject *key) {
     int freeable = account_dead(c, old, align_up(r.total, VD_RECORD_ALIGN));
     index_remove_at(c, (uint64_t)i);
     c->count--;
-    c->writes++;
-    return freeable ? RC_FREEABLE : RC_OK;
+    return after_write(c, freeable);
 }
 
 /* delete(key) -> -1 missing, 0 ok, 1 need block, 2 need jumbo, 3 ok and freeable */
@@ -790,7 +820,7 @@ static PyObject *Core_delete_jumbo(Core *c, PyObject *args) {
     b.dead_bytes = align_up(len, VD_RECORD_ALIGN);
     write_record(c, b.log_start, VD_KIND_DEL, c->next_seq++, k.p, (uint64_t)k.n, NULL, 0);
     persist_range(c, b.log_start, len);
-    b.seq_max = c->next_seq - 1;
+    b.seq_max = b.seq_min = c->next_seq - 1;
     keyarg_release(&k);
     if (block_insert(c, &b) < 0) return NULL;
     uint64_t old = slot_off(c->slots[i]);
@@ -1045,6 +1075,7 @@ static PyObject *Core_scan_block(Core *c, PyObject *args) {
             continue;
         }
         if (rec.seq <= prev_seq || rec.seq == 0) break; /* sequence numbers only grow in a log */
+        if (!prev_seq) b->seq_min = rec.seq;
         prev_seq = rec.seq;
         damaged = 0;
         if (recover_record(c, pos, &rec, alen, b, 0) < 0) return NULL;
@@ -1311,7 +1342,7 @@ static PyObject *Core_compact_step(Core *c, PyObject *args) {
             persist_range(c, off, len);
             Py_ssize_t nb = block_find(c, off);
             c->blocks[nb].end = off + align_up(len, VD_RECORD_ALIGN);
-            c->blocks[nb].seq_max = c->next_seq - 1;
+            c->blocks[nb].seq_max = c->blocks[nb].seq_min = c->next_seq - 1;
             joff = 0;
         } else {
             int rc = append_record(c, VD_KIND_PUT, k, r.klen, k + r.klen, r.vlen, &off);
@@ -1331,6 +1362,92 @@ static PyObject *Core_compact_end(Core *c, PyObject *unused) {
     (void)unused;
     c->compacting = 0;
     for (size_t i = 0; i < c->nblocks; i++) c->blocks[i].old = 0;
+    Py_RETURN_NONE;
+}
+
+
+/* compaction_victim() -> offset of the block to compact now, or None */
+static PyObject *Core_compaction_victim(Core *c, PyObject *unused) {
+    (void)unused;
+    if (core_check_open(c) < 0) return NULL;
+    Py_ssize_t v = compaction_victim(c);
+    if (v < 0) Py_RETURN_NONE;
+    return PyLong_FromUnsignedLongLong(c->blocks[v].off);
+}
+
+/* compact_block(off) -> rc: 0 done (the block now holds nothing needed and can be freed),
+ * 1 need a block (call again after add_block). Copies the block's live records to the
+ * active block, and its deletes whose key has no newer record, unless no block holds an
+ * older record (then the delete has nothing left to hide). Crash-safe as every write: the
+ * copies are newer, so until the block is freed recovery simply prefers them. */
+static PyObject *Core_compact_block(Core *c, PyObject *arg) {
+    unsigned long long off = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred() || core_check_open(c) < 0) return NULL;
+    Py_ssize_t vi = block_find(c, off);
+    if (vi < 0 || c->blocks[vi].off != off) { /* freed meanwhile: nothing was left in it */
+        c->block_cursor_off = c->block_cursor_pos = 0;
+        return PyLong_FromLong(RC_OK);
+    }
+    if (vi == c->active || c->blocks[vi].kind != VD_BLOCK_KIND_STANDARD) {
+        PyErr_SetString(PyExc_ValueError, "compact_block() needs a standard block that is not active");
+        return NULL;
+    }
+    uint64_t oldest_elsewhere = UINT64_MAX;
+    for (size_t i = 0; i < c->nblocks; i++)
+        if ((Py_ssize_t)i != vi && c->blocks[i].seq_min && c->blocks[i].seq_min < oldest_elsewhere)
+            oldest_elsewhere = c->blocks[i].seq_min;
+    uint64_t pos = c->block_cursor_off == off ? c->block_cursor_pos : c->blocks[vi].log_start;
+    for (;;) {
+        Block *v = &c->blocks[vi];
+        if (pos + VD_RECORD_HEADER_SIZE > v->end) break;
+        uint64_t room = VD_PAGE_SIZE - pos % VD_PAGE_SIZE;
+        if (room < VD_RECORD_HEADER_SIZE) {
+            pos += room;
+            continue;
+        }
+        Rec r;
+        const uint8_t *k = rec_key(c, pos, &r);
+        uint64_t alen = align_up(r.total, VD_RECORD_ALIGN), noff;
+        if (r.kind == VD_KIND_PUT) {
+            uint64_t h = key_hash(k, r.klen);
+            int64_t i = index_lookup(c, k, r.klen, h);
+            if (i >= 0 && slot_off(c->slots[i]) == pos) {
+                int rc = append_record(c, VD_KIND_PUT, k, r.klen, k + r.klen, r.vlen, &noff);
+                if (rc != RC_OK) {
+                    c->block_cursor_off = off;
+                    c->block_cursor_pos = pos;
+                    return PyLong_FromLong(rc);
+                }
+                vi = block_find(c, off); /* (blocks[] does not move here, but stay exact) */
+                c->blocks[c->active].live++;
+                c->blocks[c->active].live_bytes += alen;
+                account_dead(c, pos, alen);
+                c->slots[i] = slot_make(h, noff);
+            }
+        } else if (r.kind == VD_KIND_DEL && r.seq > oldest_elsewhere) {
+            uint64_t h = key_hash(k, r.klen);
+            if (index_lookup(c, k, r.klen, h) < 0) {
+                int rc = append_record(c, VD_KIND_DEL, k, r.klen, NULL, 0, &noff);
+                if (rc != RC_OK) {
+                    c->block_cursor_off = off;
+                    c->block_cursor_pos = pos;
+                    return PyLong_FromLong(rc);
+                }
+                c->blocks[c->active].tombstones++;
+                c->blocks[c->active].dead_bytes += alen;
+            }
+        }
+        pos += alen;
+    }
+    c->blocks[vi].tombstones = 0; /* every delete that still mattered has a newer copy */
+    c->block_cursor_off = c->block_cursor_pos = 0;
+    return PyLong_FromLong(RC_OK);
+}
+
+static PyObject *Core_set_auto_compact(Core *c, PyObject *arg) {
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) return NULL;
+    c->auto_compact = on;
     Py_RETURN_NONE;
 }
 
@@ -1525,6 +1642,9 @@ static PyMethodDef Core_methods[] = {
     {"compact_begin", (PyCFunction)Core_compact_begin, METH_NOARGS, "compact_begin() -> floor"},
     {"compact_step", (PyCFunction)Core_compact_step, METH_VARARGS, "compact_step([joff, jsize]) -> (rc, size)"},
     {"compact_end", (PyCFunction)Core_compact_end, METH_NOARGS, "compact_end(): mutators may run again"},
+    {"compaction_victim", (PyCFunction)Core_compaction_victim, METH_NOARGS, "compaction_victim() -> off or None"},
+    {"compact_block", (PyCFunction)Core_compact_block, METH_O, "compact_block(off) -> rc"},
+    {"set_auto_compact", (PyCFunction)Core_set_auto_compact, METH_O, "set_auto_compact(on)"},
     {"old_blocks", (PyCFunction)Core_old_blocks, METH_NOARGS, "old_blocks() -> offsets"},
     {"stats", (PyCFunction)Core_stats, METH_NOARGS, "stats() -> dict"},
     {"blocks", (PyCFunction)Core_blocks, METH_NOARGS, "blocks() -> [(off, size, kind)]"},
@@ -1829,6 +1949,7 @@ PyMODINIT_FUNC PyInit__vipercore(void) {
     ADD("RC_NEED_JUMBO", RC_NEED_JUMBO);
     ADD("RC_FREEABLE", RC_FREEABLE);
     ADD("RC_BUSY", RC_BUSY);
+    ADD("RC_COMPACT", RC_COMPACT);
     ADD("PERSIST_NONE", PERSIST_NONE);
     ADD("PERSIST_MSYNC", PERSIST_MSYNC);
     ADD("PERSIST_FUNC", PERSIST_FUNC);

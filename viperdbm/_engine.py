@@ -239,6 +239,8 @@ class Engine:
             self.rebuild_seconds = time.perf_counter() - started
             self._choose_persist_mode()
             self._tune_growth()
+            if self.options.writable:
+                self._require_core().set_auto_compact(True)
         except BaseException:
             if self.core is not None:
                 self.core.invalidate()
@@ -478,8 +480,8 @@ class Engine:
             while True:
                 if rc == _native.RC_OK:
                     return
-                if rc == _native.RC_FREEABLE:
-                    self._free_dead_blocks()
+                if rc in (_native.RC_FREEABLE, _native.RC_COMPACT):
+                    self._reclaim()
                     return
                 if rc == _native.RC_BUSY:
                     pass  # reorganize() finished while we waited for the lock
@@ -505,8 +507,8 @@ class Engine:
                     return False
                 if rc == _native.RC_OK:
                     return True
-                if rc == _native.RC_FREEABLE:
-                    self._free_dead_blocks()
+                if rc in (_native.RC_FREEABLE, _native.RC_COMPACT):
+                    self._reclaim()
                     return True
                 if rc == _native.RC_NEED_BLOCK:
                     self._new_block()
@@ -532,6 +534,22 @@ class Engine:
             layout.BLOCK_SIZE - layout.PMEMOBJ_OBJECT_HEADER, layout.TYPE_STANDARD_BLOCK, zero=True
         )
         if self._require_core().add_block(off, usable) == _native.RC_FREEABLE:
+            self._free_dead_blocks()
+
+    def _reclaim(self) -> None:
+        """Viper's reclamation, inline: free dead blocks, and when dead space passes half of
+        the store, copy the live records out of the blocks with the most dead space (at most
+        two per call, so no single write waits long) and free those blocks."""
+        core = self._require_core()
+        self._free_dead_blocks()
+        for _ in range(2):
+            victim = core.compaction_victim()
+            if victim is None:
+                break
+            rc = core.compact_block(victim)
+            while rc == _native.RC_NEED_BLOCK:
+                self._new_block()
+                rc = core.compact_block(victim)
             self._free_dead_blocks()
 
     def _free_dead_blocks(self) -> None:
