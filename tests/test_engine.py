@@ -350,6 +350,22 @@ os._exit(0)
         assert not ghost.exists()
 
 
+class TestPaths:
+    def test_any_path_works_and_a_store_can_be_moved(self, store_dir: Path) -> None:
+        path = store_dir / "my files #1" / "cache store.db"
+        path.parent.mkdir()
+        with viperdbm.open(path, "c") as db:
+            for i in range(12):  # grows the pool: new part files under that path
+                db[b"%d" % i] = bytes([i]) * 1_000_000
+        moved = store_dir / "elsewhere"
+        path.rename(moved)
+        with viperdbm.open(moved, "w") as db:
+            assert len(db) == 12 and db[b"11"][:1] == b"\x0b"
+            db[b"more"] = b"x"
+        with viperdbm.open(moved, "r") as db:
+            assert len(db) == 13
+
+
 class TestGrowth:
     def test_the_store_grows_past_4_gib_while_open(self, tmp_path: Path) -> None:
         # ext4 only: on tmpfs this would hold 4 GiB of RAM

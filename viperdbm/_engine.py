@@ -159,11 +159,11 @@ class Engine:
         os.mkdir(os.path.join(directory, layout.PARTS_DIR), layout.dir_mode(mode))
         fd = os.open(os.path.join(directory, layout.LOCK_FILE), os.O_RDWR | os.O_CREAT, mode)
         os.close(fd)
-        set_path = os.path.join(directory, layout.SET_FILE)
-        write_poolset(
-            set_path, os.path.join(directory, layout.PARTS_DIR), layout.MIN_RESERVATION, mode
+        _write_informational_poolset(directory, mode)
+        parts = os.path.join(directory, layout.PARTS_DIR)
+        pool = Pool.create_in(
+            parts, layout.POOL_LAYOUT, mode & ~_umask(), layout.MIN_RESERVATION, label=self.path
         )
-        pool = Pool.create(set_path, layout.POOL_LAYOUT, mode & ~_umask())
         try:
             root_off = pool.root(layout.ROOT_SIZE)
             root = layout.Root(created_ns=time.time_ns())
@@ -184,6 +184,7 @@ class Engine:
             self._build_new_store(tmp, mode)
             try:
                 os.rename(tmp, self.path)
+                _write_informational_poolset(self.path, mode)  # name the final path
             except OSError:
                 if os.path.isdir(self.path):  # another process created it first: use theirs
                     shutil.rmtree(tmp, ignore_errors=True)
@@ -211,6 +212,7 @@ class Engine:
             os.rename(self.path, trash)
             os.rename(tmp, self.path)
             _fsync_dir(parent)
+            _write_informational_poolset(self.path, mode)
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             if isinstance(exc, error):
@@ -222,11 +224,9 @@ class Engine:
         self._take_lock()
 
     def _open_pool(self) -> None:
-        set_path = os.path.join(self.path, layout.SET_FILE)
         parts = os.path.join(self.path, layout.PARTS_DIR)
         _drop_interrupted_part(parts)
-        self._refresh_poolset(set_path, parts)
-        pool = Pool.open(set_path, layout.POOL_LAYOUT)
+        pool = Pool.open_in(parts, layout.POOL_LAYOUT, _reservation_for(parts), label=self.path)
         self._pool = pool
         try:
             self._read_root()
@@ -332,23 +332,6 @@ class Engine:
         pool = self._require_pool()
         pool.write(self._root_off + offset, value.to_bytes(8, "little"))
         pool.persist(self._root_off + offset, 8)
-
-    def _refresh_poolset(self, set_path: str, parts: str) -> None:
-        # The poolset names its parts directory by absolute path, so a store that was moved
-        # or copied needs it rewritten; the reservation (address space, not disk) is raised
-        # here when the store has grown towards it.
-        used = sum(e.stat().st_size for e in os.scandir(parts) if e.is_file(follow_symlinks=False))
-        reservation = layout.MIN_RESERVATION
-        while reservation < 4 * used:
-            reservation *= 2
-        try:
-            with open(set_path, encoding="ascii") as f:
-                current_reservation, current_parts = _parse_poolset(f.read())
-            set_mode = os.stat(set_path).st_mode & 0o777
-        except (OSError, UnicodeDecodeError) as exc:
-            raise NotAStoreError("cannot read the store's pool.set", filename=set_path) from exc
-        if current_parts != os.path.abspath(parts) or current_reservation < reservation:
-            write_poolset(set_path, parts, max(reservation, current_reservation), set_mode)
 
     def _read_root(self) -> None:
         pool = self._require_pool()
@@ -719,18 +702,35 @@ def _part_files(parts_dir: str) -> list[tuple[str, int]]:
     return parts
 
 
-def _parse_poolset(text: str) -> tuple[int, str]:
-    """(reservation in bytes, parts directory) of a directory poolset; (0, "") if unreadable."""
-    for line in text.splitlines():
-        fields = line.split(maxsplit=1)
-        if len(fields) == 2 and fields[0][:1].isdigit():
-            number = fields[0].rstrip("KMGTkmgt")
-            unit = fields[0][len(number) :].upper()
-            scale = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(unit)
-            if scale is None or not number.isdigit():
-                return 0, ""
-            return int(number) * scale, fields[1].strip()
-    return 0, ""
+def _reservation_for(parts_dir: str) -> int:
+    """Address space to reserve for a pool: 64 GiB, or four times its parts if more.
+
+    The pool grows inside this reservation while it is open (it is address space, not
+    disk); it is computed anew at every open, so a store can always grow past it later."""
+    used = sum(size for _, size in _part_files(parts_dir))
+    reservation = layout.MIN_RESERVATION
+    while reservation < 4 * used:
+        reservation *= 2
+    return reservation
+
+
+def _write_informational_poolset(directory: str, mode: int) -> None:
+    """``pool.set``: marks the directory as a store and lets PMDK's tools (pmempool) open it.
+
+    viperdbm itself opens the pool through an in-memory poolset (Pool.open_in), so a store
+    can live under any path and be moved; a path the poolset syntax cannot express gets a
+    file that says so."""
+    set_path = os.path.join(directory, layout.SET_FILE)
+    parts = os.path.join(os.path.abspath(directory), layout.PARTS_DIR)
+    try:
+        write_poolset(set_path, parts, layout.MIN_RESERVATION, mode)
+    except error:
+        with open(set_path, "w", encoding="utf-8") as f:
+            f.write(
+                "PMEMPOOLSET\n# viperdbm store: its path cannot be written in poolset syntax;\n"
+                "# viperdbm opens it through an in-memory poolset\n"
+            )
+        os.chmod(set_path, mode & ~_umask())
 
 
 def _os_error(what: str, exc: OSError, path: str) -> error:

@@ -507,37 +507,32 @@ def write_poolset(set_path: str, parts_dir: str, reservation: int, mode: int) ->
         ) from exc
 
 
-def _read_poolset(set_path: str) -> str:
+def _read_poolset(set_path: str, label: str | None = None) -> str:
     """Check that ``set_path`` is a SINGLEHDR directory poolset and return its directory.
 
     libpmemobj 1.12.1 dies of SIGBUS on ``pmemobj_open`` of an empty file, so the file
-    is checked here before the library sees it.
+    is checked here before the library sees it.  ``label`` names the store in messages.
     """
+    shown = label or set_path
     try:
         st = os.stat(set_path)
     except OSError as exc:
-        raise error(
-            f"cannot open store: {exc.strerror}", filename=set_path, errno=exc.errno
-        ) from exc
+        raise error(f"cannot open store: {exc.strerror}", filename=shown, errno=exc.errno) from exc
     if not stat.S_ISREG(st.st_mode):
-        raise NotAStoreError(
-            "not a viperdbm store (the .set path is not a file)", filename=set_path
-        )
+        raise NotAStoreError("not a viperdbm store (the .set path is not a file)", filename=shown)
     if st.st_size == 0 or st.st_size > 65536:
         raise NotAStoreError(
-            f"not a viperdbm store (a .set file of {st.st_size} bytes)", filename=set_path
+            f"not a viperdbm store (a .set file of {st.st_size} bytes)", filename=shown
         )
     try:
         with open(set_path, "rb") as f:
             text = os.fsdecode(f.read())
     except OSError as exc:
-        raise error(
-            f"cannot read store: {exc.strerror}", filename=set_path, errno=exc.errno
-        ) from exc
+        raise error(f"cannot read store: {exc.strerror}", filename=shown, errno=exc.errno) from exc
     lines = [line.split("#", 1)[0].strip() for line in text.splitlines()]
     lines = [line for line in lines if line]
     if not lines or lines[0] != "PMEMPOOLSET":
-        raise NotAStoreError("not a viperdbm store (not a poolset file)", filename=set_path)
+        raise NotAStoreError("not a viperdbm store (not a poolset file)", filename=shown)
     options: set[str] = set()
     elements: list[list[str]] = []
     for line in lines[1:]:
@@ -555,7 +550,7 @@ def _read_poolset(set_path: str) -> str:
     ):
         raise NotAStoreError(
             "not a viperdbm store (not a SINGLEHDR poolset with one parts directory)",
-            filename=set_path,
+            filename=shown,
         )
     return elements[0][1]
 
@@ -669,6 +664,7 @@ class Pool:
         self._live: set[int] | None = None  # DRAM cache of allocated object offsets
         self._mapped = 0
         self._uuid_lo = 0
+        self._keep_fds: list[int] = []  # descriptors the poolset names (see open_in)
         _POOLS.add(self)
 
     # ---- construction ------------------------------------------------------------
@@ -685,16 +681,17 @@ class Pool:
         return raw
 
     @classmethod
-    def create(cls, set_path: str, layout: str, mode: int) -> Pool:
+    def create(cls, set_path: str, layout: str, mode: int, *, label: str | None = None) -> Pool:
         """Create a new pool from the poolset file ``set_path`` (see :func:`write_poolset`).
 
         The parts directory must exist and hold no part yet.  The part files get the
         permissions ``mode & ~umask`` (libpmemobj itself chmods the first part to
         ``mode`` ignoring the umask, and later parts to 0600; this class fixes both).
         """
-        layout_b = cls._layout_bytes(layout, set_path)
-        path_b = _encode(set_path, "the .set path", set_path)
-        parts_dir = _read_poolset(set_path)
+        shown = label or set_path
+        layout_b = cls._layout_bytes(layout, shown)
+        path_b = _encode(set_path, "the .set path", shown)
+        parts_dir = _read_poolset(set_path, shown)
         _disable_sds()
         pop = _invoke(
             None,
@@ -703,9 +700,9 @@ class Pool:
             (path_b, layout_b, 0, mode & 0o7777),
             failed=_is_null,
             context="create",
-            path=set_path,
+            path=shown,
         )
-        pool = cls(int(pop), set_path, parts_dir)
+        pool = cls(int(pop), shown, parts_dir)
         try:
             part0 = os.path.join(parts_dir, "000000.pmem")
             os.chmod(part0, mode & 0o7777 & ~_current_umask())
@@ -713,7 +710,7 @@ class Pool:
         except OSError as exc:
             pool.close()
             raise error(
-                f"cannot set up the new store: {exc.strerror}", filename=set_path, errno=exc.errno
+                f"cannot set up the new store: {exc.strerror}", filename=shown, errno=exc.errno
             ) from exc
         except BaseException:
             pool.close()
@@ -721,12 +718,15 @@ class Pool:
         return pool
 
     @classmethod
-    def open(cls, set_path: str, layout: str) -> Pool:
-        """Open the existing pool of ``set_path``, checking its layout name."""
-        layout_b = cls._layout_bytes(layout, set_path)
-        path_b = _encode(set_path, "the .set path", set_path)
-        parts_dir = _read_poolset(set_path)
-        _validate_parts(parts_dir, set_path)
+    def open(cls, set_path: str, layout: str, *, label: str | None = None) -> Pool:
+        """Open the existing pool of ``set_path``, checking its layout name.
+
+        ``label`` (default: ``set_path``) names the store in error messages."""
+        shown = label or set_path
+        layout_b = cls._layout_bytes(layout, shown)
+        path_b = _encode(set_path, "the .set path", shown)
+        parts_dir = _read_poolset(set_path, shown)
+        _validate_parts(parts_dir, shown)
         pop = _invoke(
             None,
             "cannot open store",
@@ -734,19 +734,69 @@ class Pool:
             (path_b, layout_b),
             failed=_is_null,
             context="open",
-            path=set_path,
+            path=shown,
         )
-        pool = cls(int(pop), set_path, parts_dir)
+        pool = cls(int(pop), shown, parts_dir)
         try:
             pool._setup()
         except OSError as exc:
             pool.close()
             raise error(
-                f"cannot set up the store: {exc.strerror}", filename=set_path, errno=exc.errno
+                f"cannot set up the store: {exc.strerror}", filename=shown, errno=exc.errno
             ) from exc
         except BaseException:
             pool.close()
             raise
+        return pool
+
+    @classmethod
+    def open_in(cls, parts_dir: str, layout: str, reservation: int, *, label: str) -> Pool:
+        """Open the pool whose parts are in ``parts_dir``, whatever characters its path has.
+
+        The poolset is written to an anonymous memory file and names the parts directory as
+        ``/proc/self/fd/N`` (a descriptor held until close): the poolset syntax cannot
+        express white space or ``#``, and a store moved elsewhere needs nothing rewritten.
+        """
+        return cls._via_memory_poolset(
+            parts_dir, reservation, label, lambda p: cls.open(p, layout, label=label)
+        )
+
+    @classmethod
+    def create_in(
+        cls, parts_dir: str, layout: str, mode: int, reservation: int, *, label: str
+    ) -> Pool:
+        """Create a pool in the empty directory ``parts_dir`` (see :meth:`open_in`)."""
+        return cls._via_memory_poolset(
+            parts_dir, reservation, label, lambda p: cls.create(p, layout, mode, label=label)
+        )
+
+    @classmethod
+    def _via_memory_poolset(
+        cls, parts_dir: str, reservation: int, label: str, opener: Callable[[str], Pool]
+    ) -> Pool:
+        try:
+            parts_fd = os.open(parts_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise error(
+                f"cannot open the store's parts directory: {exc.strerror}",
+                filename=label,
+                errno=exc.errno,
+            ) from exc
+        set_fd = -1
+        try:
+            set_fd = os.memfd_create("viperdbm.set", os.MFD_CLOEXEC)
+            text = (
+                f"PMEMPOOLSET\nOPTION SINGLEHDR\n{_format_size(reservation)} "
+                f"/proc/self/fd/{parts_fd}\n"
+            )
+            os.write(set_fd, text.encode())
+            pool = opener(f"/proc/self/fd/{set_fd}")
+        except BaseException:
+            os.close(parts_fd)
+            if set_fd >= 0:
+                os.close(set_fd)
+            raise
+        pool._keep_fds = [parts_fd, set_fd]
         return pool
 
     def _setup(self) -> None:
@@ -818,7 +868,13 @@ class Pool:
         if forked:
             self._forked = True
             return
-        _invoke(None, "pmemobj_close", _pmemobj_close, (pop,))
+        try:
+            _invoke(None, "pmemobj_close", _pmemobj_close, (pop,))
+        finally:
+            fds, self._keep_fds = self._keep_fds, []
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     # ---- bounds ------------------------------------------------------------------
 
