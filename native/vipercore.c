@@ -1760,22 +1760,13 @@ static PyObject *MapBase_subscript(MapBase *m, PyObject *key) {
     return c ? Core_getitem(c, key) : NULL;
 }
 
+static int map_put(MapBase *m, Core *c, PyObject *key, PyObject *value);
+
 static int MapBase_ass_subscript(MapBase *m, PyObject *key, PyObject *value) {
     Core *c = map_core(m);
     if (!c) return -1;
     if (m->readonly) return map_refuse_readonly(m);
-    if (value != NULL) {
-        int rc = core_put_obj(c, key, value);
-        if (rc == RC_OK) return 0;
-        if (rc == -2) return -1;
-        PyObject *rco = PyLong_FromLong(rc);
-        if (!rco) return -1;
-        PyObject *r = PyObject_CallMethodObjArgs(m->engine, str_put_slow, rco, key, value, NULL);
-        Py_DECREF(rco);
-        if (!r) return -1;
-        Py_DECREF(r);
-        return 0;
-    }
+    if (value != NULL) return map_put(m, c, key, value);
     int rc = core_delete_obj(c, key);
     if (rc == RC_OK) return 0;
     if (rc == -2) return -1;
@@ -1796,6 +1787,188 @@ static int MapBase_ass_subscript(MapBase *m, PyObject *key, PyObject *value) {
         return -1;
     }
     return 0;
+}
+
+
+/* one put through the mapping, with the slow path: 0 or -1 with an exception set */
+static int map_put(MapBase *m, Core *c, PyObject *key, PyObject *value) {
+    int rc = core_put_obj(c, key, value);
+    if (rc == RC_OK) return 0;
+    if (rc == -2) return -1;
+    PyObject *rco = PyLong_FromLong(rc);
+    if (!rco) return -1;
+    PyObject *r = PyObject_CallMethodObjArgs(m->engine, str_put_slow, rco, key, value, NULL);
+    Py_DECREF(rco);
+    if (!r) return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* update([other], **kw): every pair in one call (a mapping, or an iterable of pairs) */
+static PyObject *MapBase_update(MapBase *m, PyObject *args, PyObject *kw) {
+    PyObject *other = NULL;
+    if (!PyArg_UnpackTuple(args, "update", 0, 1, &other)) return NULL;
+    Core *c = map_core(m);
+    if (!c) return NULL;
+    if (m->readonly) {
+        map_refuse_readonly(m);
+        return NULL;
+    }
+    PyObject *sources[2] = {other, kw};
+    for (int s = 0; s < 2; s++) {
+        PyObject *src = sources[s];
+        if (!src) continue;
+        PyObject *it;
+        int is_map = PyDict_Check(src) || PyObject_HasAttrString(src, "keys");
+        if (PyDict_Check(src)) {
+            PyObject *k, *v;
+            Py_ssize_t pos = 0;
+            /* iterate a snapshot: a put may call Python (slow path) */
+            PyObject *items = PyDict_Items(src);
+            if (!items) return NULL;
+            Py_ssize_t n = PyList_GET_SIZE(items);
+            for (pos = 0; pos < n; pos++) {
+                PyObject *pair = PyList_GET_ITEM(items, pos);
+                k = PyTuple_GET_ITEM(pair, 0);
+                v = PyTuple_GET_ITEM(pair, 1);
+                if (map_put(m, c, k, v) < 0) {
+                    Py_DECREF(items);
+                    return NULL;
+                }
+            }
+            Py_DECREF(items);
+            continue;
+        }
+        if (is_map) {
+            PyObject *keys = PyObject_CallMethod(src, "keys", NULL);
+            if (!keys) return NULL;
+            it = PyObject_GetIter(keys);
+            Py_DECREF(keys);
+            if (!it) return NULL;
+            PyObject *k;
+            while ((k = PyIter_Next(it))) {
+                PyObject *v = PyObject_GetItem(src, k);
+                int r = v ? map_put(m, c, k, v) : -1;
+                Py_XDECREF(v);
+                Py_DECREF(k);
+                if (r < 0) {
+                    Py_DECREF(it);
+                    return NULL;
+                }
+            }
+            Py_DECREF(it);
+            if (PyErr_Occurred()) return NULL;
+            continue;
+        }
+        it = PyObject_GetIter(src);
+        if (!it) return NULL;
+        PyObject *pair;
+        while ((pair = PyIter_Next(it))) {
+            PyObject *seq = PySequence_Fast(pair, "update() needs pairs of key and value");
+            Py_DECREF(pair);
+            if (!seq) {
+                Py_DECREF(it);
+                return NULL;
+            }
+            if (PySequence_Fast_GET_SIZE(seq) != 2) {
+                Py_DECREF(seq);
+                Py_DECREF(it);
+                PyErr_SetString(PyExc_ValueError, "update() needs pairs of key and value");
+                return NULL;
+            }
+            int r = map_put(m, c, PySequence_Fast_GET_ITEM(seq, 0), PySequence_Fast_GET_ITEM(seq, 1));
+            Py_DECREF(seq);
+            if (r < 0) {
+                Py_DECREF(it);
+                return NULL;
+            }
+        }
+        Py_DECREF(it);
+        if (PyErr_Occurred()) return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* get_many(keys, default=None) -> list: the value of each key (or default), in one call */
+static PyObject *MapBase_get_many(MapBase *m, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "get_many(keys, default=None)");
+        return NULL;
+    }
+    Core *c = map_core(m);
+    if (!c || core_check_open(c) < 0) return NULL;
+    PyObject *dflt = nargs == 2 ? args[1] : Py_None;
+    PyObject *seq = PySequence_Fast(args[0], "get_many() needs an iterable of keys");
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject *out = PyList_New(n);
+    if (!out) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t j = lookup_arg(c, PySequence_Fast_GET_ITEM(seq, i));
+        if (j == INT64_MIN) {
+            Py_DECREF(out);
+            Py_DECREF(seq);
+            return NULL;
+        }
+        PyObject *v;
+        if (j < 0) {
+            Py_INCREF(dflt);
+            v = dflt;
+        } else if (!(v = value_at(c, j))) {
+            Py_DECREF(out);
+            Py_DECREF(seq);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, v);
+    }
+    Py_DECREF(seq);
+    return out;
+}
+
+/* _items() / _values(): snapshots in one call, for items() and values() */
+static PyObject *map_snapshot(MapBase *m, int what) {
+    Core *c = map_core(m);
+    if (!c || core_check_open(c) < 0) return NULL;
+    PyObject *list = PyList_New((Py_ssize_t)c->count);
+    if (!list) return NULL;
+    Py_ssize_t n = 0;
+    for (uint64_t i = 0; i < c->cap && n < (Py_ssize_t)c->count; i++) {
+        if (!c->slots[i]) continue;
+        Rec r;
+        const uint8_t *k = rec_key(c, slot_off(c->slots[i]), &r);
+        PyObject *v = PyBytes_FromStringAndSize((const char *)k + r.klen, (Py_ssize_t)r.vlen), *item;
+        if (!v) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        if (what) {
+            item = v;
+        } else {
+            PyObject *key = PyBytes_FromStringAndSize((const char *)k, (Py_ssize_t)r.klen);
+            item = key ? PyTuple_Pack(2, key, v) : NULL;
+            Py_XDECREF(key);
+            Py_DECREF(v);
+            if (!item) {
+                Py_DECREF(list);
+                return NULL;
+            }
+        }
+        PyList_SET_ITEM(list, n++, item);
+    }
+    return list;
+}
+
+static PyObject *MapBase_items_list(MapBase *m, PyObject *unused) {
+    (void)unused;
+    return map_snapshot(m, 0);
+}
+
+static PyObject *MapBase_values_list(MapBase *m, PyObject *unused) {
+    (void)unused;
+    return map_snapshot(m, 1);
 }
 
 static int MapBase_contains(MapBase *m, PyObject *key) {
@@ -1841,6 +2014,12 @@ static PyMethodDef MapBase_methods[] = {
     {"_detach", (PyCFunction)MapBase_detach, METH_NOARGS, "_detach(): the store is closed"},
     {"get", (PyCFunction)(void (*)(void))MapBase_get, METH_FASTCALL, "get(key, default=None): the value of key, or default"},
     {"keys", (PyCFunction)MapBase_keys, METH_NOARGS, "keys(): a list of every key (as every dbm module returns)"},
+    {"update", (PyCFunction)(void (*)(void))MapBase_update, METH_VARARGS | METH_KEYWORDS,
+     "update([other], **kw): store every pair of a mapping or an iterable of pairs, in one call"},
+    {"get_many", (PyCFunction)(void (*)(void))MapBase_get_many, METH_FASTCALL,
+     "get_many(keys, default=None): a list of the value of each key (or default), in one call"},
+    {"_items_list", (PyCFunction)MapBase_items_list, METH_NOARGS, "every (key, value), in one call"},
+    {"_values_list", (PyCFunction)MapBase_values_list, METH_NOARGS, "every value, in one call"},
     {"firstkey", (PyCFunction)MapBase_firstkey, METH_NOARGS,
      "firstkey(): the first key in the store's (hash) order, or None when it is empty (gdbm)"},
     {"nextkey", (PyCFunction)MapBase_nextkey, METH_O,

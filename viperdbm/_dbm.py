@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, ItemsView, Iterator, MutableMapping, ValuesView
 from types import TracebackType
 from typing import NoReturn, TypeAlias
 
@@ -61,6 +61,15 @@ class _Database(_native.MapBase, MutableMapping[bytes, bytes]):  # type: ignore[
         engine = self._engine = Engine(path, options, mode)
         self._readonly = not options.writable
         self._attach(engine._require_core(), engine, self._readonly, _readonly_refusal(engine.path))
+
+    # ------------------------------------------------------------------ views
+    def items(self) -> ItemsView[bytes, bytes]:
+        """A view of (key, value) pairs; iterating it reads them all in one native call."""
+        return _ItemsView(self)
+
+    def values(self) -> ValuesView[bytes]:
+        """A view of the values; iterating it reads them all in one native call."""
+        return _ValuesView(self)
 
     # ------------------------------------------------------------------ writing
     def setdefault(self, key: _BytesLike, default: _BytesLike | None = None) -> bytes:
@@ -141,6 +150,20 @@ class _Database(_native.MapBase, MutableMapping[bytes, bytes]):  # type: ignore[
 
     def _path(self) -> str:
         return self._engine.path if self._engine is not None else "?"
+
+
+class _ItemsView(ItemsView[bytes, bytes]):
+    _mapping: _Database
+
+    def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
+        return iter(self._mapping._items_list())
+
+
+class _ValuesView(ValuesView[bytes]):
+    _mapping: _Database
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._mapping._values_list())
 
 
 def open(

@@ -296,7 +296,12 @@ class Engine:
         self.core = core
         self._shared_map = (base, total)
         self.rebuild_seconds = time.perf_counter() - started
-        log.debug("opened %s shared, read-only: %d records", self.path, len(core))
+        log.debug(
+            "opened %s shared, read-only: %d records, index rebuilt in %.1f ms",
+            self.path,
+            len(core),
+            self.rebuild_seconds * 1e3,
+        )
         return True
 
     def _write_block_directory(self) -> None:
