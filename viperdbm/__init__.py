@@ -14,7 +14,9 @@ scanning them at open. See the README for the durability each filesystem gives.
 
 from __future__ import annotations
 
+from ._check import CheckReport, Salvaged, check, salvage
 from ._dbm import _Database, open
+from ._dump import DumpError, copy, dump, load
 from ._errors import (
     ClosedError,
     CorruptedError,
@@ -25,6 +27,8 @@ from ._errors import (
     VersionMismatchError,
     error,
 )
+from .compat import whichdb
+from .viper import Viper, ViperClient, ViperReadOnlyClient
 
 __version__ = "0.1.0"
 
@@ -32,15 +36,27 @@ __version__ = "0.1.0"
 Database = _Database
 
 __all__ = [
+    "CheckReport",
     "ClosedError",
     "CorruptedError",
     "Database",
+    "DumpError",
     "LockError",
     "NotAStoreError",
     "ReadonlyError",
+    "Salvaged",
     "StoreFullError",
     "VersionMismatchError",
+    "Viper",
+    "ViperClient",
+    "ViperReadOnlyClient",
     "__version__",
+    "check",
+    "copy",
+    "dump",
     "error",
+    "load",
     "open",
+    "salvage",
+    "whichdb",
 ]

@@ -1,0 +1,333 @@
+"""Verifying a closed store (:func:`check`) and copying what is readable out of it
+(:func:`salvage`).
+
+:func:`check` looks at every layer a store has, from the outside in: the directory and
+its poolset, libpmemobj's own consistency check of the pool (``pmemobj_check``), the open
+itself (whose recovery scan verifies every block header and every record's CRC-32C), the
+block logs that ended in unreadable bytes, every live record read back through the
+index, and the index's own consistency (its length, membership, and the
+``firstkey``/``nextkey`` walk). It reports; it never changes the store, apart from what
+every open does (a moved store's ``pool.set`` is rewritten).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno as _errno
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, NamedTuple
+
+from . import _layout as layout
+from . import _pmemobj
+from ._dbm import _Database
+from ._dbm import open as _open_db
+from ._dump import _hold_store_lock, new_store
+from ._errors import CorruptedError, LockError, NotAStoreError, error
+from ._progress import Progress
+
+__all__ = ["CheckReport", "Salvaged", "check", "salvage"]
+
+_MAX_LISTED = 10  # problems listed per kind before they are only counted
+
+
+@dataclass
+class CheckReport:
+    """What :func:`check` found. ``ok`` is true when ``problems`` is empty.
+
+    ``problems`` are sentences about damage or inconsistency; ``notes`` are facts worth
+    knowing that are not damage (the store was moved, ...). ``pool_check`` is the verdict
+    of libpmemobj's ``pmemobj_check``: ``"consistent"``, ``"inconsistent"`` or why it
+    did not run. ``damage`` lists ``(block offset, offset of the first unreadable
+    byte)`` for every block log that ended in bytes that are not a record.
+    """
+
+    path: str
+    opened: bool = False
+    records: int = 0
+    records_read: int = 0
+    unreadable: int = 0
+    pool_check: str = "not run"
+    damage: list[tuple[int, int]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    stats: dict[str, int | float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing is wrong with the store."""
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data (with ``ok``)."""
+        data = asdict(self)
+        data["ok"] = self.ok
+        data["damage"] = [list(d) for d in self.damage]
+        return data
+
+    def __str__(self) -> str:
+        lines = [f"{self.path}: {'ok' if self.ok else 'PROBLEMS FOUND'}"]
+        if self.opened:
+            lines.append(
+                f"  {self.records:,} records, {self.records_read:,} read back, "
+                f"{self.unreadable:,} unreadable"
+            )
+        else:
+            lines.append("  the store does not open")
+        lines.append(f"  pool check (pmemobj_check): {self.pool_check}")
+        lines.extend(f"  problem: {p}" for p in self.problems)
+        lines.extend(f"  note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+
+def _problem(report: CheckReport, counter: dict[str, int], kind: str, text: str) -> None:
+    counter[kind] = counter.get(kind, 0) + 1
+    if counter[kind] <= _MAX_LISTED:
+        report.problems.append(text)
+    elif counter[kind] == _MAX_LISTED + 1:
+        report.problems.append(f"(more problems of this kind: {kind}; only the first are listed)")
+
+
+def _require_store_dir(path: str) -> None:
+    if not os.path.lexists(path):
+        raise error("no viperdbm store at this path", filename=path, errno=_errno.ENOENT)
+    if not os.path.isdir(path):
+        raise NotAStoreError(
+            "not a viperdbm store (a viperdbm store is a directory)", filename=path
+        )
+    has_set = os.path.lexists(os.path.join(path, layout.SET_FILE))
+    has_parts = os.path.lexists(os.path.join(path, layout.PARTS_DIR))
+    if not has_set and not has_parts:
+        raise NotAStoreError(
+            "not a viperdbm store (the directory has neither pool.set nor parts/)",
+            filename=path,
+            hint="check the path",
+        )
+
+
+def _check_poolset(path: str, report: CheckReport) -> bool:
+    """Structural checks of pool.set and parts/; True if libpmemobj may be run on them."""
+    set_path = os.path.join(path, layout.SET_FILE)
+    parts = os.path.join(path, layout.PARTS_DIR)
+    ok = True
+    if not os.path.isfile(set_path):
+        report.problems.append("pool.set is missing or not a file")
+        ok = False
+    if not os.path.isdir(parts):
+        report.problems.append("parts/ is missing or not a directory")
+        return False
+    if not os.path.lexists(os.path.join(path, layout.LOCK_FILE)):
+        report.notes.append("the lock file is missing (harmless: the next open makes it)")
+    if ok:
+        try:
+            named = _pmemobj._read_poolset(set_path)
+        except error as exc:
+            report.problems.append(f"pool.set: {exc.message}")
+            ok = False
+        else:
+            if os.path.abspath(named) != os.path.abspath(parts):
+                report.notes.append(
+                    f"pool.set names {named!r}: the store was moved or copied; "
+                    "the next open points it at its own parts/"
+                )
+    try:
+        _pmemobj._validate_parts(parts, set_path)
+    except error as exc:
+        report.problems.append(f"parts/: {exc.message}")
+        ok = False
+    return ok
+
+
+def _pmemobj_check(path: str, report: CheckReport) -> None:
+    """libpmemobj's own check of the pool's metadata and heap (read-only)."""
+    set_path = os.path.join(path, layout.SET_FILE)
+    try:
+        named = _pmemobj._read_poolset(set_path)
+    except error as exc:  # pragma: no cover - already reported by _check_poolset
+        report.pool_check = f"not run ({exc.message})"
+        return
+    if os.path.abspath(named) != os.path.join(path, layout.PARTS_DIR):
+        report.pool_check = "not run (pool.set names another parts directory)"
+        return
+    fn = _pmemobj._libobj.pmemobj_check
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    ctypes.set_errno(0)
+    result = fn(os.fsencode(set_path), layout.POOL_LAYOUT.encode())
+    code = ctypes.get_errno()
+    if result == 1:
+        report.pool_check = "consistent"
+    elif result == 0:
+        report.pool_check = "inconsistent"
+        report.problems.append(
+            f"libpmemobj finds the pool inconsistent ({_pmemobj._errmsg_obj() or 'no detail'})"
+        )
+    else:
+        message = _pmemobj._errmsg_obj() or os.strerror(code)
+        if code in (_errno.EAGAIN, _errno.EWOULDBLOCK):
+            raise LockError("the store is in use by another process or handle", filename=path)
+        report.pool_check = f"could not run ({message})"
+        report.problems.append(f"libpmemobj cannot check the pool: {message}")
+
+
+def _check_open_store(db: _Database, report: CheckReport, progress: Progress | None) -> None:
+    counter: dict[str, int] = {}
+    engine = db._engine
+    if engine is not None:
+        report.damage = list(engine.damage)
+    for block, at in report.damage:
+        _problem(
+            report,
+            counter,
+            "damaged block log",
+            f"the log of the block at offset {block} ends in unreadable bytes at offset {at}: "
+            "records written after that point in this block are lost",
+        )
+    report.stats = db.stats()
+    keys = db.keys()
+    report.records = len(db)
+    if len(keys) != report.records:
+        report.problems.append(f"the index counts {report.records} records but lists {len(keys)}")
+    unique = set(keys)
+    if len(unique) != len(keys):
+        report.problems.append(f"the index lists {len(keys) - len(unique)} keys more than once")
+    if report.stats.get("records", report.records) != report.records:
+        report.problems.append(
+            f"the store's counters say {report.stats['records']} records, "
+            f"the index {report.records}"
+        )
+    if progress is not None:
+        progress.total = len(keys)
+    for key in keys:
+        try:
+            value = db.get(key)
+            present = key in db
+        except error as exc:
+            report.unreadable += 1
+            _problem(report, counter, "unreadable", f"key {key!r} cannot be read: {exc}")
+        else:
+            if value is None or not present:
+                report.unreadable += 1
+                _problem(report, counter, "missing", f"key {key!r} is listed but cannot be found")
+            else:
+                report.records_read += 1
+        if progress is not None:
+            progress.update()
+    # the gdbm walk must visit each key exactly once
+    seen: set[bytes] = set()
+    key_or_none = db.firstkey()
+    steps = 0
+    while key_or_none is not None and steps <= len(keys):
+        if key_or_none in seen:
+            _problem(report, counter, "walk", f"firstkey/nextkey visits key {key_or_none!r} twice")
+            break
+        seen.add(key_or_none)
+        steps += 1
+        key_or_none = db.nextkey(key_or_none)
+    if seen != unique:
+        report.problems.append(
+            f"firstkey/nextkey visit {len(seen)} keys; the index lists {len(unique)}"
+        )
+
+
+def check(path: str | os.PathLike[str], *, progress: Progress | None = None) -> CheckReport:
+    """Verify the closed store at ``path`` and report what was found.
+
+    Raises :class:`viperdbm.error` when there is nothing to check (no store at ``path``)
+    and :class:`viperdbm.LockError` when the store is in use; everything else, including
+    a store that does not open, is reported in the returned :class:`CheckReport`.
+
+    >>> import os, tempfile, viperdbm
+    >>> path = os.path.join(tempfile.mkdtemp(), "c.vdb")
+    >>> with viperdbm.open(path, "c") as db:
+    ...     db[b"k"] = b"v"
+    >>> report = viperdbm.check(path)
+    >>> report.ok, report.records, report.pool_check
+    (True, 1, 'consistent')
+    """
+    started = time.perf_counter()
+    apath = os.path.abspath(os.fspath(path))
+    _require_store_dir(apath)
+    report = CheckReport(path=apath)
+    structure_ok = _check_poolset(apath, report)
+    if structure_ok:
+        # Hold the store exclusively (no writer, no reader) for the whole check, and open
+        # it with 'u' so that the open goes through libpmemobj and the full recovery scan of
+        # every object in the pool, not through the readers' shared path.
+        lock_fd = _hold_store_lock(apath, "the store")
+        try:
+            try:
+                db = _open_db(apath, "ru")
+            except LockError:
+                raise
+            except error as exc:
+                report.problems.append(f"the store does not open: {exc}")
+            else:
+                report.opened = True
+                with db:
+                    _check_open_store(db, report, progress)
+            _pmemobj_check(apath, report)
+        finally:
+            os.close(lock_fd)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+class Salvaged(NamedTuple):
+    """What :func:`salvage` did: records copied, and records that could not be read."""
+
+    copied: int
+    unreadable: int
+
+
+def salvage(
+    path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    replace: bool = False,
+    progress: Progress | None = None,
+) -> Salvaged:
+    """Copy every readable record of the store ``path`` into a new store ``out``.
+
+    The store must open read-only, either through libpmemobj or, when its last writer
+    closed it, through the readers' path that maps the part files directly (which works
+    even if libpmemobj's pool metadata is damaged). Recovery already drops torn and
+    damaged records; this copies what the index holds, skipping any record that cannot be
+    read. Salvaging from a store that does not open at all is not supported in this
+    version: that raises :class:`viperdbm.CorruptedError`. ``out`` appears only when
+    complete.
+    """
+    apath = os.path.abspath(os.fspath(path))
+    _require_store_dir(apath)
+    try:
+        src = _open_db(apath, "r")
+    except LockError:
+        raise
+    except error as exc:
+        raise CorruptedError(
+            f"the store does not open, so nothing can be salvaged from it ({exc.message}); "
+            "salvaging from a pool that does not open is not supported in this version",
+            filename=apath,
+            hint="restore the store from a dump or a backup",
+        ) from exc
+    copied = unreadable = 0
+    with src:
+        keys = src.keys()
+        if progress is not None:
+            progress.total = len(keys)
+        with new_store(out, replace=replace) as dst:
+            for key in keys:
+                try:
+                    value = src.get(key)
+                except error:
+                    value = None
+                if value is None:
+                    unreadable += 1
+                else:
+                    dst[key] = value
+                    copied += 1
+                if progress is not None:
+                    progress.update()
+    return Salvaged(copied, unreadable)
