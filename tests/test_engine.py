@@ -452,6 +452,29 @@ class TestFlags:
         with viperdbm.open(store_path, "rf") as db:
             assert all(db[b"%d" % i] == b"v" * i for i in range(50))
 
+    def test_the_pmem_path_flushes_each_write_with_pmem_persist(self, store_path: Path) -> None:
+        # PMEM_IS_PMEM_FORCE makes libpmem report this file as persistent memory, so the
+        # engine takes the DAX path: the core calls libpmem's pmem_persist per record
+        code = """
+import sys, viperdbm
+with viperdbm.open(sys.argv[1], "c") as db:
+    assert db._engine.persist_mode == "pmem_persist per write", db._engine.persist_mode
+    for i in range(3000):
+        db[b"%d" % i] = b"v" * (i % 500)
+    del db[b"7"]
+with viperdbm.open(sys.argv[1], "w") as db:
+    assert len(db) == 2999 and db[b"2999"] == b"v" * (2999 % 500)
+"""
+        result = subprocess.run(
+            [sys.executable, "-c", code, str(store_path)],
+            env={**os.environ, "PMEM_IS_PMEM_FORCE": "1"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "PMEM_IS_PMEM_FORCE=1" in result.stderr  # the warning
+
     def test_the_command_line_demo_runs(self, tmp_path: Path) -> None:
         result = subprocess.run(
             [sys.executable, "-m", "viperdbm", "demo", "--records", "3000", "--dir", str(tmp_path)],

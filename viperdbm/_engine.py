@@ -86,6 +86,8 @@ class Engine:
         self._shared_map: tuple[int, int] | None = None
         self._root_off = 0
         self.rebuild_seconds = 0.0
+        #: how each write is made durable (see the README's durability table)
+        self.persist_mode = "read-only"
         #: (block offset, offset of the first unreadable byte) for each damaged block log
         self.damage: list[tuple[int, int]] = []
         self.core: _native.Core | None = None
@@ -422,10 +424,20 @@ class Engine:
         if pool.is_pmem(pool.mapped_size()):
             # real persistent memory (DAX): flush each record as Viper does
             core.set_persist(_native.PERSIST_FUNC, pool.persist_function_address)
+            self.persist_mode = "pmem_persist per write"
+            if os.environ.get("PMEM_IS_PMEM_FORCE") == "1":
+                log.warning(
+                    "%s: PMEM_IS_PMEM_FORCE=1 makes libpmem treat this file as persistent "
+                    "memory; on an ordinary file that removes the power-fail guarantees "
+                    "(writes still survive a crash of the process)",
+                    self.path,
+                )
         elif self.options.sync_each_write:
             core.set_persist(_native.PERSIST_MSYNC)
+            self.persist_mode = "msync per write"
         else:
             core.set_persist(_native.PERSIST_NONE)
+            self.persist_mode = "page cache; msync at sync() and close()"
 
     def _tune_growth(self) -> None:
         # libpmemobj adds a part file of this size when the heap is full; a sixteenth of the
