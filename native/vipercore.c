@@ -634,6 +634,13 @@ static PyObject *Core_add_block(Core *c, PyObject *args) {
     b.off = off;
     b.size = size;
     b.kind = VD_BLOCK_KIND_STANDARD;
+    /* The block comes from the allocator as it is (libpmemobj's zeroing would msync 4 MiB
+     * on an ordinary file): zero its log here, in the page cache. Should a power cut undo
+     * this, what reappears are records of a freed block, all older than the records that
+     * superseded them and older than this block's own (so they end its log): harmless. */
+    uint64_t log_start = align_up(off + VD_BLOCK_HEADER_SIZE, VD_PAGE_SIZE);
+    if (log_start < off + size) memset(c->base + log_start, 0, off + size - log_start);
+    if (c->persist_mode == PERSIST_FUNC) persist_range(c, log_start, off + size - log_start);
     init_block_header(c, off, size, VD_BLOCK_KIND_STANDARD, &b.log_start);
     b.end = b.log_start;
     Py_ssize_t prev = c->active;

@@ -530,8 +530,9 @@ class Engine:
         return off, usable
 
     def _new_block(self) -> None:
+        # not zeroed by libpmemobj (which would msync it): the core zeroes the log itself
         off, usable = self._alloc(
-            layout.BLOCK_SIZE - layout.PMEMOBJ_OBJECT_HEADER, layout.TYPE_STANDARD_BLOCK, zero=True
+            layout.BLOCK_SIZE - layout.PMEMOBJ_OBJECT_HEADER, layout.TYPE_STANDARD_BLOCK, zero=False
         )
         if self._require_core().add_block(off, usable) == _native.RC_FREEABLE:
             self._free_dead_blocks()
