@@ -505,6 +505,7 @@ static Py_ssize_t compaction_victim(Core *c) {
         total += b->size;
         dead += b->dead_bytes;
         if ((Py_ssize_t)i == c->active || b->kind != VD_BLOCK_KIND_STANDARD || b->old) continue;
+        if (!b->live && !b->tombstones) continue; /* already empty: waiting to be freed */
         if (b->dead_bytes > best_dead) {
             best_dead = b->dead_bytes;
             best = (Py_ssize_t)i;
@@ -1262,7 +1263,7 @@ static PyObject *Core_damage(Core *c, PyObject *unused) {
     return out;
 }
 
-/* freeable() -> offsets of blocks that hold no live record and no tombstone */
+/* freeable() -> [(offset, seq_max, size)] of the blocks that hold no live record and no tombstone */
 static PyObject *Core_freeable(Core *c, PyObject *unused) {
     (void)unused;
     if (core_check_open(c) < 0) return NULL;
@@ -1271,7 +1272,8 @@ static PyObject *Core_freeable(Core *c, PyObject *unused) {
     for (size_t i = 0; i < c->nblocks; i++) {
         Block *b = &c->blocks[i];
         if ((Py_ssize_t)i == c->active || b->live || b->tombstones) continue;
-        PyObject *o = PyLong_FromUnsignedLongLong(b->off);
+        PyObject *o = Py_BuildValue("(KKK)", (unsigned long long)b->off, (unsigned long long)b->seq_max,
+                                    (unsigned long long)b->size);
         if (!o || PyList_Append(out, o) < 0) {
             Py_XDECREF(o);
             Py_DECREF(out);
@@ -1644,7 +1646,7 @@ static PyMethodDef Core_methods[] = {
     {"scan_block", (PyCFunction)Core_scan_block, METH_VARARGS, "scan_block(off, usable, kind) -> (status, records, damaged_at)"},
     {"finish_recovery", (PyCFunction)Core_finish_recovery, METH_O, "finish_recovery(writable) -> freeable offsets"},
     {"damage", (PyCFunction)Core_damage, METH_NOARGS, "damage() -> [(block, offset)] of unreadable log tails"},
-    {"freeable", (PyCFunction)Core_freeable, METH_NOARGS, "freeable() -> offsets of dead blocks"},
+    {"freeable", (PyCFunction)Core_freeable, METH_NOARGS, "freeable() -> [(off, seq_max, size)] of dead blocks"},
     {"drop_block", (PyCFunction)Core_drop_block, METH_O, "drop_block(off)"},
     {"compact_begin", (PyCFunction)Core_compact_begin, METH_NOARGS, "compact_begin() -> floor"},
     {"compact_step", (PyCFunction)Core_compact_step, METH_VARARGS, "compact_step([joff, jsize]) -> (rc, size)"},

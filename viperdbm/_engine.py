@@ -45,6 +45,10 @@ log = logging.getLogger("viperdbm")
 
 _open_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 
+#: bytes of dead blocks that may wait for the next sync() before freeing forces one (see
+#: Engine._free_dead_blocks)
+_FREE_AFTER_SYNC_BYTES = 32 << 20
+
 
 def _invalidate_after_fork() -> None:
     # The child shares the parent's mapping: a write from it would corrupt the parent's
@@ -554,14 +558,26 @@ class Engine:
             self._free_dead_blocks()
 
     def _free_dead_blocks(self) -> None:
+        """Free the blocks that hold nothing needed any more.
+
+        Freeing a block removes its records' sequence numbers; recovery accepts a gap in the
+        sequence only below the durable watermark (the power-fail rule), so a block whose
+        newest record is above it waits for the next sync(). Once 32 MiB wait, this syncs
+        itself: on an ordinary file a sync costs an msync of every dirty page, too much to
+        pay for each 4 MiB block.
+        """
         core = self._require_core()
         pool = self._require_pool()
-        offsets = core.freeable()
-        if offsets:
-            self._sync_locked()  # see _recover: no sequence number may vanish before it is durable
-        for off in offsets:
-            pool.free(off)  # atomic in libpmemobj; a crash here leaves only a dead block
-            core.drop_block(off)
+        dead = core.freeable()
+        if not dead:
+            return
+        waiting = sum(size for _, seq, size in dead if seq > self._root.durable_seq)
+        if waiting >= _FREE_AFTER_SYNC_BYTES:
+            self._sync_locked()
+        for off, seq_max, _ in dead:
+            if seq_max <= self._root.durable_seq:
+                pool.free(off)  # atomic in libpmemobj; a crash here leaves only a dead block
+                core.drop_block(off)
 
     # ------------------------------------------------------------------ maintenance
     def sync(self) -> None:
@@ -570,6 +586,7 @@ class Engine:
             self._require_core()
             if self.options.writable:
                 self._sync_locked()
+                self._free_dead_blocks()  # the ones that waited for this sync
 
     def _sync_locked(self) -> None:
         # 1. every dirty page of the pool to the disk; 2. the parts directory (growth adds
@@ -653,6 +670,7 @@ class Engine:
             try:
                 if self.options.writable and self.core is not None:
                     self._sync_locked()
+                    self._free_dead_blocks()  # all of them: everything is durable now
                     self._write_block_directory()
             finally:
                 if self.core is not None:
