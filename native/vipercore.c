@@ -207,6 +207,7 @@ typedef struct {
     uint64_t compact_cursor;
     int compacting; /* between compact_begin() and compact_end(): mutators get RC_BUSY */
     int auto_compact; /* signal RC_COMPACT when dead space passes the threshold */
+    int forked;       /* invalidated in a child process after fork() */
     uint64_t block_cursor_off, block_cursor_pos; /* where compact_block() resumes */
     uint64_t writes; /* mutation counter, for stats */
 } Core;
@@ -230,7 +231,8 @@ static inline uint64_t slot_tag(uint64_t s) { return s >> SLOT_OFF_BITS; }
 static int core_check_open(Core *c) {
     if (c->base == NULL) {
         PyErr_SetString(ClosedError ? ClosedError : PyExc_ValueError,
-                        "DBM object has already been closed");
+                        c->forked ? "the store was opened before fork(): this process must open it again"
+                                  : "DBM object has already been closed");
         return -1;
     }
     return 0;
@@ -552,9 +554,11 @@ static void Core_dealloc(Core *c) {
     Py_TYPE(c)->tp_free((PyObject *)c);
 }
 
-static PyObject *Core_invalidate(Core *c, PyObject *unused) {
-    (void)unused;
+static PyObject *Core_invalidate(Core *c, PyObject *args) {
+    int forked = 0;
+    if (!PyArg_ParseTuple(args, "|p", &forked)) return NULL;
     c->base = NULL; /* after this no method touches the mapping */
+    c->forked = forked;
     Py_RETURN_NONE;
 }
 
@@ -1627,7 +1631,8 @@ static PyObject *Core_get_is_open(Core *c, void *closure) {
 
 /* ------------------------------------------------------------------ module */
 static PyMethodDef Core_methods[] = {
-    {"invalidate", (PyCFunction)Core_invalidate, METH_NOARGS, "Forget the mapping; every later call raises."},
+    {"invalidate", (PyCFunction)Core_invalidate, METH_VARARGS,
+     "invalidate(forked=False): forget the mapping; every later call raises."},
     {"set_mapped", (PyCFunction)Core_set_mapped, METH_O, "Raise the bound that every pool offset is checked against."},
     {"set_persist", (PyCFunction)Core_set_persist, METH_VARARGS, "set_persist(mode, fn_address=0)"},
     {"set_floor", (PyCFunction)Core_set_floor, METH_O, "Records older than this sequence number are dead."},

@@ -144,8 +144,10 @@ class _Database(_native.MapBase, MutableMapping[bytes, bytes]):  # type: ignore[
     # ------------------------------------------------------------------ helpers
     def _require_engine(self) -> Engine:
         engine = self._engine
-        if engine is None or engine.closed:
+        if engine is None:
             raise ClosedError(_CLOSED)
+        if engine.closed:
+            raise engine._closed_error()
         return engine
 
     def _path(self) -> str:

@@ -90,6 +90,7 @@ class Engine:
         self._shared_map: tuple[int, int] | None = None
         self._root_off = 0
         self.rebuild_seconds = 0.0
+        self._was_forked = False
         #: how each write is made durable (see the README's durability table)
         self.persist_mode = "read-only"
         #: (block offset, offset of the first unreadable byte) for each damaged block log
@@ -117,8 +118,10 @@ class Engine:
                 self._replace_with_new(mode)
             else:
                 self._take_lock()
-            if opts.writable or not opts.lock or not self._open_shared():
+            if opts.writable or not opts.lock:
                 self._open_pool()
+            elif not self._open_shared() and not self._recover_for_readers():
+                self._open_pool()  # cannot share: hold the store alone
         except BaseException:
             self._release_lock()
             raise
@@ -135,9 +138,14 @@ class Engine:
                 )
 
     def _take_lock(self, directory: str | None = None) -> None:
-        if not self.options.lock:
-            return
         lock_path = os.path.join(directory or self.path, layout.LOCK_FILE)
+        if not self.options.lock:
+            # 'u': hold no lock. A writer still refuses to start under readers that share
+            # the store: they read its pages directly, and a writer reusing freed space
+            # under them could hand them torn records.
+            if self.options.writable:
+                self._probe_lock(lock_path)
+            return
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         except OSError as exc:
@@ -153,6 +161,20 @@ class Engine:
                 "the store is in use by another process or handle", filename=self.path
             ) from None
         self._lock_fd = fd
+
+    def _probe_lock(self, lock_path: str) -> None:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            return  # no lock file, nobody to protect
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockError(
+                "the store is in use by another process or handle", filename=self.path
+            ) from None
+        finally:
+            os.close(fd)
 
     def _release_lock(self) -> None:
         if self._lock_fd is not None:
@@ -310,6 +332,47 @@ class Engine:
         )
         return True
 
+    def _recover_for_readers(self) -> bool:
+        """The first reader after a writer that did not close: recover, then share.
+
+        Takes the lock exclusively, opens the pool through libpmemobj (which completes
+        whatever the crashed writer left half done), runs the recovery scan, writes the
+        blocks file for readers, closes the pool and opens the store shared. The store's
+        records are not changed (nothing is freed or erased: that waits for a writer).
+        False if another process holds the store or the blocks file cannot be written.
+        """
+        fd = self._lock_fd
+        if fd is None:
+            return False
+        for attempt in range(50):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                # another reader is recovering it right now, or shares it already
+                time.sleep(0.02 * min(attempt + 1, 5))
+                if self._open_shared():
+                    return True
+        else:
+            return False
+        try:
+            if self._open_shared():  # recovered by someone else meanwhile
+                return True
+            self._open_pool()
+            try:
+                self._write_block_directory()
+                written = self._root.directory_generation != 0
+            finally:
+                core, self.core = self.core, None
+                if core is not None:
+                    core.invalidate()
+                pool, self._pool = self._pool, None
+                if pool is not None:
+                    pool.close()
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        return written and self._open_shared()
+
     def _write_block_directory(self) -> None:
         """At a writer's close: the ``blocks`` file, then its generation in the root."""
         pool = self._require_pool()
@@ -453,14 +516,22 @@ class Engine:
         pool.set_heap_granularity(size & ~((1 << 20) - 1))
 
     # ------------------------------------------------------------------ helpers
+    def _closed_error(self) -> ClosedError:
+        if self._was_forked:
+            return ClosedError(
+                "the store was opened before fork(): this process must open it again",
+                filename=self.path,
+            )
+        return ClosedError("DBM object has already been closed")
+
     def _require_pool(self) -> Pool:
         if self._pool is None:
-            raise ClosedError("DBM object has already been closed")
+            raise self._closed_error()
         return self._pool
 
     def _require_core(self) -> _native.Core:
         if self.core is None:
-            raise ClosedError("DBM object has already been closed")
+            raise self._closed_error()
         return self.core
 
     def _require_writable(self) -> None:
@@ -469,8 +540,9 @@ class Engine:
 
     def _forked(self) -> None:
         if self.core is not None:
-            self.core.invalidate()
+            self.core.invalidate(True)
         self.core = None
+        self._was_forked = True
         self._pool = None  # the binding has poisoned the pool itself
         self._shared_map = None  # the child's copy of the mapping goes with the child
         self._lock_fd = None  # the descriptor is the parent's lock: never close it here
