@@ -260,9 +260,10 @@ def make_damaged_store(path: Path) -> int:
     with viperdbm.open(path, "n") as db:
         for i in range(300):
             db[b"k%04d" % i] = (b"value-%04d-" % i) * 3000
-    part = path / "parts" / "000000.pmem"
-    data = part.read_bytes()
-    at = data.find(b"value-0010-")
+    for part in sorted((path / "parts").glob("*.pmem")):
+        at = part.read_bytes().find(b"value-0010-")
+        if at > 0:
+            break
     assert at > 0
     with open(part, "r+b") as f:
         f.seek(at + 100)

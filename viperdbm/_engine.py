@@ -89,6 +89,8 @@ class Engine:
         #: (base, length) of a read-only mapping of the parts: a reader sharing the store
         self._shared_map: tuple[int, int] | None = None
         self._root_off = 0
+        #: the object holding space back for deletes on a full disk (see _new_block)
+        self._reserve_off: int | None = None
         self.rebuild_seconds = 0.0
         self._was_forked = False
         #: how each write is made durable (see the README's durability table)
@@ -136,6 +138,11 @@ class Engine:
                 raise NotAStoreError(
                     f"not a viperdbm store (the directory has no {name!r})", filename=self.path
                 )
+        if not os.path.isdir(os.path.join(self.path, layout.PARTS_DIR)):
+            raise NotAStoreError(
+                f"not a viperdbm store ({layout.PARTS_DIR!r} is not a directory)",
+                filename=self.path,
+            )
 
     def _take_lock(self, directory: str | None = None) -> None:
         lock_path = os.path.join(directory or self.path, layout.LOCK_FILE)
@@ -197,6 +204,11 @@ class Engine:
             root = layout.Root(created_ns=time.time_ns())
             pool.write(root_off, root.pack())
             pool.persist(root_off, layout.Root.SIZE)
+            # the space that keeps deletes working on a full disk (see Engine._new_block);
+            # it fits in the first part, so an empty store stays at 8 MiB
+            pool.alloc(
+                layout.BLOCK_SIZE - layout.PMEMOBJ_OBJECT_HEADER, layout.TYPE_RESERVE, zero=False
+            )
         finally:
             pool.close()
         _fsync_dir(directory)
@@ -269,6 +281,7 @@ class Engine:
             self._tune_growth()
             if self.options.writable:
                 self._require_core().set_auto_compact(True)
+                self._keep_reserve()
         except BaseException:
             if self.core is not None:
                 self.core.invalidate()
@@ -441,6 +454,12 @@ class Engine:
             layout.TYPE_JUMBO_BLOCK: layout.BLOCK_KIND_JUMBO,
         }
         for off, type_num, usable in objects:
+            if type_num == layout.TYPE_RESERVE:
+                if self._reserve_off is None:
+                    self._reserve_off = off
+                else:
+                    unused.append(off)  # (a second one: a crash while replacing it)
+                continue
             kind = kinds.get(type_num)
             if kind is None:
                 raise CorruptedError(
@@ -587,7 +606,7 @@ class Engine:
                     self._reclaim()
                     return True
                 if rc == _native.RC_NEED_BLOCK:
-                    self._new_block()
+                    self._new_block(may_use_reserve=True)
                 elif rc == _native.RC_NEED_JUMBO:
                     kb = _as_bytes(key)
                     off, usable = self._alloc(
@@ -605,13 +624,39 @@ class Engine:
         self._tune_growth()
         return off, usable
 
-    def _new_block(self) -> None:
-        # not zeroed by libpmemobj (which would msync it): the core zeroes the log itself
-        off, usable = self._alloc(
-            layout.BLOCK_SIZE - layout.PMEMOBJ_OBJECT_HEADER, layout.TYPE_STANDARD_BLOCK, zero=False
-        )
+    def _new_block(self, *, may_use_reserve: bool = False) -> None:
+        """Give the core a new active block.
+
+        A writable store keeps one block's worth of space in reserve (an object of type
+        TYPE_RESERVE), so that deletes and compaction still work on a full disk: they
+        give the reserve back to the allocator and take a block from it. Puts never do,
+        so a full disk stops puts first."""
+        size = layout.BLOCK_SIZE - layout.PMEMOBJ_OBJECT_HEADER
+        try:
+            # not zeroed by libpmemobj (which would msync it): the core zeroes the log itself
+            off, usable = self._alloc(size, layout.TYPE_STANDARD_BLOCK, zero=False)
+        except StoreFullError:
+            # dead blocks may be waiting for a sync to be freed: free them first
+            self._sync_locked()
+            self._free_dead_blocks()
+            try:
+                off, usable = self._alloc(size, layout.TYPE_STANDARD_BLOCK, zero=False)
+            except StoreFullError:
+                if not may_use_reserve or self._reserve_off is None:
+                    raise
+                self._require_pool().free(self._reserve_off)
+                self._reserve_off = None
+                off, usable = self._alloc(size, layout.TYPE_STANDARD_BLOCK, zero=False)
         if self._require_core().add_block(off, usable) == _native.RC_FREEABLE:
             self._free_dead_blocks()
+        if not may_use_reserve:
+            self._keep_reserve()
+
+    def _keep_reserve(self) -> None:
+        if self._reserve_off is None:
+            size = layout.BLOCK_SIZE - layout.PMEMOBJ_OBJECT_HEADER
+            with contextlib.suppress(StoreFullError):
+                self._reserve_off, _ = self._alloc(size, layout.TYPE_RESERVE, zero=False)
 
     def _reclaim(self) -> None:
         """Viper's reclamation, inline: free dead blocks, and when dead space passes half of
@@ -625,7 +670,7 @@ class Engine:
                 break
             rc = core.compact_block(victim)
             while rc == _native.RC_NEED_BLOCK:
-                self._new_block()
+                self._new_block(may_use_reserve=True)
                 rc = core.compact_block(victim)
             self._free_dead_blocks()
 

@@ -33,6 +33,8 @@ BLOCKS_FILE = "blocks"
 #: libpmemobj type numbers of the objects viperdbm allocates.
 TYPE_STANDARD_BLOCK = 1
 TYPE_JUMBO_BLOCK = 2
+#: space held back (one block) so that deletes and compaction work on a full disk
+TYPE_RESERVE = 3
 
 PAGE_SIZE = 4096
 BLOCK_SIZE = 4 << 20
