@@ -675,26 +675,29 @@ class Engine:
             self._free_dead_blocks()
 
     def _free_dead_blocks(self) -> None:
-        """Free the blocks that hold nothing needed any more.
+        """Free the blocks that hold nothing needed any more, once that is safe.
 
-        Freeing a block removes its records' sequence numbers; recovery accepts a gap in the
-        sequence only below the durable watermark (the power-fail rule), so a block whose
-        newest record is above it waits for the next sync(). Once 32 MiB wait, this syncs
-        itself: on an ordinary file a sync costs an msync of every dirty page, too much to
-        pay for each 4 MiB block.
+        A block is dead because newer records superseded each of its records. Freeing it
+        is safe only when those newer records are durable, or a power cut could keep the
+        free (libpmemobj makes it durable at once) and lose the records that justified it;
+        and a freed block's sequence numbers must be below the durable watermark, because
+        recovery stops at a gap above it (the power-fail rule). Both hold right after a
+        sync(), so dead blocks wait for the next sync(); once 32 MiB of them wait, this
+        syncs itself (on an ordinary file a sync costs an msync of every dirty page, too
+        much to pay for each block).
         """
         core = self._require_core()
-        pool = self._require_pool()
         dead = core.freeable()
         if not dead:
             return
-        waiting = sum(size for _, seq, size in dead if seq > self._root.durable_seq)
-        if waiting >= _FREE_AFTER_SYNC_BYTES:
+        if self._root.durable_seq != core.next_seq - 1:
+            if sum(size for _, _, size in dead) < _FREE_AFTER_SYNC_BYTES:
+                return
             self._sync_locked()
-        for off, seq_max, _ in dead:
-            if seq_max <= self._root.durable_seq:
-                pool.free(off)  # atomic in libpmemobj; a crash here leaves only a dead block
-                core.drop_block(off)
+        pool = self._require_pool()
+        for off, _, _ in dead:
+            pool.free(off)  # atomic in libpmemobj; a crash here leaves only a dead block
+            core.drop_block(off)
 
     # ------------------------------------------------------------------ maintenance
     def sync(self) -> None:
