@@ -179,6 +179,7 @@ typedef struct {
     uint64_t live, live_bytes, dead_bytes, tombstones;
     uint64_t seq_min, seq_max; /* of the records in the block (0: none yet) */
     uint64_t damaged_at; /* where the scan met bytes that are neither a record nor zeros */
+    int midlog;          /* ... and valid records followed them: damage, not a torn write */
     unsigned kind;
     int old; /* being compacted away by reorganize() */
 } Block;
@@ -1008,6 +1009,30 @@ static int recover_record(Core *c, uint64_t off, const Rec *r, uint64_t alen, Bl
     return 0;
 }
 
+/* Is there a valid record at pos? 1: yes (a pad, or a record newer than prev_seq), with
+ * *rec filled; 0: zeros (the end of a log); -1: something else (rec->total is the length
+ * its header claims, 0 if even that is impossible). Every length is checked against end
+ * before a byte it covers is read. */
+static int record_at(Core *c, uint64_t pos, uint64_t end, uint64_t prev_seq, Rec *rec) {
+    const uint8_t *r = c->base + pos;
+    rec->total = 0;
+    if (rd64(r) == 0 && rd64(r + 8) == 0) return 0;
+    uint64_t meta = rd64(r + 8);
+    unsigned rk = (unsigned)((meta >> VD_KIND_SHIFT) & 0xF);
+    if (rk < VD_KIND_PUT || rk > VD_KIND_PAD) return -1;
+    uint64_t hlen = (meta >> VD_KLEN_SHIFT) == VD_KLEN_EXTENDED ? VD_RECORD_HEADER_SIZE + 4 : VD_RECORD_HEADER_SIZE;
+    if (pos + hlen > end) return -1;
+    rec_parse(r, rec);
+    if (rec->total > end - pos) {
+        rec->total = 0;
+        return -1;
+    }
+    uint32_t crc = crc32c_update(0xFFFFFFFFu, r + 4, rec->total - 4) ^ 0xFFFFFFFFu;
+    if (crc != rd32(r)) return -1;
+    if (rec->kind != VD_KIND_PAD && (rec->seq <= prev_seq || rec->seq == 0)) return -1;
+    return 1;
+}
+
 /* scan_block(off, usable, kind) -> (status, records); kind comes from the object's type.
  * status 0: a valid block, scanned.
  * status 1: the header does not verify and no record follows it: the block was allocated
@@ -1058,54 +1083,73 @@ static PyObject *Core_scan_block(Core *c, PyObject *args) {
     Py_ssize_t bi = block_insert(c, &nb);
     if (bi < 0) return NULL;
     Block *b = &c->blocks[bi];
-    uint64_t pos = b->log_start, end = off + size, prev_seq = 0, nrec = 0;
-    int damaged = 0; /* the log ended at bytes that are not a valid record (nor zeros) */
+    uint64_t pos = b->log_start, end = off + size, prev_seq = 0, nrec = 0, last_end = pos;
+    uint64_t first_bad = 0; /* where the scan met bytes that are neither records nor the end */
+    int midlog = 0;         /* valid records follow them: damage, not the torn last write */
     while (pos + VD_RECORD_HEADER_SIZE <= end) {
         uint64_t room = VD_PAGE_SIZE - pos % VD_PAGE_SIZE;
         if (kind == VD_BLOCK_KIND_STANDARD && room < VD_RECORD_HEADER_SIZE) {
             pos += room;
             continue;
         }
-        const uint8_t *r = c->base + pos;
-        if (rd64(r) == 0 && rd64(r + 8) == 0) break; /* the end of the log */
-        damaged = 1; /* until this record proves valid */
-        uint64_t meta = rd64(r + 8);
-        unsigned rk = (unsigned)((meta >> VD_KIND_SHIFT) & 0xF);
-        if (rk < VD_KIND_PUT || rk > VD_KIND_PAD) break;
-        uint64_t kshort = meta >> VD_KLEN_SHIFT;
-        uint64_t hlen = kshort == VD_KLEN_EXTENDED ? VD_RECORD_HEADER_SIZE + 4 : VD_RECORD_HEADER_SIZE;
-        if (pos + hlen > end) break;
         Rec rec;
-        rec_parse(r, &rec);
-        if (rec.total > end - pos) break; /* the length runs past the block: torn or damaged */
-        uint32_t crc = crc32c_update(0xFFFFFFFFu, r + 4, rec.total - 4) ^ 0xFFFFFFFFu;
-        if (crc != rd32(r)) break; /* a torn write: the log ends here */
-        uint64_t alen = align_up(rec.total, VD_RECORD_ALIGN);
-        if (rec.kind == VD_KIND_PAD) {
-            damaged = 0;
+        int v = record_at(c, pos, end, prev_seq, &rec);
+        if (v == 1) {
+            uint64_t alen = align_up(rec.total, VD_RECORD_ALIGN);
+            if (first_bad) midlog = 1;
             pos += alen;
+            if (rec.kind == VD_KIND_PAD) continue;
+            if (!prev_seq) b->seq_min = rec.seq;
+            prev_seq = rec.seq;
+            if (recover_record(c, pos - alen, &rec, alen, b, 0) < 0) return NULL;
+            nrec++;
+            last_end = pos;
+            if (kind == VD_BLOCK_KIND_JUMBO) break; /* a jumbo block holds one record */
             continue;
         }
-        if (rec.seq <= prev_seq || rec.seq == 0) break; /* sequence numbers only grow in a log */
-        if (!prev_seq) b->seq_min = rec.seq;
-        prev_seq = rec.seq;
-        damaged = 0;
-        if (recover_record(c, pos, &rec, alen, b, 0) < 0) return NULL;
-        nrec++;
-        pos += alen;
-        if (kind == VD_BLOCK_KIND_JUMBO) break; /* a jumbo block holds one record */
+        if (kind == VD_BLOCK_KIND_JUMBO) {
+            if (v < 0) first_bad = pos;
+            break;
+        }
+        /* Zeros (the normal end of the log) or bytes that are not a valid record (the torn
+         * last write, or damage). Look for valid records further on: right after the bad
+         * record if its length is plausible, else at the following page boundaries (a
+         * record never starts inside a page it does not fit in). Finding one means the
+         * log goes on: only the bad record is lost, and the damage is reported. */
+        uint64_t next = 0, skip = 0;
+        Rec probe;
+        if (v < 0 && rec.total && rec.total <= end - pos) {
+            skip = pos + align_up(rec.total, VD_RECORD_ALIGN);
+            if (skip + VD_RECORD_HEADER_SIZE <= end && record_at(c, skip, end, prev_seq, &probe) == 1) next = skip;
+        }
+        /* the rest of this page first, at every record alignment (records after a damaged
+         * header in the same page), then the page boundaries after it */
+        uint64_t page_end = align_up(pos + 1, VD_PAGE_SIZE);
+        for (uint64_t cand = pos + VD_RECORD_ALIGN; v < 0 && !next && cand + VD_RECORD_HEADER_SIZE <= page_end &&
+                                                   cand + VD_RECORD_HEADER_SIZE <= end;
+             cand += VD_RECORD_ALIGN)
+            if (record_at(c, cand, end, prev_seq, &probe) == 1) next = cand;
+        for (uint64_t cand = page_end; !next && cand + VD_RECORD_HEADER_SIZE <= end; cand += VD_PAGE_SIZE)
+            if (record_at(c, cand, end, prev_seq, &probe) == 1) next = cand;
+        if (!next) {
+            if (v < 0) first_bad = first_bad ? first_bad : pos;
+            break;
+        }
+        if (!first_bad) first_bad = pos;
+        pos = next;
     }
+    pos = last_end;
     b->end = pos;
     b->seq_max = prev_seq;
-    b->damaged_at = damaged ? pos : 0;
+    b->damaged_at = first_bad;
+    b->midlog = midlog;
     if (!header_ok && nrec == 0) {
         /* nothing here: unregister it again, the caller frees the object */
         memmove(&c->blocks[bi], &c->blocks[bi + 1], (c->nblocks - (size_t)bi - 1) * sizeof(Block));
         c->nblocks--;
         return Py_BuildValue("(iii)", 1, 0, 0);
     }
-    return Py_BuildValue("(iKK)", header_ok ? 0 : 2, (unsigned long long)nrec,
-                         (unsigned long long)(damaged ? pos : 0));
+    return Py_BuildValue("(iKK)", header_ok ? 0 : 2, (unsigned long long)nrec, (unsigned long long)first_bad);
 }
 
 /* finish_recovery(writable) -> list of offsets of blocks that hold nothing needed.
@@ -1160,12 +1204,10 @@ static int apply_pending(Core *c, int writable) {
         }
     }
     for (size_t j = i; writable && j < c->npending; j++) {
+        /* every one of them: the scan looks past zeros for records further on */
         struct Pending *p = &c->pending[j];
-        Py_ssize_t bi = block_find(c, p->off);
-        if (bi >= 0 && c->blocks[bi].end == p->off) {
-            memset(c->base + p->off, 0, VD_RECORD_HEADER_SIZE);
-            persist_range(c, p->off, VD_RECORD_HEADER_SIZE);
-        }
+        memset(c->base + p->off, 0, VD_RECORD_HEADER_SIZE);
+        persist_range(c, p->off, VD_RECORD_HEADER_SIZE);
     }
     PyMem_Free(c->pending);
     c->pending = NULL;
@@ -1255,7 +1297,7 @@ static PyObject *Core_damage(Core *c, PyObject *unused) {
     if (!out) return NULL;
     for (size_t i = 0; i < c->nblocks; i++) {
         Block *b = &c->blocks[i];
-        if (!b->damaged_at || (Py_ssize_t)i == newest) continue;
+        if (!b->damaged_at || ((Py_ssize_t)i == newest && !b->midlog)) continue;
         PyObject *t = Py_BuildValue("(KK)", (unsigned long long)b->off, (unsigned long long)b->damaged_at);
         if (!t || PyList_Append(out, t) < 0) {
             Py_XDECREF(t);

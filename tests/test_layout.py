@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from viperdbm import _layout as layout
 from viperdbm import _vipercore as core
 
@@ -52,9 +54,12 @@ def test_root_round_trip() -> None:
     data = root.pack()
     assert len(data) == layout.Root.SIZE <= layout.ROOT_SIZE
     assert layout.Root.unpack(data) == root
-    assert data[layout.Root.SEQ_FLOOR_OFFSET : layout.Root.SEQ_FLOOR_OFFSET + 8] == (7).to_bytes(
-        8, "little"
-    )
+    floor = data[layout.Root.SEQ_FLOOR_OFFSET : layout.Root.SEQ_FLOOR_OFFSET + 8]
+    assert floor == layout.seal(7).to_bytes(8, "little")
+    damaged = bytearray(data)
+    damaged[layout.Root.SEQ_FLOOR_OFFSET] ^= 0x10
+    with pytest.raises(ValueError):
+        layout.Root.unpack(bytes(damaged))
 
 
 def test_crc32c_is_castagnoli() -> None:

@@ -317,9 +317,13 @@ class Engine:
         base, total = _native.core.map_parts(parts)
         started = time.perf_counter()
         try:
-            root = layout.Root.unpack(
-                _native.core.peek(base, total, directory.root_offset, layout.Root.SIZE)
-            )
+            try:
+                root = layout.Root.unpack(
+                    _native.core.peek(base, total, directory.root_offset, layout.Root.SIZE)
+                )
+            except ValueError:  # damaged: the exclusive open reports it
+                _native.core.unmap_parts(base, total)
+                return False
             if root.magic != layout.ROOT_MAGIC or root.directory_generation != directory.generation:
                 _native.core.unmap_parts(base, total)
                 return False
@@ -390,7 +394,7 @@ class Engine:
         """At a writer's close: the ``blocks`` file, then its generation in the root."""
         pool = self._require_pool()
         core = self._require_core()
-        generation = int.from_bytes(os.urandom(8), "little") | 1
+        generation = int.from_bytes(os.urandom(6), "little") | 1
         directory = layout.BlockDirectory(
             generation, self._root_off, pool.mapped_size(), core.blocks()
         )
@@ -416,8 +420,9 @@ class Engine:
         self._root.directory_generation = generation
 
     def _store_root_u64(self, offset: int, value: int) -> None:
+        """Update one root field in place: one 8-byte store of the sealed value, persisted."""
         pool = self._require_pool()
-        pool.write(self._root_off + offset, value.to_bytes(8, "little"))
+        pool.write(self._root_off + offset, layout.seal(value).to_bytes(8, "little"))
         pool.persist(self._root_off + offset, 8)
 
     def _read_root(self) -> None:
@@ -425,7 +430,12 @@ class Engine:
         if pool.root_size() < layout.ROOT_SIZE:
             raise CorruptedError("the store has no root object", filename=self.path)
         self._root_off = pool.root(layout.ROOT_SIZE)
-        root = layout.Root.unpack(pool.read(self._root_off, layout.Root.SIZE))
+        try:
+            root = layout.Root.unpack(pool.read(self._root_off, layout.Root.SIZE))
+        except ValueError as exc:
+            raise CorruptedError(
+                f"the store's root object is damaged: {exc}", filename=self.path
+            ) from exc
         if root.magic != layout.ROOT_MAGIC:
             raise NotAStoreError(
                 "the pool is not a viperdbm store (bad root magic)", filename=self.path
@@ -443,8 +453,16 @@ class Engine:
         """Viper's recovery: scan every block, newest record of each key wins."""
         pool = self._require_pool()
         objects = pool.objects()
+        self._check_against_block_directory(objects)
+        mapped = pool.mapped_size()
+        for off, _, size in objects:
+            if off + size > mapped:  # libpmemobj's own object header is damaged
+                raise CorruptedError(
+                    f"the pool lists an object at offset {off} of {size} bytes, past its end",
+                    filename=self.path,
+                )
         log_bytes = sum(size for _, type_num, size in objects)
-        core = _native.Core(pool.base, pool.mapped_size(), log_bytes // 128)
+        core = _native.Core(pool.base, mapped, min(log_bytes, mapped) // 128)
         self.core = core
         core.set_floor(self._root.seq_floor)
         core.set_durable(self._root.durable_seq)
@@ -503,6 +521,30 @@ class Engine:
             for off in freeable:
                 pool.free(off)
                 core.drop_block(off)
+
+    def _check_against_block_directory(self, objects: list[tuple[int, int, int]]) -> None:
+        """A block the last close listed must still be in the pool's heap.
+
+        The heap is libpmemobj's: damage to an object's header there would make a block,
+        and every record in it, silently disappear from the iteration. While the blocks
+        file is current (the last writer closed and nothing wrote since), compare."""
+        if not self._root.directory_generation:
+            return
+        try:
+            with open(os.path.join(self.path, layout.BLOCKS_FILE), "rb") as f:
+                directory = layout.BlockDirectory.unpack(f.read(), _native.crc32c)
+        except (OSError, ValueError):
+            return
+        if directory.generation != self._root.directory_generation:
+            return
+        present = {off for off, _, _ in objects}
+        missing = [off for off, _, _ in directory.blocks if off not in present]
+        if missing:
+            raise CorruptedError(
+                f"{len(missing)} block(s) that the last close recorded are missing from the "
+                f"pool's heap (first at offset {missing[0]})",
+                filename=self.path,
+            )
 
     def _choose_persist_mode(self) -> None:
         core = self._require_core()
@@ -718,9 +760,7 @@ class Engine:
         _fsync_dir(os.path.join(self.path, layout.PARTS_DIR))
         durable = core.next_seq - 1
         if durable != self._root.durable_seq:
-            at = self._root_off + layout.Root.DURABLE_SEQ_OFFSET
-            pool.write(at, durable.to_bytes(8, "little"))
-            pool.persist(at, 8)
+            self._store_root_u64(layout.Root.DURABLE_SEQ_OFFSET, durable)
             self._root.durable_seq = durable
             core.set_durable(durable)
 
@@ -751,10 +791,7 @@ class Engine:
                 # every live record now has a copy newer than floor: make the copies
                 # durable before the floor that makes the originals dead
                 self._sync_locked()
-                pool.write(
-                    self._root_off + layout.Root.SEQ_FLOOR_OFFSET, floor.to_bytes(8, "little")
-                )
-                pool.persist(self._root_off + layout.Root.SEQ_FLOOR_OFFSET, 8)
+                self._store_root_u64(layout.Root.SEQ_FLOOR_OFFSET, floor)
                 self._root.seq_floor = floor
                 core.set_floor(floor)
                 for off in core.old_blocks():

@@ -17,6 +17,7 @@ numbers here must equal the ones the core exports, which tests/test_layout.py ch
 from __future__ import annotations
 
 import struct
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -62,6 +63,28 @@ ROOT_MAGIC = b"VIPERDBM"
 _ROOT = struct.Struct("<8sIIQQQQQ")
 
 
+_SEQ_MASK = (1 << 48) - 1
+
+
+def seal(value: int) -> int:
+    """A 48-bit root field as stored: the value, and a 16-bit check of it in the top bits.
+
+    The root's fields are updated in place, each with one 8-byte store, so each carries its
+    own check: a damaged field is reported instead of, say, a sequence floor that would
+    silently hide every record."""
+    if not 0 <= value <= _SEQ_MASK:
+        raise ValueError(f"root field out of range: {value}")
+    return value | ((zlib.crc32(value.to_bytes(6, "little")) & 0xFFFF) << 48)
+
+
+def unseal(word: int) -> int:
+    """The value of a sealed root field; ValueError if the check does not match."""
+    value = word & _SEQ_MASK
+    if seal(value) != word:
+        raise ValueError("a root field is damaged (its check does not match)")
+    return value
+
+
 @dataclass
 class Root:
     """The fields of the root object, at the start of its 4 KiB."""
@@ -84,20 +107,25 @@ class Root:
             self.format_version,
             self.flags,
             self.block_size,
-            self.seq_floor,
-            self.durable_seq,
+            seal(self.seq_floor),
+            seal(self.durable_seq),
             self.created_ns,
-            self.directory_generation,
+            seal(self.directory_generation),
         )
 
     @classmethod
     def unpack(cls, data: bytes) -> Root:
         magic, version, flags, block_size, floor, durable, created, gen = _ROOT.unpack_from(data)
-        return cls(version, flags, block_size, floor, durable, created, gen, magic)
+        if magic != ROOT_MAGIC:  # not ours: the caller reports that, not a damaged field
+            return cls(version, flags, block_size, 0, 0, created, 0, magic)
+        return cls(
+            version, flags, block_size, unseal(floor), unseal(durable), created, unseal(gen), magic
+        )
 
     SIZE = _ROOT.size
 
-    #: Byte offsets of fields that are updated in place (8-byte aligned: one store each).
+    #: Byte offsets of fields that are updated in place (8-byte aligned: one store each,
+    #: of the value sealed by :func:`seal`).
     SEQ_FLOOR_OFFSET = 24
     DURABLE_SEQ_OFFSET = 32
     DIRECTORY_GENERATION_OFFSET = 48
