@@ -1,0 +1,255 @@
+"""A full disk, and the largest keys and values.
+
+Full disk: a small file system (a 48 MiB tmpfs, or a 64 MiB ext4 image on a loop device;
+we are root, otherwise the tests are skipped with the reason) is filled through viperdbm.
+The README's promise (and ``StoreFullError``'s hint): the write that does not fit raises
+``StoreFullError`` (a ``viperdbm.error``), every earlier write is intact, and the store can
+still be read and deleted from, in the same handle and after a reopen. The filling runs in
+a child process, so a SIGBUS (a write into a mapping the file system cannot back) is seen.
+
+Limits: a key or value over ``viperdbm._layout.MAX_KEY``/``MAX_VALUE`` gives a clear error
+naming the limit (``ValueError`` or ``viperdbm.error``) and writes nothing. The oversized
+objects are ``bytes(n)``: calloc'ed zero pages that are never touched, so 4 GiB costs
+nothing. Boundary sizes (page, 1 MiB inline limit, the 4095 key-length escape, a key over
+1 MiB) round-trip through a reopen and a reorganize.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from _vdbtools import child_env, digest, value_for
+
+import viperdbm
+from viperdbm import _layout as layout
+
+FILLER = r"""
+import json, sys, hashlib
+import viperdbm
+
+path = sys.argv[1]
+out = {"acked": {}, "deleted": [], "events": []}
+def d(v): return hashlib.blake2b(v, digest_size=16).hexdigest()
+def val(i, n): return (b"%08d" % i) * (n // 8) + b"x" * (n % 8)
+
+db = viperdbm.open(path, "c")
+index = 0
+phases = (("big", 1_300_000, 400), ("block", 200_000, 2000), ("small", 100, 400_000))
+for phase, size, limit in phases:
+    for _ in range(limit):
+        key = b"%s-%06d" % (phase.encode(), index)
+        value = val(index, size)
+        try:
+            db[key] = value
+        except viperdbm.StoreFullError as exc:
+            absent = db.get(key) is None
+            out["events"].append([phase, "StoreFullError", str(exc), key.decode(), absent])
+            break
+        except BaseException as exc:
+            out["events"].append([phase, type(exc).__name__, str(exc), key.decode(), None])
+            break
+        out["acked"][key.decode()] = d(value)
+        index += 1
+    print(json.dumps({"phase": phase, "acked": len(out["acked"])}), file=sys.stderr, flush=True)
+# reads in the same handle
+bad = [k for k, v in out["acked"].items() if d(db.get(k.encode(), b"")) != v]
+out["events"].append(["reads after full", len(bad)])
+# deletes in the same handle: every third key
+for k in list(out["acked"])[::3]:
+    try:
+        del db[k.encode()]
+        out["deleted"].append(k)
+    except BaseException as exc:
+        out["events"].append(["delete", type(exc).__name__, str(exc), k])
+        break
+try:
+    db.close()
+    out["events"].append(["close", "ok"])
+except BaseException as exc:
+    out["events"].append(["close", type(exc).__name__, str(exc)])
+print(json.dumps(out))
+"""
+
+
+def _mount_tmpfs(where: Path) -> str | None:
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
+    return None if proc.returncode == 0 else f"cannot mount a tmpfs: {proc.stderr.strip()}"
+
+
+def _mount_ext4(where: Path, image: Path) -> str | None:
+    if shutil.which("mkfs.ext4") is None:
+        return "mkfs.ext4 is not installed"
+    with image.open("wb") as f:
+        f.truncate(64 << 20)
+    mkfs = subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], capture_output=True, text=True)
+    if mkfs.returncode != 0:
+        return f"mkfs.ext4 failed: {mkfs.stderr.strip()}"
+    proc = subprocess.run(
+        ["mount", "-o", "loop", str(image), str(where)], capture_output=True, text=True
+    )
+    return None if proc.returncode == 0 else f"cannot loop-mount ext4: {proc.stderr.strip()}"
+
+
+@pytest.fixture(params=["tmpfs-48m", "ext4-loop-64m"])
+def small_fs(request: pytest.FixtureRequest) -> Iterator[Path]:
+    base = Path(tempfile.mkdtemp(prefix="viperdbm-full-", dir="/tmp"))
+    mount_point = base / "mnt"
+    mount_point.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system needs root")
+    if request.param.startswith("tmpfs"):
+        problem = _mount_tmpfs(mount_point)
+    else:
+        problem = _mount_ext4(mount_point, base / "fs.img")
+    if problem is not None:
+        shutil.rmtree(base, ignore_errors=True)
+        pytest.skip(problem)
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_full_disk(small_fs: Path) -> None:
+    store = small_fs / "store"
+    proc = subprocess.run(
+        [sys.executable, "-c", FILLER, str(store)],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=600,
+    )
+    assert proc.returncode == 0, (
+        f"the filling process died (status {proc.returncode}; a negative status is a signal, "
+        f"-7 is SIGBUS): {proc.stderr[-2000:]}"
+    )
+    out = json.loads(proc.stdout.splitlines()[-1])
+    events = out["events"]
+    acked: dict[str, str] = out["acked"]
+    fulls = [e for e in events if len(e) == 5]
+    assert fulls, f"the disk never filled up: {events}"
+    for phase, exc_type, message, key, absent in fulls:
+        assert exc_type == "StoreFullError", f"{phase}: {exc_type}: {message}"
+        assert message.strip(), f"{phase}: an empty message"
+        assert absent, f"{phase}: the write that did not fit left {key!r} behind"
+    assert ["reads after full", 0] in events, events
+    assert ["close", "ok"] in events, events
+    want = {k: v for k, v in acked.items() if k not in set(out["deleted"])}
+    with viperdbm.open(store, "r") as db:
+        got = {k.decode(): digest(db[k]) for k in db}
+    assert got == want, "after reopen: " + _diff(got, want)
+    deletes_failed = [e for e in events if e[0] == "delete"]
+    assert not deletes_failed, (
+        f"a delete failed on the full store after {len(out['deleted'])} deletes "
+        f"(the hint promises deletes): {deletes_failed}"
+    )
+    with viperdbm.open(store, "w") as db:  # writable again on the full disk: deletes work
+        for k in list(want)[:50]:
+            del db[k.encode()]
+            del want[k]
+    with viperdbm.open(store, "r") as db:
+        got = {k.decode(): digest(db[k]) for k in db}
+    assert got == want, "after deletes in a reopened full store: " + _diff(got, want)
+
+
+def _diff(got: dict[str, str], want: dict[str, str]) -> str:
+    missing = sorted(set(want) - set(got))
+    extra = sorted(set(got) - set(want))
+    wrong = sorted(k for k in set(got) & set(want) if got[k] != want[k])
+    return (
+        f"{len(missing)} missing {missing[:5]}, {len(extra)} extra {extra[:5]}, {len(wrong)} wrong"
+    )
+
+
+# --------------------------------------------------------------------------- limits
+@pytest.fixture
+def db_path() -> Iterator[Path]:
+    directory = Path(tempfile.mkdtemp(prefix="viperdbm-limits-", dir="/dev/shm"))
+    yield directory / "store"
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def _blocks(db: viperdbm.Database) -> int:
+    return int(db.stats()["blocks"])
+
+
+@pytest.mark.parametrize("what", ["value", "key"])
+def test_over_the_limit_is_a_clear_error_and_writes_nothing(db_path: Path, what: str) -> None:
+    limit = layout.MAX_VALUE if what == "value" else layout.MAX_KEY
+    huge = bytes(limit + 1)  # calloc'ed: no page of it is ever touched
+    with viperdbm.open(db_path, "c") as db:
+        db[b"before"] = b"1"
+        blocks = _blocks(db)
+        with pytest.raises((ValueError, viperdbm.error)) as info:
+            if what == "value":
+                db[b"k"] = huge
+            else:
+                db[huge] = b"v"
+        message = str(info.value)
+        assert what in message.lower(), message
+        assert str(limit) in message or "4 GiB" in message or "GiB" in message, message
+        assert _blocks(db) == blocks, "a block was allocated for a record that was refused"
+        assert len(db) == 1 and db.get(b"k") is None
+        if what == "key":
+            assert huge not in db and db.get(huge) is None
+            with pytest.raises(KeyError):
+                del db[huge]
+        db[b"after"] = b"2"
+    with viperdbm.open(db_path, "r") as db:
+        assert {k: db[k] for k in db} == {b"before": b"1", b"after": b"2"}
+    del huge
+
+
+def test_a_value_exactly_at_the_limit(db_path: Path) -> None:
+    if os.environ.get("VIPERDBM_HUGE") != "1":
+        pytest.skip("writes 4 GiB: set VIPERDBM_HUGE=1 to run it")
+    value = b"\x01" * layout.MAX_VALUE
+    with viperdbm.open(db_path, "c") as db:
+        db[b"k"] = value
+    with viperdbm.open(db_path, "r") as db:
+        assert db[b"k"] == value
+
+
+def _near_boundaries() -> list[tuple[bytes, int]]:
+    cases: list[tuple[bytes, int]] = []
+    for klen in (0, 1, 4094, 4095, 4096, 70_000):
+        key = b"K" * klen
+        header = 20 if klen > 4094 else 16
+        for total in (4080, 4095, 4096, 4097, 8192, (1 << 20) - 4, 1 << 20, (1 << 20) + 1):
+            vlen = total - header - klen
+            if vlen >= 0:
+                cases.append((key, vlen))
+    cases.append((b"H" * ((1 << 20) + 5), 0))  # a key alone needs a jumbo block
+    cases.append((b"H" * ((1 << 20) + 5), 3000))
+    return cases
+
+
+def test_boundary_sizes_round_trip(db_path: Path) -> None:
+    written: dict[bytes, bytes] = {}
+    with viperdbm.open(db_path, "c") as db:
+        for n, (key, vlen) in enumerate(_near_boundaries()):
+            k = key + b"#%d" % n
+            written[k] = value_for("limits", n, vlen)
+            db[k] = written[k]
+        for k in list(written)[::2]:
+            del db[k]
+            del written[k]
+    with viperdbm.open(db_path, "r") as db:
+        assert {k: db[k] for k in db} == written
+    with viperdbm.open(db_path, "w") as db:
+        db.reorganize()
+    with viperdbm.open(db_path, "r") as db:
+        assert {k: db[k] for k in db} == written
