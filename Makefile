@@ -15,10 +15,21 @@ test: setup
 	$(PY) -m pytest -q
 
 lint: setup
-	$(PY) -m ruff check viperdbm tests compat benchmarks
+	$(PY) -m ruff check viperdbm tests compat benchmarks docs
+	$(PY) -m ruff format --check viperdbm tests compat benchmarks docs
 	$(PY) -m mypy
 
 check: test lint
 
 clean:
 	rm -rf build .venv *.egg-info viperdbm/*.so
+
+# The benchmark suite (benchmarks/README.md): viperdbm against dict, dbm.dumb/gnu/ndbm/sqlite3,
+# semidbm, lmdb, sqlitedict, diskcache and rocksdict; ~20 min; writes benchmarks/results/.
+# dbm.gnu and dbm.ndbm run under Debian's Python, which needs python3-gdbm.
+bench: setup
+	@dpkg-query -W -f='$${Status}' python3-gdbm 2>/dev/null | grep -q "install ok installed" || { \
+	    S=""; [ "$$(id -u)" -eq 0 ] || S=sudo; \
+	    $$S apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$S apt-get install -y -qq python3-gdbm >/dev/null; }
+	.venv/bin/pip install -q -e ".[bench]"
+	$(PY) benchmarks/run.py --full --fs both --out benchmarks/results

@@ -275,6 +275,14 @@ static void keyarg_release(KeyArg *k) {
     if (k->has_view) PyBuffer_Release(&k->view);
 }
 
+/* Append item to list, taking over the reference to item (which may be NULL after a
+ * failed constructor): 0, or -1 with an exception set. */
+static int list_append_new(PyObject *list, PyObject *item) {
+    int rc = item ? PyList_Append(list, item) : -1;
+    Py_XDECREF(item);
+    return rc;
+}
+
 /* ------------------------------------------------------------------ blocks registry */
 static Py_ssize_t block_find(Core *c, uint64_t off) {
     /* the block containing pool offset off, or -1 */
@@ -1273,13 +1281,10 @@ static PyObject *Core_finish_recovery(Core *c, PyObject *arg) {
     for (size_t i = 0; i < c->nblocks; i++) {
         Block *b = &c->blocks[i];
         if ((Py_ssize_t)i == c->active || b->live || b->tombstones) continue;
-        PyObject *o = PyLong_FromUnsignedLongLong(b->off);
-        if (!o || PyList_Append(out, o) < 0) {
-            Py_XDECREF(o);
+        if (list_append_new(out, PyLong_FromUnsignedLongLong(b->off)) < 0) {
             Py_DECREF(out);
             return NULL;
         }
-        Py_DECREF(o);
     }
     return out;
 }
@@ -1298,13 +1303,10 @@ static PyObject *Core_damage(Core *c, PyObject *unused) {
     for (size_t i = 0; i < c->nblocks; i++) {
         Block *b = &c->blocks[i];
         if (!b->damaged_at || ((Py_ssize_t)i == newest && !b->midlog)) continue;
-        PyObject *t = Py_BuildValue("(KK)", (unsigned long long)b->off, (unsigned long long)b->damaged_at);
-        if (!t || PyList_Append(out, t) < 0) {
-            Py_XDECREF(t);
+        if (list_append_new(out, Py_BuildValue("(KK)", (unsigned long long)b->off, (unsigned long long)b->damaged_at)) < 0) {
             Py_DECREF(out);
             return NULL;
         }
-        Py_DECREF(t);
     }
     return out;
 }
@@ -1318,14 +1320,11 @@ static PyObject *Core_freeable(Core *c, PyObject *unused) {
     for (size_t i = 0; i < c->nblocks; i++) {
         Block *b = &c->blocks[i];
         if ((Py_ssize_t)i == c->active || b->live || b->tombstones) continue;
-        PyObject *o = Py_BuildValue("(KKK)", (unsigned long long)b->off, (unsigned long long)b->seq_max,
-                                    (unsigned long long)b->size);
-        if (!o || PyList_Append(out, o) < 0) {
-            Py_XDECREF(o);
+        if (list_append_new(out, Py_BuildValue("(KKK)", (unsigned long long)b->off, (unsigned long long)b->seq_max,
+                                    (unsigned long long)b->size)) < 0) {
             Py_DECREF(out);
             return NULL;
         }
-        Py_DECREF(o);
     }
     return out;
 }
@@ -1513,13 +1512,10 @@ static PyObject *Core_old_blocks(Core *c, PyObject *unused) {
     if (!out) return NULL;
     for (size_t i = 0; i < c->nblocks; i++) {
         if (!c->blocks[i].old) continue;
-        PyObject *o = PyLong_FromUnsignedLongLong(c->blocks[i].off);
-        if (!o || PyList_Append(out, o) < 0) {
-            Py_XDECREF(o);
+        if (list_append_new(out, PyLong_FromUnsignedLongLong(c->blocks[i].off)) < 0) {
             Py_DECREF(out);
             return NULL;
         }
-        Py_DECREF(o);
     }
     return out;
 }
