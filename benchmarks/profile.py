@@ -175,10 +175,11 @@ def classify(below: list[Frame]) -> tuple[str, str]:
     leaf = below[-1]
     stack = " ".join(f.func for f in below)
     if "put_slow" in stack or "_new_block" in stack or any("pmem" in f.lib for f in below):
-        return (
-            "slow path: a new 4 MiB block (Engine.put_slow, libpmemobj)",
-            "new block: put_slow -> pmemobj_zalloc (fallocate, zeroing, page faults)",
-        )
+        named = [f.func for f in below if not f.func.startswith("0x")]
+        tail = " > ".join(named[-2:])
+        if leaf.func.startswith("0x"):
+            tail += f" > [{leaf.lib}]"
+        return "slow path: a new 4 MiB block (Engine.put_slow, libpmemobj)", f"new block: {tail}"
     if leaf.lib.endswith(".c") and "vipercore" in leaf.lib:
         return "native core (vipercore.c)", leaf.func
     if leaf.lib.endswith(".py"):

@@ -286,7 +286,7 @@ def make_plan(mode: str, fs: str, interps: dict[str, Interp], probes: bool) -> P
         add(
             config=c,
             interp="venv",
-            stores=["viperdbm", "semidbm", "dict"] + ([] if quick else ["lmdb", "rocksdict"]),
+            stores=["viperdbm", "semidbm"] + ([] if quick else ["dict", "lmdb", "rocksdict"]),
             n=bn,
             value_size=1000,
             budget=b_fast,
@@ -340,12 +340,12 @@ def make_plan(mode: str, fs: str, interps: dict[str, Interp], probes: bool) -> P
                 add(
                     config="scaling",
                     interp="venv",
-                    stores=["viperdbm", "semidbm"],
+                    stores=["viperdbm"] if quick else ["viperdbm", "semidbm"],
                     n=n,
                     repeat=rep,
                     budget=b_fast,
                 )
-                if has_deb:
+                if has_deb and not quick:
                     add(
                         config="scaling",
                         interp="deb",
