@@ -506,8 +506,10 @@ static int append_record(Core *c, unsigned kind, const uint8_t *key, uint64_t kl
 
 #define COMPACT_MIN_DEAD (8u << 20) /* never compact for less dead space than two blocks */
 
-/* The standard block (not the active one) with the most dead bytes, when dead space is over
- * half of all block space and at least COMPACT_MIN_DEAD; -1 otherwise. */
+/* The standard block (not the active one) with the most dead bytes, if at least half of it
+ * is dead, when dead space is over two thirds of all block space (the store at most three
+ * times its live data) and at least COMPACT_MIN_DEAD; -1 otherwise. Compacting earlier made
+ * a workload that deletes half the keys pay for copying the other half, at every trigger. */
 static Py_ssize_t compaction_victim(Core *c) {
     uint64_t dead = 0, total = 0, best_dead = 0;
     Py_ssize_t best = -1;
@@ -517,12 +519,13 @@ static Py_ssize_t compaction_victim(Core *c) {
         dead += b->dead_bytes;
         if ((Py_ssize_t)i == c->active || b->kind != VD_BLOCK_KIND_STANDARD || b->old) continue;
         if (!b->live && !b->tombstones) continue; /* already empty: waiting to be freed */
+        if (b->dead_bytes * 2 < b->size) continue; /* copying would cost more than it frees */
         if (b->dead_bytes > best_dead) {
             best_dead = b->dead_bytes;
             best = (Py_ssize_t)i;
         }
     }
-    if (dead < COMPACT_MIN_DEAD || dead * 2 < total) return -1;
+    if (dead < COMPACT_MIN_DEAD || dead * 3 < total * 2) return -1;
     return best;
 }
 

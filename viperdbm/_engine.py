@@ -701,9 +701,10 @@ class Engine:
                 self._reserve_off, _ = self._alloc(size, layout.TYPE_RESERVE, zero=False)
 
     def _reclaim(self) -> None:
-        """Viper's reclamation, inline: free dead blocks, and when dead space passes half of
-        the store, copy the live records out of the blocks with the most dead space (at most
-        two per call, so no single write waits long) and free those blocks."""
+        """Viper's reclamation, inline: free dead blocks, and when dead space passes two thirds
+        of the store, copy the live records out of the blocks with the most dead space (at
+        least half dead; at most two per call, so no single write waits long) and free those
+        blocks once a sync makes that safe."""
         core = self._require_core()
         self._free_dead_blocks()
         for _ in range(2):
