@@ -1020,6 +1020,11 @@ static int recover_record(Core *c, uint64_t off, const Rec *r, uint64_t alen, Bl
     return 0;
 }
 
+static inline uint64_t seq_limit(Core *c) {
+    uint64_t base = c->durable_seq > c->floor ? c->durable_seq : c->floor;
+    return base + c->mapped / VD_RECORD_HEADER_SIZE + 1;
+}
+
 /* Is there a valid record at pos? 1: yes (a pad, or a record newer than prev_seq), with
  * *rec filled; 0: zeros (the end of a log); -1: something else (rec->total is the length
  * its header claims, 0 if even that is impossible). Every length is checked against end
@@ -1038,9 +1043,13 @@ static int record_at(Core *c, uint64_t pos, uint64_t end, uint64_t prev_seq, Rec
         rec->total = 0;
         return -1;
     }
+    /* The sequence number is checked before the CRC (the cheap test first: the scan probes
+     * many positions past a damaged record). Every record in the pool is newer than its
+     * block's previous one, and no newer than the durable watermark plus the number of
+     * records the pool could hold (unsynced records are never freed, see the engine). */
+    if (rec->kind != VD_KIND_PAD && (rec->seq <= prev_seq || rec->seq == 0 || rec->seq > seq_limit(c))) return -1;
     uint32_t crc = crc32c_update(0xFFFFFFFFu, r + 4, rec->total - 4) ^ 0xFFFFFFFFu;
     if (crc != rd32(r)) return -1;
-    if (rec->kind != VD_KIND_PAD && (rec->seq <= prev_seq || rec->seq == 0)) return -1;
     return 1;
 }
 
@@ -1133,14 +1142,19 @@ static PyObject *Core_scan_block(Core *c, PyObject *args) {
             skip = pos + align_up(rec.total, VD_RECORD_ALIGN);
             if (skip + VD_RECORD_HEADER_SIZE <= end && record_at(c, skip, end, prev_seq, &probe) == 1) next = skip;
         }
-        /* the rest of this page first, at every record alignment (records after a damaged
-         * header in the same page), then the page boundaries after it */
-        uint64_t page_end = align_up(pos + 1, VD_PAGE_SIZE);
-        for (uint64_t cand = pos + VD_RECORD_ALIGN; v < 0 && !next && cand + VD_RECORD_HEADER_SIZE <= page_end &&
-                                                   cand + VD_RECORD_HEADER_SIZE <= end;
-             cand += VD_RECORD_ALIGN)
-            if (record_at(c, cand, end, prev_seq, &probe) == 1) next = cand;
-        for (uint64_t cand = page_end; !next && cand + VD_RECORD_HEADER_SIZE <= end; cand += VD_PAGE_SIZE)
+        /* After bytes that are not a record: every record alignment up to the end of the
+         * block (the records after a damaged multi-page record start anywhere in a later
+         * page). After zeros: the page boundaries (a record never starts inside a page it
+         * does not fit in, so a zeroed header hides at most the rest of its page). */
+        if (v < 0) {
+            for (uint64_t cand = pos + VD_RECORD_ALIGN; !next && cand + VD_RECORD_HEADER_SIZE <= end;
+                 cand += VD_RECORD_ALIGN) {
+                if (VD_PAGE_SIZE - cand % VD_PAGE_SIZE < VD_RECORD_HEADER_SIZE) continue;
+                if (record_at(c, cand, end, prev_seq, &probe) == 1) next = cand;
+            }
+        }
+        for (uint64_t cand = align_up(pos + 1, VD_PAGE_SIZE); !next && cand + VD_RECORD_HEADER_SIZE <= end;
+             cand += VD_PAGE_SIZE)
             if (record_at(c, cand, end, prev_seq, &probe) == 1) next = cand;
         if (!next) {
             if (v < 0) first_bad = first_bad ? first_bad : pos;

@@ -485,6 +485,41 @@ def test_mutated_stores(base: Base, prober: Prober, workdir: Path, category: str
     fuzz(base, prober, workdir, category)
 
 
+#: Cases the fuzzer found with fresh seeds (category, VIPERDBM_FUZZ_SEED, case), replayed in
+#: every run. A mutation is chosen relative to the parsed base store (a record, a block, a
+#: non-zero byte outside the blocks), so a change of the store's layout may move it.
+KNOWN_CASES = [
+    ("pool-metadata", 595798647, 31),  # a lane's log header: pmemobj_open never returned
+    ("pool-metadata", 20240507, 56),  # a chunk header: pmemobj_open never returned
+    ("pool-metadata", 20240507, 88),  # a lane's log header: pmemobj_open never returned
+    ("pool-metadata", 149688812, 11),  # a lane's log header: pmemobj_open never returned
+    ("object-header", 824632028, 7),  # a huge usable size: MemoryError
+    ("object-header", 824632028, 8),  # a zero object size: endless object walk
+    ("record-header", 1030739656, 8),  # the log ended at the bad record
+    ("record-header", 20240507, 62),  # a multi-page record's length: records after it
+    ("record-header", 20240507, 102),  # in its last page were skipped
+    ("root-object", 1775116633, 25),  # seq_floor: every record ignored
+]
+
+
+@pytest.mark.parametrize(("category", "seed", "case"), KNOWN_CASES)
+def test_known_damage_cases(
+    base: Base, prober: Prober, workdir: Path, category: str, seed: int, case: int
+) -> None:
+    rng = random.Random(f"{seed}/{category}/{case}")
+    mutations, touched, what = PICKERS[category](base, rng)
+    store = workdir / "known-case"
+    for flag in ("r", "w"):
+        materialize(base, store, mutations)
+        res = prober.probe(store, flag, reopen=flag == "w")
+        problems = judge(base, res, store, touched)
+        assert not problems, (
+            f"VIPERDBM_FUZZ_SEED={seed} {category} case {case}, flag {flag!r}: {what} "
+            f"({'; '.join(m.describe() for m in mutations)[:200]}): {problems}"
+        )
+    shutil.rmtree(store, ignore_errors=True)
+
+
 # --------------------------------------------------------------------------- truncation
 def _cut_points(base: Base, part: str) -> list[tuple[str, int]]:
     size = len(base.files[part])

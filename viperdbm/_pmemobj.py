@@ -60,6 +60,7 @@ from viperdbm._errors import (
     VersionMismatchError,
     error,
 )
+from viperdbm._pmdk_metadata import survey
 
 __all__ = [
     "LAYOUT_MAX",
@@ -581,8 +582,11 @@ def _list_parts(parts_dir: str) -> tuple[list[tuple[str, int, int, int]], list[s
     return parts, problems
 
 
-def _validate_parts(parts_dir: str, set_path: str) -> None:
-    """Refuse the part-directory states that crash libpmemobj instead of failing cleanly."""
+def _validate_parts(parts_dir: str, set_path: str) -> set[int]:
+    """Refuse the part-directory states that crash libpmemobj instead of failing cleanly.
+
+    Returns the offsets of the large objects that libpmemobj's heap records (see
+    :meth:`Pool.objects`)."""
     try:
         parts, problems = _list_parts(parts_dir)
     except OSError as exc:
@@ -611,6 +615,19 @@ def _validate_parts(parts_dir: str, set_path: str) -> None:
             f"regular files): {bad}",
             filename=set_path,
         )
+    # libpmemobj's open trusts its lanes and heap headers and can loop forever on damaged
+    # ones (see _pmdk_metadata): refuse those pools before calling it
+    try:
+        found = survey(
+            [(os.path.join(parts_dir, name), size - size % 4096) for name, _, size, _ in parts]
+        )
+    except OSError as exc:
+        raise error(
+            f"cannot read the part files: {exc.strerror}", filename=set_path, errno=exc.errno
+        ) from exc
+    if found.damage:
+        raise CorruptedError(f"the pool is damaged: {found.damage}", filename=set_path)
+    return found.large_objects
 
 
 # --------------------------------------------------------------------------------------
@@ -662,6 +679,8 @@ class Pool:
         self._close_lock = threading.Lock()
         self._objlock = threading.Lock()
         self._live: set[int] | None = None  # DRAM cache of allocated object offsets
+        #: the large objects the heap's chunk headers recorded at open (see objects())
+        self._large_at_open: set[int] | None = None
         self._mapped = 0
         self._uuid_lo = 0
         self._keep_fds: list[int] = []  # descriptors the poolset names (see open_in)
@@ -726,7 +745,7 @@ class Pool:
         layout_b = cls._layout_bytes(layout, shown)
         path_b = _encode(set_path, "the .set path", shown)
         parts_dir = _read_poolset(set_path, shown)
-        _validate_parts(parts_dir, shown)
+        large_objects = _validate_parts(parts_dir, shown)
         pop = _invoke(
             None,
             "cannot open store",
@@ -737,6 +756,7 @@ class Pool:
             path=shown,
         )
         pool = cls(int(pop), shown, parts_dir)
+        pool._large_at_open = large_objects
         try:
             pool._setup()
         except OSError as exc:
@@ -995,6 +1015,7 @@ class Pool:
                     context="alloc",
                 )
             off = int(oid.off)
+            self._large_at_open = None
             if self._live is not None:
                 self._live.add(off)
         if off + size > self._mapped:
@@ -1018,6 +1039,18 @@ class Pool:
 
         result: list[tuple[int, int, int]] = _invoke(self, "cannot list objects", walk, ())
         self._live = {off for off, _, _ in result}
+        if self._large_at_open is not None:
+            # An object whose header libpmemobj cannot read (damaged flags mark it
+            # internal) is silently left out of the walk: every large object the heap
+            # recorded at open must be listed, or a block would vanish with its records.
+            missing = sorted(self._large_at_open - self._live)
+            self._large_at_open = None
+            if missing:
+                raise CorruptedError(
+                    f"the pool's heap records {len(missing)} object(s) that libpmemobj does "
+                    f"not list (damaged object header; first at offset {missing[0]})",
+                    filename=self.set_path,
+                )
         return result
 
     def objects(self) -> list[tuple[int, int, int]]:
@@ -1057,6 +1090,7 @@ class Pool:
             self._require_object("free", offset, allow_root=False)
             oid = self._oid(offset)
             _invoke(self, "cannot free", _pmemobj_free, (ctypes.byref(oid),))
+            self._large_at_open = None
             if self._live is not None:
                 self._live.discard(offset)
 
