@@ -1625,6 +1625,48 @@ static PyObject *mod_unmap_parts(PyObject *mod, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* audit() -> [problem, ...]: recount from the index what each block's counters claim.
+ * Every indexed record must lie inside a known block, below that block's end, and be
+ * counted in its block's live records; a block whose counter says fewer live records than
+ * the index points into would be freed with live records in it. For tests. */
+static PyObject *Core_audit(Core *c, PyObject *unused) {
+    (void)unused;
+    if (core_check_open(c) < 0) return NULL;
+    PyObject *out = PyList_New(0);
+    if (!out) return NULL;
+    uint64_t *counted = PyMem_Calloc(c->nblocks ? c->nblocks : 1, sizeof(uint64_t));
+    if (!counted) {
+        Py_DECREF(out);
+        return PyErr_NoMemory();
+    }
+    uint64_t outside = 0, past_end = 0;
+    for (uint64_t i = 0; i < c->cap; i++) {
+        if (!c->slots[i]) continue;
+        uint64_t off = slot_off(c->slots[i]);
+        Py_ssize_t bi = block_find(c, off);
+        if (bi < 0) {
+            outside++;
+            continue;
+        }
+        if (off >= c->blocks[bi].end) past_end++;
+        counted[bi]++;
+    }
+    int rc = 0;
+    if (outside) rc |= list_append_new(out, PyUnicode_FromFormat("%llu indexed records lie outside every block", (unsigned long long)outside));
+    if (past_end) rc |= list_append_new(out, PyUnicode_FromFormat("%llu indexed records lie past their block's end", (unsigned long long)past_end));
+    for (size_t i = 0; i < c->nblocks && rc == 0; i++)
+        if (counted[i] != c->blocks[i].live)
+            rc |= list_append_new(out, PyUnicode_FromFormat("block at %llu: %llu live records counted, the index points to %llu%s",
+                                                            (unsigned long long)c->blocks[i].off, (unsigned long long)c->blocks[i].live,
+                                                            (unsigned long long)counted[i], (Py_ssize_t)i == c->active ? " (active)" : ""));
+    PyMem_Free(counted);
+    if (rc < 0) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    return out;
+}
+
 /* blocks() -> [(off, size, kind)] of every block the core knows */
 static PyObject *Core_blocks(Core *c, PyObject *unused) {
     (void)unused;
@@ -1717,6 +1759,7 @@ static PyMethodDef Core_methods[] = {
     {"old_blocks", (PyCFunction)Core_old_blocks, METH_NOARGS, "old_blocks() -> offsets"},
     {"stats", (PyCFunction)Core_stats, METH_NOARGS, "stats() -> dict"},
     {"blocks", (PyCFunction)Core_blocks, METH_NOARGS, "blocks() -> [(off, size, kind)]"},
+    {"audit", (PyCFunction)Core_audit, METH_NOARGS, "audit() -> [problem]: block counters against the index"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -10,7 +10,9 @@ Report lines (stdout, one ``write`` each, flushed):
 * ``IMPORTED`` right before ``open()``, ``OPENED`` once the store is open; then
   ``K <key digest> <value digest>`` for every key, ``P <problem>`` for every disagreement
   between len/keys/iteration/in/get/firstkey-nextkey, and ``READY <len>``;
-* ``B <i> <kind>`` before operation *i*, ``A <i> <result> <len after>`` after it returned;
+* ``B <i> <kind>`` before operation *i*, ``A <i> <result> <len after>`` after it returned
+  (a ``reopen`` reports the whole store again, ``K`` ... ``READY``, before its ``A``; a
+  ``P`` line before the ``A`` when the engine's block counters disagree with its index);
 * ``DONE`` after the stream and ``close()``.
 
 Usage: ``_torture_child.py PATH SEED LENGTH [MODE]``; MODE ``mixed`` (default) or ``grow``
@@ -157,6 +159,8 @@ def main(path: str, seed: int, length: int, mode: str) -> None:
     db = viperdbm.open(path, "c")
     _out("OPENED")
     _dump(db)
+    for problem in db._engine.core.audit():
+        _out(f"P after open: {problem}")
     for index in range(length):
         op = operation(seed, index, mode)
         value = value_for(seed, index, op.size) if op.kind == "put" else b""
@@ -177,8 +181,13 @@ def main(path: str, seed: int, length: int, mode: str) -> None:
         elif op.kind == "reopen":
             db.close()
             db = viperdbm.open(path, "w")
+            _dump(db)  # what the reopened store holds, checked by the parent
         elif op.kind == "reorganize":
             db.reorganize()
+        # the engine's block counters must agree with its index after every operation: a
+        # block that counts fewer live records than it holds would be freed with them
+        for problem in db._engine.core.audit():
+            _out(f"P after op {index} ({op.kind}): {problem}")
         _out(f"A {index} {result} {len(db)}")
     db.close()
     _out("DONE")

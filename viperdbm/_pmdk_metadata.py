@@ -24,12 +24,16 @@ PMDK 1.12.1's (``obj.h``, ``lane.h``, ``ulog.h``, ``heap_layout.h``):
   chunks per zone), then zones of up to 65528 chunks, each behind a 64-byte zone header and
   65528 eight-byte chunk headers ``type:16, flags:16, size_idx:32``. Walking a zone from
   chunk 0 by ``size_idx`` must land exactly on its end, on headers of a known type; a run
-  chunk starts with its block size (never 0), and a free or used chunk spanning several
-  chunks ends in a footer that repeats its size.
+  chunk starts with its block size (never 0).
+
+The heap is only checked when no lane holds a redo log waiting to be replayed (a crash in
+the middle of an allocation or a free): until libpmemobj replays it, the chunk headers may
+be half updated, which is not damage.
 """
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import struct
@@ -82,10 +86,9 @@ class _Image:
 
     def close(self) -> None:
         for _, _, mapped in self._maps:
-            try:
+            # a view still alive (in an exception's frame) keeps it mapped until it goes
+            with contextlib.suppress(BufferError):
                 mapped.close()
-            except BufferError:  # a view still alive (an exception's frame): unmapped with it
-                pass
         self._maps = []
 
     def read(self, offset: int, length: int) -> bytes | None:
@@ -141,8 +144,9 @@ class Survey:
     #: what would make pmemobj_open() loop or crash, or None
     damage: str | None = None
     #: pool offset of the object in every chunk the heap marks used: each is one large
-    #: allocation (a viperdbm block), which pmemobj_first()/pmemobj_next() must list
-    large_objects: set[int] = field(default_factory=set)
+    #: allocation (a viperdbm block), which pmemobj_first()/pmemobj_next() must list;
+    #: None when the heap was not walked (a redo log is waiting to be replayed)
+    large_objects: set[int] | None = field(default_factory=set)
 
 
 def survey(parts: list[tuple[str, int]]) -> Survey:
@@ -171,6 +175,9 @@ def survey(parts: list[tuple[str, int]]) -> Survey:
         out.damage = _lane_damage(image, lanes_offset, nlanes)
         if out.damage:
             return out
+        if _redo_pending(image, lanes_offset, nlanes):
+            out.large_objects = None
+            return out
         (heap_size,) = struct.unpack("<Q", heap_size_raw)
         room = image.size - heap_offset
         if heap_size == 0:
@@ -181,7 +188,7 @@ def survey(parts: list[tuple[str, int]]) -> Survey:
                 "start (a part file is missing or truncated)"
             )
             return out
-        out.damage = _heap_damage(image, heap_offset, heap_size, out.large_objects)
+        out.damage = _heap_damage(image, heap_offset, heap_size, out.large_objects or set())
         return out
 
 
@@ -219,6 +226,25 @@ def _lane_damage(image: _Image, lanes_offset: int, nlanes: int) -> str | None:
         f"libpmemobj's log header of lane {lane} is damaged ({name} is {values[lane]:#x}, "
         f"at pool offset {lanes_offset + lane * LANE_SIZE + word * 8})"
     )
+
+
+def _redo_pending(image: _Image, lanes_offset: int, nlanes: int) -> bool:
+    """Whether a lane's redo log may hold entries to replay (its checksum is set).
+
+    libpmemobj clears a redo log's header (checksum included) once it has applied it, and
+    a log never used has a zero checksum."""
+    stride = LANE_SIZE // 8
+    zeros = bytes(8 * nlanes)
+    with image.words(lanes_offset, nlanes * stride) as words:
+        if words is None:
+            return True
+        for log_offset, _ in LANE_LOGS[:2]:  # the internal and the external redo log
+            column = words[log_offset // 8 :: stride]
+            pending = column.tobytes() != zeros
+            column.release()
+            if pending:
+                return True
+    return False
 
 
 def _heap_damage(
@@ -273,9 +299,6 @@ def _zone_damage(
             run = image.read(chunks_at + i * CHUNK_SIZE, 8)
             block_size = struct.unpack("<Q", run)[0] if run else 0
             bad = not 0 < block_size <= RUN_CONTENT_SIZE + (span - 1) * CHUNK_SIZE
-        elif not bad and span > 1:
-            footer = struct.unpack_from("<HHI", table, 8 * (i + span - 1))
-            bad = footer[0] != CHUNK_FOOTER or footer[2] != span
         if bad:
             return f"libpmemobj's chunk header {i} is damaged ({where})"
         if kind == CHUNK_USED:

@@ -582,7 +582,7 @@ def _list_parts(parts_dir: str) -> tuple[list[tuple[str, int, int, int]], list[s
     return parts, problems
 
 
-def _validate_parts(parts_dir: str, set_path: str) -> set[int]:
+def _validate_parts(parts_dir: str, set_path: str) -> set[int] | None:
     """Refuse the part-directory states that crash libpmemobj instead of failing cleanly.
 
     Returns the offsets of the large objects that libpmemobj's heap records (see
