@@ -32,6 +32,7 @@
 #define RC_OK 0
 #define RC_NEED_BLOCK 1 /* the active block is full (or there is none): add a block */
 #define RC_NEED_JUMBO 2 /* the record is too large for a standard block */
+#define OS_PAGE 4096u /* msync and mmap granularity (a VPage is several of them) */
 #define RC_FREEABLE 3   /* done; some block became entirely dead: free it */
 #define RC_BUSY 4       /* reorganize() is running: wait for it (take the store lock), retry */
 #define RC_COMPACT 5    /* done; dead space passed the threshold: compact a block or two */
@@ -436,8 +437,8 @@ static void persist_range(Core *c, uint64_t off, uint64_t len) {
     if (c->persist_mode == PERSIST_FUNC && c->persist_fn) {
         c->persist_fn(c->base + off, (size_t)len);
     } else if (c->persist_mode == PERSIST_MSYNC) {
-        uint64_t start = off & ~(uint64_t)(VD_PAGE_SIZE - 1);
-        uint64_t stop = align_up(off + len, VD_PAGE_SIZE);
+        uint64_t start = off & ~(uint64_t)(OS_PAGE - 1);
+        uint64_t stop = align_up(off + len, OS_PAGE);
         (void)msync(c->base + start, (size_t)(stop - start), MS_SYNC);
     }
 }
@@ -540,7 +541,7 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"base", "mapped", "capacity_hint", NULL};
     unsigned long long base = 0, mapped = 0, hint = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "KK|K", kwlist, &base, &mapped, &hint)) return NULL;
-    if (base == 0 || (base % VD_PAGE_SIZE) != 0) {
+    if (base == 0 || (base % OS_PAGE) != 0) {
         PyErr_SetString(PyExc_ValueError, "pool base must be a non-null page-aligned address");
         return NULL;
     }
@@ -1555,7 +1556,7 @@ static PyObject *mod_map_parts(PyObject *mod, PyObject *arg) {
             return NULL;
         }
         Py_DECREF(path);
-        if (size == 0 || size % VD_PAGE_SIZE) {
+        if (size == 0 || size % OS_PAGE) {
             Py_DECREF(seq);
             PyErr_SetString(PyExc_ValueError, "part sizes must be non-zero multiples of the page size");
             return NULL;

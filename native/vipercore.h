@@ -9,10 +9,11 @@
 
 #include <stdint.h>
 
-#define VD_FORMAT_VERSION 1u
+#define VD_FORMAT_VERSION 2u
 
-/* A VPage: records of at most a page never straddle a page boundary (Viper's layout). */
-#define VD_PAGE_SIZE 4096u
+/* A VPage: records of at most a page never straddle a page boundary (Viper's layout). 16 KiB,
+ * four OS pages: records of about 1 KiB then waste at most a sixteenth of a page. */
+#define VD_PAGE_SIZE 16384u
 
 /* A standard VBlock: one libpmemobj allocation holding a header and a log of pages. */
 #define VD_BLOCK_SIZE (4u << 20)

@@ -36,7 +36,10 @@ from typing import IO, Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
-PAGE = 4096
+#: a VPage, as docs/format.md describes it (records never straddle one unless longer)
+PAGE = 16384
+#: the OS page: part files are mapped in whole ones
+OS_PAGE = 4096
 RECORD_HEADER = 16
 BLOCK_HEADER = 64
 BLOCK_MAGIC = 0x4B4C4256
@@ -231,7 +234,7 @@ def read_pool(store: Path, scratch: Path) -> PoolImage:
     start = 0
     for part in part_files(store):
         raw = part.read_bytes()
-        length = len(raw) & ~(PAGE - 1)
+        length = len(raw) & ~(OS_PAGE - 1)
         parts.append((part, start, length))
         chunks.append(raw[:length])
         start += length

@@ -223,22 +223,27 @@ def run_child(code: str, *args: str) -> None:
     assert result.returncode == 0, result.stderr
 
 
+#: a power cut loses OS pages (each page written since the last sync may be old or new)
+OS_PAGE = layout.OS_PAGE_SIZE
+
+
 def zero_page_holding(store: Path, needle: bytes) -> None:
     [(part, at)] = find_in_pool(store, needle)
-    page = at - at % layout.PAGE_SIZE
+    page = at - at % OS_PAGE
     with part.open("r+b") as f:
         f.seek(page)
-        f.write(bytes(layout.PAGE_SIZE))
+        f.write(bytes(OS_PAGE))
 
 
 _POWER_CUT_CHILD = """
 import os, sys, viperdbm
 db = viperdbm.open(sys.argv[1], "c")
-db[b"k"] = b"before sync"                   # page 0, with a (which fills it)
-db[b"a"] = b"A" * 4040
+# OS pages of the block's first VPage (records are packed: they straddle OS pages freely)
+db[b"k"] = b"before sync"                   # page 0: k (28 bytes) ...
+db[b"a"] = b"A" * 4051                      # ... and a, which ends exactly at page 1
 db.sync()                                   # the durable point
-del db[b"k"]                                # page 1 (j is too long for its rest)
-db[b"j"] = b"J-MARKER" + b"j" * 5000        # pages 2 and 3
+del db[b"k"]                                # page 1: the tombstone (20 bytes)
+db[b"j"] = b"j" * 8147 + b"J-MARKER"        # the rest of page 1 and all of page 2
 db[b"b"] = b"B-MARKER" + b"b" * 3000        # page 3
 os._exit(0)                                 # no close(): as if the power went here
 """
@@ -257,8 +262,8 @@ class TestPowerFailRule:
         run_child(_POWER_CUT_CHILD, str(store_path))
         zero_page_holding(store_path, b"J-MARKER")  # page 2 never reached the disk
         with viperdbm.open(store_path, "w") as db:
-            # the delete (page 1) survived; the write on page 3 came after the lost page 2,
-            # so keeping it would show a state that never existed
+            # the delete (page 1) survived; b, intact on page 3, came after j, torn by the
+            # lost page 2, so keeping it would show a state that never existed
             assert sorted(db.keys()) == [b"a"]
             db[b"new"] = b"after recovery"
         with viperdbm.open(store_path, "r") as db:
@@ -267,15 +272,15 @@ class TestPowerFailRule:
     def test_a_lost_delete_does_not_let_later_writes_survive(self, store_path: Path) -> None:
         run_child(_POWER_CUT_CHILD, str(store_path))
         # the tombstone of k is alone on the page after the one holding k and a
-        [(apart, a_at)] = find_in_pool(store_path, b"A" * 4040)
-        page = a_at - a_at % layout.PAGE_SIZE + layout.PAGE_SIZE
+        [(apart, a_at)] = find_in_pool(store_path, b"A" * 4051)
+        page = a_at - a_at % OS_PAGE + OS_PAGE
         with apart.open("r+b") as f:
             f.seek(page)
-            f.write(bytes(layout.PAGE_SIZE))
+            f.write(bytes(OS_PAGE))
         with viperdbm.open(store_path, "r") as db:
             assert db[b"k"] == b"before sync"  # the delete was lost ...
             assert b"j" not in db and b"b" not in db  # ... and so is everything after it
-            assert db[b"a"] == b"A" * 4040
+            assert db[b"a"] == b"A" * 4051
 
     def test_a_lost_page_in_one_block_drops_later_blocks_too(self, store_path: Path) -> None:
         code = """
@@ -292,8 +297,8 @@ os._exit(0)
         run_child(code, str(store_path))
         [(part, at)] = find_in_pool(store_path, b"before sync")
         with part.open("r+b") as f:  # k and its tombstone share the block's first page
-            f.seek(at - at % layout.PAGE_SIZE)
-            f.write(bytes(layout.PAGE_SIZE))
+            f.seek(at - at % OS_PAGE)
+            f.write(bytes(OS_PAGE))
         with viperdbm.open(store_path, "r") as db:
             # block 2 is intact, but its records came after the lost tombstone
             assert b"late" not in db

@@ -892,7 +892,7 @@ def _part_files(parts_dir: str) -> list[tuple[str, int]]:
     for expected, (index, path, size) in enumerate(numbered):
         if index != expected:
             break  # libpmemobj stops at the first missing number too
-        parts.append((path, size - size % layout.PAGE_SIZE))
+        parts.append((path, size - size % layout.OS_PAGE_SIZE))
     return parts
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 #: libpmemobj's layout name: checked by pmemobj_open, so a foreign pool is refused at once.
 POOL_LAYOUT = "viperdbm"
 #: The format of everything inside the pool. Bumped on any incompatible change.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 SET_FILE = "pool.set"
 PARTS_DIR = "parts"
@@ -37,7 +37,10 @@ TYPE_JUMBO_BLOCK = 2
 #: space held back (one block) so that deletes and compaction work on a full disk
 TYPE_RESERVE = 3
 
-PAGE_SIZE = 4096
+#: a VPage (records of at most a page never straddle one); four OS pages
+PAGE_SIZE = 16384
+#: the OS page: part files are mapped in whole pages
+OS_PAGE_SIZE = 4096
 BLOCK_SIZE = 4 << 20
 INLINE_MAX = 1 << 20
 BLOCK_MAGIC = 0x4B4C4256
