@@ -324,7 +324,9 @@ def make_plan(mode: str, fs: str, interps: dict[str, Interp], probes: bool) -> P
                 budget=b_slow,
                 n_for={"dbm.sqlite3": 50_000},
             )
-        # how cost grows with N: viperdbm to 10M, semidbm and dbm.gnu to the headline N
+        # how cost grows with N: viperdbm to 10M, with dict beside it (the in-process
+        # ceiling: how much of the growth any in-memory map pays for caches and TLB);
+        # semidbm and dbm.gnu to the headline N
         for n in scaling:
             if n == hn:
                 continue
@@ -332,7 +334,7 @@ def make_plan(mode: str, fs: str, interps: dict[str, Interp], probes: bool) -> P
                 add(
                     config="scaling",
                     interp="venv",
-                    stores=["viperdbm"],
+                    stores=["viperdbm"] if quick else ["viperdbm", "dict"],
                     n=n,
                     budget=max(b_fast, 180.0) if not quick else b_fast,
                 )
@@ -340,7 +342,7 @@ def make_plan(mode: str, fs: str, interps: dict[str, Interp], probes: bool) -> P
                 add(
                     config="scaling",
                     interp="venv",
-                    stores=["viperdbm"] if quick else ["viperdbm", "semidbm"],
+                    stores=["viperdbm"] if quick else ["viperdbm", "semidbm", "dict"],
                     n=n,
                     repeat=rep,
                     budget=b_fast,
@@ -972,6 +974,7 @@ def check_targets(res: Results) -> list[Verdict]:
         )
     # scaling (tmpfs, 100-byte values, viperdbm on the venv)
     pts = scaling_points(res, "viperdbm", "venv")
+    dict_pts = dict(scaling_points(res, "dict", "venv"))
     if len(pts) >= 2:
         lo, hi = pts[0], pts[-1]
         for w in ("insert", "get", "miss", "update", "delete"):
@@ -979,6 +982,13 @@ def check_targets(res: Results) -> list[Verdict]:
             if len(ns) < 2:
                 continue
             spread = max(ns) / min(ns)
+            how = " / ".join(f"{x:.0f}" for x in ns) + " ns"
+            dns = [1e9 / r for n, _s in pts if (r := metric(dict_pts.get(n), w))]
+            if len(dns) == len(ns):
+                how += (
+                    f"; dict at the same N: {' / '.join(f'{x:.0f}' for x in dns)} ns "
+                    f"({max(dns) / min(dns):.2f}x)"
+                )
             mark(
                 "scaling",
                 f"{WORKLOAD_TITLES[w]}: per-op cost flat from {fmt_n(lo[0])} to "
@@ -987,7 +997,7 @@ def check_targets(res: Results) -> list[Verdict]:
                 1.5,
                 False,
                 shown=f"{spread:.2f}x",
-                how=" / ".join(f"{x:.0f}" for x in ns) + " ns",
+                how=how,
             )
         rp = [
             (n, v)
@@ -1408,14 +1418,19 @@ def make_plots(res: Results, out: Path) -> list[str]:
     if len(pts) >= 2:
         ns = [n for n, _ in pts]
         fig, ax = plt.subplots(figsize=(8, 5))
-        for w in RATES:
+        dict_at = dict(scaling_points(res, "dict", "venv"))
+        for i, w in enumerate(RATES):
+            color = f"C{i}"
             ys = [1e9 / r if (r := metric(s, w)) else float("nan") for _, s in pts]
-            ax.plot(ns, ys, marker="o", label=WORKLOAD_TITLES[w])
+            ax.plot(ns, ys, marker="o", color=color, label=WORKLOAD_TITLES[w])
+            dys = [1e9 / r if (r := metric(dict_at.get(n), w)) else float("nan") for n in ns]
+            if any(not math.isnan(y) for y in dys):
+                ax.plot(ns, dys, ls=":", marker=".", color=color, label=f"dict {w}")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("records N")
         ax.set_ylabel("ns per operation (log)")
-        ax.set_title("viperdbm: cost per operation against N (tmpfs, 100-byte values)")
+        ax.set_title("cost per operation against N: viperdbm (solid), dict (dotted); tmpfs, 100 B")
         ax.grid(which="both", alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
