@@ -1197,16 +1197,14 @@ static PyObject *Core_scan_block(Core *c, PyObject *args) {
          * record if its length is plausible, else at the following page boundaries (a
          * record never starts inside a page it does not fit in). Finding one means the
          * log goes on: only the bad record is lost, and the damage is reported. */
-        uint64_t next = 0, skip = 0;
+        uint64_t next = 0;
         Rec probe;
-        if (v < 0 && rec.total && rec.total <= end - pos) {
-            skip = pos + align_up(rec.total, VD_RECORD_ALIGN);
-            if (skip + VD_RECORD_HEADER_SIZE <= end && record_at(c, skip, end, prev_seq, &probe) == 1) next = skip;
-        }
         /* After bytes that are not a record: every record alignment up to the end of the
-         * block (the records after a damaged multi-page record start anywhere in a later
-         * page). After zeros: the page boundaries (a record never starts inside a page it
-         * does not fit in, so a zeroed header hides at most the rest of its page). */
+         * block, the first valid record wins (the records after a damaged multi-page record
+         * start anywhere in a later page; and the length in a damaged header may be wrong
+         * yet land on a later record, skipping the intact ones in between). After zeros:
+         * the page boundaries (a record never starts inside a page it does not fit in, so
+         * a zeroed header hides at most the rest of its page). */
         if (v < 0) {
             for (uint64_t cand = pos + VD_RECORD_ALIGN; !next && cand + VD_RECORD_HEADER_SIZE <= end;
                  cand += VD_RECORD_ALIGN) {

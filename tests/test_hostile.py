@@ -493,11 +493,16 @@ KNOWN_CASES = [
     ("pool-metadata", 20240507, 56),  # a chunk header: pmemobj_open never returned
     ("pool-metadata", 20240507, 88),  # a lane's log header: pmemobj_open never returned
     ("pool-metadata", 149688812, 11),  # a lane's log header: pmemobj_open never returned
+    ("pool-metadata", 1180604168, 153),  # a log entry of unknown type: the same
     ("object-header", 824632028, 7),  # a huge usable size: MemoryError
     ("object-header", 824632028, 8),  # a zero object size: endless object walk
+    ("object-header", 20240507, 67),  # header flags: a jumbo block in a run vanished ('w')
+    ("object-header", 2045362356, 37),  # the same, another jumbo
     ("record-header", 1030739656, 8),  # the log ended at the bad record
     ("record-header", 20240507, 62),  # a multi-page record's length: records after it
     ("record-header", 20240507, 102),  # in its last page were skipped
+    ("record-header", 1879884747, 63),  # a damaged length landing on a later record:
+    ("record-header", 1879884747, 80),  # the intact records in between were skipped
     ("root-object", 1775116633, 25),  # seq_floor: every record ignored
 ]
 

@@ -513,3 +513,57 @@ def test_close_while_another_thread_calls(store: Store) -> None:
         assert [o for o, _, _ in p.objects()] == [off]
     finally:
         p.close()
+
+
+# --------------------------------------------------------------------------------------
+# libpmemobj's metadata, read before libpmemobj (viperdbm/_pmdk_metadata.py)
+
+
+def _parts_of(store: Store) -> list[tuple[str, int]]:
+    return [(str(p), p.stat().st_size - p.stat().st_size % 4096) for p in store.part_files()]
+
+
+def test_the_survey_of_a_healthy_pool_finds_every_object(store: Store) -> None:
+    from viperdbm._pmdk_metadata import survey
+
+    p = store.create()
+    try:
+        large = [p.alloc(4 * MiB - 16, 1, zero=False) for _ in range(3)]
+        small = p.alloc(4096, 2)
+        p.free(large[1])
+    finally:
+        p.close()
+    found = survey(_parts_of(store))
+    assert found.damage is None
+    assert found.large_objects is not None
+    # whole-chunk allocations and the small one in a run; not the freed one
+    assert {large[0], large[2], small} <= found.large_objects
+    assert large[1] not in found.large_objects
+    p = store.open()  # and libpmemobj agrees: the walk at open compares both
+    try:
+        listed = {off for off, _, _ in p.objects()}
+        assert found.large_objects <= listed
+    finally:
+        p.close()
+
+
+@pytest.mark.parametrize(
+    ("what", "at", "data"),
+    [
+        ("capacity", 8192 + 5 * 3072 + 16, b"\xff" * 8),  # lane 5's internal redo log
+        ("next", 8192 + 7 * 3072 + 960 + 8, b"\x40" * 8),  # lane 7's undo log
+        ("chunk header", 0x302000 + 1024 + 64, bytes(8)),  # the first chunk header, zeroed
+    ],
+)
+def test_damaged_metadata_is_refused_before_libpmemobj_reads_it(
+    store: Store, what: str, at: int, data: bytes
+) -> None:
+    """libpmemobj's own open loops forever on these (PMDK 1.12.1): refuse them first."""
+    p = store.create()
+    p.alloc(4096, 1)  # (the heap's first zone is laid out at the first allocation)
+    p.close()
+    with open(store.part_files()[0], "r+b") as f:
+        f.seek(at)
+        f.write(data)
+    with pytest.raises(CorruptedError, match="damaged"):
+        store.open()

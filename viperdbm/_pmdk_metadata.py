@@ -63,6 +63,7 @@ ZONE_MAGIC = 0xC3F0A2D2
 CHUNK_FOOTER, CHUNK_FREE, CHUNK_USED, CHUNK_RUN, CHUNK_RUN_DATA = 1, 2, 3, 4, 5
 CHUNK_FLAGS_VALID = 0x000F
 CHUNK_FLAG_COMPACT_HEADER, CHUNK_FLAG_HEADER_NONE = 0x0001, 0x0002
+CHUNK_FLAG_ALIGNED, CHUNK_FLAG_FLEX_BITMAP = 0x0004, 0x0008
 RUN_CONTENT_SIZE = CHUNK_SIZE - 16
 
 
@@ -143,8 +144,9 @@ class Survey:
 
     #: what would make pmemobj_open() loop or crash, or None
     damage: str | None = None
-    #: pool offset of the object in every chunk the heap marks used: each is one large
-    #: allocation (a viperdbm block), which pmemobj_first()/pmemobj_next() must list;
+    #: pool offset of every allocated object: one per chunk the heap marks used (a
+    #: viperdbm block) and one per allocation its runs' bitmaps record, each of which
+    #: pmemobj_first()/pmemobj_next() must list (the root object aside);
     #: None when the heap was not walked (a redo log is waiting to be replayed)
     large_objects: set[int] | None = field(default_factory=set)
 
@@ -188,7 +190,9 @@ def survey(parts: list[tuple[str, int]]) -> Survey:
                 "start (a part file is missing or truncated)"
             )
             return out
-        out.damage = _heap_damage(image, heap_offset, heap_size, out.large_objects or set())
+        large: set[int] = set()
+        out.damage = _heap_damage(image, heap_offset, heap_size, large)
+        out.large_objects = large
         return out
 
 
@@ -218,14 +222,58 @@ def _lane_damage(image: _Image, lanes_offset: int, nlanes: int) -> str | None:
                     break
             if problem:
                 break
-    if problem is None:
-        return None
+        if problem is None:
+            return _log_entries_damage(words, lanes_offset, nlanes)
     name, word, most, values = problem
     lane = next(i for i, v in enumerate(values) if v > most)
     return (
         f"libpmemobj's log header of lane {lane} is damaged ({name} is {values[lane]:#x}, "
         f"at pool offset {lanes_offset + lane * LANE_SIZE + word * 8})"
     )
+
+
+ULOG_VAL_TYPES = (0b000, 0b001, 0b010)  # ULOG_OPERATION_SET, _AND, _OR
+ULOG_BUF_TYPES = (0b101, 0b110)  # ULOG_OPERATION_BUF_SET, ULOG_OPERATION_BUF_CPY
+
+
+def _log_entries_damage(words: memoryview, lanes_offset: int, nlanes: int) -> str | None:
+    """Walk the entries of every log with a capacity, as ``ulog_base_nbytes`` does.
+
+    libpmemobj walks a log's entries before it verifies the log's checksum: it advances by
+    a size of 0 for an entry of unknown type (an endless loop) and checksums each buffer
+    entry over the size the entry claims (a damaged size makes it read far past the log).
+    An entry must be of a known type and lie inside its log's capacity."""
+    stride = LANE_SIZE // 8
+    for log_offset, _ in LANE_LOGS:
+        at = log_offset // 8
+        capacities = words[at + 2 :: stride].tolist()
+        firsts = words[at + ULOG_HEADER // 8 :: stride].tolist()
+        for lane in range(nlanes):
+            capacity = capacities[lane]
+            if not capacity or not firsts[lane]:
+                continue  # an unused or applied log: nothing is walked
+            data = lane * stride + at + ULOG_HEADER // 8  # word index of the entries
+            offset = 0
+            while offset + 16 <= capacity:
+                entry = words[data + offset // 8]
+                if entry == 0:
+                    break
+                size = 16
+                if entry >> 61 not in ULOG_VAL_TYPES + ULOG_BUF_TYPES:
+                    size = capacity + 1  # ulog_entry_size() is 0 for it: an endless walk
+                elif entry >> 61 in ULOG_BUF_TYPES:
+                    if offset + 24 > capacity:
+                        size = 24
+                    else:
+                        size = -(-(24 + words[data + offset // 8 + 2]) // 64) * 64
+                if offset + size > capacity:
+                    return (
+                        f"libpmemobj's log of lane {lane} is damaged (an entry of an unknown "
+                        f"type or running past its end, at pool offset "
+                        f"{lanes_offset + lane * LANE_SIZE + log_offset + ULOG_HEADER + offset})"
+                    )
+                offset += size
+    return None
 
 
 def _redo_pending(image: _Image, lanes_offset: int, nlanes: int) -> bool:
@@ -307,5 +355,45 @@ def _zone_damage(
             else:
                 header = 0 if flags & CHUNK_FLAG_HEADER_NONE else 64
             large_objects.add(chunks_at + i * CHUNK_SIZE + header)
+        elif kind == CHUNK_RUN:
+            _run_objects(image, chunks_at + i * CHUNK_SIZE, span, flags, large_objects)
         i += span
     return None
+
+
+def _run_objects(image: _Image, run_at: int, span: int, flags: int, found: set[int]) -> None:
+    """Add the objects allocated in the run at ``run_at`` (PMDK's ``run_iterate_used``).
+
+    Only flexible-bitmap runs with compact headers and no alignment, the only kind
+    viperdbm's allocations make, are read; the bitmap's size follows from the unit size
+    as in ``memblock_run_bitmap``. An allocation spans as many units as its header says."""
+    if flags & CHUNK_FLAG_ALIGNED or not flags & CHUNK_FLAG_FLEX_BITMAP:
+        return
+    if not flags & CHUNK_FLAG_COMPACT_HEADER:
+        return
+    raw = image.read(run_at, 8)
+    if raw is None:
+        return
+    (unit,) = struct.unpack("<Q", raw)
+    content_size = RUN_CONTENT_SIZE + (span - 1) * CHUNK_SIZE
+    nbits = content_size // unit
+    nvalues = -(-nbits // 64)
+    nvalues = -(-(nvalues + 2) // 8) * 8 - 2  # the data starts cacheline-aligned
+    bitmap_size = nvalues * 8
+    nbits = (content_size - bitmap_size) // unit
+    nvalues -= (nvalues * 64 - nbits) // 64
+    bitmap = image.read(run_at + 16, nvalues * 8)
+    if bitmap is None:
+        return
+    bits = int.from_bytes(bitmap, "little")
+    data_at = run_at + 16 + bitmap_size
+    j = 0
+    while j < nbits:
+        if not bits >> j & 1:
+            j += 1
+            continue
+        obj = data_at + j * unit
+        header = image.read(obj, 8)
+        size = struct.unpack("<Q", header)[0] & ((1 << 48) - 1) if header else 0
+        found.add(obj + 16)
+        j += max(1, -(-size // unit))

@@ -1043,7 +1043,7 @@ class Pool:
             # An object whose header libpmemobj cannot read (damaged flags mark it
             # internal) is silently left out of the walk: every large object the heap
             # recorded at open must be listed, or a block would vanish with its records.
-            missing = sorted(self._large_at_open - self._live)
+            missing = sorted(self._large_at_open - self._live - {self._root_offset()})
             self._large_at_open = None
             if missing:
                 raise CorruptedError(
