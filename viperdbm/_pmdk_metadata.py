@@ -356,24 +356,28 @@ def _zone_damage(
                 header = 0 if flags & CHUNK_FLAG_HEADER_NONE else 64
             large_objects.add(chunks_at + i * CHUNK_SIZE + header)
         elif kind == CHUNK_RUN:
-            _run_objects(image, chunks_at + i * CHUNK_SIZE, span, flags, large_objects)
+            damage = _run_objects(image, chunks_at + i * CHUNK_SIZE, span, flags, large_objects)
+            if damage:
+                return f"{damage} (in the run at chunk {i} of {where})"
         i += span
     return None
 
 
-def _run_objects(image: _Image, run_at: int, span: int, flags: int, found: set[int]) -> None:
+def _run_objects(image: _Image, run_at: int, span: int, flags: int, found: set[int]) -> str | None:
     """Add the objects allocated in the run at ``run_at`` (PMDK's ``run_iterate_used``).
 
     Only flexible-bitmap runs with compact headers and no alignment, the only kind
     viperdbm's allocations make, are read; the bitmap's size follows from the unit size
-    as in ``memblock_run_bitmap``. An allocation spans as many units as its header says."""
+    as in ``memblock_run_bitmap``. An allocation spans as many units as its object header
+    says; libpmemobj walks a run by those sizes, so a size of 0 (an endless walk) or one
+    that runs past the run or over units the bitmap says are free is damage."""
     if flags & CHUNK_FLAG_ALIGNED or not flags & CHUNK_FLAG_FLEX_BITMAP:
-        return
+        return None
     if not flags & CHUNK_FLAG_COMPACT_HEADER:
-        return
+        return None
     raw = image.read(run_at, 8)
     if raw is None:
-        return
+        return None
     (unit,) = struct.unpack("<Q", raw)
     content_size = RUN_CONTENT_SIZE + (span - 1) * CHUNK_SIZE
     nbits = content_size // unit
@@ -384,7 +388,7 @@ def _run_objects(image: _Image, run_at: int, span: int, flags: int, found: set[i
     nvalues -= (nvalues * 64 - nbits) // 64
     bitmap = image.read(run_at + 16, nvalues * 8)
     if bitmap is None:
-        return
+        return None
     bits = int.from_bytes(bitmap, "little")
     data_at = run_at + 16 + bitmap_size
     j = 0
@@ -395,5 +399,10 @@ def _run_objects(image: _Image, run_at: int, span: int, flags: int, found: set[i
         obj = data_at + j * unit
         header = image.read(obj, 8)
         size = struct.unpack("<Q", header)[0] & ((1 << 48) - 1) if header else 0
+        units = -(-size // unit)
+        covered = ((1 << units) - 1) << j
+        if units == 0 or j + units > nbits or bits & covered != covered:
+            return f"libpmemobj's object header at pool offset {obj} is damaged"
         found.add(obj + 16)
-        j += max(1, -(-size // unit))
+        j += units
+    return None
