@@ -152,6 +152,12 @@ def _dump(db: Any) -> None:
     _out(f"READY {len(db)}")
 
 
+def _audit(db: Any) -> list[str]:
+    """The engine's block counters checked against its index (see Core.audit)."""
+    problems: list[str] = db._engine.core.audit()
+    return problems
+
+
 def main(path: str, seed: int, length: int, mode: str) -> None:
     import viperdbm
 
@@ -159,7 +165,7 @@ def main(path: str, seed: int, length: int, mode: str) -> None:
     db = viperdbm.open(path, "c")
     _out("OPENED")
     _dump(db)
-    for problem in db._engine.core.audit():
+    for problem in _audit(db):
         _out(f"P after open: {problem}")
     for index in range(length):
         op = operation(seed, index, mode)
@@ -186,7 +192,7 @@ def main(path: str, seed: int, length: int, mode: str) -> None:
             db.reorganize()
         # the engine's block counters must agree with its index after every operation: a
         # block that counts fewer live records than it holds would be freed with them
-        for problem in db._engine.core.audit():
+        for problem in _audit(db):
             _out(f"P after op {index} ({op.kind}): {problem}")
         _out(f"A {index} {result} {len(db)}")
     db.close()
