@@ -16,6 +16,8 @@ import sys
 import traceback
 from typing import Any
 
+from _vdbtools import walk_keys
+
 NEVER_WRITTEN = [b"never-written", b"\x00never", b"k999999"]
 
 
@@ -50,11 +52,7 @@ def read_all(db: Any) -> tuple[dict[str, str], list[str]]:
         if db.get(key) != value:
             problems.append(f"get({key[:40]!r}) differs from [{key[:40]!r}]")
         state[key.hex()] = _digest(value)
-    walked: list[bytes] = []
-    k = db.firstkey()
-    while k is not None and len(walked) <= len(keys):
-        walked.append(k)
-        k = db.nextkey(k)
+    walked = walk_keys(db, len(keys))
     if sorted(walked) != sorted(keys):
         problems.append(f"firstkey/nextkey walked {len(walked)} keys, keys() has {len(keys)}")
     for key in NEVER_WRITTEN:

@@ -26,7 +26,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from _vdbtools import digest, value_for
+from _vdbtools import digest, value_for, walk_keys
 
 SMALL_KEYS = [b"k%03d" % i for i in range(120)]
 #: the empty key, binary keys, a key with the long (u32) length field, a key over 1 MiB
@@ -132,11 +132,7 @@ def _dump(db: Any) -> None:
         problems.append(f"len {len(db)} keys {len(keys)} distinct {len(set(keys))}")
     if sorted(db) != sorted(keys):
         problems.append("iteration differs from keys()")
-    walked: list[bytes] = []
-    k = db.firstkey()
-    while k is not None and len(walked) <= len(keys):
-        walked.append(k)
-        k = db.nextkey(k)
+    walked = walk_keys(db, len(keys))
     if sorted(walked) != sorted(keys):
         problems.append(f"firstkey/nextkey walked {len(walked)} of {len(keys)} keys")
     for key in keys:

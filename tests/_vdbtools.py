@@ -59,6 +59,16 @@ def digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
+def walk_keys(db: Any, most: int) -> list[bytes]:
+    """The keys met by firstkey()/nextkey(), stopping after ``most`` + 1 (a cycle)."""
+    walked: list[bytes] = []
+    k = db.firstkey()
+    while k is not None and len(walked) <= most:
+        walked.append(k)
+        k = db.nextkey(k)
+    return walked
+
+
 def describe(found: str | None) -> str:
     return "absent" if found is None else found[:12]
 

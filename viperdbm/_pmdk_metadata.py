@@ -174,12 +174,16 @@ def survey(parts: list[tuple[str, int]]) -> Survey:
             or heap_offset + HEAP_HEADER_SIZE + ZONE_MIN_SIZE > image.size
         ):
             return out  # the descriptor's checksum fails: libpmemobj reports it
-        out.damage = _lane_damage(image, lanes_offset, nlanes)
-        if out.damage:
-            return out
-        if _redo_pending(image, lanes_offset, nlanes):
-            out.large_objects = None
-            return out
+        with image.words(lanes_offset, nlanes * LANE_SIZE // 8) as lanes:
+            if lanes is None:
+                out.damage = "the lanes lie past the end of the part files"
+                return out
+            out.damage = _lane_damage(lanes, lanes_offset, nlanes)
+            if out.damage:
+                return out
+            if _redo_pending(lanes, nlanes):
+                out.large_objects = None
+                return out
         (heap_size,) = struct.unpack("<Q", heap_size_raw)
         room = image.size - heap_offset
         if heap_size == 0:
@@ -196,40 +200,32 @@ def survey(parts: list[tuple[str, int]]) -> Survey:
         return out
 
 
-def _lane_damage(image: _Image, lanes_offset: int, nlanes: int) -> str | None:
+def _lane_damage(words: memoryview, lanes_offset: int, nlanes: int) -> str | None:
+    """Damage in the lanes' log headers or entries; ``words``: the lanes as u64 words."""
     stride = LANE_SIZE // 8
     zeros = bytes(8 * nlanes)
-    problem: tuple[str, int, int, list[int]] | None = None
-    with image.words(lanes_offset, nlanes * stride) as words:
-        if words is None:
-            return "the lanes lie past the end of the part files"
-        for log_offset, capacity in LANE_LOGS:
-            at = log_offset // 8
-            # (name, word of the header, largest value allowed)
-            for name, word, most in (
-                ("next", at + 1, 0),
-                ("capacity", at + 2, capacity),
-                ("unused", at + 5, 0),
-                ("unused", at + 6, 0),
-                ("unused", at + 7, 0),
-            ):
-                column = words[word::stride]
-                fine = column.tobytes() == zeros if most == 0 else max(column) <= most
-                values = None if fine else column.tolist()
-                column.release()  # (no view may outlive the mapping)
-                if values is not None:
-                    problem = (name, word, most, values)
-                    break
-            if problem:
-                break
-        if problem is None:
-            return _log_entries_damage(words, lanes_offset, nlanes)
-    name, word, most, values = problem
-    lane = next(i for i, v in enumerate(values) if v > most)
-    return (
-        f"libpmemobj's log header of lane {lane} is damaged ({name} is {values[lane]:#x}, "
-        f"at pool offset {lanes_offset + lane * LANE_SIZE + word * 8})"
-    )
+    for log_offset, capacity in LANE_LOGS:
+        at = log_offset // 8
+        # (name, word of the header, largest value allowed)
+        for name, word, most in (
+            ("next", at + 1, 0),
+            ("capacity", at + 2, capacity),
+            ("unused", at + 5, 0),
+            ("unused", at + 6, 0),
+            ("unused", at + 7, 0),
+        ):
+            column = words[word::stride]
+            fine = column.tobytes() == zeros if most == 0 else max(column) <= most
+            values = None if fine else column.tolist()
+            column.release()  # (no view may outlive the mapping)
+            if values is not None:
+                lane = next(i for i, v in enumerate(values) if v > most)
+                return (
+                    f"libpmemobj's log header of lane {lane} is damaged ({name} is "
+                    f"{values[lane]:#x}, at pool offset "
+                    f"{lanes_offset + lane * LANE_SIZE + word * 8})"
+                )
+    return _log_entries_damage(words, lanes_offset, nlanes)
 
 
 ULOG_VAL_TYPES = (0b000, 0b001, 0b010)  # ULOG_OPERATION_SET, _AND, _OR
@@ -276,22 +272,19 @@ def _log_entries_damage(words: memoryview, lanes_offset: int, nlanes: int) -> st
     return None
 
 
-def _redo_pending(image: _Image, lanes_offset: int, nlanes: int) -> bool:
+def _redo_pending(words: memoryview, nlanes: int) -> bool:
     """Whether a lane's redo log may hold entries to replay (its checksum is set).
 
     libpmemobj clears a redo log's header (checksum included) once it has applied it, and
-    a log never used has a zero checksum."""
+    a log never used has a zero checksum. ``words``: the lanes as u64 words."""
     stride = LANE_SIZE // 8
     zeros = bytes(8 * nlanes)
-    with image.words(lanes_offset, nlanes * stride) as words:
-        if words is None:
+    for log_offset, _ in LANE_LOGS[:2]:  # the internal and the external redo log
+        column = words[log_offset // 8 :: stride]
+        pending = column.tobytes() != zeros
+        column.release()
+        if pending:
             return True
-        for log_offset, _ in LANE_LOGS[:2]:  # the internal and the external redo log
-            column = words[log_offset // 8 :: stride]
-            pending = column.tobytes() != zeros
-            column.release()
-            if pending:
-                return True
     return False
 
 
