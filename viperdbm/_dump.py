@@ -28,11 +28,11 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
 import uuid
 from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
+from . import _storedir as storedir
 from ._dbm import _Database
 from ._dbm import open as _open_db
 from ._errors import LockError, NotAStoreError, error
@@ -141,9 +141,13 @@ def dump(
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, target)
-        except BaseException:
+            storedir.fsync_dir(os.path.dirname(os.path.abspath(target)))
+        except BaseException as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+            if isinstance(exc, OSError) and not isinstance(exc, error):
+                # name the dump the user asked for, not the temporary file beside it
+                raise storedir.os_error("cannot write the dump", exc, target) from exc
             raise
         return count
     if isinstance(source, Mapping):
@@ -257,13 +261,18 @@ def read_dump(
 # ---------------------------------------------------------------------- new stores
 def _hold_store_lock(path: str, what: str = "the destination store") -> int:
     """Lock an existing store at ``path`` exclusively; return the descriptor."""
-    if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "pool.set")):
+    try:
+        storedir.check_is_store(path)
+    except NotAStoreError:
         raise NotAStoreError(
             "will not replace it: it is not a viperdbm store",
             filename=path,
             hint="remove it yourself or choose another destination",
-        )
-    fd = os.open(os.path.join(path, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        ) from None
+    try:
+        fd = os.open(os.path.join(path, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        raise storedir.os_error("cannot lock the destination store", exc, path) from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -277,7 +286,8 @@ def new_store(path: PathArg, *, replace: bool = False, mode: int = 0o666) -> Ite
     """A new, empty store that appears at ``path`` only if the ``with`` block succeeds.
 
     Without ``replace`` the destination must not exist. With it, an existing store there
-    is swapped out (under its lock) and removed.
+    is exchanged for the new one in one step (under its lock) and then removed: at every
+    instant the path holds the old store or the new one.
     """
     target = os.path.abspath(os.fspath(path))
     if os.path.lexists(target) and not replace:
@@ -287,29 +297,28 @@ def new_store(path: PathArg, *, replace: bool = False, mode: int = 0o666) -> Ite
             errno=_errno.EEXIST,
             hint="choose a new path, or pass --replace to overwrite a store",
         )
-    parent = os.path.dirname(target)
-    token = uuid.uuid4().hex
-    tmp = os.path.join(parent, f".{os.path.basename(target)}.viperdbm-build-{token}")
+    tmp = storedir.temp_path(target, "build")
     try:
         db = _open_db(tmp, "n", mode)
         try:
             yield db
         finally:
             db.close()
+        storedir.make_durable(tmp)
         lock_fd = _hold_store_lock(target) if os.path.lexists(target) else None
         try:
-            if lock_fd is not None:
-                trash = os.path.join(parent, f".{os.path.basename(target)}.viperdbm-old-{token}")
-                os.rename(target, trash)
-                os.rename(tmp, target)
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                os.rename(tmp, target)
+            old = storedir.publish(tmp, target, replace=lock_fd is not None)
+        except OSError as exc:
+            if isinstance(exc, error):
+                raise
+            raise storedir.os_error("cannot put the new store in place", exc, target) from exc
         finally:
             if lock_fd is not None:
                 os.close(lock_fd)
+        storedir.remove_old(old)
+        storedir.write_informational_poolset(target, mode)  # name the final path
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        storedir.discard(tmp)
         raise
 
 

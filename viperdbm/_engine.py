@@ -20,15 +20,15 @@ import contextlib
 import fcntl
 import logging
 import os
-import shutil
+import stat
 import threading
 import time
-import uuid
 import weakref
 from dataclasses import dataclass
 
 from . import _layout as layout
 from . import _native
+from . import _storedir as storedir
 from ._errors import (
     ClosedError,
     CorruptedError,
@@ -39,7 +39,7 @@ from ._errors import (
     VersionMismatchError,
     error,
 )
-from ._pmemobj import Pool, write_poolset
+from ._pmemobj import Pool
 
 log = logging.getLogger("viperdbm")
 
@@ -71,12 +71,6 @@ class OpenOptions:
     lock: bool  # not 'u'
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 class Engine:
     """An open store. Not part of the public API: :mod:`viperdbm._dbm` wraps it."""
 
@@ -104,20 +98,30 @@ class Engine:
     # ------------------------------------------------------------------ opening
     def _open(self, mode: int) -> None:
         opts = self.options
-        exists = os.path.lexists(self.path)
-        if not exists and not opts.create:
+        try:
+            st: os.stat_result | None = os.lstat(self.path)
+        except FileNotFoundError:
+            st = None
+        except PermissionError:
+            raise storedir.permission_denied("cannot look at the store", self.path) from None
+        except OSError as exc:
+            raise storedir.os_error("cannot look at the store", exc, self.path) from exc
+        if st is None and not opts.create:
             raise error(
                 "no viperdbm store at this path; use flag 'c' or 'n' to create one",
                 filename=self.path,
                 errno=2,
             )
-        if exists:
+        # flag 'n' replaces a plain file, as dbm.gnu and dbm.sqlite3 do; never a directory
+        # that is not a store (it may hold anything)
+        replace_file = st is not None and opts.truncate and stat.S_ISREG(st.st_mode)
+        if st is not None and not replace_file:
             self._check_is_store()
         try:
-            if not exists:
+            if st is None:
                 self._create(mode)
             elif opts.truncate:
-                self._replace_with_new(mode)
+                self._replace_with_new(mode, replace_file)
             else:
                 self._take_lock()
             if opts.writable or not opts.lock:
@@ -129,36 +133,27 @@ class Engine:
             raise
 
     def _check_is_store(self) -> None:
-        if not os.path.isdir(self.path):
-            raise NotAStoreError(
-                "not a viperdbm store (a viperdbm store is a directory)", filename=self.path
-            )
-        for name in (layout.SET_FILE, layout.PARTS_DIR):
-            if not os.path.lexists(os.path.join(self.path, name)):
-                raise NotAStoreError(
-                    f"not a viperdbm store (the directory has no {name!r})", filename=self.path
-                )
-        if not os.path.isdir(os.path.join(self.path, layout.PARTS_DIR)):
-            raise NotAStoreError(
-                f"not a viperdbm store ({layout.PARTS_DIR!r} is not a directory)",
-                filename=self.path,
-            )
+        storedir.check_is_store(self.path)
 
-    def _take_lock(self, directory: str | None = None) -> None:
-        lock_path = os.path.join(directory or self.path, layout.LOCK_FILE)
+    def _take_lock(self) -> None:
+        self._lock_fd = self._lock_dir(self.path)
+
+    def _lock_dir(self, directory: str) -> int | None:
+        """Lock the store in ``directory`` as the options say; the descriptor, if one."""
+        lock_path = os.path.join(directory, layout.LOCK_FILE)
         if not self.options.lock:
             # 'u': hold no lock. A writer still refuses to start under readers that share
             # the store: they read its pages directly, and a writer reusing freed space
             # under them could hand them torn records.
             if self.options.writable:
                 self._probe_lock(lock_path)
-            return
+            return None
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         except OSError as exc:
             if not self.options.writable:
-                return  # a read-only store on a read-only medium: libpmemobj still locks it
-            raise error(f"cannot open the lock file: {exc.strerror}", filename=lock_path) from exc
+                return None  # a read-only store or medium: libpmemobj still locks it
+            raise storedir.os_error("cannot open the store's lock file", exc, self.path) from exc
         how = fcntl.LOCK_EX if self.options.writable else fcntl.LOCK_SH
         try:
             fcntl.flock(fd, how | fcntl.LOCK_NB)
@@ -167,7 +162,7 @@ class Engine:
             raise LockError(
                 "the store is in use by another process or handle", filename=self.path
             ) from None
-        self._lock_fd = fd
+        return fd
 
     def _probe_lock(self, lock_path: str) -> None:
         try:
@@ -189,15 +184,19 @@ class Engine:
             self._lock_fd = None
 
     def _build_new_store(self, directory: str, mode: int) -> None:
-        """Create a complete, empty store in ``directory`` (which must not exist)."""
+        """Create a complete, empty, durable store in ``directory`` (which must not exist)."""
         os.mkdir(directory, layout.dir_mode(mode))
-        os.mkdir(os.path.join(directory, layout.PARTS_DIR), layout.dir_mode(mode))
+        parts = os.path.join(directory, layout.PARTS_DIR)
+        os.mkdir(parts, layout.dir_mode(mode))
         fd = os.open(os.path.join(directory, layout.LOCK_FILE), os.O_RDWR | os.O_CREAT, mode)
         os.close(fd)
-        _write_informational_poolset(directory, mode)
-        parts = os.path.join(directory, layout.PARTS_DIR)
+        storedir.write_informational_poolset(directory, mode)
         pool = Pool.create_in(
-            parts, layout.POOL_LAYOUT, mode & ~_umask(), layout.MIN_RESERVATION, label=self.path
+            parts,
+            layout.POOL_LAYOUT,
+            mode & ~storedir.umask(),
+            layout.MIN_RESERVATION,
+            label=self.path,
         )
         try:
             root_off = pool.root(layout.ROOT_SIZE)
@@ -211,62 +210,71 @@ class Engine:
             )
         finally:
             pool.close()
-        _fsync_dir(directory)
+        # the names inside the new store are durable before its own name is published
+        storedir.make_durable(directory)
 
     def _create(self, mode: int) -> None:
         # Build the store beside its final path and rename it into place: a crash during
-        # creation leaves no half-made store at the path, only a temporary directory.
-        parent = os.path.dirname(self.path)
-        tmp = os.path.join(
-            parent, f".{os.path.basename(self.path)}.viperdbm-new-{uuid.uuid4().hex}"
-        )
+        # creation leaves no half-made store at the path, only a temporary directory. Its
+        # lock is taken before the rename (it moves with the directory), so no other
+        # process can open the new store before this one does.
+        tmp = storedir.temp_path(self.path, "new")
         try:
             self._build_new_store(tmp, mode)
+            self._lock_fd = self._lock_dir(tmp)
             try:
-                os.rename(tmp, self.path)
-                _write_informational_poolset(self.path, mode)  # name the final path
+                storedir.publish(tmp, self.path, replace=False)
             except OSError:
-                if os.path.isdir(self.path):  # another process created it first: use theirs
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    self._check_is_store()
-                else:
+                if not os.path.isdir(self.path):
                     raise
-            _fsync_dir(parent)
+                # another process created it first: use theirs
+                self._release_lock()
+                storedir.discard(tmp)
+                self._check_is_store()
+                self._take_lock()
+                return
+            storedir.write_informational_poolset(self.path, mode)  # name the final path
         except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
+            self._release_lock()
+            storedir.discard(tmp)
             if isinstance(exc, error):
                 raise
-            raise _os_error("cannot create the store", exc, self.path) from exc
-        self._take_lock()
+            raise storedir.os_error("cannot create the store", exc, self.path) from exc
 
-    def _replace_with_new(self, mode: int) -> None:
-        """Flag 'n' on an existing store: swap in a new empty store, under the old one's lock."""
-        self._take_lock()
-        parent = os.path.dirname(self.path)
-        token = uuid.uuid4().hex
-        base = os.path.basename(self.path)
-        tmp = os.path.join(parent, f".{base}.viperdbm-new-{token}")
-        trash = os.path.join(parent, f".{base}.viperdbm-old-{token}")
+    def _replace_with_new(self, mode: int, replace_file: bool) -> None:
+        """Flag 'n' on an existing store (or plain file): swap a new empty store in, in one
+        step, while holding the old store's lock and then the new one's."""
+        if not replace_file:
+            self._take_lock()  # nobody may use the old store while it is replaced
+        tmp = storedir.temp_path(self.path, "new")
+        new_lock: int | None = None
         try:
             self._build_new_store(tmp, mode)
-            os.rename(self.path, trash)
-            os.rename(tmp, self.path)
-            _fsync_dir(parent)
-            _write_informational_poolset(self.path, mode)
+            new_lock = self._lock_dir(tmp)
+            old = storedir.publish(tmp, self.path, replace=True)
         except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if new_lock is not None:
+                os.close(new_lock)
+            storedir.discard(tmp)
             if isinstance(exc, error):
                 raise
-            raise _os_error("cannot replace the store", exc, self.path) from exc
-        shutil.rmtree(trash, ignore_errors=True)
-        # hold the lock of the new store, not of the one just removed
+            raise storedir.os_error("cannot replace the store", exc, self.path) from exc
         self._release_lock()
-        self._take_lock()
+        self._lock_fd = new_lock
+        storedir.remove_old(old)
+        try:
+            storedir.write_informational_poolset(self.path, mode)  # name the final path
+        except OSError as exc:
+            raise storedir.os_error("cannot write the store's pool.set", exc, self.path) from exc
 
     def _open_pool(self) -> None:
         parts = os.path.join(self.path, layout.PARTS_DIR)
-        _drop_interrupted_part(parts)
-        pool = Pool.open_in(parts, layout.POOL_LAYOUT, _reservation_for(parts), label=self.path)
+        try:
+            storedir.drop_interrupted_part(parts, self.path)
+            reservation = storedir.reservation_for(parts)
+        except OSError as exc:
+            raise storedir.os_error("cannot read the store's parts", exc, self.path) from exc
+        pool = Pool.open_in(parts, layout.POOL_LAYOUT, reservation, label=self.path)
         self._pool = pool
         try:
             self._read_root()
@@ -311,10 +319,16 @@ class Engine:
         except (OSError, ValueError) as exc:
             log.debug("%s: blocks file not usable (%s); opening exclusively", self.path, exc)
             return False
-        parts = _part_files(os.path.join(self.path, layout.PARTS_DIR))
-        if sum(size for _, size in parts) != directory.mapped_size:
+        try:
+            parts = storedir.part_files(os.path.join(self.path, layout.PARTS_DIR))
+            if sum(size for _, size in parts) != directory.mapped_size:
+                return False
+            base, total = _native.core.map_parts(parts)
+        except ValueError as exc:  # a damaged part: the exclusive open says what is wrong
+            log.debug("%s: cannot map the parts (%s); opening exclusively", self.path, exc)
             return False
-        base, total = _native.core.map_parts(parts)
+        except OSError as exc:
+            raise storedir.os_error("cannot read the store's parts", exc, self.path) from exc
         started = time.perf_counter()
         try:
             try:
@@ -409,7 +423,7 @@ class Engine:
             finally:
                 os.close(fd)
             os.replace(tmp, path)
-            _fsync_dir(self.path)
+            storedir.fsync_dir(self.path)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -758,7 +772,7 @@ class Engine:
         pool = self._require_pool()
         core = self._require_core()
         pool.msync(0, pool.mapped_size())
-        _fsync_dir(os.path.join(self.path, layout.PARTS_DIR))
+        storedir.fsync_dir(os.path.join(self.path, layout.PARTS_DIR))
         durable = core.next_seq - 1
         if durable != self._root.durable_seq:
             self._store_root_u64(layout.Root.DURABLE_SEQ_OFFSET, durable)
@@ -847,87 +861,3 @@ class Engine:
 # ---------------------------------------------------------------------- module helpers
 def _as_bytes(data: bytes | str) -> bytes:
     return data.encode("utf-8") if isinstance(data, str) else bytes(data)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems cannot fsync a directory; nothing more can be done there
-    finally:
-        os.close(fd)
-
-
-def _drop_interrupted_part(parts_dir: str) -> None:
-    """Remove the empty last part file that a crash during pool growth leaves behind.
-
-    libpmemobj grows a pool by creating the next part file and then allocating its space;
-    a process killed in between leaves an empty file that the heap never used, on which
-    pmemobj_open() would fail. Only an empty file with the highest number is removed.
-    """
-    numbered = []
-    for entry in os.scandir(parts_dir):
-        stem, dot, ext = entry.name.partition(".")
-        if dot and ext == "pmem" and stem.isdigit():
-            numbered.append((int(stem), entry))
-    if len(numbered) < 2:
-        return
-    _, last = max(numbered, key=lambda item: item[0])
-    if last.is_file(follow_symlinks=False) and last.stat().st_size == 0:
-        log.warning("%s: removing the empty part file left by an interrupted growth", last.path)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(last.path)
-
-
-def _part_files(parts_dir: str) -> list[tuple[str, int]]:
-    """The pool's part files in order with their mapped sizes, as libpmemobj maps them."""
-    numbered = []
-    for entry in os.scandir(parts_dir):
-        stem, dot, ext = entry.name.partition(".")
-        if dot and ext == "pmem" and stem.isdigit() and entry.is_file(follow_symlinks=False):
-            numbered.append((int(stem), entry.path, entry.stat().st_size))
-    numbered.sort()
-    parts = []
-    for expected, (index, path, size) in enumerate(numbered):
-        if index != expected:
-            break  # libpmemobj stops at the first missing number too
-        parts.append((path, size - size % layout.OS_PAGE_SIZE))
-    return parts
-
-
-def _reservation_for(parts_dir: str) -> int:
-    """Address space to reserve for a pool: 64 GiB, or four times its parts if more.
-
-    The pool grows inside this reservation while it is open (it is address space, not
-    disk); it is computed anew at every open, so a store can always grow past it later."""
-    used = sum(size for _, size in _part_files(parts_dir))
-    reservation = layout.MIN_RESERVATION
-    while reservation < 4 * used:
-        reservation *= 2
-    return reservation
-
-
-def _write_informational_poolset(directory: str, mode: int) -> None:
-    """``pool.set``: marks the directory as a store and lets PMDK's tools (pmempool) open it.
-
-    viperdbm itself opens the pool through an in-memory poolset (Pool.open_in), so a store
-    can live under any path and be moved; a path the poolset syntax cannot express gets a
-    file that says so."""
-    set_path = os.path.join(directory, layout.SET_FILE)
-    parts = os.path.join(os.path.abspath(directory), layout.PARTS_DIR)
-    try:
-        write_poolset(set_path, parts, layout.MIN_RESERVATION, mode)
-    except error:
-        with open(set_path, "w", encoding="utf-8") as f:
-            f.write(
-                "PMEMPOOLSET\n# viperdbm store: its path cannot be written in poolset syntax;\n"
-                "# viperdbm opens it through an in-memory poolset\n"
-            )
-        os.chmod(set_path, mode & ~_umask())
-
-
-def _os_error(what: str, exc: OSError, path: str) -> error:
-    if exc.errno in (28, 122):  # ENOSPC, EDQUOT
-        return StoreFullError(f"{what}: {exc.strerror}", filename=path)
-    return error(f"{what}: {exc.strerror or exc}", filename=path, errno=exc.errno)

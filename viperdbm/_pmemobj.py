@@ -230,6 +230,13 @@ _NOT_A_STORE_MSGS: Final = (
     "incorrect format of size",
     "is not a poolset file",
 )
+# Messages of a failed growth inside an allocation (PMDK 1.12.1 set.c util_pool_extend).
+_GROWTH_FAILED_MSGS: Final = (
+    "new part",
+    "unable to append a new part",
+    "posix_fallocate",
+    "chmod",
+)
 _VERSION_MSGS: Final = ("pool version", "incompatible pool format", "pmdk-convert", "feature")
 
 
@@ -325,7 +332,19 @@ def _invoke(
             raise pool._closed_error()
         result = fn(*args)
         if failed is not None and failed(result):
-            raise _failure(context, what, pool.set_path, ctypes.get_errno(), errmsg())
+            code, libmsg = ctypes.get_errno(), errmsg()
+            if context == "alloc" and any(m in libmsg for m in _GROWTH_FAILED_MSGS):
+                pool._stop_growth()
+                pool._growth_error = libmsg
+            if context == "alloc" and pool._growth_stopped:
+                raise StoreFullError(
+                    f"{what}: the store could not grow ({pool._growth_error})",
+                    filename=pool.set_path,
+                    errno=code if code in _FULL_ERRNOS else _errno.ENOSPC,
+                    hint="free disk space, then close and reopen the store to let it grow "
+                    "again; everything written so far is intact",
+                )
+            raise _failure(context, what, pool.set_path, code, libmsg)
         return result
     finally:
         calls.pop()
@@ -591,18 +610,18 @@ def _validate_parts(parts_dir: str, set_path: str) -> set[int] | None:
         parts, problems = _list_parts(parts_dir)
     except OSError as exc:
         raise error(
-            f"cannot open store: cannot read the parts directory {parts_dir!r}: {exc.strerror}",
+            f"cannot open store: cannot read the parts directory: {exc.strerror}",
             filename=set_path,
             errno=exc.errno,
         ) from exc
     if problems:
         raise CorruptedError(
-            f"unexpected files in the parts directory {parts_dir!r}: {sorted(problems)}",
+            f"unexpected files in the parts directory: {sorted(problems)}",
             filename=set_path,
         )
     if not parts:
         raise NotAStoreError(
-            f"not a viperdbm store (no part files in {parts_dir!r})", filename=set_path
+            "not a viperdbm store (no part files in its parts directory)", filename=set_path
         )
     bad = [
         name
@@ -611,7 +630,7 @@ def _validate_parts(parts_dir: str, set_path: str) -> set[int] | None:
     ]
     if bad:
         raise CorruptedError(
-            f"damaged part files in {parts_dir!r} (missing, duplicated, empty or not "
+            "damaged part files in the parts directory (missing, duplicated, empty or not "
             f"regular files): {bad}",
             filename=set_path,
         )
@@ -684,6 +703,8 @@ class Pool:
         self._mapped = 0
         self._uuid_lo = 0
         self._keep_fds: list[int] = []  # descriptors the poolset names (see open_in)
+        self._growth_stopped = False  # a growth failed: never grow again (see _stop_growth)
+        self._growth_error = "a part after a missing number"
         _POOLS.add(self)
 
     # ---- construction ------------------------------------------------------------
@@ -899,29 +920,88 @@ class Pool:
     # ---- bounds ------------------------------------------------------------------
 
     def _refresh_mapped(self) -> int:
-        """Recompute the mapped size from the part files (see the class docstring)."""
+        """Recompute the mapped size from the part files (see the class docstring).
+
+        This is where the pool learns that libpmemobj grew it (inside an allocation): the
+        new part file is then made durable, data and name, before the caller can put a
+        record in it (a name is durable only once its directory is fsynced), and given
+        the first part's mode (libpmemobj creates grown parts 0600)."""
         try:
             parts, _ = _list_parts(self._parts_dir)
         except OSError as exc:
             raise error(
                 f"cannot read the parts directory: {exc.strerror}",
-                filename=self._parts_dir,
+                filename=self.set_path,
                 errno=exc.errno,
             ) from exc
         total = 0
         mode0 = 0
+        grown: list[str] = []
         for i, (name, index, size, st_mode) in enumerate(parts):
             if index != i or not stat.S_ISREG(st_mode):
+                if self._pop is not None and index > i:
+                    # a part after a missing number: libpmemobj numbers the next part past
+                    # the one a failed growth did not create (PMDK 1.12.1 set.c
+                    # util_poolset_append_new_part); a pool so grown would not open again
+                    self._stop_growth()
                 break  # libpmemobj maps only the regular files of parts 0..n-1
+            start = total
             total += size & ~(_PAGE - 1)
             if i == 0:
                 mode0 = st_mode & 0o7777
-            elif total > self._mapped and st_mode & 0o7777 != mode0:
-                # libpmemobj creates grown parts 0600: give them the first part's mode.
-                with contextlib.suppress(OSError):
-                    os.chmod(os.path.join(self._parts_dir, name), mode0)
+            elif self._mapped and total > self._mapped and start >= self._mapped:
+                grown.append(os.path.join(self._parts_dir, name))
+                if st_mode & 0o7777 != mode0:
+                    with contextlib.suppress(OSError):
+                        os.chmod(grown[-1], mode0)
+        if grown:
+            self._make_parts_durable(grown)
         self._mapped = total
         return total
+
+    def _make_parts_durable(self, paths: list[str]) -> None:
+        try:
+            for path in paths:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            fd = os.open(self._parts_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise error(
+                f"cannot make the pool's new part durable: {exc.strerror}",
+                filename=self.set_path,
+                errno=exc.errno,
+            ) from exc
+
+    def _stop_growth(self) -> None:
+        """After a failed growth this handle must never grow the pool again.
+
+        libpmemobj 1.12.1 has already counted the part it failed to create (it unlinks the
+        file, but not the number): its next growth would create a part after a gap, which
+        neither it nor viperdbm maps at the next open, so every record placed there would be
+        lost, and the pool would grow without bound. With growth off, the allocation fails
+        cleanly (StoreFullError); a new open counts the parts afresh and can grow again.
+        """
+        if self._growth_stopped:
+            return
+        self._growth_stopped = True
+        pop = self._pop
+        if pop is None or self._forked:
+            return
+        value = ctypes.c_uint64(0)
+        _invoke(
+            self,
+            "cannot set heap.size.granularity",
+            _pmemobj_ctl_set,
+            (pop, b"heap.size.granularity", ctypes.byref(value)),
+            failed=_is_nonzero,
+        )
 
     def mapped_size(self) -> int:
         """Bytes of the pool mapped at :attr:`base` now (sum of the part file sizes)."""
@@ -1168,6 +1248,8 @@ class Pool:
                 errno=_errno.EINVAL,
             )
         pop = self._handle()
+        if self._growth_stopped:
+            nbytes = 0
         value = ctypes.c_uint64(nbytes)
         _invoke(
             self,
