@@ -16,9 +16,11 @@ nothing. Boundary sizes (page, 1 MiB inline limit, the 4095 key-length escape, a
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -26,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _strace import inject
 from _vdbtools import child_env, digest, value_for
 
 import viperdbm
@@ -253,3 +256,78 @@ def test_boundary_sizes_round_trip(db_path: Path) -> None:
         db.reorganize()
     with viperdbm.open(db_path, "r") as db:
         assert {k: db[k] for k in db} == written
+
+
+# --------------------------------------------------------------------------- failed growth
+GROWER = r"""
+import json, os, sys, time
+import viperdbm
+
+path, flag = sys.argv[1], sys.argv[2]
+os.umask(0)
+out = {"acked": [], "errors": [], "deleted": False}
+db = viperdbm.open(path, "c", 0o640)
+if flag == "c":  # a first process makes the store, with one key
+    db[b"first"] = b"1"
+    db.close()
+    sys.exit(0)
+started = time.monotonic()
+for i in range(24):  # ~22 MB: the pool grows several times
+    key = b"g%02d" % i
+    try:
+        db[key] = bytes([i]) * 900_000
+    except viperdbm.error as exc:
+        out["errors"].append([type(exc).__name__, exc.errno, str(exc), db.get(key) is None])
+        continue
+    out["acked"].append(key.decode())
+out["seconds"] = time.monotonic() - started
+del db[b"first"]  # a delete still works after a failed growth
+out["deleted"] = True
+db.close()
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("when", ["1", "2", "1+"])
+def test_a_failed_growth_is_store_full_and_leaves_the_store_whole(
+    db_path: Path, when: str
+) -> None:
+    """libpmemobj 1.12.1 counts a part it failed to create: without care, the next growth
+    made a part after a gap (lost at the next open) and the pool grew without bound.
+
+    The ENOSPC is real, injected by strace into the n-th fallocate of a writer that opened
+    an existing store."""
+    inject_rule = f"fallocate:error=ENOSPC:when={when}"
+    subprocess.run([sys.executable, "-c", GROWER, str(db_path), "c"], env=child_env(), check=True)
+    proc = subprocess.run(
+        [*inject(inject_rule), sys.executable, "-c", GROWER, str(db_path), "w"],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=300,
+    )
+    assert proc.returncode == 0, f"{inject_rule}: the writer failed: {proc.stderr[-3000:]}"
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert out["errors"], f"{inject_rule}: the failed fallocate went unnoticed"
+    for name, code, message, absent in out["errors"]:
+        assert name == "StoreFullError" and code == errno.ENOSPC, (name, code, message)
+        assert "/proc/self/fd" not in message, message
+        assert absent, f"the put that failed left its key behind: {message}"
+    assert out["deleted"], out
+    assert out["seconds"] < 60, f"{inject_rule}: the writer took {out['seconds']:.0f} s"
+    parts = sorted(os.listdir(db_path / "parts"))
+    assert parts == [f"{i:06d}.pmem" for i in range(len(parts))], f"a gap: {parts}"
+    assert len(parts) <= 4, f"{inject_rule}: the pool ran away: {len(parts)} parts"
+    for name in parts:
+        part = db_path / "parts" / name
+        assert part.stat().st_size > 0, f"an empty part {name}"
+        assert stat.S_IMODE(part.stat().st_mode) == 0o640, (name, oct(part.stat().st_mode))
+    want = {k.encode(): bytes([int(k[1:])]) * 900_000 for k in out["acked"]}
+    for flag in ("r", "w"):  # reopens, grows again, keeps everything
+        with viperdbm.open(db_path, flag) as db:
+            assert {k: db[k] for k in db} == want, f"{inject_rule}: after reopen with {flag!r}"
+            if flag == "w":
+                db[b"after"] = b"x" * 3_000_000
+                want[b"after"] = b"x" * 3_000_000
+    with viperdbm.open(db_path, "r") as db:
+        assert {k: db[k] for k in db} == want

@@ -1,0 +1,54 @@
+"""strace for the tests: real system-call fault injection (``-e inject=``) and traces.
+
+strace is a Debian package that scripts/setup.sh installs; where it cannot trace (no
+ptrace permission), the tests that need it are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+
+import pytest
+
+
+@functools.cache
+def strace_problem() -> str | None:
+    """None if ``strace -f`` works here, else why not."""
+    strace = shutil.which("strace")
+    if strace is None:
+        return "strace is not installed (apt-get install strace; scripts/setup.sh does)"
+    try:
+        proc = subprocess.run(
+            [strace, "-f", "-qq", "-e", "trace=msync,getppid", "-o", os.devnull, "true"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"strace does not run: {exc}"
+    if proc.returncode != 0:
+        return f"strace cannot trace here (ptrace not permitted?): {proc.stderr.strip()[:200]}"
+    return None
+
+
+def strace_or_skip() -> str:
+    """The strace executable; skip the test where strace does not work."""
+    problem = strace_problem()
+    if problem is not None:
+        pytest.skip(problem)
+    strace = shutil.which("strace")
+    assert strace is not None
+    return strace
+
+
+def inject(*rules: str) -> list[str]:
+    """The strace command line that runs a program with the given ``-e inject=`` rules
+    (for example ``"fallocate:error=ENOSPC:when=2"``), tracing nothing else."""
+    # the injected calls are traced (strace injects only into traced calls); -o discards
+    args = [strace_or_skip(), "-f", "-qq", "-o", os.devnull]
+    for rule in rules:
+        args += ["-e", f"inject={rule}"]
+    return args
