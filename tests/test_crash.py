@@ -11,7 +11,8 @@ reopens the store and checks it against a model replayed from the same seed:
 * len(), keys(), iteration, ``in`` and get() agree with each other.
 
 Values are computed from (seed, operation index), so the parent can check every byte.
-Set VIPERDBM_CRASH_SEED to replay a failing run; the seed is in every failure message.
+CI uses a fixed seed; VIPERDBM_FRESH_SEEDS=1 draws new ones, VIPERDBM_CRASH_SEED=S replays
+one (a failing test prints its seed).
 """
 
 from __future__ import annotations
@@ -199,9 +200,21 @@ def verify(
     return found
 
 
+#: CI replays this seed so that a run is repeatable; VIPERDBM_FRESH_SEEDS=1 draws new ones
+CI_CRASH_SEED = 12
+
+
 def crash_seed() -> int:
     env = os.environ.get("VIPERDBM_CRASH_SEED")
-    return int(env) if env else random.SystemRandom().randrange(2**32)
+    if env:
+        seed = int(env)
+    elif os.environ.get("VIPERDBM_FRESH_SEEDS") == "1":
+        seed = random.SystemRandom().randrange(2**32)
+    else:
+        seed = CI_CRASH_SEED
+    # shown with the output of a failing test, whatever fails (an exception too)
+    print(f"replay with VIPERDBM_CRASH_SEED={seed}")
+    return seed
 
 
 @pytest.mark.beyond_dumb("dbm.dumb is not crash-safe, even synced after each write", strict=False)
@@ -257,3 +270,60 @@ def test_kill_while_creating_a_store(backend: Backend, store_path: Path) -> None
         kill_after(proc, rng.choice([0, 0, 1, rng.randrange(2, 30)]), rng, ctx)
         with backend.open(store_path, "c") as db:
             assert check_agreement(db, ctx) == {}, ctx
+
+
+# -- kills at exact system calls (strace -e inject=SYSCALL:signal=KILL) ---------------------
+
+GROW_WRITER = r"""
+import sys, viperdbm
+db = viperdbm.open(sys.argv[1], "w")
+for i in range(40):
+    db[b"big%02d" % i] = bytes([i]) * 900_000
+    print(i, flush=True)
+"""
+
+
+@pytest.mark.parametrize("when", [1, 2, 3])
+def test_readers_open_after_a_growth_killed_before_its_fallocate(
+    tmp_path: Path, when: int
+) -> None:
+    """A writer killed between creating a new part file and allocating its space leaves an
+    empty last part. A reader ('r', and the CLI) must open the store anyway; it was a bare
+    ValueError from map_parts, and the 1-in-12 failure of the SIGKILL test on tmpfs."""
+    from _strace import inject
+    from _vdbtools import child_env
+
+    import viperdbm
+
+    store = tmp_path / "s.vdb"
+    with viperdbm.open(store, "c") as db:
+        db[b"small"] = b"1"
+    with viperdbm.open(store, "w") as db:  # closed: the blocks file for readers is current
+        db[b"small"] = b"2"
+    proc = subprocess.run(
+        [*inject(f"fallocate:signal=KILL:when={when}"), sys.executable, "-c", GROW_WRITER]
+        + [str(store)],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=120,
+    )
+    acked = [int(line) for line in proc.stdout.split()]
+    parts = sorted((store / "parts").iterdir())
+    assert parts[-1].stat().st_size == 0, "the kill did not leave an empty part"
+    want = {b"small": b"2"} | {b"big%02d" % i: bytes([i]) * 900_000 for i in acked}
+    with viperdbm.open(store, "r") as db:
+        got = {k: db[k] for k in db}
+    assert {k: got.get(k) for k in want} == want
+    assert set(got) <= set(want) | {b"big%02d" % (max(acked, default=-1) + 1)}
+    cli = subprocess.run(
+        [sys.executable, "-m", "viperdbm", "get", str(store), "small"],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=120,
+    )
+    assert cli.returncode == 0 and "Traceback" not in cli.stderr, cli.stderr
+    with viperdbm.open(store, "w") as db:  # a writer removes the empty part
+        assert db[b"small"] == b"2"
+    assert all(p.stat().st_size > 0 for p in (store / "parts").iterdir())
