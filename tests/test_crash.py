@@ -327,3 +327,88 @@ def test_readers_open_after_a_growth_killed_before_its_fallocate(
     with viperdbm.open(store, "w") as db:  # a writer removes the empty part
         assert db[b"small"] == b"2"
     assert all(p.stat().st_size > 0 for p in (store / "parts").iterdir())
+
+
+REPLACER = r"""
+import io, sys, viperdbm
+path, how = sys.argv[1], sys.argv[2]
+if how == "n":
+    with viperdbm.open(path, "n") as db:
+        db[b"new"] = b"1"
+else:
+    dump = io.BytesIO()
+    viperdbm.dump({b"new": b"1"}, dump)
+    dump.seek(0)
+    viperdbm.load(dump, path, replace=True)
+print("done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["n", "load"])
+def test_a_replace_killed_at_any_rename_leaves_a_store_at_the_path(
+    tmp_path: Path, how: str
+) -> None:
+    """Flag 'n' and load --replace swap the new store in: killed at each rename-like call
+    (strace -e inject=SYSCALL:signal=KILL:when=N), the path holds the old store or the new
+    one, never nothing (two renames left a window with the old data hidden)."""
+    from _strace import inject
+    from _vdbtools import child_env
+
+    import viperdbm
+
+    store = tmp_path / "s.vdb"
+    old = {b"old": b"0"}
+    outcomes: set[str] = set()
+    for syscall in ("rename", "renameat2"):
+        for when in range(1, 7):
+            ctx = f"{how}: killed at {syscall} #{when}"
+            with viperdbm.open(store, "n") as db:
+                db.update(old)
+            proc = subprocess.run(
+                [*inject(f"{syscall}:signal=KILL:when={when}"), sys.executable, "-c", REPLACER]
+                + [str(store), how],
+                capture_output=True,
+                text=True,
+                env=child_env(),
+                timeout=120,
+            )
+            finished = proc.stdout.strip() == "done"
+            assert finished or proc.returncode in (-signal.SIGKILL, 137), (ctx, proc.stderr)
+            with viperdbm.open(store, "r") as db:
+                got = {k: db[k] for k in db}
+            # the new store of flag 'n' is empty until the put that follows the open
+            assert got in (old, {b"new": b"1"}) or (how == "n" and got == {}), f"{ctx}: {got}"
+            if finished:
+                assert got == {b"new": b"1"}, ctx
+            outcomes.add("new" if got != old else "old")
+    assert outcomes == {"old", "new"}, "no kill landed inside the swap"
+
+
+def test_flag_n_replaces_a_plain_file(tmp_path: Path) -> None:
+    """As dbm.gnu and dbm.sqlite3 do (CPython's
+    test_anydbm_creation_n_file_exists_with_invalid_contents)."""
+    import viperdbm
+
+    path = tmp_path / "f"
+    path.write_bytes(b"not a store")
+    with viperdbm.open(path, "n") as db:
+        assert len(db) == 0
+        db[b"k"] = b"v"
+    with viperdbm.open(path, "r") as db:
+        assert dict(db.items()) == {b"k": b"v"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"], "leftovers beside the store"
+
+
+def test_flag_n_refuses_a_directory_that_is_not_a_store_without_suggesting_n(
+    tmp_path: Path,
+) -> None:
+    import viperdbm
+
+    path = tmp_path / "d"
+    path.mkdir()
+    (path / "precious").write_text("keep me")
+    for flag in ("n", "c", "w"):
+        with pytest.raises(viperdbm.NotAStoreError) as info:
+            viperdbm.open(path, flag)
+        assert "flag 'n' to replace" not in str(info.value), str(info.value)
+    assert (path / "precious").read_text() == "keep me"
