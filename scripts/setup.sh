@@ -2,11 +2,13 @@
 # Set up everything viperdbm needs on a fresh Debian 12 machine (run as root, or with sudo):
 # the PMDK libraries from Debian, a virtual environment in .venv, and the package built
 # from this checkout (which compiles the native part). Safe to run again.
+# The test suite needs strace too: the power-fail and fault-injection tests run the store
+# under it (they would be skipped without it, and a green run would prove nothing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in libpmemobj1 libpmemobj-dev libpmem1 gcc; do
+for pkg in libpmemobj1 libpmemobj-dev libpmem1 gcc strace; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
