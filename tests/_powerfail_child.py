@@ -1,12 +1,17 @@
-"""The child of tests/test_powerfail.py: writes, sync(), copies the pool (image D), writes
-more, copies the pool again (image F, what the page cache holds), and reports.
+"""The child of tests/test_powerfail.py: writes, sync(), copies the store's directory
+(image D), writes more, copies it again (image F, what the page cache holds), and reports.
 
-Usage: ``_powerfail_child.py STORE SCENARIO SEED OUTDIR``. The parent runs it under
-``strace -e trace=msync,getppid``; ``getppid()`` is the marker: once right after the D copy,
-twice right before the F copy, so the msyncs in between are those made after the durable
-point. Everything else the parent needs is in OUTDIR: ``D/`` and ``F/`` (copies of
-``pool.set`` and ``parts/``), ``maps.txt`` (this process's mappings of the part files, to turn
-msync addresses into file pages) and ``ops.json`` (the operations before and after D).
+Usage: ``_powerfail_child.py HOME SCENARIO SEED OUTDIR``; the store is ``HOME/store``. The
+parent runs it under strace (msync, fsync, fdatasync, getppid and the calls that add, rename
+or remove names); ``getppid()`` is the marker: once right after the D copy, twice right before
+the F copy. Everything else the parent needs is in OUTDIR: ``D/`` and ``F/`` (copies of the
+whole HOME tree, hidden temporary entries included), ``maps.txt`` (this process's mappings of
+the part files, to turn msync addresses into file pages) and ``ops.json`` (the operations
+before and after D, and the flag the store was opened with).
+
+Scenarios ending in ``-s`` open the store with flag ``'s'``: every acknowledged write must
+survive. ``new-store-s`` makes the store after D (D holds no store at all), and
+``replace-s`` replaces a store with flag ``'n'`` after D.
 """
 
 from __future__ import annotations
@@ -33,7 +38,15 @@ SCENARIOS = (
     "mixed",
     "reorganize",
     "growth",
+    "growth-s",
+    "new-store-s",
+    "replace-s",
 )
+
+
+def flag_of(name: str) -> str:
+    """The flags the store is opened with: ``'s'`` (msync per write) for ``*-s`` scenarios."""
+    return "cs" if name.endswith("-s") else "c"
 
 
 def _put(ops: list[Operation], key: bytes, size: int) -> None:
@@ -146,6 +159,24 @@ def scenario(name: str, seed: int) -> tuple[list[Operation], list[Operation]]:
             after.append(("delete", (b"r%03d" % i).hex()))
         for i in range(150, 170):
             after.append(("put", (b"r%03d" % i).hex(), 10_000 + i, rng.randint(0, 20_000)))
+    elif name in ("growth-s", "new-store-s"):
+        # every put and delete acknowledged under flag 's' is durable, in the parts the pool
+        # grew into after D (their names too) and, for a new store, in the store made after D
+        if name == "growth-s":
+            for i in range(20):
+                _put(before, b"g%03d" % i, rng.randint(0, 5000))
+        for i in range(30):
+            after.append(("put", (b"G%03d" % i).hex(), 10_000 + i, rng.randint(700_000, 1_000_000)))
+            if i % 3 == 2:
+                after.append(("put", (b"s%03d" % i).hex(), 20_000 + i, rng.randint(0, 300)))
+        for i in range(0, 20, 2):
+            after.append(("delete", (b"g%03d" % i).hex()))
+    elif name == "replace-s":
+        for i in range(40):
+            _put(before, b"o%03d" % i, rng.randint(0, 20_000))
+        after.append(("new",))  # reopen with flag 'n': a new, empty store replaces the old one
+        for i in range(20):
+            after.append(("put", (b"n%03d" % i).hex(), 10_000 + i, rng.randint(0, 400_000)))
     elif name == "growth":
         for i in range(50):
             _put(before, b"g%03d" % i, rng.randint(0, 5000))
@@ -158,9 +189,14 @@ def scenario(name: str, seed: int) -> tuple[list[Operation], list[Operation]]:
     return before, after
 
 
-def run(db: Any, ops: list[Operation], seed: int) -> None:
+def run(db: Any, ops: list[Operation], seed: int, store: str, flag: str) -> Any:
+    import viperdbm
+
     for op in ops:
-        if op[0] == "put":
+        if op[0] == "new":
+            db.close()
+            db = viperdbm.open(store, "n" + flag[1:])
+        elif op[0] == "put":
             db[bytes.fromhex(op[1])] = value_for(seed, op[2], op[3])
         elif op[0] == "delete":
             key = bytes.fromhex(op[1])
@@ -168,34 +204,45 @@ def run(db: Any, ops: list[Operation], seed: int) -> None:
                 del db[key]
         elif op[0] == "reorganize":
             db.reorganize()
+    return db
 
 
-def snapshot(store: Path, to: Path) -> None:
-    (to / "parts").mkdir(parents=True)
-    shutil.copyfile(store / "pool.set", to / "pool.set")
-    for part in sorted((store / "parts").iterdir()):
-        shutil.copyfile(part, to / "parts" / part.name)
+def snapshot(home: Path, to: Path) -> None:
+    """Copy the whole HOME tree (read through the page cache, coherent with the mappings)."""
+    to.mkdir(parents=True)
+    for directory, dirs, files in os.walk(home):
+        rel = Path(directory).relative_to(home)
+        for d in dirs:
+            (to / rel / d).mkdir()
+        for f in files:
+            shutil.copyfile(Path(directory) / f, to / rel / f)
 
 
-def main(store: str, name: str, seed: int, outdir: str) -> None:
+def main(home: str, name: str, seed: int, outdir: str) -> None:
     import viperdbm
 
     out = Path(outdir)
+    store = os.path.join(home, "store")
+    flag = flag_of(name)
     before, after = scenario(name, seed)
-    db = viperdbm.open(store, "c")
-    run(db, before, seed)
-    db.sync()
-    snapshot(Path(store), out / "D")
+    db = None
+    if name != "new-store-s":
+        db = viperdbm.open(store, flag)
+        db = run(db, before, seed, store, flag)
+        db.sync()
+    snapshot(Path(home), out / "D")
     os.getppid()  # marker: the durable point
-    run(db, after, seed)
+    if db is None:
+        db = viperdbm.open(store, flag)
+    db = run(db, after, seed, store, flag)
     os.getppid()  # marker: the end (twice)
     os.getppid()
-    snapshot(Path(store), out / "F")
+    snapshot(Path(home), out / "F")
     parts = str(Path(store).resolve() / "parts")
     with open("/proc/self/maps", encoding="utf-8") as maps:
         lines = [line for line in maps if parts in line]
     (out / "maps.txt").write_text("".join(lines))
-    (out / "ops.json").write_text(json.dumps({"before": before, "after": after}))
+    (out / "ops.json").write_text(json.dumps({"before": before, "after": after, "flag": flag}))
     sys.stdout.flush()
     os._exit(0)  # no close(): F is what the page cache held at this instant
 

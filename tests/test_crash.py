@@ -284,9 +284,7 @@ for i in range(40):
 
 
 @pytest.mark.parametrize("when", [1, 2, 3])
-def test_readers_open_after_a_growth_killed_before_its_fallocate(
-    tmp_path: Path, when: int
-) -> None:
+def test_readers_open_after_a_growth_killed_before_its_fallocate(tmp_path: Path, when: int) -> None:
     """A writer killed between creating a new part file and allocating its space leaves an
     empty last part. A reader ('r', and the CLI) must open the store anyway; it was a bare
     ValueError from map_parts, and the 1-in-12 failure of the SIGKILL test on tmpfs."""
@@ -301,8 +299,13 @@ def test_readers_open_after_a_growth_killed_before_its_fallocate(
     with viperdbm.open(store, "w") as db:  # closed: the blocks file for readers is current
         db[b"small"] = b"2"
     proc = subprocess.run(
-        [*inject(f"fallocate:signal=KILL:when={when}"), sys.executable, "-c", GROW_WRITER]
-        + [str(store)],
+        [
+            *inject(f"fallocate:signal=KILL:when={when}"),
+            sys.executable,
+            "-c",
+            GROW_WRITER,
+            str(store),
+        ],
         capture_output=True,
         text=True,
         env=child_env(),
@@ -365,8 +368,14 @@ def test_a_replace_killed_at_any_rename_leaves_a_store_at_the_path(
             with viperdbm.open(store, "n") as db:
                 db.update(old)
             proc = subprocess.run(
-                [*inject(f"{syscall}:signal=KILL:when={when}"), sys.executable, "-c", REPLACER]
-                + [str(store), how],
+                [
+                    *inject(f"{syscall}:signal=KILL:when={when}"),
+                    sys.executable,
+                    "-c",
+                    REPLACER,
+                    str(store),
+                    how,
+                ],
                 capture_output=True,
                 text=True,
                 env=child_env(),

@@ -289,9 +289,7 @@ print(json.dumps(out))
 
 
 @pytest.mark.parametrize("when", ["1", "2", "1+"])
-def test_a_failed_growth_is_store_full_and_leaves_the_store_whole(
-    db_path: Path, when: str
-) -> None:
+def test_a_failed_growth_is_store_full_and_leaves_the_store_whole(db_path: Path, when: str) -> None:
     """libpmemobj 1.12.1 counts a part it failed to create: without care, the next growth
     made a part after a gap (lost at the next open) and the pool grew without bound.
 
