@@ -421,3 +421,21 @@ def test_flag_n_refuses_a_directory_that_is_not_a_store_without_suggesting_n(
             viperdbm.open(path, flag)
         assert "flag 'n' to replace" not in str(info.value), str(info.value)
     assert (path / "precious").read_text() == "keep me"
+
+
+def test_a_missing_part_is_reported_with_the_store_path(tmp_path: Path) -> None:
+    """The pool is opened through /proc/self/fd/N; messages name the store instead."""
+    import viperdbm
+
+    store = tmp_path / "s.vdb"
+    with viperdbm.open(store, "c") as db:
+        for i in range(12):
+            db[b"k%d" % i] = bytes(900_000)
+    parts = sorted((store / "parts").iterdir())
+    assert len(parts) >= 3
+    parts[1].unlink()  # a part lost in the middle
+    for flag in ("w", "r"):
+        with pytest.raises(viperdbm.error) as info:
+            viperdbm.open(store, flag).close()
+        assert "/proc/self/fd" not in str(info.value), str(info.value)
+        assert str(store) in str(info.value), str(info.value)

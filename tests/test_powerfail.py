@@ -366,8 +366,9 @@ def _image_tree(model: NameModel, rng: random.Random, p_keep: float) -> dict[int
                 tree[op.dparent][op.dname] = op.node
         elif op.kind == "exchange":
             src, dst = tree.get(op.parent, {}), tree.get(op.dparent, {})
-            if src.get(op.name) == op.node and dst.get(op.dname) == op.node2:
-                src[op.name], dst[op.dname] = op.node2, op.node
+            other = op.node2
+            if other is not None and src.get(op.name) == op.node and dst.get(op.dname) == other:
+                src[op.name], dst[op.dname] = other, op.node
         elif op.kind == "unlink" and tree.get(op.parent, {}).get(op.name) == op.node:
             del tree[op.parent][op.name]
     return tree

@@ -349,6 +349,10 @@ class Engine:
                 core.scan_block(off, size, kind)
             self.damage = core.damage()
             core.finish_recovery(False)
+        except ValueError as exc:  # a store problem: the exclusive open says which
+            _native.core.unmap_parts(base, total)
+            log.debug("%s: cannot share the store (%s); opening exclusively", self.path, exc)
+            return False
         except BaseException:
             _native.core.unmap_parts(base, total)
             raise

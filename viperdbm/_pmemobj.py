@@ -240,6 +240,12 @@ _GROWTH_FAILED_MSGS: Final = (
 _VERSION_MSGS: Final = ("pool version", "incompatible pool format", "pmdk-convert", "feature")
 
 
+def _user_text(libmsg: str) -> str:
+    """libpmemobj's text in the user's terms: the in-memory poolset of Pool.open_in names
+    the parts directory /proc/self/fd/N, which means nothing to a user."""
+    return re.sub(r"/proc/self/fd/[0-9]+", "parts", libmsg)
+
+
 def _failure(context: str, what: str, path: str | None, code: int, libmsg: str) -> error:
     """Map a failed call (errno ``code``, libpmemobj text ``libmsg``) to an exception.
 
@@ -247,6 +253,7 @@ def _failure(context: str, what: str, path: str | None, code: int, libmsg: str) 
     (a call that allocates from the heap, where ENOMEM means "no room") or ``"call"``
     (any other call on an open pool).  The exception carries the library's errno.
     """
+    libmsg = _user_text(libmsg)
     detail = libmsg or (os.strerror(code) if code else "unknown failure")
     errno_ = code or None
     if code in (_errno.EAGAIN, _errno.EWOULDBLOCK):
@@ -332,7 +339,7 @@ def _invoke(
             raise pool._closed_error()
         result = fn(*args)
         if failed is not None and failed(result):
-            code, libmsg = ctypes.get_errno(), errmsg()
+            code, libmsg = ctypes.get_errno(), _user_text(errmsg())
             if context == "alloc" and any(m in libmsg for m in _GROWTH_FAILED_MSGS):
                 pool._stop_growth()
                 pool._growth_error = libmsg
