@@ -956,11 +956,13 @@ class Pool:
             total += size & ~(_PAGE - 1)
             if i == 0:
                 mode0 = st_mode & 0o7777
-            elif self._mapped and total > self._mapped and start >= self._mapped:
-                grown.append(os.path.join(self._parts_dir, name))
+            elif total > self._mapped:
+                path = os.path.join(self._parts_dir, name)
                 if st_mode & 0o7777 != mode0:
                     with contextlib.suppress(OSError):
-                        os.chmod(grown[-1], mode0)
+                        os.chmod(path, mode0)
+                if self._mapped and start >= self._mapped:
+                    grown.append(path)
         if grown:
             self._make_parts_durable(grown)
         self._mapped = total
