@@ -18,7 +18,9 @@ one (a failing test prints its seed).
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
+import json
 import os
 import random
 import signal
@@ -439,3 +441,38 @@ def test_a_missing_part_is_reported_with_the_store_path(tmp_path: Path) -> None:
             viperdbm.open(store, flag).close()
         assert "/proc/self/fd" not in str(info.value), str(info.value)
         assert str(store) in str(info.value), str(info.value)
+
+
+REFUSED_SWAP = r"""
+import json, sys, viperdbm
+try:
+    viperdbm.open(sys.argv[1], "n").close()
+    print(json.dumps(["ok"]))
+except viperdbm.error as exc:
+    print(json.dumps([type(exc).__name__, exc.errno, str(exc)]))
+"""
+
+
+def test_a_file_system_that_cannot_swap_leaves_the_old_store(tmp_path: Path) -> None:
+    """renameat2(RENAME_EXCHANGE) refused (EINVAL, as on file systems without it, injected
+    by strace): a clear error, the old store in place and whole, nothing left beside it."""
+    from _strace import inject
+    from _vdbtools import child_env
+
+    import viperdbm
+
+    store = tmp_path / "s.vdb"
+    with viperdbm.open(store, "c") as db:
+        db[b"old"] = b"0"
+    proc = subprocess.run(
+        [*inject("renameat2:error=EINVAL"), sys.executable, "-c", REFUSED_SWAP, str(store)],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=120,
+    )
+    _, code, message = json.loads(proc.stdout)
+    assert code == errno.EINVAL and "old store was left in place" in message, message
+    with viperdbm.open(store, "r") as db:
+        assert dict(db.items()) == {b"old": b"0"}
+    assert [p.name for p in tmp_path.iterdir()] == ["s.vdb"]
