@@ -456,6 +456,7 @@ def scenario_run(name: str) -> Scenario:
     if problem is not None:
         pytest.skip(problem)
     seed = run_seed()
+    print(f"scenario {name}: replay with VIPERDBM_POWERFAIL_SEED={seed}")  # shown on failure
     workdir = Path(tempfile.mkdtemp(prefix=f"viperdbm-powerfail-{name}-", dir="/tmp"))
     home, out, trace = workdir / "home", workdir / "out", workdir / "trace.txt"
     home.mkdir()
@@ -474,7 +475,9 @@ def scenario_run(name: str) -> Scenario:
         env=child_env(),
         timeout=600,
     )
-    assert proc.returncode == 0, f"scenario {name} child failed: {proc.stderr[-3000:]}"
+    assert proc.returncode == 0, (
+        f"scenario {name} (VIPERDBM_POWERFAIL_SEED={seed}) child failed: {proc.stderr[-3000:]}"
+    )
     ops = json.loads((out / "ops.json").read_text())
     state: dict[bytes, str] = {}
     for op in ops["before"]:
