@@ -32,9 +32,10 @@ power cut can leave are built instead, from the real files of a real store:
    fdatasync; ``-y`` names each descriptor's file), its whole directory is copied at D and at
    F, and each image replays every name operation of the run: those an fsync of their
    directory made durable always, each other one with a chance (none in the all-D image,
-   all in the all-F image). An operation that is applied brings along the one that put its
-   directory (or the entry it renames) in place. The content of a file follows its inode
-   through renames; a file fsynced after D gets its F content in every page.
+   all in the all-F image). A directory's entries survive by an fsync of that directory,
+   even where its own name does not (they are then unreachable, as in lost+found). The
+   content of a file follows its inode through renames; a file fsynced after D gets its F
+   content in every page.
 
 Every image is opened (with 'w', as after a reboot, then again with 'r') in a child process:
 
@@ -184,7 +185,6 @@ class NameOp:
     node2: int | None = None
     is_dir: bool = False
     durable: bool = False  # an fsync of the directory of the new name followed it
-    needs: list[int] = field(default_factory=list)  # ops that put what it works on in place
 
 
 @dataclass
@@ -204,7 +204,6 @@ _FD = re.compile(r"(AT_FDCWD|\d+)<([^>]*)>")
 def _name_model(home: Path, trace: Path) -> NameModel:
     """Replay the traced name operations on a tree of nodes (see NameOp)."""
     children: dict[int, dict[str, int]] = {0: {}}
-    placed_by: dict[int, int] = {}  # node -> index of the op that put it where it is
     ops: list[NameOp] = []
     fds: dict[tuple[str, int], str] = {}
     d_paths: dict[int, str] = {}
@@ -215,11 +214,15 @@ def _name_model(home: Path, trace: Path) -> NameModel:
     home_s = str(home)
 
     def rel(path: str) -> str | None:
+        if path == home_s:
+            return ""
         return path[len(home_s) + 1 :] if path.startswith(home_s + "/") else None
 
     def lookup(path: str | None) -> int | None:
         if path is None:
             return None
+        if path == "":
+            return 0
         node = 0
         for part in path.split("/"):
             found = children.get(node, {}).get(part)
@@ -252,8 +255,7 @@ def _name_model(home: Path, trace: Path) -> NameModel:
             return os.path.join(dirfd, path)
         return path
 
-    def add(op: NameOp, needs: list[int | None]) -> None:
-        op.needs = [n for n in needs if n is not None]
+    def add(op: NameOp) -> None:
         ops.append(op)
 
     for line in trace.read_text().splitlines():
@@ -290,8 +292,7 @@ def _name_model(home: Path, trace: Path) -> NameModel:
             if parent is not None:
                 node, next_node = next_node, next_node + 1
                 children[parent][name] = node
-                add(NameOp("create", parent, name, node), [placed_by.get(parent)])
-                placed_by[node] = len(ops) - 1
+                add(NameOp("create", parent, name, node))
             continue
         dirfd = fd_args[0] if call.endswith("at") or call == "renameat2" else None
         if call in ("mkdir", "mkdirat"):
@@ -300,8 +301,7 @@ def _name_model(home: Path, trace: Path) -> NameModel:
                 node, next_node = next_node, next_node + 1
                 children[parent][name] = node
                 children[node] = {}
-                add(NameOp("create", parent, name, node, is_dir=True), [placed_by.get(parent)])
-                placed_by[node] = len(ops) - 1
+                add(NameOp("create", parent, name, node, is_dir=True))
         elif call in ("rename", "renameat", "renameat2"):
             src_dir = fd_args[0] if dirfd is not None else None
             dst_dir = fd_args[1] if dirfd is not None and len(fd_args) > 1 else None
@@ -314,24 +314,16 @@ def _name_model(home: Path, trace: Path) -> NameModel:
             if "RENAME_EXCHANGE" in args:
                 assert other is not None, line
                 children[sp][sn], children[dp][dn] = other, node
-                add(
-                    NameOp("exchange", sp, sn, node, dp, dn, other),
-                    [placed_by.get(node), placed_by.get(other)],
-                )
-                placed_by[node] = placed_by[other] = len(ops) - 1
+                add(NameOp("exchange", sp, sn, node, dp, dn, other))
             else:
                 del children[sp][sn]
                 children[dp][dn] = node
-                add(
-                    NameOp("rename", sp, sn, node, dp, dn, other),
-                    [placed_by.get(node), placed_by.get(dp)],
-                )
-                placed_by[node] = len(ops) - 1
+                add(NameOp("rename", sp, sn, node, dp, dn, other))
         elif call in ("unlink", "unlinkat", "rmdir"):
             parent, name = split(rel(resolve(pid, dirfd, strings[0])))
             if parent is not None and name in children[parent]:
                 node = children[parent].pop(name)
-                add(NameOp("unlink", parent, name, node), [])
+                add(NameOp("unlink", parent, name, node))
     # an op is durable if an fsync of the directory its new name is in came after it
     last_fsync: dict[int, int] = {}
     for at, node in fsyncs:
@@ -343,33 +335,31 @@ def _name_model(home: Path, trace: Path) -> NameModel:
 
 
 def _image_tree(model: NameModel, rng: random.Random, p_keep: float) -> dict[int, dict[str, int]]:
-    """The names a crash leaves: durable ops always, each other one with chance p_keep
-    (and every op an applied op needs)."""
-    applied = {i for i, op in enumerate(model.ops) if op.durable or rng.random() < p_keep}
-    todo = list(applied)
-    while todo:
-        for j in model.ops[todo.pop()].needs:
-            if j not in applied:
-                applied.add(j)
-                todo.append(j)
-    tree: dict[int, dict[str, int]] = {0: {}}
-    for i in sorted(applied):
-        op = model.ops[i]
+    """The names a crash leaves: durable ops always, each other one with chance p_keep.
+
+    A directory's entries are its own: they survive by an fsync of that directory, whether
+    or not the directory's own name survives (if it does not, they are unreachable, as in
+    lost+found). A durable rename puts its node at the new name wherever the node was."""
+    tree: dict[int, dict[str, int]] = {node: {} for node in model.dirs}
+    tree.update({op.node: {} for op in model.ops if op.is_dir})
+    for op in model.ops:
+        if not (op.durable or rng.random() < p_keep):
+            continue
         if op.kind == "create":
-            if op.parent in tree and op.name not in tree[op.parent]:
-                tree[op.parent][op.name] = op.node
-                if op.is_dir:
-                    tree[op.node] = {}
+            tree[op.parent].setdefault(op.name, op.node)
         elif op.kind == "rename":
-            if tree.get(op.parent, {}).get(op.name) == op.node and op.dparent in tree:
-                del tree[op.parent][op.name]
+            if op.durable or tree[op.parent].get(op.name) == op.node:
+                for entries in tree.values():  # wherever it is now
+                    for name in [n for n, node in entries.items() if node == op.node]:
+                        del entries[name]
                 tree[op.dparent][op.dname] = op.node
         elif op.kind == "exchange":
-            src, dst = tree.get(op.parent, {}), tree.get(op.dparent, {})
+            src, dst = tree[op.parent], tree[op.dparent]
             other = op.node2
-            if other is not None and src.get(op.name) == op.node and dst.get(op.dname) == other:
+            in_place = src.get(op.name) == op.node and dst.get(op.dname) == other
+            if other is not None and (op.durable or in_place):
                 src[op.name], dst[op.dname] = other, op.node
-        elif op.kind == "unlink" and tree.get(op.parent, {}).get(op.name) == op.node:
+        elif op.kind == "unlink" and tree[op.parent].get(op.name) == op.node:
             del tree[op.parent][op.name]
     return tree
 
