@@ -23,9 +23,12 @@ import importlib
 import json
 import os
 import random
+import shutil
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -476,3 +479,50 @@ def test_a_file_system_that_cannot_swap_leaves_the_old_store(tmp_path: Path) -> 
     with viperdbm.open(store, "r") as db:
         assert dict(db.items()) == {b"old": b"0"}
     assert [p.name for p in tmp_path.iterdir()] == ["s.vdb"]
+
+
+AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def test_a_growth_killed_before_its_chmod_leaves_a_store_its_owner_opens() -> None:
+    """libpmemobj creates a new part with no permissions and chmods it last: a writer
+    killed in between left a part that only root could open. The owner's next open must
+    work (the store and the processes belong to an ordinary user here)."""
+    from _strace import inject
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv, to run the store as an ordinary user")
+    base = Path(tempfile.mkdtemp(prefix="viperdbm-chmod-", dir="/tmp"))
+    try:
+        base.chmod(0o777)
+        store = base / "s.vdb"
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+        make = "import sys, viperdbm\nwith viperdbm.open(sys.argv[1], 'c') as db: db[b'a'] = b'1'"
+        subprocess.run([*AS_NOBODY, sys.executable, "-c", make, str(store)], env=env, check=True)
+        proc = subprocess.run(
+            [*inject("chmod:signal=KILL:when=1"), *AS_NOBODY, sys.executable]
+            + ["-c", GROW_WRITER, str(store)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+        acked = [int(line) for line in proc.stdout.split()]
+        modes = [stat.S_IMODE(p.stat().st_mode) for p in sorted((store / "parts").iterdir())]
+        assert 0 in modes, f"the kill did not land before libpmemobj's chmod: {modes}"
+        check = (
+            "import sys, viperdbm\n"
+            "with viperdbm.open(sys.argv[1], sys.argv[2]) as db: print(len(db), db[b'a'])"
+        )
+        for flag in ("w", "r"):
+            opened = subprocess.run(
+                [*AS_NOBODY, sys.executable, "-c", check, str(store), flag],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=120,
+            )
+            assert opened.returncode == 0, (flag, opened.stderr[-2000:])
+            assert opened.stdout.split()[0] in (str(len(acked) + 1), str(len(acked) + 2))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -270,7 +270,7 @@ class Engine:
     def _open_pool(self) -> None:
         parts = os.path.join(self.path, layout.PARTS_DIR)
         try:
-            storedir.drop_interrupted_part(parts, self.path)
+            storedir.repair_interrupted_growth(parts, self.path)
             reservation = storedir.reservation_for(parts)
         except OSError as exc:
             raise storedir.os_error("cannot read the store's parts", exc, self.path) from exc

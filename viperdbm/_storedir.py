@@ -11,7 +11,7 @@ pool itself:
 * **Is this a store?** :func:`check_is_store` says why not, and tells a permission problem
   apart from a directory that is not a store.
 * **The parts.** :func:`part_files` is the one scan of ``parts/`` outside libpmemobj;
-  :func:`drop_interrupted_part` removes the empty part a killed growth leaves behind.
+  :func:`repair_interrupted_growth` undoes what a killed growth leaves behind.
 * **Building and swapping.** A new store is built beside its path (:func:`temp_path`,
   :func:`make_durable`) and appears there in one step: :func:`publish` renames it into an
   empty place, or exchanges it with what is there (``renameat2(RENAME_EXCHANGE)``), so that
@@ -152,12 +152,15 @@ def part_files(parts_dir: str) -> list[tuple[str, int]]:
     return parts
 
 
-def drop_interrupted_part(parts_dir: str, label: str) -> None:
-    """Remove the empty last part file that a crash during pool growth leaves behind.
+def repair_interrupted_growth(parts_dir: str, label: str) -> None:
+    """Undo what a crash during pool growth leaves behind, before libpmemobj opens the pool.
 
-    libpmemobj grows a pool by creating the next part file and then allocating its space;
-    a process killed in between leaves an empty file that the heap never used, on which
-    pmemobj_open() would fail. Only an empty file with the highest number is removed.
+    libpmemobj grows a pool by creating the next part file with no permissions at all,
+    allocating its space, mapping it, and only then giving it mode 0600 (which viperdbm
+    changes to the first part's mode). A process killed before the allocation leaves an
+    empty file that the heap never used, on which pmemobj_open() would fail: it is removed
+    (only an empty file with the highest number). One killed before the chmod leaves a
+    part that only root can open: it gets the first part's mode.
     """
     numbered = _numbered_parts(parts_dir)
     if len(numbered) < 2:
@@ -174,6 +177,12 @@ def drop_interrupted_part(parts_dir: str, label: str) -> None:
                 "cannot remove the empty part file an interrupted growth left", exc, label
             ) from exc
         fsync_dir(parts_dir)
+        numbered.pop()
+    mode0 = stat.S_IMODE(os.stat(numbered[0][1]).st_mode)
+    for _, path, _, regular in numbered[1:]:
+        if regular and stat.S_IMODE(os.stat(path).st_mode) == 0 != mode0:
+            with contextlib.suppress(OSError):  # not ours to change: the open says so
+                os.chmod(path, mode0)
 
 
 def reservation_for(parts_dir: str) -> int:
