@@ -499,9 +499,9 @@ def test_a_growth_killed_before_its_chmod_leaves_a_store_its_owner_opens() -> No
         env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
         make = "import sys, viperdbm\nwith viperdbm.open(sys.argv[1], 'c') as db: db[b'a'] = b'1'"
         subprocess.run([*AS_NOBODY, sys.executable, "-c", make, str(store)], env=env, check=True)
+        writer = [*AS_NOBODY, sys.executable, "-c", GROW_WRITER, str(store)]
         proc = subprocess.run(
-            [*inject("chmod:signal=KILL:when=1"), *AS_NOBODY, sys.executable]
-            + ["-c", GROW_WRITER, str(store)],
+            [*inject("chmod:signal=KILL:when=1"), *writer],
             capture_output=True,
             text=True,
             env=env,
