@@ -416,21 +416,12 @@ class Engine:
         directory = layout.BlockDirectory(
             generation, self._root_off, pool.mapped_size(), core.blocks()
         )
-        path = os.path.join(self.path, layout.BLOCKS_FILE)
-        tmp = f"{path}.{generation:x}.tmp"
-        mode = os.stat(os.path.join(self.path, layout.SET_FILE)).st_mode & 0o777
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-            try:
-                os.write(fd, directory.pack(_native.crc32c))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            storedir.fsync_dir(self.path)
+            mode = os.stat(os.path.join(self.path, layout.SET_FILE)).st_mode & 0o777
+            storedir.replace_file(
+                os.path.join(self.path, layout.BLOCKS_FILE), directory.pack(_native.crc32c), mode
+            )
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
             # readers will open the store exclusively instead; nothing is lost
             log.warning("%s: cannot write the blocks file (%s)", self.path, exc)
             return

@@ -88,6 +88,27 @@ def fsync_file(path: str) -> None:
         os.close(fd)
 
 
+def replace_file(path: str, data: bytes, mode: int) -> None:
+    """Give the file ``path`` the content ``data`` durably and in one step: a temporary file
+    beside it, written and fsynced, renamed over it, then its directory fsynced."""
+    tmp = f"{path}.{uuid.uuid4().hex[:12]}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(os.path.dirname(path) or ".")
+
+
 # ---------------------------------------------------------------------- what a store is
 def check_is_store(path: str) -> None:
     """Raise unless ``path`` is a store directory: NotAStoreError saying why not, or an
