@@ -512,3 +512,17 @@ def test_permission_denied_says_so(case: str) -> None:
     assert cli.returncode != 0
     assert_user_error(cli, cli.returncode, "ermission denied")
     shutil.rmtree(base)
+
+
+def test_a_moved_store_is_checked_by_pmemobj_after_its_next_writable_open(
+    store: Path, tmp_path: Path
+) -> None:
+    """check says the next open points pool.set at the store's own parts/: it must."""
+    moved = tmp_path / "moved.vdb"
+    store.rename(moved)
+    assert str(moved / "parts") not in (moved / "pool.set").read_text()
+    with viperdbm.open(moved, "w") as db:
+        assert db[b"alpha"] == b"1"
+    assert str(moved / "parts") in (moved / "pool.set").read_text()
+    report = json.loads(ok("check", "--json", moved))
+    assert "not run" not in json.dumps(report), report

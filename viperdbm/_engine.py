@@ -290,6 +290,7 @@ class Engine:
             if self.options.writable:
                 self._require_core().set_auto_compact(True)
                 self._keep_reserve()
+                storedir.point_poolset_at_parts(self.path)  # a moved or copied store
         except BaseException:
             if self.core is not None:
                 self.core.invalidate()

@@ -240,6 +240,21 @@ def write_informational_poolset(directory: str, mode: int) -> None:
         fsync_dir(directory)
 
 
+def point_poolset_at_parts(directory: str) -> None:
+    """Rewrite ``pool.set`` of a store that was moved or copied so that it names the store's
+    own ``parts/`` again (PMDK's tools, and ``viperdbm check``'s pmemobj_check, read it)."""
+    set_path = os.path.join(directory, layout.SET_FILE)
+    parts = os.path.join(os.path.abspath(directory), layout.PARTS_DIR)
+    try:
+        with open(set_path, encoding="utf-8", errors="replace") as f:
+            text = f.read(65536)
+        if any(line.split()[-1:] == [parts] for line in text.splitlines()):
+            return
+        write_informational_poolset(directory, stat.S_IMODE(os.stat(set_path).st_mode))
+    except OSError as exc:  # only informational: the store opens without it
+        log.debug("%s: cannot point pool.set at the store's parts (%s)", directory, exc)
+
+
 # ---------------------------------------------------------------------- build and swap
 def temp_path(path: str, what: str) -> str:
     """A hidden name beside ``path`` for a store being built (``what``: new, old, build)."""
