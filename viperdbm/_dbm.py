@@ -112,10 +112,16 @@ class _Database(_native.MapBase, MutableMapping[bytes, bytes]):  # type: ignore[
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
         """Make everything durable and release the store. Closing twice is harmless."""
-        engine, self._engine = self._engine, None
-        self._detach()
-        if engine is not None:
-            engine.close()
+        # deferred signals: a KeyboardInterrupt between forgetting the engine and closing
+        # it would leave the store open (and locked) with nothing left to close it
+        token = _native.sigblock()
+        try:
+            engine, self._engine = self._engine, None
+            self._detach()
+            if engine is not None:
+                engine.close()
+        finally:
+            _native.sigunblock(token)
 
     def __enter__(self) -> _Database:
         return self
