@@ -17,6 +17,7 @@ RC_NEED_BLOCK / RC_BUSY when a fast path needs one of them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -740,6 +741,9 @@ class Engine:
 
     def _full(self, what: str, cause: StoreFullError, *, deletes_work: bool) -> StoreFullError:
         """A StoreFullError that says what still works now."""
+        if cause.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) and cause.hint:
+            # (not the disk: the address-space reservation, say, whose hint says what to do)
+            return StoreFullError(f"{what}: {cause.message}", filename=self.path, hint=cause.hint)
         if deletes_work:
             hint = (
                 "free disk space and retry; every earlier write is intact, and reads and "
@@ -750,7 +754,7 @@ class Engine:
                 "free disk space outside the store and retry; every earlier write is intact "
                 "and reads still work"
             )
-        return StoreFullError(f"{what}: {cause.message}", filename=self.path, hint=hint)
+        return StoreFullError(f"the disk is full: {what}", filename=self.path, hint=hint)
 
     def _alloc(self, size: int, type_num: int, *, zero: bool) -> tuple[int, int]:
         pool = self._require_pool()
@@ -942,7 +946,7 @@ class Engine:
                     self._reorganize(token)
             except StoreFullError as exc:
                 raise StoreFullError(
-                    f"reorganize() needs more free space than the disk has ({exc.message})",
+                    "the disk is full: reorganize() needs room for a copy of the live records",
                     filename=self.path,
                     hint="free disk space and retry; the store is as it was before: every "
                     "earlier write is intact, and reads, puts and deletes work as before",
