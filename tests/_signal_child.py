@@ -12,8 +12,9 @@ handle, during the stream and at the end) is checked against it.
 
 Usage: ``_signal_child.py storm PATH SEED SECONDS``. Report (stdout): ``RUNNING`` once the
 store is open, ``STOPPED`` when the stream ends (the parent stops signalling then), then one
-JSON line: ``acked``/``interrupted``/``missed`` counts, ``problems`` (strings), ``closed``
-(whether the handle raised ClosedError) and ``model`` (key -> list of allowed digests).
+JSON line: ``acked``/``interrupted``/``missed``/``full`` (StoreFullError) counts,
+``problems`` (strings), ``closed`` (whether the handle raised ClosedError) and ``model``
+(key -> list of allowed digests).
 
 ``_signal_child.py enumerate DIR STRIDE [FIRST]``: the deterministic variant. A trace
 function counts the lines the engine executes during a fixed workload of slow paths only
@@ -64,6 +65,7 @@ def storm(path: str, seed: int, seconds: float) -> None:
     signal.signal(signal.SIGINT, on_sigint)
     print("RUNNING", flush=True)
     closed = False
+    full = 0
     deadline = time.monotonic() + seconds
     index = 0
 
@@ -122,6 +124,13 @@ def storm(path: str, seed: int, seconds: float) -> None:
         except viperdbm.ClosedError:
             armed = False
             closed = True
+        except viperdbm.StoreFullError:
+            armed = False
+            full += 1
+            if kind in ("put", "delete"):
+                # refused: nothing was written, the key holds what it held
+                check(key, db.get(key), f"after StoreFullError of a {kind}:")
+                continue
         except BaseException as exc:  # anything else is a finding
             armed = False
             problems.append(f"op {index} {kind} {key!r}: {type(exc).__name__}: {exc}")
@@ -157,6 +166,7 @@ def storm(path: str, seed: int, seconds: float) -> None:
     report = {
         **counts,
         "missed": missed,
+        "full": full,
         "ops": index,
         "problems": problems,
         "closed": closed,

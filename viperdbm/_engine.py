@@ -881,9 +881,11 @@ class Engine:
             self._sync_locked()
         pool = self._require_pool()
         for off, _, _ in dead:
-            # free, then forget: a free that fails leaves the block registered and allocated
-            pool.free(off)  # atomic in libpmemobj; a crash here leaves only a dead block
+            # forget, then free: stopped in between (a failed free, or a signal where it
+            # is not deferred) the block is only leaked until the next open, never freed
+            # while the core still appends to or reads it
             core.drop_block(off)
+            pool.free(off)  # atomic in libpmemobj; a crash here leaves only a dead block
 
     # ------------------------------------------------------------------ maintenance
     def sync(self) -> None:
@@ -959,9 +961,9 @@ class Engine:
         core = self._require_core()
         pool = self._require_pool()
         self._free_dead_now()  # room for the copies
-        floor = core.compact_begin()
         done = False
         try:
+            floor = core.compact_begin()
             rc, size = core.compact_step()
             while rc != _native.RC_OK:
                 _native.sigpoll(token)  # between two whole steps: Ctrl-C stops here
@@ -981,8 +983,8 @@ class Engine:
             core.set_floor(floor)
             done = True
             for off in core.old_blocks():
+                core.drop_block(off)  # (forget, then free: see _free_dead_blocks)
                 pool.free(off)
-                core.drop_block(off)
         finally:
             core.compact_end(not done)
         self._keep_reserve()
