@@ -10,7 +10,8 @@ absent). An acknowledged put or delete sets it to exactly one; an interrupted on
 outcome to the set (the one in flight is old or new, never torn). Every read (in the
 handle, during the stream and at the end) is checked against it.
 
-Usage: ``_signal_child.py storm PATH SEED SECONDS``. Report (stdout): ``RUNNING`` once the
+Usage: ``_signal_child.py storm PATH SEED SECONDS [threaded]`` (``threaded``: with an idle
+thread that takes signals). Report (stdout): ``RUNNING`` once the
 store is open, ``STOPPED`` when the stream ends (the parent stops signalling then), then one
 JSON line: ``acked``/``interrupted``/``missed``/``full`` (StoreFullError) counts,
 ``problems`` (strings), ``closed`` (whether the handle raised ClosedError) and ``model``
@@ -32,6 +33,7 @@ import random
 import shutil
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from types import FrameType
@@ -52,8 +54,13 @@ def on_sigint(signum: int, frame: FrameType | None) -> None:
     missed += 1
 
 
-def storm(path: str, seed: int, seconds: float) -> None:
+def storm(path: str, seed: int, seconds: float, threaded: bool) -> None:
     global armed
+    if threaded:
+        # a thread that does not block signals: while the main thread defers them, the
+        # kernel hands SIGINT to this one, and Python still runs the handler in the main
+        # thread (the engine swaps the handler for its sections then)
+        threading.Thread(target=lambda: time.sleep(3600), daemon=True).start()
     rng = random.Random(seed)
     model: dict[bytes, set[str | None]] = {}
     problems: list[str] = []
@@ -286,6 +293,6 @@ def enumerate_points(directory: str, stride: int, first: int) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1] == "storm":
-        storm(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
+        storm(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5:] == ["threaded"])
     else:
         enumerate_points(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]) if sys.argv[4:] else 1)

@@ -62,17 +62,13 @@ def store_dir() -> Iterator[Path]:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def _storm(path: Path, seed: int, seconds: float) -> tuple[dict[str, Any], int]:
+def _storm(
+    path: Path, seed: int, seconds: float, threaded: bool = False
+) -> tuple[dict[str, Any], int]:
     """Run the child under SIGINT every 100-600 µs; its report and the signals sent."""
+    args = ["storm", str(path), str(seed), str(seconds)] + (["threaded"] if threaded else [])
     child = subprocess.Popen(
-        [
-            sys.executable,
-            str(HERE / "_signal_child.py"),
-            "storm",
-            str(path),
-            str(seed),
-            str(seconds),
-        ],
+        [sys.executable, str(HERE / "_signal_child.py"), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=child_env(),
@@ -121,14 +117,20 @@ def test_sigint_storm_loses_nothing(store_dir: Path, seed: int) -> None:
     _storm_and_check(store_dir / "store", seed)
 
 
+def test_sigint_storm_with_another_thread(store_dir: Path) -> None:
+    """An idle thread that takes signals: the kernel gives it the SIGINT that the main
+    thread defers, and Python still runs the handler in the main thread."""
+    _storm_and_check(store_dir / "store", SEEDS[0] + 200, threaded=True)
+
+
 def test_sigint_storm_on_a_full_disk(small_fs: Path) -> None:
     """The same on a 48 MiB file system that fills up: the reserve is taken and given
     back again and again while the signals land (puts may raise StoreFullError)."""
     _storm_and_check(small_fs / "store", SEEDS[0] + 100)
 
 
-def _storm_and_check(path: Path, seed: int) -> None:
-    report, sent = _storm(path, seed, SECONDS)
+def _storm_and_check(path: Path, seed: int, threaded: bool = False) -> None:
+    report, sent = _storm(path, seed, SECONDS, threaded)
     what = (
         f"seed {seed} (VIPERDBM_SIGNAL_SEED={seed} to replay): {sent} SIGINT sent, "
         f"{report['ops']} ops, {report['acked']} acknowledged, {report['interrupted']} "
@@ -178,3 +180,46 @@ def test_sigint_at_engine_lines(store_dir: Path) -> None:
     points = (len(lines) - 2) // 2
     print(f"SIGINT at {points} of {total} engine lines (every {stride}th)")
     assert not failures, f"{len(failures)} of {points} points failed: {failures[:5]}"
+
+
+DEFERRAL = r"""
+import os, signal, sys, threading, time
+from viperdbm._signals import Deferred
+
+if sys.argv[1] == "threaded":
+    threading.Thread(target=lambda: time.sleep(3600), daemon=True).start()
+for poll in (False, True):
+    d = Deferred()
+    where = "inside"
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(100_000):
+            pass
+        where = "at the end"
+        if poll:
+            d.poll()
+            where = "not delivered by poll()"
+    except KeyboardInterrupt:
+        where = "at poll()" if where == "at the end" else where
+    finally:
+        try:
+            d.end()
+        except KeyboardInterrupt:
+            pass
+    print(where, flush=True)
+"""
+
+
+@pytest.mark.parametrize("threads", ["single", "threaded"])
+def test_a_deferred_signal_waits_for_the_end_of_the_section(threads: str) -> None:
+    """SIGINT sent inside a section is raised at its end (or at poll()), never inside it;
+    with another thread that takes the signal as well."""
+    proc = subprocess.run(
+        [sys.executable, "-c", DEFERRAL, threads],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split("\n")[:2] == ["at the end", "at poll()"], proc.stdout

@@ -43,6 +43,7 @@ from ._errors import (
     error,
 )
 from ._pmemobj import Pool, write_poolset
+from ._signals import Deferred
 
 log = logging.getLogger("viperdbm")
 _T = TypeVar("_T")
@@ -619,10 +620,10 @@ class Engine:
     # Each slow path is a multi-step change (a block allocated and handed to the core, the
     # reserve given back, dead blocks freed and forgotten, records copied out of a block).
     # Two rules keep the handle consistent whatever stops one of them:
-    # - asynchronous signals are deferred for the whole change (_native.sigblock): a
+    # - asynchronous signals are deferred for the whole change (viperdbm/_signals.py): a
     #   KeyboardInterrupt is raised when the change is complete, never between two of its
     #   steps; reorganize(), which may run long, delivers them between whole steps
-    #   (_native.sigpoll) and winds down in order when a handler raises;
+    #   (Deferred.poll) and winds down in order when a handler raises;
     # - an exception raised by a step itself (StoreFullError, an I/O error) leaves DRAM and
     #   media agreeing: the bookkeeping changes in the same step as the media (the reserve is
     #   forgotten before it is freed; a block the core refused is freed again; the core
@@ -632,11 +633,11 @@ class Engine:
         """Finish a put that the fast path could not do (rc from Core.put)."""
         with self._lock:
             core = self._require_core()
-            token = _native.sigblock()
+            deferred = Deferred()
             try:
                 self._finish_put(core, rc, key, value)
             finally:
-                _native.sigunblock(token)
+                deferred.end()
 
     def _finish_put(
         self, core: _native.Core, rc: int, key: bytes | str, value: bytes | str
@@ -674,7 +675,7 @@ class Engine:
         """Finish a delete that the fast path could not do; False if the key is missing."""
         with self._lock:
             core = self._require_core()
-            token = _native.sigblock()
+            deferred = Deferred()
             try:
                 found = self._finish_delete(core, rc, key)
                 if found and self._reserve_off is None:
@@ -682,7 +683,7 @@ class Engine:
                     self._reclaim(urgent=True)
                 return found
             finally:
-                _native.sigunblock(token)
+                deferred.end()
 
     def _finish_delete(self, core: _native.Core, rc: int, key: bytes | str) -> bool:
         busy = False
@@ -732,10 +733,12 @@ class Engine:
         """Hand a block just allocated to the core; free it again if the core refuses it.
 
         The core raises before it registers a block (bounds, size, memory), never after, so
-        a block it raised for is not in its registry and is freed here."""
+        a block it raised for is not in its registry and is freed here. Only for an
+        Exception: a KeyboardInterrupt here (where signals could not be deferred) may
+        arrive after the core registered the block, which must then stay allocated."""
         try:
             return register(*args)
-        except BaseException:
+        except Exception:
             self._require_pool().free(off)
             raise
 
@@ -893,12 +896,12 @@ class Engine:
         with self._lock:
             self._require_core()
             if self.options.writable:
-                token = _native.sigblock()
+                deferred = Deferred()
                 try:
                     self._sync_locked()
                     self._free_dead_blocks()  # the ones that waited for this sync
                 finally:
-                    _native.sigunblock(token)
+                    deferred.end()
 
     def _sync_locked(self) -> None:
         # 1. every dirty page of the pool to the disk; 2. the parts directory (growth adds
@@ -937,15 +940,15 @@ class Engine:
                     "handler?)",
                     filename=self.path,
                 )
-            token = _native.sigblock()
+            deferred = Deferred()
             self._reorganizing = True
             try:
                 try:
-                    self._reorganize(token)
+                    self._reorganize(deferred)
                 except StoreFullError:
                     # a full disk: win space back block by block, then try once more
-                    self._make_room(token)
-                    self._reorganize(token)
+                    self._make_room(deferred)
+                    self._reorganize(deferred)
             except StoreFullError as exc:
                 raise StoreFullError(
                     "the disk is full: reorganize() needs room for a copy of the live records",
@@ -955,9 +958,9 @@ class Engine:
                 ) from exc
             finally:
                 self._reorganizing = False
-                _native.sigunblock(token)
+                deferred.end()
 
-    def _reorganize(self, token: bytes) -> None:
+    def _reorganize(self, deferred: Deferred) -> None:
         core = self._require_core()
         pool = self._require_pool()
         self._free_dead_now()  # room for the copies
@@ -966,7 +969,7 @@ class Engine:
             floor = core.compact_begin()
             rc, size = core.compact_step()
             while rc != _native.RC_OK:
-                _native.sigpoll(token)  # between two whole steps: Ctrl-C stops here
+                deferred.poll()  # between two whole steps: Ctrl-C stops here
                 if rc == _native.RC_NEED_BLOCK:
                     self._new_block()
                     rc, size = core.compact_step()
@@ -989,7 +992,7 @@ class Engine:
             core.compact_end(not done)
         self._keep_reserve()
 
-    def _make_room(self, token: bytes) -> None:
+    def _make_room(self, deferred: Deferred) -> None:
         """A full disk: free the dead blocks, then copy the live records out of every block
         that is at least half dead, one block at a time, freeing each right after (a sync
         makes that safe). Each block is a whole step: signals are delivered between two."""
@@ -997,7 +1000,7 @@ class Engine:
         try:
             self._free_dead_now()
             while True:
-                _native.sigpoll(token)
+                deferred.poll()
                 victim = core.compaction_victim(True)
                 if victim is None:
                     break
@@ -1022,7 +1025,7 @@ class Engine:
     def close(self) -> None:
         with self._lock:
             # deferred signals: a KeyboardInterrupt cannot leave the store half closed
-            token = _native.sigblock()
+            deferred = Deferred()
             try:
                 if self._shared_map is not None:
                     if self.core is not None:
@@ -1050,7 +1053,7 @@ class Engine:
                     self._release_lock()
                     _open_engines.discard(self)
             finally:
-                _native.sigunblock(token)
+                deferred.end()
 
     @property
     def closed(self) -> bool:
