@@ -20,6 +20,7 @@
 #include <Python.h>
 
 #include <errno.h>
+#include <signal.h>
 #include <stdint.h>
 #include <string.h>
 #include <fcntl.h>
@@ -36,6 +37,7 @@
 #define RC_FREEABLE 3   /* done; some block became entirely dead: free it */
 #define RC_BUSY 4       /* reorganize() is running: wait for it (take the store lock), retry */
 #define RC_COMPACT 5    /* done; dead space passed the threshold: compact a block or two */
+#define RC_NO_RESERVE 6 /* a put, while the space kept for deletes is gone: take it back first */
 
 #define PERSIST_NONE 0  /* ordinary file or tmpfs: the page cache survives kill -9 */
 #define PERSIST_MSYNC 1 /* flag 's': msync each record before acknowledging it */
@@ -43,6 +45,12 @@
 
 static PyObject *ClosedError; /* set by set_error_classes() */
 static PyObject *CorruptedError;
+static PyObject *StoreError; /* viperdbm.error: for broken internal invariants */
+
+/* An internal invariant failed: a viperdbm.error, never a bare ValueError. */
+static void internal_error(const char *what) {
+    PyErr_Format(StoreError ? StoreError : PyExc_RuntimeError, "internal inconsistency of the open store: %s", what);
+}
 
 /* ------------------------------------------------------------------ crc32c */
 static uint32_t crc_table[8][256];
@@ -211,6 +219,8 @@ typedef struct {
     int auto_compact; /* signal RC_COMPACT when dead space passes the threshold */
     int forked;       /* invalidated in a child process after fork() */
     uint64_t block_cursor_off, block_cursor_pos; /* where compact_block() resumes */
+    uint64_t compact_prev_active; /* offset of the active block when compact_begin() ran (0: none) */
+    int puts_refused; /* the reserve is gone: puts answer RC_NO_RESERVE (see Engine._new_block) */
     uint64_t writes; /* mutation counter, for stats */
 } Core;
 
@@ -315,7 +325,7 @@ static Py_ssize_t block_insert(Core *c, const Block *nb) {
     size_t i = 0;
     while (i < c->nblocks && c->blocks[i].off < nb->off) i++;
     if (i < c->nblocks && c->blocks[i].off == nb->off) {
-        PyErr_SetString(PyExc_ValueError, "block registered twice");
+        internal_error("block registered twice");
         return -1;
     }
     /* blocks must not overlap */
@@ -536,7 +546,7 @@ static int append_record(Core *c, unsigned kind, const uint8_t *key, uint64_t kl
  * is dead, when dead space is over two thirds of all block space (the store at most three
  * times its live data) and at least COMPACT_MIN_DEAD; -1 otherwise. Compacting earlier made
  * a workload that deletes half the keys pay for copying the other half, at every trigger. */
-static Py_ssize_t compaction_victim(Core *c) {
+static Py_ssize_t compaction_victim(Core *c, int urgent) {
     uint64_t dead = 0, total = 0, best_dead = 0;
     Py_ssize_t best = -1;
     for (size_t i = 0; i < c->nblocks; i++) {
@@ -551,13 +561,14 @@ static Py_ssize_t compaction_victim(Core *c) {
             best = (Py_ssize_t)i;
         }
     }
-    if (dead < COMPACT_MIN_DEAD || dead * 3 < total * 2) return -1;
+    /* urgent (a full disk): any block at least half dead is worth copying out */
+    if (!urgent && (dead < COMPACT_MIN_DEAD || dead * 3 < total * 2)) return -1;
     return best;
 }
 
 static inline int after_write(Core *c, int freeable) {
     if (freeable) return RC_FREEABLE;
-    if ((++c->writes & 4095) == 0 && c->auto_compact && compaction_victim(c) >= 0) return RC_COMPACT;
+    if ((++c->writes & 4095) == 0 && c->auto_compact && compaction_victim(c, 0) >= 0) return RC_COMPACT;
     return RC_OK;
 }
 
@@ -604,7 +615,7 @@ static PyObject *Core_set_mapped(Core *c, PyObject *arg) {
     unsigned long long m = PyLong_AsUnsignedLongLong(arg);
     if (PyErr_Occurred()) return NULL;
     if (m < c->mapped) {
-        PyErr_SetString(PyExc_ValueError, "the mapped size of a pool never shrinks");
+        internal_error("the mapped size of a pool never shrinks");
         return NULL;
     }
     c->mapped = m;
@@ -753,6 +764,7 @@ static int do_put(Core *c, const uint8_t *key, uint64_t klen, const uint8_t *val
 static int core_put_obj(Core *c, PyObject *key, PyObject *value) {
     if (core_check_open(c) < 0) return -2;
     if (c->compacting) return RC_BUSY;
+    if (c->puts_refused) return RC_NO_RESERVE;
     KeyArg k, v;
     if (keyarg_get(key, &k, "keys") < 0) return -2;
     if (keyarg_get(value, &v, "values") < 0) {
@@ -1411,11 +1423,11 @@ static PyObject *Core_drop_block(Core *c, PyObject *arg) {
     if (PyErr_Occurred()) return NULL;
     Py_ssize_t i = block_find(c, off);
     if (i < 0 || c->blocks[i].off != off) {
-        PyErr_SetString(PyExc_ValueError, "no block at that offset");
+        internal_error("no block at that offset");
         return NULL;
     }
     if (i == c->active) {
-        PyErr_SetString(PyExc_ValueError, "the active block cannot be dropped");
+        internal_error("the active block cannot be dropped");
         return NULL;
     }
     memmove(&c->blocks[i], &c->blocks[i + 1], (c->nblocks - (size_t)i - 1) * sizeof(Block));
@@ -1433,6 +1445,7 @@ static PyObject *Core_compact_begin(Core *c, PyObject *unused) {
     (void)unused;
     if (core_check_open(c) < 0) return NULL;
     for (size_t i = 0; i < c->nblocks; i++) c->blocks[i].old = 1;
+    c->compact_prev_active = c->active >= 0 ? c->blocks[c->active].off : 0;
     c->active = -1;
     c->compact_cursor = 0;
     c->compacting = 1;
@@ -1462,7 +1475,7 @@ static PyObject *Core_compact_step(Core *c, PyObject *args) {
             b.kind = VD_BLOCK_KIND_JUMBO;
             init_block_header(c, joff, jsize, VD_BLOCK_KIND_JUMBO, &b.log_start);
             if (b.log_start + len > joff + jsize) {
-                PyErr_SetString(PyExc_ValueError, "jumbo block too small for the record");
+                internal_error("jumbo block too small for the record");
                 return NULL;
             }
             if (block_insert(c, &b) < 0) return NULL;
@@ -1488,19 +1501,31 @@ static PyObject *Core_compact_step(Core *c, PyObject *args) {
     return Py_BuildValue("(iK)", RC_OK, 0ULL);
 }
 
-static PyObject *Core_compact_end(Core *c, PyObject *unused) {
-    (void)unused;
+/* compact_end(aborted=False): mutators may run again. After a reorganize() that failed
+ * before it had a new block (a full disk), the block that was active before takes the
+ * appends again: without it, every put and delete would need a new block, which a full
+ * disk cannot give. (After a completed one that block is freed: nothing to give back.) */
+static PyObject *Core_compact_end(Core *c, PyObject *args) {
+    int aborted = 0;
+    if (!PyArg_ParseTuple(args, "|p", &aborted)) return NULL;
     c->compacting = 0;
     for (size_t i = 0; i < c->nblocks; i++) c->blocks[i].old = 0;
+    if (aborted && c->active < 0 && c->compact_prev_active) {
+        Py_ssize_t i = block_find(c, c->compact_prev_active);
+        if (i >= 0 && c->blocks[i].off == c->compact_prev_active && c->blocks[i].kind == VD_BLOCK_KIND_STANDARD)
+            c->active = i;
+    }
+    c->compact_prev_active = 0;
     Py_RETURN_NONE;
 }
 
 
-/* compaction_victim() -> offset of the block to compact now, or None */
-static PyObject *Core_compaction_victim(Core *c, PyObject *unused) {
-    (void)unused;
+/* compaction_victim(urgent=False) -> offset of the block to compact now, or None */
+static PyObject *Core_compaction_victim(Core *c, PyObject *args) {
+    int urgent = 0;
+    if (!PyArg_ParseTuple(args, "|p", &urgent)) return NULL;
     if (core_check_open(c) < 0) return NULL;
-    Py_ssize_t v = compaction_victim(c);
+    Py_ssize_t v = compaction_victim(c, urgent);
     if (v < 0) Py_RETURN_NONE;
     return PyLong_FromUnsignedLongLong(c->blocks[v].off);
 }
@@ -1519,7 +1544,7 @@ static PyObject *Core_compact_block(Core *c, PyObject *arg) {
         return PyLong_FromLong(RC_OK);
     }
     if (vi == c->active || c->blocks[vi].kind != VD_BLOCK_KIND_STANDARD) {
-        PyErr_SetString(PyExc_ValueError, "compact_block() needs a standard block that is not active");
+        internal_error("compact_block() needs a standard block that is not active");
         return NULL;
     }
     uint64_t oldest_elsewhere = UINT64_MAX;
@@ -1572,6 +1597,13 @@ static PyObject *Core_compact_block(Core *c, PyObject *arg) {
     c->blocks[vi].tombstones = 0; /* every delete that still mattered has a newer copy */
     c->block_cursor_off = c->block_cursor_pos = 0;
     return PyLong_FromLong(RC_OK);
+}
+
+static PyObject *Core_set_puts_refused(Core *c, PyObject *arg) {
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) return NULL;
+    c->puts_refused = on;
+    Py_RETURN_NONE;
 }
 
 static PyObject *Core_set_auto_compact(Core *c, PyObject *arg) {
@@ -1811,8 +1843,9 @@ static PyMethodDef Core_methods[] = {
     {"drop_block", (PyCFunction)Core_drop_block, METH_O, "drop_block(off)"},
     {"compact_begin", (PyCFunction)Core_compact_begin, METH_NOARGS, "compact_begin() -> floor"},
     {"compact_step", (PyCFunction)Core_compact_step, METH_VARARGS, "compact_step([joff, jsize]) -> (rc, size)"},
-    {"compact_end", (PyCFunction)Core_compact_end, METH_NOARGS, "compact_end(): mutators may run again"},
-    {"compaction_victim", (PyCFunction)Core_compaction_victim, METH_NOARGS, "compaction_victim() -> off or None"},
+    {"compact_end", (PyCFunction)Core_compact_end, METH_VARARGS, "compact_end(aborted=False): mutators may run again"},
+    {"compaction_victim", (PyCFunction)Core_compaction_victim, METH_VARARGS, "compaction_victim(urgent=False) -> off or None"},
+    {"set_puts_refused", (PyCFunction)Core_set_puts_refused, METH_O, "set_puts_refused(on): puts answer RC_NO_RESERVE"},
     {"compact_block", (PyCFunction)Core_compact_block, METH_O, "compact_block(off) -> rc"},
     {"set_auto_compact", (PyCFunction)Core_set_auto_compact, METH_O, "set_auto_compact(on)"},
     {"old_blocks", (PyCFunction)Core_old_blocks, METH_NOARGS, "old_blocks() -> offsets"},
@@ -2225,14 +2258,131 @@ static PyTypeObject MapBaseType = {
 
 static PyObject *mod_set_error_classes(PyObject *mod, PyObject *args) {
     (void)mod;
-    PyObject *closed, *corrupted;
-    if (!PyArg_ParseTuple(args, "OO", &closed, &corrupted)) return NULL;
+    PyObject *closed, *corrupted, *base = NULL;
+    if (!PyArg_ParseTuple(args, "OO|O", &closed, &corrupted, &base)) return NULL;
     Py_XDECREF(ClosedError);
     Py_XDECREF(CorruptedError);
+    Py_XDECREF(StoreError);
     Py_INCREF(closed);
     Py_INCREF(corrupted);
+    Py_XINCREF(base);
     ClosedError = closed;
     CorruptedError = corrupted;
+    StoreError = base;
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------------ signal deferral
+ * The engine's multi-step changes (a new block, the reserve, freeing, compaction, the end
+ * of reorganize()) must not be torn by a KeyboardInterrupt between two of their Python
+ * steps. Python runs a signal's handler between bytecodes of the main thread, soon after
+ * the C-level handler has flagged it; a signal blocked in this thread is not flagged but
+ * stays pending in the kernel, and is delivered (its handler run) once it is unblocked.
+ * These calls block every asynchronous signal for a section and deliver what arrived at
+ * its end. (A signal that another thread receives, one that has it unblocked, still
+ * reaches the main thread's bytecodes: programs with threads that take signals get the
+ * ordering guarantees of the engine, not this deferral.) */
+typedef struct {
+    sigset_t old;
+} SigToken;
+
+static void deferred_set(sigset_t *set) {
+    sigfillset(set);
+    /* synchronous faults cannot wait (a blocked one kills the process), nor these two */
+    static const int keep[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT, SIGSYS, SIGKILL, SIGSTOP};
+    for (size_t i = 0; i < sizeof keep / sizeof keep[0]; i++) sigdelset(set, keep[i]);
+}
+
+/* Run the handlers of signals already flagged, after an exception (t, v, tb) that was
+ * already fetched (or none: NULLs). If handlers raise, the last exception is set with the
+ * earlier ones as its context. 0, or -1 with an exception set. */
+static int run_flagged_handlers_after(PyObject *t, PyObject *v, PyObject *tb) {
+    if (t) PyErr_NormalizeException(&t, &v, &tb);
+    for (;;) {
+        if (PyErr_CheckSignals() == 0) { /* every flagged handler ran (blocked: no new flags) */
+            if (!t) return 0;
+            PyErr_Restore(t, v, tb);
+            return -1;
+        }
+        PyObject *t2, *v2, *tb2;
+        PyErr_Fetch(&t2, &v2, &tb2);
+        PyErr_NormalizeException(&t2, &v2, &tb2);
+        if (t) {
+            if (v2 && v)
+                PyException_SetContext(v2, v); /* steals v */
+            else
+                Py_XDECREF(v);
+            Py_XDECREF(t);
+            Py_XDECREF(tb);
+        }
+        t = t2;
+        v = v2;
+        tb = tb2;
+    }
+}
+
+/* sigblock() -> token: block asynchronous signals in this thread. Handlers of signals that
+ * were flagged before the block run first: if one raises, the mask is restored and the
+ * exception propagates, so the section never starts. */
+static PyObject *mod_sigblock(PyObject *mod, PyObject *unused) {
+    (void)mod;
+    (void)unused;
+    SigToken tok;
+    sigset_t set;
+    deferred_set(&set);
+    int err = pthread_sigmask(SIG_BLOCK, &set, &tok.old);
+    if (err) {
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    if (run_flagged_handlers_after(NULL, NULL, NULL) < 0) {
+        pthread_sigmask(SIG_SETMASK, &tok.old, NULL);
+        return NULL;
+    }
+    return PyBytes_FromStringAndSize((const char *)&tok, sizeof tok);
+}
+
+static int token_get(PyObject *arg, SigToken *tok) {
+    if (!PyBytes_Check(arg) || PyBytes_GET_SIZE(arg) != (Py_ssize_t)sizeof *tok) {
+        PyErr_SetString(PyExc_TypeError, "expected a token from sigblock()");
+        return -1;
+    }
+    memcpy(tok, PyBytes_AS_STRING(arg), sizeof *tok);
+    return 0;
+}
+
+/* sigunblock(token): restore the mask of sigblock(); the handlers of the signals that
+ * arrived meanwhile run now (and may raise: the section is over by then). */
+static PyObject *mod_sigunblock(PyObject *mod, PyObject *arg) {
+    (void)mod;
+    SigToken tok;
+    if (token_get(arg, &tok) < 0) return NULL;
+    pthread_sigmask(SIG_SETMASK, &tok.old, NULL);
+    if (PyErr_CheckSignals() < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* sigpoll(token): between two whole steps of a long section: deliver what is pending (run
+ * the handlers) and block again. Always returns with the signals blocked, so the caller
+ * can wind its section down in order when a handler raised. */
+static PyObject *mod_sigpoll(PyObject *mod, PyObject *arg) {
+    (void)mod;
+    SigToken tok;
+    if (token_get(arg, &tok) < 0) return NULL;
+    sigset_t set, pending;
+    deferred_set(&set);
+    if (sigpending(&pending) == 0) {
+        int any = 0;
+        for (int s = 1; s < NSIG && !any; s++)
+            any = sigismember(&pending, s) == 1 && sigismember(&set, s) == 1 && sigismember(&tok.old, s) == 0;
+        if (!any) Py_RETURN_NONE;
+    }
+    pthread_sigmask(SIG_SETMASK, &tok.old, NULL);
+    PyObject *t = NULL, *v = NULL, *tb = NULL;
+    if (PyErr_CheckSignals() < 0) PyErr_Fetch(&t, &v, &tb);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    /* a signal flagged between the two masks: its handler runs now, not in the caller */
+    if (run_flagged_handlers_after(t, v, tb) < 0) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -2249,6 +2399,9 @@ static PyObject *mod_crc32c(PyObject *mod, PyObject *args) {
 static PyMethodDef module_methods[] = {
     {"set_error_classes", mod_set_error_classes, METH_VARARGS, "set_error_classes(ClosedError, CorruptedError)"},
     {"crc32c", mod_crc32c, METH_VARARGS, "crc32c(data, crc=0) -> int (Castagnoli)"},
+    {"sigblock", mod_sigblock, METH_NOARGS, "sigblock() -> token: defer asynchronous signals in this thread"},
+    {"sigunblock", mod_sigunblock, METH_O, "sigunblock(token): deliver the deferred signals"},
+    {"sigpoll", mod_sigpoll, METH_O, "sigpoll(token): deliver pending signals, then defer again"},
     {"map_parts", mod_map_parts, METH_O, "map_parts([(path, size)]) -> (base, total), read-only"},
     {"unmap_parts", mod_unmap_parts, METH_VARARGS, "unmap_parts(base, total)"},
     {"peek", mod_peek, METH_VARARGS, "peek(base, total, off, n) -> bytes"},
@@ -2300,6 +2453,7 @@ PyMODINIT_FUNC PyInit__vipercore(void) {
     ADD("RC_FREEABLE", RC_FREEABLE);
     ADD("RC_BUSY", RC_BUSY);
     ADD("RC_COMPACT", RC_COMPACT);
+    ADD("RC_NO_RESERVE", RC_NO_RESERVE);
     ADD("PERSIST_NONE", PERSIST_NONE);
     ADD("PERSIST_MSYNC", PERSIST_MSYNC);
     ADD("PERSIST_FUNC", PERSIST_FUNC);

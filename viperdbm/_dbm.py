@@ -18,6 +18,7 @@ from typing import NoReturn, TypeAlias
 from . import _native
 from ._engine import Engine, OpenOptions
 from ._errors import ClosedError, ReadonlyError
+from ._signals import Deferred
 
 _BytesLike: TypeAlias = bytes | str
 _CLOSED = "DBM object has already been closed"
@@ -112,10 +113,16 @@ class _Database(_native.MapBase, MutableMapping[bytes, bytes]):  # type: ignore[
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
         """Make everything durable and release the store. Closing twice is harmless."""
-        engine, self._engine = self._engine, None
-        self._detach()
-        if engine is not None:
-            engine.close()
+        # deferred signals: a KeyboardInterrupt between forgetting the engine and closing
+        # it would leave the store open (and locked) with nothing left to close it
+        deferred = Deferred()
+        try:
+            engine, self._engine = self._engine, None
+            self._detach()
+            if engine is not None:
+                engine.close()
+        finally:
+            deferred.end()
 
     def __enter__(self) -> _Database:
         return self

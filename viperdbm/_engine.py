@@ -17,6 +17,7 @@ RC_NEED_BLOCK / RC_BUSY when a fast path needs one of them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -24,7 +25,9 @@ import stat
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from . import _layout as layout
 from . import _native
@@ -40,8 +43,10 @@ from ._errors import (
     error,
 )
 from ._pmemobj import Pool
+from ._signals import Deferred
 
 log = logging.getLogger("viperdbm")
+_T = TypeVar("_T")
 
 _open_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 
@@ -85,6 +90,7 @@ class Engine:
         self._root_off = 0
         #: the object holding space back for deletes on a full disk (see _new_block)
         self._reserve_off: int | None = None
+        self._reorganizing = False
         self.rebuild_seconds = 0.0
         self._was_forked = False
         #: how each write is made durable (see the README's durability table)
@@ -620,53 +626,148 @@ class Engine:
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ slow paths
+    #
+    # Each slow path is a multi-step change (a block allocated and handed to the core, the
+    # reserve given back, dead blocks freed and forgotten, records copied out of a block).
+    # Two rules keep the handle consistent whatever stops one of them:
+    # - asynchronous signals are deferred for the whole change (viperdbm/_signals.py): a
+    #   KeyboardInterrupt is raised when the change is complete, never between two of its
+    #   steps; reorganize(), which may run long, delivers them between whole steps
+    #   (Deferred.poll) and winds down in order when a handler raises;
+    # - an exception raised by a step itself (StoreFullError, an I/O error) leaves DRAM and
+    #   media agreeing: the bookkeeping changes in the same step as the media (the reserve is
+    #   forgotten before it is freed; a block the core refused is freed again; the core
+    #   raises before it registers a block, never after).
+
     def put_slow(self, rc: int, key: bytes | str, value: bytes | str) -> None:
         """Finish a put that the fast path could not do (rc from Core.put)."""
         with self._lock:
             core = self._require_core()
-            while True:
-                if rc == _native.RC_OK:
-                    return
-                if rc in (_native.RC_FREEABLE, _native.RC_COMPACT):
-                    self._reclaim()
-                    return
-                if rc == _native.RC_BUSY:
-                    pass  # reorganize() finished while we waited for the lock
-                elif rc == _native.RC_NEED_BLOCK:
+            deferred = Deferred()
+            try:
+                self._finish_put(core, rc, key, value)
+            finally:
+                deferred.end()
+
+    def _finish_put(
+        self, core: _native.Core, rc: int, key: bytes | str, value: bytes | str
+    ) -> None:
+        busy = False
+        while True:
+            if rc == _native.RC_OK:
+                return
+            if rc in (_native.RC_FREEABLE, _native.RC_COMPACT):
+                self._reclaim()  # the put is done: this only gives space back
+                return
+            if rc == _native.RC_BUSY:
+                busy = self._wait_busy(busy)
+            elif rc == _native.RC_NO_RESERVE:
+                self._take_back_reserve()
+            elif rc == _native.RC_NEED_BLOCK:
+                try:
                     self._new_block()
-                elif rc == _native.RC_NEED_JUMBO:
-                    kb, vb = _as_bytes(key), _as_bytes(value)
-                    off, usable = self._alloc(
-                        _native.jumbo_size(len(kb), len(vb)), layout.TYPE_JUMBO_BLOCK, zero=False
-                    )
-                    rc = core.put_jumbo(off, usable, kb, vb)
-                    continue
-                else:  # pragma: no cover - the core returns only the codes above
-                    raise error(f"unexpected return code {rc} from the native core")
-                rc = core.put(key, value)
+                except StoreFullError as exc:
+                    raise self._full("the put was not written", exc, deletes_work=True) from exc
+            elif rc == _native.RC_NEED_JUMBO:
+                kb, vb = _as_bytes(key), _as_bytes(value)
+                size = _native.jumbo_size(len(kb), len(vb))
+                try:
+                    off, usable = self._alloc(size, layout.TYPE_JUMBO_BLOCK, zero=False)
+                except StoreFullError as exc:
+                    raise self._full("the put was not written", exc, deletes_work=True) from exc
+                rc = self._adopt(off, core.put_jumbo, off, usable, kb, vb)
+                continue
+            else:  # pragma: no cover - the core returns only the codes above
+                raise error(f"unexpected return code {rc} from the native core")
+            rc = core.put(key, value)
 
     def delete_slow(self, rc: int, key: bytes | str) -> bool:
         """Finish a delete that the fast path could not do; False if the key is missing."""
         with self._lock:
             core = self._require_core()
-            while True:
-                if rc == -1:
-                    return False
-                if rc == _native.RC_OK:
-                    return True
-                if rc in (_native.RC_FREEABLE, _native.RC_COMPACT):
-                    self._reclaim()
-                    return True
-                if rc == _native.RC_NEED_BLOCK:
+            deferred = Deferred()
+            try:
+                found = self._finish_delete(core, rc, key)
+                if found and self._reserve_off is None:
+                    # this store is living on the reserve: win space back while deleting
+                    self._reclaim(urgent=True)
+                return found
+            finally:
+                deferred.end()
+
+    def _finish_delete(self, core: _native.Core, rc: int, key: bytes | str) -> bool:
+        busy = False
+        while True:
+            if rc == -1:
+                return False
+            if rc == _native.RC_OK:
+                return True
+            if rc in (_native.RC_FREEABLE, _native.RC_COMPACT):
+                self._reclaim()
+                return True
+            if rc == _native.RC_BUSY:
+                busy = self._wait_busy(busy)
+            elif rc == _native.RC_NEED_BLOCK:
+                try:
                     self._new_block(may_use_reserve=True)
-                elif rc == _native.RC_NEED_JUMBO:
-                    kb = _as_bytes(key)
+                except StoreFullError as exc:
+                    raise self._full("the delete was not written", exc, deletes_work=False) from exc
+            elif rc == _native.RC_NEED_JUMBO:
+                kb = _as_bytes(key)
+                try:
                     off, usable = self._alloc(
                         _native.jumbo_size(len(kb), 0), layout.TYPE_JUMBO_BLOCK, zero=False
                     )
-                    rc = core.delete_jumbo(off, usable, kb)
-                    continue
-                rc = core.delete(key)
+                except StoreFullError as exc:
+                    raise self._full("the delete was not written", exc, deletes_work=False) from exc
+                rc = self._adopt(off, core.delete_jumbo, off, usable, kb)
+                if rc == -1:  # deleted by another thread meanwhile: the block is not needed
+                    self._require_pool().free(off)
+                continue
+            rc = core.delete(key)
+
+    def _wait_busy(self, busy: bool) -> bool:
+        """RC_BUSY: reorganize() ran in another thread; holding the lock, we waited for it.
+
+        A second RC_BUSY under the lock means this very thread is inside reorganize() (a
+        signal handler that writes, run between two of its steps): it cannot wait for itself."""
+        if busy:
+            raise error(
+                "the store cannot be written while this thread is reorganizing it (a signal "
+                "handler that writes to the store?)",
+                filename=self.path,
+            )
+        return True
+
+    def _adopt(self, off: int, register: Callable[..., _T], *args: int | bytes) -> _T:
+        """Hand a block just allocated to the core; free it again if the core refuses it.
+
+        The core raises before it registers a block (bounds, size, memory), never after, so
+        a block it raised for is not in its registry and is freed here. Only for an
+        Exception: a KeyboardInterrupt here (where signals could not be deferred) may
+        arrive after the core registered the block, which must then stay allocated."""
+        try:
+            return register(*args)
+        except Exception:
+            self._require_pool().free(off)
+            raise
+
+    def _full(self, what: str, cause: StoreFullError, *, deletes_work: bool) -> StoreFullError:
+        """A StoreFullError that says what still works now."""
+        if cause.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) and cause.hint:
+            # (not the disk: the address-space reservation, say, whose hint says what to do)
+            return StoreFullError(f"{what}: {cause.message}", filename=self.path, hint=cause.hint)
+        if deletes_work:
+            hint = (
+                "free disk space and retry; every earlier write is intact, and reads and "
+                "deletes still work (the store keeps space for deletes)"
+            )
+        else:
+            hint = (
+                "free disk space outside the store and retry; every earlier write is intact "
+                "and reads still work"
+            )
+        return StoreFullError(f"the disk is full: {what}", filename=self.path, hint=hint)
 
     def _alloc(self, size: int, type_num: int, *, zero: bool) -> tuple[int, int]:
         pool = self._require_pool()
@@ -681,50 +782,94 @@ class Engine:
 
         A writable store keeps one block's worth of space in reserve (an object of type
         TYPE_RESERVE), so that deletes and compaction still work on a full disk: they
-        give the reserve back to the allocator and take a block from it. Puts never do,
-        so a full disk stops puts first."""
+        give the reserve back to the allocator and take a block from it. Puts never do:
+        while the reserve is gone the core refuses them (RC_NO_RESERVE) until it can be set
+        aside again, so the block made of it is left to deletes and a full disk stops puts
+        first."""
         size = layout.BLOCK_SIZE - layout.PMEMOBJ_OBJECT_HEADER
+        core = self._require_core()
         try:
             # not zeroed by libpmemobj (which would msync it): the core zeroes the log itself
             off, usable = self._alloc(size, layout.TYPE_STANDARD_BLOCK, zero=False)
         except StoreFullError:
             # dead blocks may be waiting for a sync to be freed: free them first
-            self._sync_locked()
-            self._free_dead_blocks()
+            self._free_dead_now()
             try:
                 off, usable = self._alloc(size, layout.TYPE_STANDARD_BLOCK, zero=False)
             except StoreFullError:
                 if not may_use_reserve or self._reserve_off is None:
                     raise
-                self._require_pool().free(self._reserve_off)
-                self._reserve_off = None
+                reserve = self._reserve_off
+                self._set_reserve(None)  # forgotten (and puts refused) before it is freed
+                self._require_pool().free(reserve)
                 off, usable = self._alloc(size, layout.TYPE_STANDARD_BLOCK, zero=False)
-        if self._require_core().add_block(off, usable) == _native.RC_FREEABLE:
+        if self._adopt(off, core.add_block, off, usable) == _native.RC_FREEABLE:
             self._free_dead_blocks()
         if not may_use_reserve:
             self._keep_reserve()
+
+    def _set_reserve(self, off: int | None) -> None:
+        # the core refuses puts exactly while there is no reserve
+        self._reserve_off = off
+        self._require_core().set_puts_refused(off is None)
 
     def _keep_reserve(self) -> None:
         if self._reserve_off is None:
             size = layout.BLOCK_SIZE - layout.PMEMOBJ_OBJECT_HEADER
             with contextlib.suppress(StoreFullError):
-                self._reserve_off, _ = self._alloc(size, layout.TYPE_RESERVE, zero=False)
+                off, _ = self._alloc(size, layout.TYPE_RESERVE, zero=False)
+                self._set_reserve(off)
+        # (also right after an open that found no reserve and could not make one)
+        self._require_core().set_puts_refused(self._reserve_off is None)
 
-    def _reclaim(self) -> None:
+    def _take_back_reserve(self) -> None:
+        """A put while the reserve is gone: set it aside again first, or refuse the put."""
+        self._reclaim(urgent=True)  # frees what is dead, copies out half-dead blocks
+        if self._reserve_off is None:
+            raise StoreFullError(
+                "the disk is full: the put was not written (the space the store keeps for "
+                "deletes is in use by deletes and cannot be set aside again)",
+                filename=self.path,
+                hint="free disk space and retry; every earlier write is intact, and reads "
+                "and deletes still work",
+            )
+
+    def _reclaim(self, *, urgent: bool = False) -> None:
         """Viper's reclamation, inline: free dead blocks, and when dead space passes two thirds
         of the store, copy the live records out of the blocks with the most dead space (at
         least half dead; at most two per call, so no single write waits long) and free those
-        blocks once a sync makes that safe."""
+        blocks once a sync makes that safe.
+
+        ``urgent`` (the reserve is gone: the disk is full): sync to free dead blocks at once,
+        compact any block at least half dead, then try to set the reserve aside again. A
+        compaction that finds no space stops; it resumes at a later call."""
         core = self._require_core()
-        self._free_dead_blocks()
+        urgent = urgent or self._reserve_off is None
+        free = self._free_dead_now if urgent else self._free_dead_blocks
+        free()
         for _ in range(2):
-            victim = core.compaction_victim()
+            victim = core.compaction_victim(urgent)
             if victim is None:
                 break
             rc = core.compact_block(victim)
             while rc == _native.RC_NEED_BLOCK:
-                self._new_block(may_use_reserve=True)
+                try:
+                    self._new_block(may_use_reserve=True)
+                except StoreFullError:
+                    break  # no room to copy into: the block stays as it is, nothing is lost
                 rc = core.compact_block(victim)
+            if rc != _native.RC_OK:
+                break
+            free()
+        if self._reserve_off is None:
+            self._keep_reserve()
+
+    def _free_dead_now(self) -> None:
+        """Free every dead block now, syncing first if they wait for that (a full disk)."""
+        core = self._require_core()
+        if core.freeable():
+            if self._root.durable_seq != core.next_seq - 1:
+                self._sync_locked()
             self._free_dead_blocks()
 
     def _free_dead_blocks(self) -> None:
@@ -749,8 +894,11 @@ class Engine:
             self._sync_locked()
         pool = self._require_pool()
         for off, _, _ in dead:
-            pool.free(off)  # atomic in libpmemobj; a crash here leaves only a dead block
+            # forget, then free: stopped in between (a failed free, or a signal where it
+            # is not deferred) the block is only leaked until the next open, never freed
+            # while the core still appends to or reads it
             core.drop_block(off)
+            pool.free(off)  # atomic in libpmemobj; a crash here leaves only a dead block
 
     # ------------------------------------------------------------------ maintenance
     def sync(self) -> None:
@@ -758,8 +906,12 @@ class Engine:
         with self._lock:
             self._require_core()
             if self.options.writable:
-                self._sync_locked()
-                self._free_dead_blocks()  # the ones that waited for this sync
+                deferred = Deferred()
+                try:
+                    self._sync_locked()
+                    self._free_dead_blocks()  # the ones that waited for this sync
+                finally:
+                    deferred.end()
 
     def _sync_locked(self) -> None:
         # 1. every dirty page of the pool to the disk; 2. the parts directory (growth adds
@@ -782,34 +934,93 @@ class Engine:
         floor moves past the old records (one 8-byte store, persisted), and only then are
         the old blocks freed. Before the floor moves, recovery sees the copies as the newest
         versions; after, it ignores every old record, so no delete can come back.
+
+        Interruptible between whole steps (each copies up to a block): a KeyboardInterrupt
+        there, or a failure of a step (a full disk), ends it with the handle as it was
+        (the records copied so far are simply their newest versions). On a full disk it
+        first frees dead space block by block, so that a mostly dead store can be
+        reorganized where there is no room for a copy of its live records.
         """
         self._require_writable()
         with self._lock:
-            core = self._require_core()
-            pool = self._require_pool()
-            floor = core.compact_begin()
+            self._require_core()
+            if self._reorganizing:
+                raise error(
+                    "reorganize() is already running in this thread (called from a signal "
+                    "handler?)",
+                    filename=self.path,
+                )
+            deferred = Deferred()
+            self._reorganizing = True
             try:
-                rc, size = core.compact_step()
-                while rc != _native.RC_OK:
-                    if rc == _native.RC_NEED_BLOCK:
-                        self._new_block()
-                        rc, size = core.compact_step()
-                    elif rc == _native.RC_NEED_JUMBO:
-                        off, usable = self._alloc(size, layout.TYPE_JUMBO_BLOCK, zero=False)
-                        rc, size = core.compact_step(off, usable)
-                    else:  # pragma: no cover
-                        raise error(f"unexpected return code {rc} from the native core")
-                # every live record now has a copy newer than floor: make the copies
-                # durable before the floor that makes the originals dead
-                self._sync_locked()
-                self._store_root_u64(layout.Root.SEQ_FLOOR_OFFSET, floor)
-                self._root.seq_floor = floor
-                core.set_floor(floor)
-                for off in core.old_blocks():
-                    pool.free(off)
-                    core.drop_block(off)
+                try:
+                    self._reorganize(deferred)
+                except StoreFullError:
+                    # a full disk: win space back block by block, then try once more
+                    self._make_room(deferred)
+                    self._reorganize(deferred)
+            except StoreFullError as exc:
+                raise StoreFullError(
+                    "the disk is full: reorganize() needs room for a copy of the live records",
+                    filename=self.path,
+                    hint="free disk space and retry; the store is as it was before: every "
+                    "earlier write is intact, and reads, puts and deletes work as before",
+                ) from exc
             finally:
-                core.compact_end()
+                self._reorganizing = False
+                deferred.end()
+
+    def _reorganize(self, deferred: Deferred) -> None:
+        core = self._require_core()
+        pool = self._require_pool()
+        self._free_dead_now()  # room for the copies
+        done = False
+        try:
+            floor = core.compact_begin()
+            rc, size = core.compact_step()
+            while rc != _native.RC_OK:
+                deferred.poll()  # between two whole steps: Ctrl-C stops here
+                if rc == _native.RC_NEED_BLOCK:
+                    self._new_block()
+                    rc, size = core.compact_step()
+                elif rc == _native.RC_NEED_JUMBO:
+                    off, usable = self._alloc(size, layout.TYPE_JUMBO_BLOCK, zero=False)
+                    rc, size = self._adopt(off, core.compact_step, off, usable)
+                else:  # pragma: no cover
+                    raise error(f"unexpected return code {rc} from the native core")
+            # every live record now has a copy newer than floor: make the copies
+            # durable before the floor that makes the originals dead
+            self._sync_locked()
+            self._store_root_u64(layout.Root.SEQ_FLOOR_OFFSET, floor)
+            self._root.seq_floor = floor
+            core.set_floor(floor)
+            done = True
+            for off in core.old_blocks():
+                core.drop_block(off)  # (forget, then free: see _free_dead_blocks)
+                pool.free(off)
+        finally:
+            core.compact_end(not done)
+        self._keep_reserve()
+
+    def _make_room(self, deferred: Deferred) -> None:
+        """A full disk: free the dead blocks, then copy the live records out of every block
+        that is at least half dead, one block at a time, freeing each right after (a sync
+        makes that safe). Each block is a whole step: signals are delivered between two."""
+        core = self._require_core()
+        try:
+            self._free_dead_now()
+            while True:
+                deferred.poll()
+                victim = core.compaction_victim(True)
+                if victim is None:
+                    break
+                rc = core.compact_block(victim)
+                while rc == _native.RC_NEED_BLOCK:
+                    self._new_block(may_use_reserve=True)
+                    rc = core.compact_block(victim)
+                self._free_dead_now()
+        finally:
+            self._keep_reserve()  # (the copies may have used it)
 
     def stats(self) -> dict[str, int | float]:
         with self._lock:
@@ -823,31 +1034,36 @@ class Engine:
 
     def close(self) -> None:
         with self._lock:
-            if self._shared_map is not None:
-                if self.core is not None:
-                    self.core.invalidate()
-                self.core = None
-                base, total = self._shared_map
-                self._shared_map = None
-                _native.core.unmap_parts(base, total)
-                self._release_lock()
-                _open_engines.discard(self)
-                return
-            if self._pool is None:
-                return
+            # deferred signals: a KeyboardInterrupt cannot leave the store half closed
+            deferred = Deferred()
             try:
-                if self.options.writable and self.core is not None:
-                    self._sync_locked()
-                    self._free_dead_blocks()  # all of them: everything is durable now
-                    self._write_block_directory()
+                if self._shared_map is not None:
+                    if self.core is not None:
+                        self.core.invalidate()
+                    self.core = None
+                    base, total = self._shared_map
+                    self._shared_map = None
+                    _native.core.unmap_parts(base, total)
+                    self._release_lock()
+                    _open_engines.discard(self)
+                    return
+                if self._pool is None:
+                    return
+                try:
+                    if self.options.writable and self.core is not None:
+                        self._sync_locked()
+                        self._free_dead_blocks()  # all of them: everything is durable now
+                        self._write_block_directory()
+                finally:
+                    if self.core is not None:
+                        self.core.invalidate()
+                    self.core = None
+                    pool, self._pool = self._pool, None
+                    pool.close()
+                    self._release_lock()
+                    _open_engines.discard(self)
             finally:
-                if self.core is not None:
-                    self.core.invalidate()
-                self.core = None
-                pool, self._pool = self._pool, None
-                pool.close()
-                self._release_lock()
-                _open_engines.discard(self)
+                deferred.end()
 
     @property
     def closed(self) -> bool:

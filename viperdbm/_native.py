@@ -12,12 +12,15 @@ except ImportError as exc:  # pragma: no cover - depends on how the package was 
         "'pip install .' (or 'make setup' in a checkout), which compiles native/vipercore.c"
     ) from exc
 
-core.set_error_classes(_errors.ClosedError, _errors.CorruptedError)
+core.set_error_classes(_errors.ClosedError, _errors.CorruptedError, _errors.error)
 
 Core = core.Core
 MapBase = core.MapBase
 crc32c = core.crc32c
 jumbo_size = core.jumbo_size
+sigblock = core.sigblock
+sigunblock = core.sigunblock
+sigpoll = core.sigpoll
 
 RC_OK: int = core.RC_OK
 RC_NEED_BLOCK: int = core.RC_NEED_BLOCK
@@ -25,6 +28,7 @@ RC_NEED_JUMBO: int = core.RC_NEED_JUMBO
 RC_FREEABLE: int = core.RC_FREEABLE
 RC_BUSY: int = core.RC_BUSY
 RC_COMPACT: int = core.RC_COMPACT
+RC_NO_RESERVE: int = core.RC_NO_RESERVE
 PERSIST_NONE: int = core.PERSIST_NONE
 PERSIST_MSYNC: int = core.PERSIST_MSYNC
 PERSIST_FUNC: int = core.PERSIST_FUNC

@@ -333,8 +333,12 @@ def _invoke(
             raise _failure(context, what, path, ctypes.get_errno(), errmsg())
         return result
     calls = pool._calls
-    calls.append(None)
+    # A token of its own, appended inside the try and removed without a call in between
+    # that could raise: a KeyboardInterrupt anywhere here can neither leave a token behind
+    # (close() would wait for it forever) nor remove another call's.
+    token = object()
     try:
+        calls.append(token)
         if pool._pop is None or pool._forked:
             raise pool._closed_error()
         result = fn(*args)
@@ -354,7 +358,10 @@ def _invoke(
             raise _failure(context, what, pool.set_path, code, libmsg)
         return result
     finally:
-        calls.pop()
+        try:  # noqa: SIM105 - contextlib.suppress() would be a call before the removal
+            calls.remove(token)
+        except ValueError:
+            pass  # interrupted before the append
 
 
 def _is_null(result: Any) -> bool:
@@ -701,7 +708,7 @@ class Pool:
         self._pop: int | None = pop
         self._pid = os.getpid()
         self._forked = False
-        self._calls: list[None] = []  # one token per call in flight (see _invoke)
+        self._calls: list[object] = []  # one token per call in flight (see _invoke)
         self._close_lock = threading.Lock()
         self._objlock = threading.Lock()
         self._live: set[int] | None = None  # DRAM cache of allocated object offsets
