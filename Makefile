@@ -15,8 +15,8 @@ test: setup
 	$(PY) -m pytest -q
 
 lint: setup
-	$(PY) -m ruff check viperdbm tests compat benchmarks docs/gen_api.py
-	$(PY) -m ruff format --check viperdbm tests compat benchmarks docs/gen_api.py
+	$(PY) -m ruff check viperdbm tests benchmarks docs/gen_api.py
+	$(PY) -m ruff format --check viperdbm tests benchmarks docs/gen_api.py
 	$(PY) -m mypy
 
 check: test lint
