@@ -14,10 +14,12 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
+# stubtest: the stub of the C extension lists exactly what the extension has.
 lint: setup
-	$(PY) -m ruff check viperdbm tests compat benchmarks docs/gen_api.py
-	$(PY) -m ruff format --check viperdbm tests compat benchmarks docs/gen_api.py
+	$(PY) -m ruff check viperdbm tests benchmarks docs/gen_api.py
+	$(PY) -m ruff format --check viperdbm tests benchmarks docs/gen_api.py
 	$(PY) -m mypy
+	$(PY) -m mypy.stubtest viperdbm._vipercore
 
 check: test lint
 

@@ -85,10 +85,6 @@ def part_files(store: Path) -> list[Path]:
     return sorted((store / "parts").glob("*.pmem"), key=lambda p: p.name)
 
 
-def fs_root(kind: str) -> str:
-    return {"tmpfs": "/dev/shm", "ext4": "/tmp"}[kind]
-
-
 def child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))

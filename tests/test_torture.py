@@ -52,6 +52,7 @@ from _torture_child import (
     operation,
 )
 from _vdbtools import HERE, child_env, describe, digest, value_for
+from conftest import FILESYSTEMS
 
 import viperdbm
 
@@ -464,9 +465,9 @@ def run_torture(torture: Torture, count: int) -> None:
     )
 
 
-@pytest.fixture(params=["tmpfs", "ext4"])
+@pytest.fixture(params=list(FILESYSTEMS))
 def fs_store(request: pytest.FixtureRequest) -> tuple[str, Path]:
-    root = {"tmpfs": "/dev/shm", "ext4": "/tmp"}[request.param]
+    root = FILESYSTEMS[request.param]
     import tempfile
 
     directory = Path(tempfile.mkdtemp(prefix="viperdbm-torture-", dir=root))
