@@ -20,7 +20,10 @@
 #include <Python.h>
 
 #include <errno.h>
+#include <signal.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -43,6 +46,50 @@
 
 static PyObject *ClosedError; /* set by set_error_classes() */
 static PyObject *CorruptedError;
+
+/* ------------------------------------------------------------------ crash points
+ * A test hook: crash_point(name) marks each internal step after which a crash leaves a
+ * different state on the media (a header written, a record's body before its CRC, an
+ * index update after a media write, ...), so that a test can kill the process at each of
+ * them in turn instead of at random instants. Configured once, at import:
+ *   VIPERDBM_CRASH_AT=N    the N-th crash point (counted from 1) sends SIGKILL to the process;
+ *   VIPERDBM_CRASH_LOG=path  every crash point appends "<n> <name>" to path.
+ * Unset (the normal case) a crash point costs one predictable branch on a static int. */
+static int crash_armed;
+static unsigned long long crash_at, crash_count;
+static int crash_log_fd = -1;
+
+static void crash_point_hit(const char *name) __attribute__((noinline, cold));
+static void crash_point_hit(const char *name) {
+    /* atomic: a block constructor runs inside pmemobj_alloc, without the GIL */
+    unsigned long long n = __atomic_add_fetch(&crash_count, 1, __ATOMIC_SEQ_CST);
+    if (crash_log_fd >= 0) {
+        char line[160];
+        int len = snprintf(line, sizeof line, "%llu %s\n", n, name);
+        if (len >= (int)sizeof line) {
+            len = (int)sizeof line - 1;
+            line[len - 1] = '\n';
+        }
+        if (len > 0 && write(crash_log_fd, line, (size_t)len) < 0) {
+            /* a log that cannot be written only makes the count short: the test sees that */
+        }
+    }
+    if (n == crash_at) {
+        kill(getpid(), SIGKILL);
+        for (;;) pause(); /* SIGKILL cannot be caught: never returns */
+    }
+}
+
+static inline void crash_point(const char *name) {
+    if (__builtin_expect(crash_armed, 0)) crash_point_hit(name);
+}
+
+static void crash_points_init(void) {
+    const char *at = getenv("VIPERDBM_CRASH_AT"), *logpath = getenv("VIPERDBM_CRASH_LOG");
+    if (at && *at) crash_at = strtoull(at, NULL, 10);
+    if (logpath && *logpath) crash_log_fd = open(logpath, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    crash_armed = crash_at != 0 || crash_log_fd >= 0;
+}
 
 /* ------------------------------------------------------------------ crc32c */
 static uint32_t crc_table[8][256];
@@ -484,7 +531,9 @@ static void write_record(Core *c, uint64_t off, unsigned kind, uint64_t seq, con
     else if (vlen)
         memset(r + hlen + klen, 0, vlen); /* a pad record */
     uint32_t crc = crc32c_update(0xFFFFFFFFu, r + 4, hlen - 4 + klen + vlen) ^ 0xFFFFFFFFu;
+    crash_point("record body written, CRC not yet");
     __atomic_store_n((uint32_t *)r, crc, __ATOMIC_RELEASE);
+    crash_point("record written");
 }
 
 /* Where in the active block a record of len bytes goes (padding to the next page when it
@@ -653,6 +702,7 @@ static int init_block_header(Core *c, uint64_t off, uint64_t size, unsigned kind
     wr32(h + 4, crc);
     __atomic_store_n((uint32_t *)h, VD_BLOCK_MAGIC, __ATOMIC_RELEASE);
     persist_range(c, off, VD_BLOCK_HEADER_SIZE);
+    crash_point(kind == VD_BLOCK_KIND_JUMBO ? "jumbo block header written" : "standard block header written");
     *log_start = ls;
     return 0;
 }
@@ -684,6 +734,7 @@ static PyObject *Core_add_block(Core *c, PyObject *args) {
     uint64_t log_start = align_up(off + VD_BLOCK_HEADER_SIZE, VD_PAGE_SIZE);
     if (log_start < off + size) memset(c->base + log_start, 0, off + size - log_start);
     if (c->persist_mode == PERSIST_FUNC) persist_range(c, log_start, off + size - log_start);
+    crash_point("add_block: log zeroed");
     init_block_header(c, off, size, VD_BLOCK_KIND_STANDARD, &b.log_start);
     b.end = b.log_start;
     Py_ssize_t prev = c->active;
@@ -746,6 +797,7 @@ static int do_put(Core *c, const uint8_t *key, uint64_t klen, const uint8_t *val
         c->slots[-i - 1] = slot_make(h, off);
         c->count++;
     }
+    crash_point("put: index updated");
     return after_write(c, freeable);
 }
 
@@ -827,6 +879,7 @@ static int core_delete_obj(Core *c, PyObject *key) {
     int freeable = account_dead(c, old, align_up(r.total, VD_RECORD_ALIGN));
     index_remove_at(c, (uint64_t)i);
     c->count--;
+    crash_point("delete: index updated");
     return after_write(c, freeable);
 }
 
@@ -880,6 +933,7 @@ static PyObject *Core_delete_jumbo(Core *c, PyObject *args) {
     index_remove_at(c, (uint64_t)i);
     c->count--;
     c->writes++;
+    crash_point("delete_jumbo: index updated");
     return PyLong_FromLong(freeable ? RC_FREEABLE : RC_OK);
 }
 
@@ -1292,6 +1346,7 @@ static int apply_pending(Core *c, int writable) {
         struct Pending *p = &c->pending[j];
         memset(c->base + p->off, 0, VD_RECORD_HEADER_SIZE);
         persist_range(c, p->off, VD_RECORD_HEADER_SIZE);
+        crash_point("apply_pending: dropped record erased");
     }
     PyMem_Free(c->pending);
     c->pending = NULL;
@@ -1347,6 +1402,7 @@ static PyObject *Core_finish_recovery(Core *c, PyObject *arg) {
             if (dirty) {
                 memset(tail, 0, tail_len);
                 persist_range(c, b->end, tail_len);
+                crash_point("finish_recovery: tail zeroed");
             }
             b->damaged_at = 0;
             c->active = best;
@@ -1484,6 +1540,7 @@ static PyObject *Core_compact_step(Core *c, PyObject *args) {
         c->blocks[nb].live_bytes += alen;
         account_dead(c, old, alen);
         c->slots[c->compact_cursor] = (s & ~SLOT_OFF_MASK) | (off >> 2);
+        crash_point("compact_step: index updated");
     }
     return Py_BuildValue("(iK)", RC_OK, 0ULL);
 }
@@ -1553,6 +1610,7 @@ static PyObject *Core_compact_block(Core *c, PyObject *arg) {
                 c->blocks[c->active].live_bytes += alen;
                 account_dead(c, pos, alen);
                 c->slots[i] = slot_make(h, noff);
+                crash_point("compact_block: index updated");
             }
         } else if (r.kind == VD_KIND_DEL && r.seq > oldest_elsewhere) {
             uint64_t h = key_hash(k, r.klen);
@@ -1565,6 +1623,7 @@ static PyObject *Core_compact_block(Core *c, PyObject *arg) {
                 }
                 c->blocks[c->active].tombstones++;
                 c->blocks[c->active].dead_bytes += alen;
+                crash_point("compact_block: delete copied");
             }
         }
         pos += alen;
@@ -2246,7 +2305,22 @@ static PyObject *mod_crc32c(PyObject *mod, PyObject *args) {
     return PyLong_FromUnsignedLong(r);
 }
 
+/* crash_point(name): a crash point of a Python step, counted with the native ones */
+static PyObject *mod_crash_point(PyObject *mod, PyObject *arg) {
+    (void)mod;
+    if (crash_armed) {
+        const char *name = PyUnicode_AsUTF8(arg);
+        if (!name) return NULL;
+        crash_point_hit(name);
+    } else if (!PyUnicode_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "crash_point() takes a str");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
+    {"crash_point", mod_crash_point, METH_O, "crash_point(name): a crash point (VIPERDBM_CRASH_AT/_LOG)"},
     {"set_error_classes", mod_set_error_classes, METH_VARARGS, "set_error_classes(ClosedError, CorruptedError)"},
     {"crc32c", mod_crc32c, METH_VARARGS, "crc32c(data, crc=0) -> int (Castagnoli)"},
     {"map_parts", mod_map_parts, METH_O, "map_parts([(path, size)]) -> (base, total), read-only"},
@@ -2263,6 +2337,7 @@ static struct PyModuleDef moduledef = {
 
 PyMODINIT_FUNC PyInit__vipercore(void) {
     crc_init();
+    crash_points_init();
 #if defined(__x86_64__)
     __builtin_cpu_init();
     have_hw_crc = __builtin_cpu_supports("sse4.2");

@@ -518,8 +518,10 @@ class Engine:
             self._sync_locked()
             for off in unused:
                 pool.free(off)
+                _native.crash_point("recovery: unused object freed")
             for off in freeable:
                 pool.free(off)
+                _native.crash_point("recovery: dead block freed, not yet dropped")
                 core.drop_block(off)
 
     def _check_against_block_directory(self, objects: list[tuple[int, int, int]]) -> None:
@@ -661,6 +663,7 @@ class Engine:
     def _alloc(self, size: int, type_num: int, *, zero: bool) -> tuple[int, int]:
         pool = self._require_pool()
         off = pool.alloc(size, type_num, zero=zero)
+        _native.crash_point("object allocated")
         usable = pool.usable_size(off)
         self._require_core().set_mapped(pool.mapped_size())
         self._tune_growth()

@@ -17,6 +17,9 @@ core.set_error_classes(_errors.ClosedError, _errors.CorruptedError)
 Core = core.Core
 MapBase = core.MapBase
 crc32c = core.crc32c
+#: a crash point of a Python step (tests: VIPERDBM_CRASH_AT / VIPERDBM_CRASH_LOG, see
+#: native/vipercore.c); a no-op unless one of them was set when the module was imported
+crash_point = core.crash_point
 jumbo_size = core.jumbo_size
 
 RC_OK: int = core.RC_OK
@@ -29,4 +32,4 @@ PERSIST_NONE: int = core.PERSIST_NONE
 PERSIST_MSYNC: int = core.PERSIST_MSYNC
 PERSIST_FUNC: int = core.PERSIST_FUNC
 
-__all__ = ["Core", "core", "crc32c", "jumbo_size"]
+__all__ = ["Core", "core", "crash_point", "crc32c", "jumbo_size"]
