@@ -17,6 +17,7 @@ RC_NEED_BLOCK / RC_BUSY when a fast path needs one of them.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import logging
 import os
@@ -39,7 +40,7 @@ from ._errors import (
     VersionMismatchError,
     error,
 )
-from ._pmemobj import Pool, write_poolset
+from ._pmemobj import PMEMOBJ_PERSIST_ADDRESS, Pool, write_poolset
 
 log = logging.getLogger("viperdbm")
 
@@ -48,6 +49,13 @@ _open_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 #: bytes of dead blocks that may wait for the next sync() before freeing forces one (see
 #: Engine._free_dead_blocks)
 _FREE_AFTER_SYNC_BYTES = 32 << 20
+
+#: what the native block constructor makes of each object type (Engine._alloc)
+_CONSTRUCTED = {
+    layout.TYPE_STANDARD_BLOCK: layout.BLOCK_KIND_STANDARD,
+    layout.TYPE_JUMBO_BLOCK: layout.BLOCK_KIND_JUMBO,
+    layout.TYPE_RESERVE: _native.INIT_RESERVE,
+}
 
 
 def _invalidate_after_fork() -> None:
@@ -662,7 +670,24 @@ class Engine:
 
     def _alloc(self, size: int, type_num: int, *, zero: bool) -> tuple[int, int]:
         pool = self._require_pool()
-        off = pool.alloc(size, type_num, zero=zero)
+        kind = _CONSTRUCTED.get(type_num)
+        if kind is None:
+            off = pool.alloc(size, type_num, zero=zero)
+        else:
+            # The core's constructor writes the header (with the block's birth, the next
+            # sequence number) inside pmemobj_alloc, before the allocation is published: a
+            # crash leaves no block, or one whose header is this life's. Whatever the space
+            # held before (a freed block's header and records) is never read as a block.
+            init = ctypes.create_string_buffer(
+                self._require_core().block_init(kind, size, PMEMOBJ_PERSIST_ADDRESS, zero)
+            )
+            off = pool.alloc(
+                size,
+                type_num,
+                zero=False,
+                constructor=_native.BLOCK_CONSTRUCTOR,
+                arg=ctypes.addressof(init),
+            )
         _native.crash_point("object allocated")
         usable = pool.usable_size(off)
         self._require_core().set_mapped(pool.mapped_size())

@@ -21,6 +21,11 @@ crc32c = core.crc32c
 #: native/vipercore.c); a no-op unless one of them was set when the module was imported
 crash_point = core.crash_point
 jumbo_size = core.jumbo_size
+#: address of the native pmemobj_alloc constructor of blocks and the reserve (Core.block_init
+#: makes its argument)
+BLOCK_CONSTRUCTOR: int = core.BLOCK_CONSTRUCTOR
+#: Core.block_init's kind for the reserve object
+INIT_RESERVE: int = core.INIT_RESERVE
 
 RC_OK: int = core.RC_OK
 RC_NEED_BLOCK: int = core.RC_NEED_BLOCK
