@@ -32,6 +32,7 @@ from dataclasses import dataclass
 JUMBO = 1_200_000
 #: values that fill 4 MiB blocks quickly, so that few operations reach compaction
 FILL = 200_000
+HUGE_KEY = b"huge-" + b"H" * (1 << 20)
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ def workload() -> list[Op]:
     ops += [Op("put", b"L0", JUMBO + 4), Op("delete", b"L1")]
     ops += [Op("put", b"small%d" % i, 5000 + i) for i in range(3)]
     ops += [Op("delete", b"small4"), Op("sync"), Op("reorganize")]
+    # a key over 1 MiB: its delete record needs a jumbo block of its own (delete_jumbo)
+    ops += [Op("put", HUGE_KEY, 10), Op("delete", HUGE_KEY)]
     ops += [Op("reopen"), Op("put", b"small0", 7), Op("put", b"M", JUMBO + 8), Op("reopen")]
     ops += [Op("delete", b"M"), Op("put", b"after", 3)]
     return ops
@@ -89,8 +92,18 @@ def child(path: str, acks: str) -> None:
     os.write(fd, b"done\n")
 
 
+def reopen_child(path: str) -> None:
+    """A writable open, which runs the recovery of a killed writer, and a close."""
+    import viperdbm
+
+    viperdbm.open(path, "w").close()
+
+
 if __name__ == "__main__":
-    child(sys.argv[1], sys.argv[2])
+    if sys.argv[1] == "--reopen":
+        reopen_child(sys.argv[2])
+    else:
+        child(sys.argv[1], sys.argv[2])
     sys.exit(0)
 
 
@@ -111,17 +124,22 @@ import viperdbm  # noqa: E402
 #: every point when there are at most this many; else a spread of about this many
 CI_POINTS = 120
 #: points whose name occurs at most this often in the workload are all taken, however many
-RARE = 8
+RARE = 20
+#: in CI, the recovery after a kill is itself killed at each of its points after every
+#: this-many-th kill; after all of them with VIPERDBM_CRASHPOINTS_ALL=1
+CI_NESTED_EVERY = 4
 WATCHDOG_SECONDS = 120
 
 
-def run_child(store: Path, acks: Path, **env: str) -> subprocess.CompletedProcess[str]:
+def run_child(store: Path, acks: Path | None, **env: str) -> subprocess.CompletedProcess[str]:
+    """The workload (acknowledging in ``acks``), or with ``acks`` None a writable reopen."""
     full = child_env()
     for name in ("VIPERDBM_CRASH_AT", "VIPERDBM_CRASH_LOG"):
         full.pop(name, None)
     full.update(env)
+    args = [str(store), str(acks)] if acks is not None else ["--reopen", str(store)]
     return subprocess.run(
-        [sys.executable, __file__, str(store), str(acks)],
+        [sys.executable, __file__, *args],
         capture_output=True,
         text=True,
         env=full,
@@ -148,11 +166,15 @@ def acknowledged(acks: Path) -> int:
     return len(numbers)
 
 
+def everything() -> bool:
+    return os.environ.get("VIPERDBM_CRASHPOINTS_ALL") == "1"
+
+
 def choose(names: list[str]) -> list[int]:
     """The points to kill at (1-based): all of them, or every point of a rare kind plus an
     even spread of the rest (deterministic)."""
     total = len(names)
-    if os.environ.get("VIPERDBM_CRASHPOINTS_ALL") == "1" or total <= CI_POINTS:
+    if everything() or total <= CI_POINTS:
         return list(range(1, total + 1))
     counts = Counter(names)
     chosen = {n for n, name in enumerate(names, 1) if counts[name] <= RARE}
@@ -169,12 +191,13 @@ def workdir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def check_after_kill(prober: Prober, store: Path, point: int, name: str, acked: int) -> list[str]:
+def check_after_kill(prober: Prober, store: Path, ctx: str, acked: int) -> list[str]:
+    """Open the killed store with 'w', then 'r': each key must hold its last acknowledged
+    value or the one of the operation in flight."""
     ops = workload()
     model = model_after(acked)
-    in_flight = ops[acked] if acked < len(ops) else None
-    new = model_after(acked + 1) if in_flight is not None else model
-    ctx = f"killed at point {point} ({name!r}) after {acked} acknowledged operations"
+    new = model_after(acked + 1) if acked < len(ops) else model
+    ctx = f"{ctx} after {acked} acknowledged operations"
     res = prober.probe(store, "w", reopen=True)
     if res.status != "ok":
         return [f"{ctx}: the store does not open with 'w': {res.summary()}"]
@@ -192,38 +215,77 @@ def check_after_kill(prober: Prober, store: Path, point: int, name: str, acked: 
     return problems
 
 
+def kill_the_recovery(
+    prober: Prober, killed: Path, scratch: Path, ctx: str, acked: int
+) -> tuple[int, list[str]]:
+    """The writable open of a killed store is itself killed at each of its crash points
+    (erasing records a power cut cut off, zeroing a torn tail, freeing dead blocks...); the
+    store must still hold what was acknowledged. Returns (points, problems)."""
+    copy_store(killed, scratch)
+    log = scratch.parent / "recovery-points"
+    log.unlink(missing_ok=True)
+    done = run_child(scratch, None, VIPERDBM_CRASH_LOG=str(log))
+    if done.returncode != 0:
+        return 0, [f"{ctx}: the writable reopen failed: {done.stderr[-500:]}"]
+    names = log.read_text().splitlines() if log.exists() else []
+    problems: list[str] = []
+    for point, line in enumerate(names, 1):
+        copy_store(killed, scratch)
+        again = run_child(scratch, None, VIPERDBM_CRASH_AT=str(point))
+        where = f"{ctx}, then its recovery at point {line!r}"
+        if again.returncode != -signal.SIGKILL:
+            problems.append(f"{where}: not killed there (exit {again.returncode})")
+            continue
+        problems += check_after_kill(prober, scratch, where, acked)
+    return len(names), problems
+
+
 def test_a_kill_at_any_crash_point_loses_nothing_acknowledged(workdir: Path) -> None:
     empty = workdir / "empty"
     viperdbm.open(empty, "c").close()
     store, acks, log = workdir / "store", workdir / "acks", workdir / "points"
+    killed_copy, scratch = workdir / "killed", workdir / "scratch"
     copy_store(empty, store)
     done = run_child(store, acks, VIPERDBM_CRASH_LOG=str(log))
     assert done.returncode == 0, done.stderr
     assert acks.read_text().endswith("done\n")
-    names = [line.split(" ", 1)[1] for line in log.read_text().splitlines()]
-    assert [int(line.split(" ", 1)[0]) for line in log.read_text().splitlines()] == list(
-        range(1, len(names) + 1)
-    )
+    lines = log.read_text().splitlines()
+    names = [line.split(" ", 1)[1] for line in lines]
+    assert [int(line.split(" ", 1)[0]) for line in lines] == list(range(1, len(names) + 1))
     counts = Counter(names)
-    for needed in ("jumbo block header written", "compact_block: index updated"):
+    for needed in (
+        "jumbo block header written",
+        "compact_block: index updated",
+        "compact_step: index updated",
+        "delete_jumbo: index updated",
+    ):
         assert counts[needed], f"the workload never reaches {needed!r}: {dict(counts)}"
     points = choose(names)
     problems: list[str] = []
+    nested = nested_kills = 0
     with Prober(watchdog=WATCHDOG_SECONDS) as prober:
-        for point in points:
+        for n, point in enumerate(points):
             copy_store(empty, store)
             acks.unlink(missing_ok=True)
             killed = run_child(store, acks, VIPERDBM_CRASH_AT=str(point))
             name = names[point - 1]
+            ctx = f"killed at point {point} ({name!r})"
             if killed.returncode != -signal.SIGKILL:
                 problems.append(
-                    f"point {point} ({name!r}): the child was not killed there (exit "
-                    f"{killed.returncode}; the workload's points are not deterministic?): "
-                    f"{killed.stderr[-500:]}"
+                    f"{ctx}: the child was not killed there (exit {killed.returncode}; the "
+                    f"workload's points are not deterministic?): {killed.stderr[-500:]}"
                 )
                 continue
-            problems += check_after_kill(prober, store, point, name, acknowledged(acks))
-    print(f"{len(names)} crash points in the workload, {len(points)} kills")
-    assert not problems, f"{len(problems)} problems in {len(points)} kills:\n" + "\n".join(
-        problems[:30]
+            acked = acknowledged(acks)
+            if everything() or n % CI_NESTED_EVERY == 0:
+                copy_store(store, killed_copy)
+                found, more = kill_the_recovery(prober, killed_copy, scratch, ctx, acked)
+                nested += 1
+                nested_kills += found
+                problems += more
+            problems += check_after_kill(prober, store, ctx, acked)
+    print(
+        f"{len(names)} crash points in the workload, {len(points)} kills; the recovery "
+        f"after {nested} of them killed at each of its points: {nested_kills} kills"
     )
+    assert not problems, f"{len(problems)} problems:\n" + "\n".join(problems[:30])
