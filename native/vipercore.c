@@ -22,6 +22,8 @@
 #include <errno.h>
 #include <signal.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -50,6 +52,50 @@ static PyObject *StoreError; /* viperdbm.error: for broken internal invariants *
 /* An internal invariant failed: a viperdbm.error, never a bare ValueError. */
 static void internal_error(const char *what) {
     PyErr_Format(StoreError ? StoreError : PyExc_RuntimeError, "internal inconsistency of the open store: %s", what);
+}
+
+/* ------------------------------------------------------------------ crash points
+ * A test hook: crash_point(name) marks each internal step after which a crash leaves a
+ * different state on the media (a header written, a record's body before its CRC, an
+ * index update after a media write, ...), so that a test can kill the process at each of
+ * them in turn instead of at random instants. Configured once, at import:
+ *   VIPERDBM_CRASH_AT=N    the N-th crash point (counted from 1) sends SIGKILL to the process;
+ *   VIPERDBM_CRASH_LOG=path  every crash point appends "<n> <name>" to path.
+ * Unset (the normal case) a crash point costs one predictable branch on a static int. */
+static int crash_armed;
+static unsigned long long crash_at, crash_count;
+static int crash_log_fd = -1;
+
+static void crash_point_hit(const char *name) __attribute__((noinline, cold));
+static void crash_point_hit(const char *name) {
+    /* atomic: a block constructor runs inside pmemobj_alloc, without the GIL */
+    unsigned long long n = __atomic_add_fetch(&crash_count, 1, __ATOMIC_SEQ_CST);
+    if (crash_log_fd >= 0) {
+        char line[160];
+        int len = snprintf(line, sizeof line, "%llu %s\n", n, name);
+        if (len >= (int)sizeof line) {
+            len = (int)sizeof line - 1;
+            line[len - 1] = '\n';
+        }
+        if (len > 0 && write(crash_log_fd, line, (size_t)len) < 0) {
+            /* a log that cannot be written only makes the count short: the test sees that */
+        }
+    }
+    if (n == crash_at) {
+        kill(getpid(), SIGKILL);
+        for (;;) pause(); /* SIGKILL cannot be caught: never returns */
+    }
+}
+
+static inline void crash_point(const char *name) {
+    if (__builtin_expect(crash_armed, 0)) crash_point_hit(name);
+}
+
+static void crash_points_init(void) {
+    const char *at = getenv("VIPERDBM_CRASH_AT"), *logpath = getenv("VIPERDBM_CRASH_LOG");
+    if (at && *at) crash_at = strtoull(at, NULL, 10);
+    if (logpath && *logpath) crash_log_fd = open(logpath, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    crash_armed = crash_at != 0 || crash_log_fd >= 0;
 }
 
 /* ------------------------------------------------------------------ crc32c */
@@ -189,6 +235,7 @@ typedef struct {
     uint64_t seq_min, seq_max; /* of the records in the block (0: none yet) */
     uint64_t damaged_at; /* where the scan met bytes that are neither a record nor zeros */
     int midlog;          /* ... and valid records followed them: damage, not a torn write */
+    uint64_t birth;      /* from the header: every record in the block is at least this (0: no bound) */
     unsigned kind;
     int old; /* being compacted away by reorganize() */
 } Block;
@@ -494,7 +541,9 @@ static void write_record(Core *c, uint64_t off, unsigned kind, uint64_t seq, con
     else if (vlen)
         memset(r + hlen + klen, 0, vlen); /* a pad record */
     uint32_t crc = crc32c_update(0xFFFFFFFFu, r + 4, hlen - 4 + klen + vlen) ^ 0xFFFFFFFFu;
+    crash_point("record body written, CRC not yet");
     __atomic_store_n((uint32_t *)r, crc, __ATOMIC_RELEASE);
+    crash_point("record written");
 }
 
 /* Where in the active block a record of len bytes goes (padding to the next page when it
@@ -513,9 +562,11 @@ static uint64_t place_record(Core *c, Block *b, uint64_t len, uint64_t *pad_at, 
     return pos;
 }
 
+/* A pad carries the sequence number of the record that follows it: not unique, but at least
+ * the block's birth, so that a pad a previous life of the space left is not taken for one. */
 static void write_pad(Core *c, uint64_t at, uint64_t len) {
     if (len < VD_RECORD_HEADER_SIZE) return; /* recovery skips a page tail shorter than a header */
-    write_record(c, at, VD_KIND_PAD, 0, NULL, 0, NULL, len - VD_RECORD_HEADER_SIZE);
+    write_record(c, at, VD_KIND_PAD, c->next_seq, NULL, 0, NULL, len - VD_RECORD_HEADER_SIZE);
 }
 
 /* Append a record to the active block and point the index at it. */
@@ -650,24 +701,6 @@ static PyObject *Core_set_durable(Core *c, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
-/* Initialise a freshly allocated (zeroed) block object: write its header. */
-static int init_block_header(Core *c, uint64_t off, uint64_t size, unsigned kind, uint64_t *log_start) {
-    uint8_t *h = c->base + off;
-    uint64_t ls = kind == VD_BLOCK_KIND_STANDARD ? align_up(off + VD_BLOCK_HEADER_SIZE, VD_PAGE_SIZE)
-                                                 : off + VD_BLOCK_HEADER_SIZE;
-    memset(h, 0, VD_BLOCK_HEADER_SIZE);
-    wr32(h + 8, VD_FORMAT_VERSION);
-    wr32(h + 12, kind);
-    wr64(h + 16, size);
-    wr64(h + 24, ls - off);
-    uint32_t crc = crc32c_update(0xFFFFFFFFu, h + 8, VD_BLOCK_HEADER_SIZE - 8) ^ 0xFFFFFFFFu;
-    wr32(h + 4, crc);
-    __atomic_store_n((uint32_t *)h, VD_BLOCK_MAGIC, __ATOMIC_RELEASE);
-    persist_range(c, off, VD_BLOCK_HEADER_SIZE);
-    *log_start = ls;
-    return 0;
-}
-
 static int check_block_bounds(Core *c, uint64_t off, uint64_t usable) {
     if (off == 0 || off % 8 || usable < VD_BLOCK_HEADER_SIZE + VD_RECORD_HEADER_SIZE || off > c->mapped ||
         usable > c->mapped - off) {
@@ -678,25 +711,150 @@ static int check_block_bounds(Core *c, uint64_t off, uint64_t usable) {
     return 0;
 }
 
-/* add_block(off, usable_size): a new zeroed standard block becomes the active block */
+/* ------------------------------------------------------------------ block headers */
+typedef struct {
+    uint32_t version, kind;
+    uint64_t size, ls_rel, birth;
+} Header;
+
+/* 1 and *h filled if the bytes at p are a block header that verifies (magic and CRC), else 0.
+ * The fields may still be impossible for the object: the callers check them. */
+static int header_read(const uint8_t *p, Header *h) {
+    uint32_t want = crc32c_update(0xFFFFFFFFu, p + 8, VD_BLOCK_HEADER_SIZE - 8) ^ 0xFFFFFFFFu;
+    if (rd32(p) != VD_BLOCK_MAGIC || rd32(p + 4) != want) return 0;
+    h->version = rd32(p + 8);
+    h->kind = rd32(p + 12);
+    h->size = rd64(p + 16);
+    h->ls_rel = rd64(p + 24);
+    h->birth = rd64(p + VD_BLOCK_BIRTH_OFFSET);
+    return 1;
+}
+
+/* Is a verified header possible for an object of usable bytes (of the expected kind, if
+ * kind is not 0)? */
+static int header_fits(const Header *h, uint64_t usable, unsigned kind) {
+    return (h->kind == VD_BLOCK_KIND_STANDARD || h->kind == VD_BLOCK_KIND_JUMBO) && (!kind || h->kind == kind) &&
+           h->size <= usable && h->ls_rel >= VD_BLOCK_HEADER_SIZE && h->ls_rel <= h->size &&
+           h->birth <= VD_SEQ_MASK;
+}
+
+typedef void (*pmemobj_persist_fn)(void *pop, const void *addr, size_t len);
+
+/* The constructor pmemobj_alloc runs on every new block and reserve object (its address is
+ * the module's BLOCK_CONSTRUCTOR; the argument a VdBlockInit made by Core.block_init).
+ * libpmemobj publishes an allocation only after its constructor returned 0, so a crash at
+ * any instant leaves either no object or one whose header is this life's, with its birth:
+ * never the valid header and records of whatever the space held before. A standard block's
+ * log is zeroed here too (in the page cache; persisted only on real persistent memory,
+ * where that is cheap: should a power cut undo it, the records that reappear are older than
+ * the birth and are not read), a jumbo block's first record header, so that a block made
+ * just before a crash reads as empty, not damaged. A reserve only loses its first
+ * header-sized bytes: it never holds a valid block header. Runs inside pmemobj_alloc,
+ * called through ctypes without the GIL: no Python API here. */
+static int block_constructor(void *pop, void *ptr, void *arg) {
+    VdBlockInit a;
+    memcpy(&a, arg, sizeof a);
+    pmemobj_persist_fn persist = (pmemobj_persist_fn)(uintptr_t)a.persist;
+    uint8_t *p = ptr;
+    if (a.flags & VD_INIT_ZERO) {
+        memset(p, 0, a.size);
+        persist(pop, p, a.size);
+    }
+    if (a.kind == VD_INIT_RESERVE) {
+        memset(p, 0, VD_BLOCK_HEADER_SIZE);
+        persist(pop, p, VD_BLOCK_HEADER_SIZE);
+        crash_point("reserve header zeroed");
+        return 0;
+    }
+    uint64_t off = (uint64_t)(p - (uint8_t *)pop);
+    int standard = a.kind == VD_BLOCK_KIND_STANDARD;
+    uint64_t size = standard && a.size > VD_BLOCK_SIZE ? VD_BLOCK_SIZE : a.size;
+    uint64_t ls = standard ? align_up(off + VD_BLOCK_HEADER_SIZE, VD_PAGE_SIZE) : off + VD_BLOCK_HEADER_SIZE;
+    uint64_t zero_len = 0;
+    if (ls < off + size) zero_len = standard ? off + size - ls : VD_RECORD_HEADER_SIZE;
+    if (zero_len > off + size - ls) zero_len = off + size - ls;
+    memset(p + (ls - off), 0, zero_len);
+    if ((a.flags & VD_INIT_PERSIST_LOG) && zero_len) persist(pop, p + (ls - off), zero_len);
+    crash_point(standard ? "standard block log zeroed" : "jumbo block first record header zeroed");
+    memset(p, 0, VD_BLOCK_HEADER_SIZE);
+    wr32(p + 8, VD_FORMAT_VERSION);
+    wr32(p + 12, a.kind);
+    wr64(p + 16, size);
+    wr64(p + 24, ls - off);
+    wr64(p + VD_BLOCK_BIRTH_OFFSET, a.birth);
+    wr32(p + 4, crc32c_update(0xFFFFFFFFu, p + 8, VD_BLOCK_HEADER_SIZE - 8) ^ 0xFFFFFFFFu);
+    __atomic_store_n((uint32_t *)p, VD_BLOCK_MAGIC, __ATOMIC_RELEASE);
+    persist(pop, p, VD_BLOCK_HEADER_SIZE);
+    crash_point(standard ? "standard block header written" : "jumbo block header written");
+    return 0;
+}
+
+/* block_init(kind, size, persist_address, zero=False) -> bytes: the constructor's argument
+ * for a new object of size bytes (kind: BLOCK_KIND_* or INIT_RESERVE), born now. */
+static PyObject *Core_block_init(Core *c, PyObject *args) {
+    unsigned int kind;
+    unsigned long long size, persist;
+    int zero = 0;
+    if (!PyArg_ParseTuple(args, "IKK|p", &kind, &size, &persist, &zero)) return NULL;
+    if (core_check_open(c) < 0) return NULL;
+    if ((kind != VD_BLOCK_KIND_STANDARD && kind != VD_BLOCK_KIND_JUMBO && kind != VD_INIT_RESERVE) || persist == 0 ||
+        size < VD_BLOCK_HEADER_SIZE + VD_RECORD_HEADER_SIZE) {
+        PyErr_SetString(PyExc_ValueError, "block_init(): bad kind, size or persist address");
+        return NULL;
+    }
+    VdBlockInit a = {0};
+    a.persist = persist;
+    a.birth = c->next_seq;
+    a.size = size;
+    a.kind = kind;
+    a.flags = (zero ? VD_INIT_ZERO : 0) | (c->persist_mode == PERSIST_FUNC ? VD_INIT_PERSIST_LOG : 0);
+    return PyBytes_FromStringAndSize((const char *)&a, sizeof a);
+}
+
+/* The block that the constructor has just made at off, from its header: 0, or -1 with an
+ * exception set if there is none (the object was not made by block_constructor). */
+static int block_from_header(Core *c, uint64_t off, uint64_t usable, unsigned kind, Block *b) {
+    Header h;
+    if (!header_read(c->base + off, &h) || h.version != VD_FORMAT_VERSION || !header_fits(&h, usable, kind) ||
+        h.birth == 0 || h.birth > c->next_seq) {
+        PyErr_Format(CorruptedError,
+                     "the object at offset %llu has no header of a new block (allocate blocks with the "
+                     "block constructor)",
+                     (unsigned long long)off);
+        return -1;
+    }
+    memset(b, 0, sizeof *b);
+    b->off = off;
+    b->size = h.size;
+    b->kind = kind;
+    b->log_start = off + h.ls_rel;
+    b->end = b->log_start;
+    b->birth = h.birth;
+    return 0;
+}
+
+/* block_header(off, usable) -> (kind, birth), or None if the object holds no valid block
+ * header (the engine asks this of an object typed as the reserve). */
+static PyObject *Core_block_header(Core *c, PyObject *args) {
+    unsigned long long off, usable;
+    if (!PyArg_ParseTuple(args, "KK", &off, &usable)) return NULL;
+    if (core_check_open(c) < 0 || check_block_bounds(c, off, usable) < 0) return NULL;
+    Header h;
+    if (!header_read(c->base + off, &h) || h.version != VD_FORMAT_VERSION || !header_fits(&h, usable, 0))
+        Py_RETURN_NONE;
+    return Py_BuildValue("(IK)", h.kind, (unsigned long long)h.birth);
+}
+
+
+/* add_block(off, usable_size): a new standard block (made by block_constructor) becomes the
+ * active block */
 static PyObject *Core_add_block(Core *c, PyObject *args) {
     unsigned long long off, usable;
     if (!PyArg_ParseTuple(args, "KK", &off, &usable)) return NULL;
     if (core_check_open(c) < 0 || check_block_bounds(c, off, usable) < 0) return NULL;
-    uint64_t size = usable < VD_BLOCK_SIZE ? usable : VD_BLOCK_SIZE;
-    Block b = {0};
-    b.off = off;
-    b.size = size;
-    b.kind = VD_BLOCK_KIND_STANDARD;
-    /* The block comes from the allocator as it is (libpmemobj's zeroing would msync 4 MiB
-     * on an ordinary file): zero its log here, in the page cache. Should a power cut undo
-     * this, what reappears are records of a freed block, all older than the records that
-     * superseded them and older than this block's own (so they end its log): harmless. */
-    uint64_t log_start = align_up(off + VD_BLOCK_HEADER_SIZE, VD_PAGE_SIZE);
-    if (log_start < off + size) memset(c->base + log_start, 0, off + size - log_start);
-    if (c->persist_mode == PERSIST_FUNC) persist_range(c, log_start, off + size - log_start);
-    init_block_header(c, off, size, VD_BLOCK_KIND_STANDARD, &b.log_start);
-    b.end = b.log_start;
+    /* its header and zeroed log were written by block_constructor inside the allocation */
+    Block b;
+    if (block_from_header(c, off, usable, VD_BLOCK_KIND_STANDARD, &b) < 0) return NULL;
     Py_ssize_t prev = c->active;
     uint64_t prev_off = prev >= 0 ? c->blocks[prev].off : 0;
     Py_ssize_t i = block_insert(c, &b);
@@ -721,13 +879,10 @@ static int do_put(Core *c, const uint8_t *key, uint64_t klen, const uint8_t *val
     uint64_t off;
     if (jumbo_off) {
         uint64_t len = record_len_for(klen, vlen);
-        Block b = {0};
-        b.off = jumbo_off;
-        b.size = jumbo_size;
-        b.kind = VD_BLOCK_KIND_JUMBO;
-        init_block_header(c, jumbo_off, jumbo_size, VD_BLOCK_KIND_JUMBO, &b.log_start);
-        if (b.log_start + len > jumbo_off + jumbo_size) {
-            PyErr_SetString(PyExc_ValueError, "jumbo block too small for the record");
+        Block b;
+        if (block_from_header(c, jumbo_off, jumbo_size, VD_BLOCK_KIND_JUMBO, &b) < 0) return -1;
+        if (b.log_start + len > b.off + b.size) {
+            internal_error("jumbo block too small for the record");
             return -1;
         }
         if (block_insert(c, &b) < 0) return -1;
@@ -757,6 +912,7 @@ static int do_put(Core *c, const uint8_t *key, uint64_t klen, const uint8_t *val
         c->slots[-i - 1] = slot_make(h, off);
         c->count++;
     }
+    crash_point("put: index updated");
     return after_write(c, freeable);
 }
 
@@ -839,6 +995,7 @@ static int core_delete_obj(Core *c, PyObject *key) {
     int freeable = account_dead(c, old, align_up(r.total, VD_RECORD_ALIGN));
     index_remove_at(c, (uint64_t)i);
     c->count--;
+    crash_point("delete: index updated");
     return after_write(c, freeable);
 }
 
@@ -867,14 +1024,14 @@ static PyObject *Core_delete_jumbo(Core *c, PyObject *args) {
         return PyLong_FromLong(-1);
     }
     uint64_t len = record_len_for((uint64_t)k.n, 0);
-    Block b = {0};
-    b.off = off;
-    b.size = usable;
-    b.kind = VD_BLOCK_KIND_JUMBO;
-    init_block_header(c, off, usable, VD_BLOCK_KIND_JUMBO, &b.log_start);
-    if (b.log_start + len > off + usable) {
+    Block b;
+    if (block_from_header(c, off, usable, VD_BLOCK_KIND_JUMBO, &b) < 0) {
         keyarg_release(&k);
-        PyErr_SetString(PyExc_ValueError, "jumbo block too small for the record");
+        return NULL;
+    }
+    if (b.log_start + len > b.off + b.size) {
+        keyarg_release(&k);
+        internal_error("jumbo block too small for the record");
         return NULL;
     }
     b.end = b.log_start + align_up(len, VD_RECORD_ALIGN);
@@ -892,6 +1049,7 @@ static PyObject *Core_delete_jumbo(Core *c, PyObject *args) {
     index_remove_at(c, (uint64_t)i);
     c->count--;
     c->writes++;
+    crash_point("delete_jumbo: index updated");
     return PyLong_FromLong(freeable ? RC_FREEABLE : RC_OK);
 }
 
@@ -1063,11 +1221,12 @@ static inline uint64_t seq_limit(Core *c) {
     return base + c->mapped / VD_RECORD_HEADER_SIZE + 1;
 }
 
-/* Is there a valid record at pos? 1: yes (a pad, or a record newer than prev_seq), with
+/* Is there a valid record at pos? 1: yes (a pad of this life, or a record newer than prev_seq,
+ * which is at least the block's birth - 1), with
  * *rec filled; 0: zeros (the end of a log); -1: something else (rec->total is the length
  * its header claims, 0 if even that is impossible). Every length is checked against end
  * before a byte it covers is read. */
-static int record_at(Core *c, uint64_t pos, uint64_t end, uint64_t prev_seq, Rec *rec) {
+static int record_at(Core *c, uint64_t pos, uint64_t end, uint64_t prev_seq, uint64_t birth, Rec *rec) {
     const uint8_t *r = c->base + pos;
     rec->total = 0;
     if (rd64(r) == 0 && rd64(r + 8) == 0) return 0;
@@ -1086,6 +1245,7 @@ static int record_at(Core *c, uint64_t pos, uint64_t end, uint64_t prev_seq, Rec
      * block's previous one, and no newer than the durable watermark plus the number of
      * records the pool could hold (unsynced records are never freed, see the engine). */
     if (rec->kind != VD_KIND_PAD && (rec->seq <= prev_seq || rec->seq == 0 || rec->seq > seq_limit(c))) return -1;
+    if (rec->kind == VD_KIND_PAD && rec->seq < birth) return -1; /* a previous life's pad */
     uint32_t crc = crc32c_update(0xFFFFFFFFu, r + 4, rec->total - 4) ^ 0xFFFFFFFFu;
     if (crc != rd32(r)) return -1;
     return 1;
@@ -1137,24 +1297,22 @@ static PyObject *Core_scan_block(Core *c, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "unknown block kind");
         return NULL;
     }
-    const uint8_t *h = c->base + off;
-    uint32_t magic = rd32(h), hcrc = rd32(h + 4);
-    uint32_t want = crc32c_update(0xFFFFFFFFu, h + 8, VD_BLOCK_HEADER_SIZE - 8) ^ 0xFFFFFFFFu;
-    uint64_t size, ls_rel;
-    int header_ok = magic == VD_BLOCK_MAGIC && hcrc == want;
+    Header h;
+    uint64_t size, ls_rel, birth = 0;
+    int header_ok = header_read(c->base + off, &h);
     if (header_ok) {
-        uint32_t version = rd32(h + 8), hkind = rd32(h + 12);
-        size = rd64(h + 16);
-        ls_rel = rd64(h + 24);
-        if (version != VD_FORMAT_VERSION) {
+        if (h.version != VD_FORMAT_VERSION) {
             PyErr_Format(CorruptedError, "block at offset %llu has format version %u, expected %u",
-                         (unsigned long long)off, version, VD_FORMAT_VERSION);
+                         (unsigned long long)off, h.version, VD_FORMAT_VERSION);
             return NULL;
         }
-        if (hkind != kind || size > usable || ls_rel < VD_BLOCK_HEADER_SIZE || ls_rel > size) {
+        if (!header_fits(&h, usable, kind)) {
             PyErr_Format(CorruptedError, "block at offset %llu has an impossible header", (unsigned long long)off);
             return NULL;
         }
+        size = h.size;
+        ls_rel = h.ls_rel;
+        birth = h.birth;
     } else {
         size = kind == VD_BLOCK_KIND_STANDARD && usable > VD_BLOCK_SIZE ? VD_BLOCK_SIZE : usable;
         ls_rel = kind == VD_BLOCK_KIND_STANDARD ? align_up(off + VD_BLOCK_HEADER_SIZE, VD_PAGE_SIZE) - off
@@ -1167,12 +1325,14 @@ static PyObject *Core_scan_block(Core *c, PyObject *args) {
     nb.kind = kind;
     nb.log_start = off + ls_rel;
     nb.end = nb.log_start;
+    nb.birth = birth;
     /* register the block before scanning, so that a record superseded by a later one in
      * the same block is accounted to it (no other block is inserted during the scan) */
     Py_ssize_t bi = block_insert(c, &nb);
     if (bi < 0) return NULL;
     Block *b = &c->blocks[bi];
-    uint64_t pos = b->log_start, end = off + size, prev_seq = 0, nrec = 0, last_end = pos;
+    /* every record of this block's life is at least its birth: start as if birth - 1 came before */
+    uint64_t pos = b->log_start, end = off + size, prev_seq = birth ? birth - 1 : 0, nrec = 0, last_end = pos;
     uint64_t first_bad = 0; /* where the scan met bytes that are neither records nor the end */
     int midlog = 0;         /* valid records follow them: damage, not the torn last write */
     uint64_t ahead = 0;     /* the next record the lookahead prefetches for (0: stopped) */
@@ -1183,13 +1343,13 @@ static PyObject *Core_scan_block(Core *c, PyObject *args) {
             continue;
         }
         Rec rec;
-        int v = record_at(c, pos, end, prev_seq, &rec);
+        int v = record_at(c, pos, end, prev_seq, b->birth, &rec);
         if (v == 1) {
             uint64_t alen = align_up(rec.total, VD_RECORD_ALIGN);
             if (first_bad) midlog = 1;
             pos += alen;
             if (rec.kind == VD_KIND_PAD) continue;
-            if (!prev_seq) b->seq_min = rec.seq;
+            if (!nrec) b->seq_min = rec.seq;
             prev_seq = rec.seq;
             if (kind == VD_BLOCK_KIND_STANDARD)
                 ahead = ahead > pos ? prefetch_records(c, ahead, end, 1)
@@ -1221,12 +1381,12 @@ static PyObject *Core_scan_block(Core *c, PyObject *args) {
             for (uint64_t cand = pos + VD_RECORD_ALIGN; !next && cand + VD_RECORD_HEADER_SIZE <= end;
                  cand += VD_RECORD_ALIGN) {
                 if (VD_PAGE_SIZE - cand % VD_PAGE_SIZE < VD_RECORD_HEADER_SIZE) continue;
-                if (record_at(c, cand, end, prev_seq, &probe) == 1) next = cand;
+                if (record_at(c, cand, end, prev_seq, b->birth, &probe) == 1) next = cand;
             }
         }
         for (uint64_t cand = align_up(pos + 1, VD_PAGE_SIZE); !next && cand + VD_RECORD_HEADER_SIZE <= end;
              cand += VD_PAGE_SIZE)
-            if (record_at(c, cand, end, prev_seq, &probe) == 1) next = cand;
+            if (record_at(c, cand, end, prev_seq, b->birth, &probe) == 1) next = cand;
         if (!next) {
             if (v < 0) first_bad = first_bad ? first_bad : pos;
             break;
@@ -1236,7 +1396,7 @@ static PyObject *Core_scan_block(Core *c, PyObject *args) {
     }
     pos = last_end;
     b->end = pos;
-    b->seq_max = prev_seq;
+    b->seq_max = nrec ? prev_seq : 0;
     b->damaged_at = first_bad;
     b->midlog = midlog;
     if (!header_ok && nrec == 0) {
@@ -1304,6 +1464,7 @@ static int apply_pending(Core *c, int writable) {
         struct Pending *p = &c->pending[j];
         memset(c->base + p->off, 0, VD_RECORD_HEADER_SIZE);
         persist_range(c, p->off, VD_RECORD_HEADER_SIZE);
+        crash_point("apply_pending: dropped record erased");
     }
     PyMem_Free(c->pending);
     c->pending = NULL;
@@ -1341,6 +1502,9 @@ static PyObject *Core_finish_recovery(Core *c, PyObject *arg) {
             Block *b = &c->blocks[i];
             if (b->kind != VD_BLOCK_KIND_STANDARD) continue;
             if (b->end + VD_PAGE_SIZE > b->off + b->size) continue; /* (nearly) full */
+            /* born after every record kept (those after it were lost to a power cut): the
+             * next records would be below its birth. It holds nothing kept: freed. */
+            if (b->birth > c->next_seq) continue;
             if (best < 0 || b->seq_max > c->blocks[best].seq_max) best = (Py_ssize_t)i;
         }
         if (best >= 0) {
@@ -1359,6 +1523,7 @@ static PyObject *Core_finish_recovery(Core *c, PyObject *arg) {
             if (dirty) {
                 memset(tail, 0, tail_len);
                 persist_range(c, b->end, tail_len);
+                crash_point("finish_recovery: tail zeroed");
             }
             b->damaged_at = 0;
             c->active = best;
@@ -1383,9 +1548,17 @@ static PyObject *Core_finish_recovery(Core *c, PyObject *arg) {
 static PyObject *Core_damage(Core *c, PyObject *unused) {
     (void)unused;
     if (core_check_open(c) < 0) return NULL;
+    /* the newest block: by its newest record, or by its birth (a block whose first record
+     * was being written) */
     Py_ssize_t newest = -1;
-    for (size_t i = 0; i < c->nblocks; i++)
-        if (newest < 0 || c->blocks[i].seq_max > c->blocks[newest].seq_max) newest = (Py_ssize_t)i;
+    uint64_t newest_seq = 0;
+    for (size_t i = 0; i < c->nblocks; i++) {
+        uint64_t s = c->blocks[i].seq_max > c->blocks[i].birth ? c->blocks[i].seq_max : c->blocks[i].birth;
+        if (newest < 0 || s > newest_seq) {
+            newest = (Py_ssize_t)i;
+            newest_seq = s;
+        }
+    }
     PyObject *out = PyList_New(0);
     if (!out) return NULL;
     for (size_t i = 0; i < c->nblocks; i++) {
@@ -1469,12 +1642,9 @@ static PyObject *Core_compact_step(Core *c, PyObject *args) {
         uint64_t len = record_len_for(r.klen, r.vlen), off;
         if (len > VD_INLINE_MAX) {
             if (!joff) return Py_BuildValue("(iK)", RC_NEED_JUMBO, (unsigned long long)(VD_BLOCK_HEADER_SIZE + align_up(len, VD_RECORD_ALIGN)));
-            Block b = {0};
-            b.off = joff;
-            b.size = jsize;
-            b.kind = VD_BLOCK_KIND_JUMBO;
-            init_block_header(c, joff, jsize, VD_BLOCK_KIND_JUMBO, &b.log_start);
-            if (b.log_start + len > joff + jsize) {
+            Block b;
+            if (block_from_header(c, joff, jsize, VD_BLOCK_KIND_JUMBO, &b) < 0) return NULL;
+            if (b.log_start + len > b.off + b.size) {
                 internal_error("jumbo block too small for the record");
                 return NULL;
             }
@@ -1497,6 +1667,7 @@ static PyObject *Core_compact_step(Core *c, PyObject *args) {
         c->blocks[nb].live_bytes += alen;
         account_dead(c, old, alen);
         c->slots[c->compact_cursor] = (s & ~SLOT_OFF_MASK) | (off >> 2);
+        crash_point("compact_step: index updated");
     }
     return Py_BuildValue("(iK)", RC_OK, 0ULL);
 }
@@ -1578,6 +1749,7 @@ static PyObject *Core_compact_block(Core *c, PyObject *arg) {
                 c->blocks[c->active].live_bytes += alen;
                 account_dead(c, pos, alen);
                 c->slots[i] = slot_make(h, noff);
+                crash_point("compact_block: index updated");
             }
         } else if (r.kind == VD_KIND_DEL && r.seq > oldest_elsewhere) {
             uint64_t h = key_hash(k, r.klen);
@@ -1590,6 +1762,7 @@ static PyObject *Core_compact_block(Core *c, PyObject *arg) {
                 }
                 c->blocks[c->active].tombstones++;
                 c->blocks[c->active].dead_bytes += alen;
+                crash_point("compact_block: delete copied");
             }
         }
         pos += alen;
@@ -1826,6 +1999,10 @@ static PyMethodDef Core_methods[] = {
     {"set_floor", (PyCFunction)Core_set_floor, METH_O, "Records older than this sequence number are dead."},
     {"set_durable", (PyCFunction)Core_set_durable, METH_O, "Every record up to this sequence number is durable."},
     {"add_block", (PyCFunction)Core_add_block, METH_VARARGS, "add_block(off, usable) -> rc"},
+    {"block_init", (PyCFunction)Core_block_init, METH_VARARGS,
+     "block_init(kind, size, persist_address, zero=False) -> the block constructor's argument"},
+    {"block_header", (PyCFunction)Core_block_header, METH_VARARGS,
+     "block_header(off, usable) -> (kind, birth), or None without a valid block header"},
     {"put", (PyCFunction)(void (*)(void))Core_put, METH_FASTCALL, "put(key, value) -> rc"},
     {"put_jumbo", (PyCFunction)Core_put_jumbo, METH_VARARGS, "put_jumbo(off, usable, key, value) -> rc"},
     {"delete", (PyCFunction)(void (*)(void))Core_delete, METH_FASTCALL, "delete(key) -> rc (-1: missing)"},
@@ -2396,7 +2573,22 @@ static PyObject *mod_crc32c(PyObject *mod, PyObject *args) {
     return PyLong_FromUnsignedLong(r);
 }
 
+/* crash_point(name): a crash point of a Python step, counted with the native ones */
+static PyObject *mod_crash_point(PyObject *mod, PyObject *arg) {
+    (void)mod;
+    if (crash_armed) {
+        const char *name = PyUnicode_AsUTF8(arg);
+        if (!name) return NULL;
+        crash_point_hit(name);
+    } else if (!PyUnicode_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "crash_point() takes a str");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
+    {"crash_point", mod_crash_point, METH_O, "crash_point(name): a crash point (VIPERDBM_CRASH_AT/_LOG)"},
     {"set_error_classes", mod_set_error_classes, METH_VARARGS, "set_error_classes(ClosedError, CorruptedError)"},
     {"crc32c", mod_crc32c, METH_VARARGS, "crc32c(data, crc=0) -> int (Castagnoli)"},
     {"sigblock", mod_sigblock, METH_NOARGS, "sigblock() -> token: defer asynchronous signals in this thread"},
@@ -2416,6 +2608,7 @@ static struct PyModuleDef moduledef = {
 
 PyMODINIT_FUNC PyInit__vipercore(void) {
     crc_init();
+    crash_points_init();
 #if defined(__x86_64__)
     __builtin_cpu_init();
     have_hw_crc = __builtin_cpu_supports("sse4.2");
@@ -2440,6 +2633,9 @@ PyMODINIT_FUNC PyInit__vipercore(void) {
     ADD("BLOCK_HEADER_SIZE", VD_BLOCK_HEADER_SIZE);
     ADD("BLOCK_KIND_STANDARD", VD_BLOCK_KIND_STANDARD);
     ADD("BLOCK_KIND_JUMBO", VD_BLOCK_KIND_JUMBO);
+    ADD("BLOCK_BIRTH_OFFSET", VD_BLOCK_BIRTH_OFFSET);
+    ADD("INIT_RESERVE", VD_INIT_RESERVE);
+    ADD("BLOCK_CONSTRUCTOR", (uintptr_t)&block_constructor);
     ADD("RECORD_HEADER_SIZE", VD_RECORD_HEADER_SIZE);
     ADD("RECORD_ALIGN", VD_RECORD_ALIGN);
     ADD("KIND_PUT", VD_KIND_PUT);

@@ -25,6 +25,25 @@
 #define VD_BLOCK_HEADER_SIZE 64u
 #define VD_BLOCK_KIND_STANDARD 1u
 #define VD_BLOCK_KIND_JUMBO 2u
+/* Bytes 32..39 of the block header: the block's birth, the sequence number the next record
+ * would have taken when the block was made. Every record in the block has a sequence number
+ * at least that, so nothing a previous life of the space left there is read as a record.
+ * 0 (the zeros that writers before the birth wrote there): no bound. */
+#define VD_BLOCK_BIRTH_OFFSET 32u
+
+/* The argument of the block constructor that pmemobj_alloc runs on a new block or reserve
+ * object (vipercore.c, block_constructor): not on the media, but its layout is shared by
+ * the core that fills it (Core.block_init) and the constructor that reads it. */
+typedef struct {
+    uint64_t persist; /* address of libpmemobj's pmemobj_persist(PMEMobjpool *, const void *, size_t) */
+    uint64_t birth;   /* written into the header */
+    uint64_t size;    /* bytes asked of the allocator: the block's size (at most VD_BLOCK_SIZE for a standard block) */
+    uint32_t kind;    /* VD_BLOCK_KIND_*, or VD_INIT_RESERVE */
+    uint32_t flags;   /* VD_INIT_* below */
+} VdBlockInit;
+#define VD_INIT_RESERVE 3u        /* the reserve: zero its first header-sized bytes, nothing else */
+#define VD_INIT_ZERO 1u           /* zero the whole object first, persisted (as pmemobj_zalloc) */
+#define VD_INIT_PERSIST_LOG 2u    /* persist the zeroed log too (real persistent memory) */
 
 /* Record header: u32 crc32c, u32 vlen, u64 meta (seq:48 | kind:4 | klen:12). */
 #define VD_RECORD_HEADER_SIZE 16u

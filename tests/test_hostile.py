@@ -500,6 +500,7 @@ KNOWN_CASES = [
     ("object-header", 2045362356, 37),  # the same, another jumbo
     ("object-header", 753959441, 25),  # a zero size in a run: pmemobj_open never returned
     ("object-header", 753959441, 370),  # a wrong size in a run: the next jumbo vanished
+    ("object-header", 1258725400, 68),  # type number 3: a block freed as a surplus reserve
     ("record-header", 1030739656, 8),  # the log ended at the bad record
     ("record-header", 20240507, 62),  # a multi-page record's length: records after it
     ("record-header", 20240507, 102),  # in its last page were skipped

@@ -22,6 +22,7 @@ SHARED = [
     "BLOCK_HEADER_SIZE",
     "BLOCK_KIND_STANDARD",
     "BLOCK_KIND_JUMBO",
+    "BLOCK_BIRTH_OFFSET",
     "RECORD_HEADER_SIZE",
     "RECORD_ALIGN",
     "KIND_PUT",
@@ -47,6 +48,9 @@ def test_format_doc_states_the_constants() -> None:
     # the record header table: CRC at 0, value length at 4, meta at 8
     rows = re.findall(r"^\| (\d+) \| (\d+) \| (CRC-32C|value length)", doc, re.MULTILINE)
     assert ("0", "4", "CRC-32C") in rows and ("4", "4", "value length") in rows
+    # the block header table: the birth, inside the bytes the header's CRC covers
+    assert f"| {layout.BLOCK_BIRTH_OFFSET} | 8 | birth:" in doc
+    assert 8 <= layout.BLOCK_BIRTH_OFFSET <= layout.BLOCK_HEADER_SIZE - 8
 
 
 def test_root_round_trip() -> None:

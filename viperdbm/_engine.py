@@ -17,6 +17,7 @@ RC_NEED_BLOCK / RC_BUSY when a fast path needs one of them.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import logging
@@ -42,7 +43,7 @@ from ._errors import (
     VersionMismatchError,
     error,
 )
-from ._pmemobj import Pool
+from ._pmemobj import PMEMOBJ_PERSIST_ADDRESS, Pool
 from ._signals import Deferred
 
 log = logging.getLogger("viperdbm")
@@ -53,6 +54,13 @@ _open_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 #: bytes of dead blocks that may wait for the next sync() before freeing forces one (see
 #: Engine._free_dead_blocks)
 _FREE_AFTER_SYNC_BYTES = 32 << 20
+
+#: what the native block constructor makes of each object type (Engine._alloc)
+_CONSTRUCTED = {
+    layout.TYPE_STANDARD_BLOCK: layout.BLOCK_KIND_STANDARD,
+    layout.TYPE_JUMBO_BLOCK: layout.BLOCK_KIND_JUMBO,
+    layout.TYPE_RESERVE: _native.INIT_RESERVE,
+}
 
 
 def _invalidate_after_fork() -> None:
@@ -97,6 +105,8 @@ class Engine:
         self.persist_mode = "read-only"
         #: (block offset, offset of the first unreadable byte) for each damaged block log
         self.damage: list[tuple[int, int]] = []
+        #: the root's directory generation when the pool was opened (a writer zeroes it)
+        self._generation_at_open = 0
         self.core: _native.Core | None = None
         self._open(mode)
         _open_engines.add(self)
@@ -464,12 +474,12 @@ class Engine:
                 hint="open it with the viperdbm version that wrote it and 'dump' it",
             )
         self._root = root
+        self._generation_at_open = root.directory_generation
 
     def _recover(self) -> None:
         """Viper's recovery: scan every block, newest record of each key wins."""
         pool = self._require_pool()
         objects = pool.objects()
-        self._check_against_block_directory(objects)
         mapped = pool.mapped_size()
         for off, _, size in objects:
             if off + size > mapped:  # libpmemobj's own object header is damaged
@@ -482,23 +492,17 @@ class Engine:
         self.core = core
         core.set_floor(self._root.seq_floor)
         core.set_durable(self._root.durable_seq)
+        kinds = self._block_kinds(core, objects)
+        self._check_against_block_directory(objects, kinds)
         unused: list[int] = []
-        kinds = {
-            layout.TYPE_STANDARD_BLOCK: layout.BLOCK_KIND_STANDARD,
-            layout.TYPE_JUMBO_BLOCK: layout.BLOCK_KIND_JUMBO,
-        }
-        for off, type_num, usable in objects:
-            if type_num == layout.TYPE_RESERVE:
+        for off, _, usable in objects:
+            kind = kinds[off]
+            if not kind:  # the reserve (it holds no block header)
                 if self._reserve_off is None:
                     self._reserve_off = off
                 else:
                     unused.append(off)  # (a second one: a crash while replacing it)
                 continue
-            kind = kinds.get(type_num)
-            if kind is None:
-                raise CorruptedError(
-                    f"the pool holds an object of unknown type {type_num}", filename=self.path
-                )
             status, _records, _damaged_at = core.scan_block(off, usable, kind)
             if status == 1:
                 unused.append(off)  # allocated, then the process died before its first record
@@ -534,24 +538,66 @@ class Engine:
             self._sync_locked()
             for off in unused:
                 pool.free(off)
+                _native.crash_point("recovery: unused object freed")
             for off in freeable:
                 pool.free(off)
+                _native.crash_point("recovery: dead block freed, not yet dropped")
                 core.drop_block(off)
 
-    def _check_against_block_directory(self, objects: list[tuple[int, int, int]]) -> None:
-        """A block the last close listed must still be in the pool's heap.
+    def _block_kinds(
+        self, core: _native.Core, objects: list[tuple[int, int, int]]
+    ) -> dict[int, int]:
+        """The block kind of each object (0: the reserve), from its type number.
+
+        The reserve's constructor zeroes the first bytes of the object, so an object typed
+        as the reserve that holds a valid block header with a birth is a block whose type
+        number was damaged: it is read as the block its header describes, never freed
+        unread. (A header without a birth may be a previous life's in a reserve that an
+        older writer allocated without the constructor: the reserve, unless the ``blocks``
+        file says otherwise, see :meth:`_check_against_block_directory`.)"""
+        by_type = {
+            layout.TYPE_STANDARD_BLOCK: layout.BLOCK_KIND_STANDARD,
+            layout.TYPE_JUMBO_BLOCK: layout.BLOCK_KIND_JUMBO,
+        }
+        kinds: dict[int, int] = {}
+        for off, type_num, usable in objects:
+            if type_num == layout.TYPE_RESERVE:
+                header = core.block_header(off, usable)
+                kinds[off] = header[0] if header is not None and header[1] > 0 else 0
+                if kinds[off]:
+                    log.warning(
+                        "%s: the object at offset %d is typed as the reserve but holds a block "
+                        "header (a damaged type number); it is read as a block",
+                        self.path,
+                        off,
+                    )
+                continue
+            kind = by_type.get(type_num)
+            if kind is None:
+                raise CorruptedError(
+                    f"the pool holds an object of unknown type {type_num}", filename=self.path
+                )
+            kinds[off] = kind
+        return kinds
+
+    def _check_against_block_directory(
+        self, objects: list[tuple[int, int, int]], kinds: dict[int, int]
+    ) -> None:
+        """A block the last close listed must still be in the pool's heap, as the same kind.
 
         The heap is libpmemobj's: damage to an object's header there would make a block,
-        and every record in it, silently disappear from the iteration. While the blocks
-        file is current (the last writer closed and nothing wrote since), compare."""
-        if not self._root.directory_generation:
+        and every record in it, silently disappear from the iteration, or turn it into the
+        reserve, which a writable open frees. While the blocks file is current (the last
+        writer closed and nothing wrote since: the generation the root held when this open
+        read it), compare. ``kinds``: the kind each object is read as (0: the reserve)."""
+        if not self._generation_at_open:
             return
         try:
             with open(os.path.join(self.path, layout.BLOCKS_FILE), "rb") as f:
                 directory = layout.BlockDirectory.unpack(f.read(), _native.crc32c)
         except (OSError, ValueError):
             return
-        if directory.generation != self._root.directory_generation:
+        if directory.generation != self._generation_at_open:
             return
         present = {off for off, _, _ in objects}
         missing = [off for off, _, _ in directory.blocks if off not in present]
@@ -561,6 +607,19 @@ class Engine:
                 f"pool's heap (first at offset {missing[0]})",
                 filename=self.path,
             )
+        names = {
+            0: "the reserve",
+            layout.BLOCK_KIND_STANDARD: "a standard block",
+            layout.BLOCK_KIND_JUMBO: "a jumbo block",
+        }
+        for off, _, kind in directory.blocks:
+            if kinds[off] != kind:
+                raise CorruptedError(
+                    f"the block at offset {off} was {names.get(kind, f'of kind {kind}')} at the "
+                    f"last close, but the pool's heap now makes it "
+                    f"{names.get(kinds[off], 'something else')} (a damaged object header)",
+                    filename=self.path,
+                )
 
     def _choose_persist_mode(self) -> None:
         core = self._require_core()
@@ -771,7 +830,25 @@ class Engine:
 
     def _alloc(self, size: int, type_num: int, *, zero: bool) -> tuple[int, int]:
         pool = self._require_pool()
-        off = pool.alloc(size, type_num, zero=zero)
+        kind = _CONSTRUCTED.get(type_num)
+        if kind is None:
+            off = pool.alloc(size, type_num, zero=zero)
+        else:
+            # The core's constructor writes the header (with the block's birth, the next
+            # sequence number) inside pmemobj_alloc, before the allocation is published: a
+            # crash leaves no block, or one whose header is this life's. Whatever the space
+            # held before (a freed block's header and records) is never read as a block.
+            init = ctypes.create_string_buffer(
+                self._require_core().block_init(kind, size, PMEMOBJ_PERSIST_ADDRESS, zero)
+            )
+            off = pool.alloc(
+                size,
+                type_num,
+                zero=False,
+                constructor=_native.BLOCK_CONSTRUCTOR,
+                arg=ctypes.addressof(init),
+            )
+        _native.crash_point("object allocated")
         usable = pool.usable_size(off)
         self._require_core().set_mapped(pool.mapped_size())
         self._tune_growth()

@@ -47,6 +47,9 @@ BLOCK_MAGIC = 0x4B4C4256
 BLOCK_HEADER_SIZE = 64
 BLOCK_KIND_STANDARD = 1
 BLOCK_KIND_JUMBO = 2
+#: offset in the block header of the block's birth: every record in the block has a
+#: sequence number at least this (0: a block of a writer before the field, no bound)
+BLOCK_BIRTH_OFFSET = 32
 RECORD_HEADER_SIZE = 16
 RECORD_ALIGN = 4
 KIND_PUT = 1

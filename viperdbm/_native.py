@@ -17,10 +17,18 @@ core.set_error_classes(_errors.ClosedError, _errors.CorruptedError, _errors.erro
 Core = core.Core
 MapBase = core.MapBase
 crc32c = core.crc32c
+#: a crash point of a Python step (tests: VIPERDBM_CRASH_AT / VIPERDBM_CRASH_LOG, see
+#: native/vipercore.c); a no-op unless one of them was set when the module was imported
+crash_point = core.crash_point
 jumbo_size = core.jumbo_size
 sigblock = core.sigblock
 sigunblock = core.sigunblock
 sigpoll = core.sigpoll
+#: address of the native pmemobj_alloc constructor of blocks and the reserve (Core.block_init
+#: makes its argument)
+BLOCK_CONSTRUCTOR: int = core.BLOCK_CONSTRUCTOR
+#: Core.block_init's kind for the reserve object
+INIT_RESERVE: int = core.INIT_RESERVE
 
 RC_OK: int = core.RC_OK
 RC_NEED_BLOCK: int = core.RC_NEED_BLOCK
@@ -33,4 +41,4 @@ PERSIST_NONE: int = core.PERSIST_NONE
 PERSIST_MSYNC: int = core.PERSIST_MSYNC
 PERSIST_FUNC: int = core.PERSIST_FUNC
 
-__all__ = ["Core", "core", "crc32c", "jumbo_size"]
+__all__ = ["Core", "core", "crash_point", "crc32c", "jumbo_size"]

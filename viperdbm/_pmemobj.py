@@ -158,7 +158,8 @@ _pmemobj_root_size = _declare(_libobj, "pmemobj_root_size", _c_size_t, [_c_void_
 _pmemobj_oid = _declare(_libobj, "pmemobj_oid", PMEMoid, [_c_void_p])
 _pmemobj_type_num = _declare(_libobj, "pmemobj_type_num", _c_uint64, [PMEMoid])
 _pmemobj_alloc_usable_size = _declare(_libobj, "pmemobj_alloc_usable_size", _c_size_t, [PMEMoid])
-# The constructor argument (pmemobj_constr) is always NULL here, so it is declared void*.
+# The constructor (pmemobj_constr) is a C function's address or NULL: declared void*, so
+# that ctypes never makes a Python callback of it (see Pool.alloc).
 _pmemobj_alloc = _declare(
     _libobj,
     "pmemobj_alloc",
@@ -177,6 +178,10 @@ _pmem_errormsg = _declare(_libpmem, "pmem_errormsg", _c_char_p, [])
 _pmem_msync = _declare(_libpmem, "pmem_msync", _c_int, [_c_void_p, _c_size_t])
 _pmem_is_pmem = _declare(_libpmem, "pmem_is_pmem", _c_int, [_c_void_p, _c_size_t])
 _pmem_persist = _declare(_libpmem, "pmem_persist", None, [_c_void_p, _c_size_t])
+
+#: Address of ``void pmemobj_persist(PMEMobjpool *pop, const void *addr, size_t len)``, for
+#: native constructors that run inside :meth:`Pool.alloc` and must persist what they write.
+PMEMOBJ_PERSIST_ADDRESS: int = ctypes.cast(_pmemobj_persist, ctypes.c_void_p).value or 0
 
 if _pmemobj_check_version(_API_MAJOR, 0) is not None:  # checked before any other call
     raise ImportError(
@@ -1080,15 +1085,26 @@ class Pool:
 
     # ---- objects -----------------------------------------------------------------
 
-    def alloc(self, size: int, type_num: int, *, zero: bool = True) -> int:
+    def alloc(
+        self, size: int, type_num: int, *, zero: bool = True, constructor: int = 0, arg: int = 0
+    ) -> int:
         """Allocate an object of at least ``size`` bytes; return its offset.
 
         The object is allocated into a DRAM ``PMEMoid``: until its offset is stored
         (and persisted) somewhere in the pool, a crash leaks it; :meth:`objects` finds
         such orphans.  ``zero`` selects ``pmemobj_zalloc`` over ``pmemobj_alloc``.
+
+        ``constructor``: the address of a native ``int (*)(PMEMobjpool *pop, void *ptr,
+        void *arg)`` that ``pmemobj_alloc`` runs on the new object, with ``arg`` (an
+        address, kept valid by the caller) as its argument, before it publishes the
+        allocation: a crash during the constructor leaves nothing allocated. It must
+        persist what it writes (pmemobj_persist: :data:`PMEMOBJ_PERSIST_ADDRESS`), must
+        return 0, and runs without the GIL. Not with ``zero``.
         """
         _check_size("alloc", size, allow_zero=False)
         _check_u64("alloc", "type_num", type_num)
+        if constructor and zero:
+            raise error("alloc: a constructor replaces zero=True", errno=_errno.EINVAL)
         pop = self._handle()
         oid = PMEMoid()
         with self._objlock:
@@ -1106,7 +1122,7 @@ class Pool:
                     self,
                     "cannot allocate",
                     _pmemobj_alloc,
-                    (pop, ctypes.byref(oid), size, type_num, None, None),
+                    (pop, ctypes.byref(oid), size, type_num, constructor or None, arg or None),
                     failed=_is_nonzero,
                     context="alloc",
                 )
