@@ -52,7 +52,6 @@ def unmap_parts(base: int, total: int, /) -> None: ...
 def peek(base: int, total: int, off: int, n: int, /) -> bytes: ...
 
 @final
-@disjoint_base
 class Core:
     next_seq: int
     has_active: bool
