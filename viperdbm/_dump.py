@@ -24,7 +24,6 @@ import binascii
 import contextlib
 import datetime
 import errno as _errno
-import fcntl
 import hashlib
 import json
 import os
@@ -35,7 +34,7 @@ from typing import IO, Any
 from . import _storedir as storedir
 from ._dbm import _Database
 from ._dbm import open as _open_db
-from ._errors import LockError, NotAStoreError, error
+from ._errors import error
 from ._progress import Progress
 
 __all__ = ["FORMAT_VERSION", "DumpError", "copy", "dump", "load", "read_dump"]
@@ -259,26 +258,10 @@ def read_dump(
 
 
 # ---------------------------------------------------------------------- new stores
-def _hold_store_lock(path: str, what: str = "the destination store") -> int:
-    """Lock an existing store at ``path`` exclusively; return the descriptor."""
-    try:
-        storedir.check_is_store(path)
-    except NotAStoreError:
-        raise NotAStoreError(
-            "will not replace it: it is not a viperdbm store",
-            filename=path,
-            hint="remove it yourself or choose another destination",
-        ) from None
-    try:
-        fd = os.open(os.path.join(path, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-    except OSError as exc:
-        raise storedir.os_error("cannot lock the destination store", exc, path) from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise LockError(f"{what} is in use by another process or handle", filename=path) from None
-    return fd
+def _hold_store_lock(path: str) -> int:
+    """Lock the existing store at ``path`` exclusively (it is about to be replaced)."""
+    storedir.check_is_store(path, hint="remove it yourself or choose another destination")
+    return storedir.lock(path, exclusive=True, label=path)
 
 
 @contextlib.contextmanager
