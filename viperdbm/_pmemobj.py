@@ -247,10 +247,21 @@ _GROWTH_FAILED_MSGS: Final = (
 _VERSION_MSGS: Final = ("pool version", "incompatible pool format", "pmdk-convert", "feature")
 
 
+_UNREADABLE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\ufffd]")
+
+
+def _unquote_garbage(found: re.Match[str]) -> str:
+    return "(unreadable bytes)" if _UNREADABLE.search(found.group(0)) else found.group(0)
+
+
 def _user_text(libmsg: str) -> str:
     """libpmemobj's text in the user's terms: the in-memory poolset of Pool.open_in names
-    the parts directory /proc/self/fd/N, which means nothing to a user."""
-    return re.sub(r"/proc/self/fd/[0-9]+", "parts", libmsg)
+    the parts directory /proc/self/fd/N, which means nothing to a user; and a damaged
+    header's bytes, which libpmemobj quotes (``wrong pool type: "E|v..."``), are not
+    shown raw (they would garble the terminal)."""
+    text = re.sub(r"/proc/self/fd/[0-9]+", "parts", libmsg)
+    text = re.sub(r'"[^"]*"', _unquote_garbage, text)
+    return _UNREADABLE.sub("?", text)
 
 
 def _failure(context: str, what: str, path: str | None, code: int, libmsg: str) -> error:
