@@ -27,7 +27,6 @@ import errno as _errno
 import hashlib
 import json
 import os
-import uuid
 from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
@@ -130,24 +129,14 @@ def dump(
     """
     if isinstance(out, str | os.PathLike):
         target = os.fspath(out)
-        tmp = os.path.join(
-            os.path.dirname(os.path.abspath(target)),
-            f".{os.path.basename(target)}.dump-{uuid.uuid4().hex}",
-        )
         try:
-            with open(tmp, "wb") as f:
+            with storedir.atomic_file(target) as f:
                 count = dump(source, f, progress=progress)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-            storedir.fsync_dir(os.path.dirname(os.path.abspath(target)))
-        except BaseException as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            if isinstance(exc, OSError) and not isinstance(exc, error):
-                # name the dump the user asked for, not the temporary file beside it
-                raise storedir.os_error("cannot write the dump", exc, target) from exc
-            raise
+        except OSError as exc:
+            if isinstance(exc, error):
+                raise
+            # name the dump the user asked for, not the temporary file beside it
+            raise storedir.os_error("cannot write the dump", exc, target) from exc
         return count
     if isinstance(source, Mapping):
         return _dump_db(source, out, progress)

@@ -2,16 +2,25 @@
 
 A store is a directory (``pool.set``, ``parts/``, ``lock``, ``blocks``; see
 docs/format.md). This module owns every file-system operation on it that is not inside the
-pool itself:
+pool itself; the engine, ``_pmemobj``, check, dump/load/copy and compat.whichdb go through
+it:
 
 * **Durable names.** By POSIX a new name (a file created, a directory made, a rename) is
   durable only once the directory holding it has been fsynced; the data of a file is not
   enough. :func:`fsync_dir` is the one way to do that, and every place that adds a name
-  calls it before it reports success.
-* **Is this a store?** :func:`check_is_store` says why not, and tells a permission problem
-  apart from a directory that is not a store.
-* **The parts.** :func:`part_files` is the one scan of ``parts/`` outside libpmemobj;
-  :func:`repair_interrupted_growth` undoes what a killed growth leaves behind.
+  calls it before it reports success. :func:`atomic_file` replaces a small file (the
+  blocks file, pool.set, a dump) in one durable step.
+* **Is this a store?** :func:`is_store` is the one answer and says why not;
+  :func:`check_is_store` raises it, and tells a permission problem apart from a
+  directory that is not a store.
+* **The lock.** :func:`lock`, :func:`probe_lock` and :func:`flock`: the one place the
+  ``lock`` file is opened and flocked (read-only where the user may not write it).
+* **The parts.** :func:`scan_parts` is the one listing of ``parts/`` outside libpmemobj
+  (an open lists it once and hands the listing on); :func:`repair_interrupted_growth`
+  undoes what a killed growth leaves behind. :data:`OS_PAGE_SIZE` and :func:`umask` are
+  the one source of the page size and the umask.
+* **pool.set.** Written (:func:`write_poolset`, :func:`write_informational_poolset`) and
+  read (:func:`read_poolset`, :func:`poolset_names`) here.
 * **Building and swapping.** A new store is built beside its path (:func:`temp_path`,
   :func:`make_durable`) and appears there in one step: :func:`publish` renames it into an
   empty place, or exchanges it with what is there (``renameat2(RENAME_EXCHANGE)``), so that
@@ -31,7 +40,8 @@ import re
 import shutil
 import stat
 import uuid
-from typing import NamedTuple
+from collections.abc import Iterator
+from typing import BinaryIO, NamedTuple
 
 from . import _layout as layout
 from ._errors import LockError, NotAStoreError, StoreFullError, error
@@ -103,25 +113,33 @@ def fsync_file(path: str) -> None:
         os.close(fd)
 
 
-def replace_file(path: str, data: bytes, mode: int) -> None:
-    """Give the file ``path`` the content ``data`` durably and in one step: a temporary file
-    beside it, written and fsynced, renamed over it, then its directory fsynced."""
-    tmp = f"{path}.{uuid.uuid4().hex[:12]}.tmp"
+@contextlib.contextmanager
+def atomic_file(path: str, mode: int = 0o666) -> Iterator[BinaryIO]:
+    """A binary file that replaces ``path`` durably and in one step when the ``with``
+    block succeeds: written beside it under a hidden temporary name, fsynced, renamed
+    over it, then its directory fsynced. On failure the temporary file is removed and
+    ``path`` is untouched. (Errors are the caller's to word: they must name ``path``.)"""
+    parent, base = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(parent, f".{base}.{uuid.uuid4().hex[:12]}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    fsync_dir(os.path.dirname(path) or ".")
+    fsync_dir(parent)
+
+
+def replace_file(path: str, data: bytes, mode: int) -> None:
+    """Give the file ``path`` the content ``data`` durably and in one step
+    (:func:`atomic_file`)."""
+    with atomic_file(path, mode) as f:
+        f.write(data)
 
 
 # ---------------------------------------------------------------------- what a store is
