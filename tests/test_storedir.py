@@ -142,6 +142,8 @@ def test_a_damaged_pool_header_is_not_shown_as_raw_bytes(tmp_path: Path) -> None
     report = viperdbm.check(store)
     for text in (str(info.value), *report.problems, report.pool_check):
         assert "\ufffd" not in text and text.isprintable(), repr(text)
+    # a damaged store is not "not a store, use flag 'n'" (which would discard it)
+    assert "flag 'n'" not in str(info.value), str(info.value)
     assert not report.ok
 
 

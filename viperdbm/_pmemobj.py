@@ -247,6 +247,10 @@ _GROWTH_FAILED_MSGS: Final = (
 _VERSION_MSGS: Final = ("pool version", "incompatible pool format", "pmdk-convert", "feature")
 
 
+_DAMAGED_HINT: Final = (
+    "its pool is damaged or not viperdbm's: 'viperdbm check PATH' says more, and "
+    "'--salvage OUT' copies what can be read"
+)
 _UNREADABLE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\ufffd]")
 
 
@@ -282,7 +286,14 @@ def _failure(context: str, what: str, path: str | None, code: int, libmsg: str) 
         )
     if context == "open":
         if any(m in libmsg for m in _NOT_A_STORE_MSGS):
-            return NotAStoreError(f"not a viperdbm store ({detail})", filename=path, errno=errno_)
+            # inside a store directory this is damage far more often than a foreign pool:
+            # never suggest flag 'n', which would discard what the store holds
+            return NotAStoreError(
+                f"not a viperdbm store ({detail})",
+                filename=path,
+                errno=errno_,
+                hint=_DAMAGED_HINT,
+            )
         if any(m in libmsg for m in _VERSION_MSGS):
             return VersionMismatchError(
                 f"pool written in an incompatible format ({detail})", filename=path, errno=errno_

@@ -184,10 +184,14 @@ def check_is_store(path: str, hint: str | None = None) -> None:
     why = is_store(path)
     if why is None:
         return
-    if why != _NOT_A_DIRECTORY and hint is None:
+    if hint is None:
         # flag 'n' replaces a plain file (as dbm.gnu does), never a directory that is not
         # a store
-        hint = "check the path; flag 'n' does not replace a directory that is not a store"
+        hint = (
+            "check the path; flag 'n' replaces a file with a new store"
+            if why == _NOT_A_DIRECTORY
+            else "check the path; flag 'n' does not replace a directory that is not a store"
+        )
     raise NotAStoreError(f"not a viperdbm store ({why})", filename=path, hint=hint)
 
 
