@@ -308,11 +308,6 @@ def scan_parts(parts_dir: str) -> Parts:
     return Parts(parts_dir, numbered, strays)
 
 
-def part_files(parts_dir: str) -> list[tuple[str, int]]:
-    """The pool's part files in order with their mapped sizes (see :meth:`Parts.mapped`)."""
-    return scan_parts(parts_dir).mapped()
-
-
 def repair_interrupted_growth(parts: Parts, label: str) -> Parts:
     """Undo what a crash during pool growth leaves behind, before libpmemobj opens the pool;
     the parts as they are afterwards (no second scan).
