@@ -132,11 +132,7 @@ def _pmemobj_check(path: str, report: CheckReport) -> None:
     elif result.errno in (_errno.EAGAIN, _errno.EWOULDBLOCK):
         raise LockError("the store is in use by another process or handle", filename=path)
     elif result.errno in (_errno.EACCES, _errno.EPERM, _errno.EROFS):
-        # libpmemobj's check opens the parts for writing: not a fault of the store
-        report.pool_check = "not run (it needs write access to the part files)"
-        report.notes.append(
-            "libpmemobj's own check was not run: it needs write access to the part files"
-        )
+        _pool_check_not_run_for_readers(report)
     else:
         report.pool_check = f"could not run ({result.message})"
         report.problems.append(f"libpmemobj cannot check the pool: {result.message}")
@@ -225,29 +221,31 @@ def check(path: str | os.PathLike[str], *, progress: Progress | None = None) -> 
         # Hold the store exclusively (no writer, no reader) for the whole check, and open
         # it with 'u' so that the open goes through libpmemobj and the full recovery scan of
         # every object in the pool, not through the readers' shared path.
-        lock_fd = storedir.lock(apath, exclusive=True, label=apath)
+        lock_fd: int | None = storedir.lock(apath, exclusive=True, label=apath)
         try:
-            db = _open_db(apath, "ru")
-        except LockError:
-            os.close(lock_fd)
-            raise
-        except error as exc:
-            if exc.errno in (_errno.EACCES, _errno.EPERM, _errno.EROFS):
-                # a user who may only read: libpmemobj opens the parts for writing, the
-                # readers' shared path does not (it takes its own shared lock)
-                os.close(lock_fd)
-                _check_as_reader(apath, report, progress)
-                report.seconds = time.perf_counter() - started
-                return report
-            report.problems.append(f"the store does not open: {exc}")
-        else:
-            report.opened = True
-            with db:
-                _check_open_store(db, report, progress)
-        try:
-            _pmemobj_check(apath, report)
+            try:
+                db = _open_db(apath, "ru")
+            except LockError:
+                raise
+            except error as exc:
+                if exc.errno not in (_errno.EACCES, _errno.EPERM, _errno.EROFS):
+                    report.problems.append(f"the store does not open: {exc}")
+                else:
+                    # a user who may only read: libpmemobj opens the parts for writing,
+                    # the readers' shared path does not (and takes its own shared lock)
+                    assert lock_fd is not None
+                    os.close(lock_fd)
+                    lock_fd = None
+                    _check_as_reader(apath, report, progress)
+            else:
+                report.opened = True
+                with db:
+                    _check_open_store(db, report, progress)
+            if lock_fd is not None:
+                _pmemobj_check(apath, report)
         finally:
-            os.close(lock_fd)
+            if lock_fd is not None:
+                os.close(lock_fd)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -263,6 +261,11 @@ def _check_as_reader(path: str, report: CheckReport, progress: Progress | None) 
         report.opened = True
         with db:
             _check_open_store(db, report, progress)
+    _pool_check_not_run_for_readers(report)
+
+
+def _pool_check_not_run_for_readers(report: CheckReport) -> None:
+    # libpmemobj's check opens the part files for writing: not a fault of the store
     report.pool_check = "not run (it needs write access to the part files)"
     report.notes.append(
         "libpmemobj's own check was not run: it needs write access to the part files"
