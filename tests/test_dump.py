@@ -127,6 +127,18 @@ def test_dump_to_a_path_is_atomic_and_of_an_open_store(tmp_path: Path) -> None:
         assert list(read_dump(f)) == [(b"x", b"y")]
 
 
+def test_a_failed_dump_names_the_users_path_and_leaves_nothing_beside(tmp_path: Path) -> None:
+    """The dump is written beside its path under a hidden name: a failure (here the rename
+    onto a directory) names the path the user gave, never the temporary file."""
+    store = make_store(tmp_path / "s.vdb", {b"x": b"y"})
+    (tmp_path / "out.dump").mkdir()
+    with pytest.raises(viperdbm.error) as info:
+        viperdbm.dump(store, tmp_path / "out.dump")
+    assert str(tmp_path / "out.dump") in str(info.value)
+    assert ".tmp" not in str(info.value) and "dump-" not in str(info.value), str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.dump", "s.vdb"]
+
+
 def test_copy_holds_only_live_records(tmp_path: Path) -> None:
     with viperdbm.open(tmp_path / "s.vdb", "c") as db:
         for i in range(3000):

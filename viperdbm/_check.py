@@ -12,7 +12,6 @@ every open does (a moved store's ``pool.set`` is rewritten).
 
 from __future__ import annotations
 
-import ctypes
 import errno as _errno
 import os
 import time
@@ -21,10 +20,11 @@ from typing import Any, NamedTuple
 
 from . import _layout as layout
 from . import _pmemobj
+from . import _storedir as storedir
 from ._dbm import _Database
 from ._dbm import open as _open_db
-from ._dump import _hold_store_lock, new_store
-from ._errors import CorruptedError, LockError, NotAStoreError, error
+from ._dump import new_store
+from ._errors import CorruptedError, LockError, error
 from ._progress import Progress
 
 __all__ = ["CheckReport", "Salvaged", "check", "salvage"]
@@ -90,86 +90,52 @@ def _problem(report: CheckReport, counter: dict[str, int], kind: str, text: str)
         report.problems.append(f"(more problems of this kind: {kind}; only the first are listed)")
 
 
-def _require_store_dir(path: str) -> None:
-    if not os.path.lexists(path):
-        raise error("no viperdbm store at this path", filename=path, errno=_errno.ENOENT)
-    if not os.path.isdir(path):
-        raise NotAStoreError(
-            "not a viperdbm store (a viperdbm store is a directory)", filename=path
-        )
-    has_set = os.path.lexists(os.path.join(path, layout.SET_FILE))
-    has_parts = os.path.lexists(os.path.join(path, layout.PARTS_DIR))
-    if not has_set and not has_parts:
-        raise NotAStoreError(
-            "not a viperdbm store (the directory has neither pool.set nor parts/)",
-            filename=path,
-            hint="check the path",
-        )
-
-
 def _check_poolset(path: str, report: CheckReport) -> bool:
     """Structural checks of pool.set and parts/; True if libpmemobj may be run on them."""
-    set_path = os.path.join(path, layout.SET_FILE)
-    parts = os.path.join(path, layout.PARTS_DIR)
-    ok = True
-    if not os.path.isfile(set_path):
-        report.problems.append("pool.set is missing or not a file")
-        ok = False
-    if not os.path.isdir(parts):
-        report.problems.append("parts/ is missing or not a directory")
-        return False
+    parts_dir = os.path.join(path, layout.PARTS_DIR)
     if not os.path.lexists(os.path.join(path, layout.LOCK_FILE)):
         report.notes.append("the lock file is missing (harmless: the next open makes it)")
-    if ok:
-        try:
-            named = _pmemobj._read_poolset(set_path)
-        except error as exc:
-            report.problems.append(f"pool.set: {exc.message}")
-            ok = False
-        else:
-            if os.path.abspath(named) != os.path.abspath(parts):
-                report.notes.append(
-                    f"pool.set names {named!r}: the store was moved or copied; "
-                    "the next open points it at its own parts/"
-                )
     try:
-        _pmemobj._validate_parts(parts, set_path)
+        named = storedir.poolset_names(path)
+    except error as exc:
+        # viperdbm opens the pool without it; PMDK's own tools need it
+        report.problems.append(f"pool.set: {exc.message}")
+    else:
+        if named is not None and os.path.abspath(named) != parts_dir:
+            report.notes.append(
+                f"pool.set names {named!r}: the store was moved or copied; "
+                "the next writable open points it at its own parts/"
+            )
+    try:
+        _pmemobj.validate_parts(_pmemobj.scan_parts_of(parts_dir, path), path)
     except error as exc:
         report.problems.append(f"parts/: {exc.message}")
-        ok = False
-    return ok
+        return False
+    return True
 
 
 def _pmemobj_check(path: str, report: CheckReport) -> None:
     """libpmemobj's own check of the pool's metadata and heap (read-only)."""
-    set_path = os.path.join(path, layout.SET_FILE)
+    parts_dir = os.path.join(path, layout.PARTS_DIR)
     try:
-        named = _pmemobj._read_poolset(set_path)
-    except error as exc:  # pragma: no cover - already reported by _check_poolset
-        report.pool_check = f"not run ({exc.message})"
+        reservation = storedir.reservation_for(storedir.scan_parts(parts_dir))
+    except OSError as exc:
+        report.pool_check = f"not run ({exc.strerror})"
+        report.problems.append(f"parts/: cannot read it ({exc.strerror})")
         return
-    if os.path.abspath(named) != os.path.join(path, layout.PARTS_DIR):
-        report.pool_check = "not run (pool.set names another parts directory)"
-        return
-    fn = _pmemobj._libobj.pmemobj_check
-    fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
-    ctypes.set_errno(0)
-    result = fn(os.fsencode(set_path), layout.POOL_LAYOUT.encode())
-    code = ctypes.get_errno()
-    if result == 1:
+    result = _pmemobj.check_pool(parts_dir, layout.POOL_LAYOUT, reservation, label=path)
+    if result.consistent:
         report.pool_check = "consistent"
-    elif result == 0:
+    elif result.consistent is False:
         report.pool_check = "inconsistent"
-        report.problems.append(
-            f"libpmemobj finds the pool inconsistent ({_pmemobj._errmsg_obj() or 'no detail'})"
-        )
+        report.problems.append(f"libpmemobj finds the pool inconsistent ({result.message})")
+    elif result.errno in (_errno.EAGAIN, _errno.EWOULDBLOCK):
+        raise LockError("the store is in use by another process or handle", filename=path)
+    elif result.errno in (_errno.EACCES, _errno.EPERM, _errno.EROFS):
+        _pool_check_not_run_for_readers(report)
     else:
-        message = _pmemobj._errmsg_obj() or os.strerror(code)
-        if code in (_errno.EAGAIN, _errno.EWOULDBLOCK):
-            raise LockError("the store is in use by another process or handle", filename=path)
-        report.pool_check = f"could not run ({message})"
-        report.problems.append(f"libpmemobj cannot check the pool: {message}")
+        report.pool_check = f"could not run ({result.message})"
+        report.problems.append(f"libpmemobj cannot check the pool: {result.message}")
 
 
 def _check_open_store(db: _Database, report: CheckReport, progress: Progress | None) -> None:
@@ -249,30 +215,61 @@ def check(path: str | os.PathLike[str], *, progress: Progress | None = None) -> 
     """
     started = time.perf_counter()
     apath = os.path.abspath(os.fspath(path))
-    _require_store_dir(apath)
+    storedir.check_is_store(apath, hint="check the path")
     report = CheckReport(path=apath)
-    structure_ok = _check_poolset(apath, report)
-    if structure_ok:
+    if _check_poolset(apath, report):
         # Hold the store exclusively (no writer, no reader) for the whole check, and open
         # it with 'u' so that the open goes through libpmemobj and the full recovery scan of
         # every object in the pool, not through the readers' shared path.
-        lock_fd = _hold_store_lock(apath, "the store")
+        lock_fd: int | None = storedir.lock(apath, exclusive=True, label=apath)
         try:
             try:
                 db = _open_db(apath, "ru")
             except LockError:
                 raise
             except error as exc:
-                report.problems.append(f"the store does not open: {exc}")
+                if exc.errno not in (_errno.EACCES, _errno.EPERM, _errno.EROFS):
+                    report.problems.append(f"the store does not open: {exc}")
+                else:
+                    # a user who may only read: libpmemobj opens the parts for writing,
+                    # the readers' shared path does not (and takes its own shared lock)
+                    assert lock_fd is not None
+                    os.close(lock_fd)
+                    lock_fd = None
+                    _check_as_reader(apath, report, progress)
             else:
                 report.opened = True
                 with db:
                     _check_open_store(db, report, progress)
-            _pmemobj_check(apath, report)
+            if lock_fd is not None:
+                _pmemobj_check(apath, report)
         finally:
-            os.close(lock_fd)
+            if lock_fd is not None:
+                os.close(lock_fd)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _check_as_reader(path: str, report: CheckReport, progress: Progress | None) -> None:
+    try:
+        db = _open_db(path, "r")
+    except LockError:
+        raise
+    except error as exc:
+        report.problems.append(f"the store does not open: {exc}")
+    else:
+        report.opened = True
+        with db:
+            _check_open_store(db, report, progress)
+    _pool_check_not_run_for_readers(report)
+
+
+def _pool_check_not_run_for_readers(report: CheckReport) -> None:
+    # libpmemobj's check opens the part files for writing: not a fault of the store
+    report.pool_check = "not run (it needs write access to the part files)"
+    report.notes.append(
+        "libpmemobj's own check was not run: it needs write access to the part files"
+    )
 
 
 class Salvaged(NamedTuple):
@@ -300,7 +297,7 @@ def salvage(
     complete.
     """
     apath = os.path.abspath(os.fspath(path))
-    _require_store_dir(apath)
+    storedir.check_is_store(apath, hint="check the path")
     try:
         src = _open_db(apath, "r")
     except LockError:

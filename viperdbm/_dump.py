@@ -24,18 +24,16 @@ import binascii
 import contextlib
 import datetime
 import errno as _errno
-import fcntl
 import hashlib
 import json
 import os
-import uuid
 from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
 from . import _storedir as storedir
 from ._dbm import _Database
 from ._dbm import open as _open_db
-from ._errors import LockError, NotAStoreError, error
+from ._errors import error
 from ._progress import Progress
 
 __all__ = ["FORMAT_VERSION", "DumpError", "copy", "dump", "load", "read_dump"]
@@ -131,24 +129,14 @@ def dump(
     """
     if isinstance(out, str | os.PathLike):
         target = os.fspath(out)
-        tmp = os.path.join(
-            os.path.dirname(os.path.abspath(target)),
-            f".{os.path.basename(target)}.dump-{uuid.uuid4().hex}",
-        )
         try:
-            with open(tmp, "wb") as f:
+            with storedir.atomic_file(target) as f:
                 count = dump(source, f, progress=progress)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-            storedir.fsync_dir(os.path.dirname(os.path.abspath(target)))
-        except BaseException as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            if isinstance(exc, OSError) and not isinstance(exc, error):
-                # name the dump the user asked for, not the temporary file beside it
-                raise storedir.os_error("cannot write the dump", exc, target) from exc
-            raise
+        except OSError as exc:
+            if isinstance(exc, error):
+                raise
+            # name the dump the user asked for, not the temporary file beside it
+            raise storedir.os_error("cannot write the dump", exc, target) from exc
         return count
     if isinstance(source, Mapping):
         return _dump_db(source, out, progress)
@@ -259,26 +247,10 @@ def read_dump(
 
 
 # ---------------------------------------------------------------------- new stores
-def _hold_store_lock(path: str, what: str = "the destination store") -> int:
-    """Lock an existing store at ``path`` exclusively; return the descriptor."""
-    try:
-        storedir.check_is_store(path)
-    except NotAStoreError:
-        raise NotAStoreError(
-            "will not replace it: it is not a viperdbm store",
-            filename=path,
-            hint="remove it yourself or choose another destination",
-        ) from None
-    try:
-        fd = os.open(os.path.join(path, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-    except OSError as exc:
-        raise storedir.os_error("cannot lock the destination store", exc, path) from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise LockError(f"{what} is in use by another process or handle", filename=path) from None
-    return fd
+def _hold_store_lock(path: str) -> int:
+    """Lock the existing store at ``path`` exclusively (it is about to be replaced)."""
+    storedir.check_is_store(path, hint="remove it yourself or choose another destination")
+    return storedir.lock(path, exclusive=True, label=path)
 
 
 @contextlib.contextmanager

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
 import logging
 import os
 import stat
@@ -156,43 +155,22 @@ class Engine:
 
     def _lock_dir(self, directory: str) -> int | None:
         """Lock the store in ``directory`` as the options say; the descriptor, if one."""
-        lock_path = os.path.join(directory, layout.LOCK_FILE)
         if not self.options.lock:
             # 'u': hold no lock. A writer still refuses to start under readers that share
             # the store: they read its pages directly, and a writer reusing freed space
             # under them could hand them torn records.
             if self.options.writable:
-                self._probe_lock(lock_path)
+                storedir.probe_lock(directory, label=self.path)
             return None
+        writable = self.options.writable
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-        except OSError as exc:
-            if not self.options.writable:
-                return None  # a read-only store or medium: libpmemobj still locks it
-            raise storedir.os_error("cannot open the store's lock file", exc, self.path) from exc
-        how = fcntl.LOCK_EX if self.options.writable else fcntl.LOCK_SH
-        try:
-            fcntl.flock(fd, how | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise LockError(
-                "the store is in use by another process or handle", filename=self.path
-            ) from None
-        return fd
-
-    def _probe_lock(self, lock_path: str) -> None:
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CLOEXEC)
-        except OSError:
-            return  # no lock file, nobody to protect
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LockError(
-                "the store is in use by another process or handle", filename=self.path
-            ) from None
-        finally:
-            os.close(fd)
+            return storedir.lock(directory, exclusive=writable, label=self.path)
+        except LockError:
+            raise
+        except error:
+            if writable:
+                raise
+            return None  # a read-only store or medium: libpmemobj still locks it
 
     def _release_lock(self) -> None:
         if self._lock_fd is not None:
@@ -284,13 +262,19 @@ class Engine:
             raise storedir.os_error("cannot write the store's pool.set", exc, self.path) from exc
 
     def _open_pool(self) -> None:
-        parts = os.path.join(self.path, layout.PARTS_DIR)
+        parts_dir = os.path.join(self.path, layout.PARTS_DIR)
         try:
-            storedir.repair_interrupted_growth(parts, self.path)
-            reservation = storedir.reservation_for(parts)
+            # the one listing of parts/ this open makes (libpmemobj makes its own)
+            parts = storedir.repair_interrupted_growth(storedir.scan_parts(parts_dir), self.path)
         except OSError as exc:
             raise storedir.os_error("cannot read the store's parts", exc, self.path) from exc
-        pool = Pool.open_in(parts, layout.POOL_LAYOUT, reservation, label=self.path)
+        pool = Pool.open_in(
+            parts_dir,
+            layout.POOL_LAYOUT,
+            storedir.reservation_for(parts),
+            label=self.path,
+            parts=parts,
+        )
         self._pool = pool
         try:
             self._read_root()
@@ -337,7 +321,7 @@ class Engine:
             log.debug("%s: blocks file not usable (%s); opening exclusively", self.path, exc)
             return False
         try:
-            parts = storedir.part_files(os.path.join(self.path, layout.PARTS_DIR))
+            parts = storedir.scan_parts(os.path.join(self.path, layout.PARTS_DIR)).mapped()
             if sum(size for _, size in parts) != directory.mapped_size:
                 return False
             base, total = _native.core.map_parts(parts)
@@ -398,9 +382,9 @@ class Engine:
             return False
         for attempt in range(50):
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                storedir.flock(fd, exclusive=True, label=self.path)
                 break
-            except BlockingIOError:
+            except LockError:
                 # another reader is recovering it right now, or shares it already
                 time.sleep(0.02 * min(attempt + 1, 5))
                 if self._open_shared():
@@ -422,7 +406,7 @@ class Engine:
                 if pool is not None:
                     pool.close()
         finally:
-            fcntl.flock(fd, fcntl.LOCK_SH)
+            storedir.flock(fd, exclusive=False, label=self.path, wait=True)
         return written and self._open_shared()
 
     def _write_block_directory(self) -> None:

@@ -87,7 +87,8 @@ class NotAStoreError(error):
     """The path exists but is not a viperdbm store."""
 
     default_errno = _errno.EINVAL
-    default_hint = "check the path; use flag 'n' to replace it with a new store"
+    # not "use flag 'n'": on a damaged store that would discard what it holds
+    default_hint = "check the path"
 
 
 class VersionMismatchError(error):

@@ -43,13 +43,12 @@ import ctypes.util
 import errno as _errno
 import os
 import re
-import secrets
 import stat
 import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from viperdbm._errors import (
     ClosedError,
@@ -61,6 +60,18 @@ from viperdbm._errors import (
     error,
 )
 from viperdbm._pmdk_metadata import survey
+from viperdbm._storedir import (
+    MIN_POOL,
+    OS_PAGE_SIZE,
+    Parts,
+    fsync_dir,
+    fsync_file,
+    poolset_text,
+    read_poolset,
+    scan_parts,
+    umask,
+    write_poolset,
+)
 
 __all__ = [
     "LAYOUT_MAX",
@@ -75,22 +86,17 @@ __all__ = [
 
 #: Longest layout name, in bytes of UTF-8 (``PMEMOBJ_MAX_LAYOUT`` is 1024 with the NUL).
 LAYOUT_MAX: Final = 1023
-#: ``PMEMOBJ_MIN_POOL``: the smallest pool, and so the smallest reservation.
-MIN_POOL: Final = 8 << 20
 #: ``PMEMOBJ_MAX_ALLOC_SIZE``: the largest object (and root object) libpmemobj allocates.
 MAX_ALLOC_SIZE: Final = 0x3FFDFFFC0
 #: ``heap.size.granularity`` must be 0 (no growth) or larger than this.
 MIN_GRANULARITY: Final = 2 << 20
 
-_PAGE: Final = os.sysconf("SC_PAGESIZE")
 _U64_MAX: Final = (1 << 64) - 1
 _API_MAJOR: Final = 2
 _INSTALL_HINT: Final = (
     "viperdbm needs PMDK's libpmemobj and libpmem; on Debian or Ubuntu install them "
     "with: apt-get install libpmemobj1 libpmem1"
 )
-_PART_NAME: Final = re.compile(r"[0-9]+\.pmem\Z")
-_SIZE_TOKEN: Final = re.compile(r"([0-9]+)([KMGTP]?)(?:i?B)?\Z")
 
 
 # --------------------------------------------------------------------------------------
@@ -153,6 +159,7 @@ _pmemobj_create = _declare(
 )
 _pmemobj_open = _declare(_libobj, "pmemobj_open", _c_void_p, [_c_char_p, _c_char_p])
 _pmemobj_close = _declare(_libobj, "pmemobj_close", None, [_c_void_p])
+_pmemobj_check = _declare(_libobj, "pmemobj_check", ctypes.c_int, [_c_char_p, _c_char_p])
 _pmemobj_root = _declare(_libobj, "pmemobj_root", PMEMoid, [_c_void_p, _c_size_t])
 _pmemobj_root_size = _declare(_libobj, "pmemobj_root_size", _c_size_t, [_c_void_p])
 _pmemobj_oid = _declare(_libobj, "pmemobj_oid", PMEMoid, [_c_void_p])
@@ -245,10 +252,25 @@ _GROWTH_FAILED_MSGS: Final = (
 _VERSION_MSGS: Final = ("pool version", "incompatible pool format", "pmdk-convert", "feature")
 
 
+_DAMAGED_HINT: Final = (
+    "its pool is damaged or not viperdbm's: 'viperdbm check PATH' says more, and "
+    "'--salvage OUT' copies what can be read"
+)
+_UNREADABLE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\ufffd]")
+
+
+def _unquote_garbage(found: re.Match[str]) -> str:
+    return "(unreadable bytes)" if _UNREADABLE.search(found.group(0)) else found.group(0)
+
+
 def _user_text(libmsg: str) -> str:
     """libpmemobj's text in the user's terms: the in-memory poolset of Pool.open_in names
-    the parts directory /proc/self/fd/N, which means nothing to a user."""
-    return re.sub(r"/proc/self/fd/[0-9]+", "parts", libmsg)
+    the parts directory /proc/self/fd/N, which means nothing to a user; and a damaged
+    header's bytes, which libpmemobj quotes (``wrong pool type: "E|v..."``), are not
+    shown raw (they would garble the terminal)."""
+    text = re.sub(r"/proc/self/fd/[0-9]+", "parts", libmsg)
+    text = re.sub(r'"[^"]*"', _unquote_garbage, text)
+    return _UNREADABLE.sub("?", text)
 
 
 def _failure(context: str, what: str, path: str | None, code: int, libmsg: str) -> error:
@@ -269,7 +291,14 @@ def _failure(context: str, what: str, path: str | None, code: int, libmsg: str) 
         )
     if context == "open":
         if any(m in libmsg for m in _NOT_A_STORE_MSGS):
-            return NotAStoreError(f"not a viperdbm store ({detail})", filename=path, errno=errno_)
+            # inside a store directory this is damage far more often than a foreign pool:
+            # never suggest flag 'n', which would discard what the store holds
+            return NotAStoreError(
+                f"not a viperdbm store ({detail})",
+                filename=path,
+                errno=errno_,
+                hint=_DAMAGED_HINT,
+            )
         if any(m in libmsg for m in _VERSION_MSGS):
             return VersionMismatchError(
                 f"pool written in an incompatible format ({detail})", filename=path, errno=errno_
@@ -347,6 +376,8 @@ def _invoke(
         if pool._pop is None or pool._forked:
             raise pool._closed_error()
         result = fn(*args)
+        if context == "alloc":
+            pool._may_have_grown = True
         if failed is not None and failed(result):
             code, libmsg = ctypes.get_errno(), _user_text(errmsg())
             if context == "alloc" and any(m in libmsg for m in _GROWTH_FAILED_MSGS):
@@ -450,19 +481,6 @@ def _release_from_maps() -> str | None:
     return None
 
 
-def _current_umask() -> int:
-    try:
-        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    old = os.umask(0o022)  # fallback (racy against other threads, but only a fallback)
-    os.umask(old)
-    return old
-
-
 def _encode(text: str, what: str, path: str | None = None) -> bytes:
     raw = os.fsencode(text)
     if b"\0" in raw:
@@ -470,202 +488,113 @@ def _encode(text: str, what: str, path: str | None = None) -> bytes:
     return raw
 
 
-def _format_size(nbytes: int) -> str:
-    for suffix, unit in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
-        if nbytes % unit == 0:
-            return f"{nbytes // unit}{suffix}"
-    return str(nbytes)
-
-
-def write_poolset(set_path: str, parts_dir: str, reservation: int, mode: int) -> None:
-    """Write the poolset file ``set_path`` describing a growable directory pool.
-
-    The file reads::
-
-        PMEMPOOLSET
-        OPTION SINGLEHDR
-        64G /absolute/path/of/parts_dir
-
-    ``reservation`` (bytes, at least :data:`MIN_POOL`) is the address space reserved for
-    the pool, i.e. the most it can grow to; it may be changed between opens by writing
-    the file again.  The parts directory is written as an absolute path (libpmemobj
-    requires it; a moved store needs the file rewritten); it must not contain white
-    space or ``#``, which the poolset syntax cannot express.  ``parts_dir`` is not
-    created here.  The file is written atomically (temporary file, fsync, rename, fsync
-    of the directory), with permissions ``mode & ~umask``.
-    """
-    if isinstance(reservation, bool) or not isinstance(reservation, int):
-        raise error("reservation must be an int", filename=set_path, errno=_errno.EINVAL)
-    if reservation < MIN_POOL:
-        raise error(
-            f"reservation {reservation} is smaller than the minimum pool size {MIN_POOL}",
-            filename=set_path,
-            errno=_errno.EINVAL,
-        )
-    parts_abs = os.path.abspath(parts_dir)
-    if re.search(r"[\s#\0]", parts_abs):
-        raise error(
-            "the parts directory path cannot contain white space or '#' "
-            "(the poolset file syntax cannot express them)",
-            filename=parts_abs,
-            errno=_errno.EINVAL,
-        )
-    content = f"PMEMPOOLSET\nOPTION SINGLEHDR\n{_format_size(reservation)} {parts_abs}\n"
-    set_abs = os.path.abspath(set_path)
-    _encode(set_abs, "the .set path", set_path)
-    directory, name = os.path.split(set_abs)
-    tmp = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.tmp")
+def scan_parts_of(parts_dir: str, label: str) -> Parts:
+    """:func:`viperdbm._storedir.scan_parts` with a failure in the user's terms."""
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode & 0o7777)
-        try:
-            data = content.encode()
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, set_abs)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise error(
-            f"cannot write the poolset file: {exc.strerror}", filename=set_path, errno=exc.errno
-        ) from exc
-    try:
-        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError as exc:
-        raise error(
-            f"cannot fsync the directory of the poolset file: {exc.strerror}",
-            filename=directory,
-            errno=exc.errno,
-        ) from exc
-
-
-def _read_poolset(set_path: str, label: str | None = None) -> str:
-    """Check that ``set_path`` is a SINGLEHDR directory poolset and return its directory.
-
-    libpmemobj 1.12.1 dies of SIGBUS on ``pmemobj_open`` of an empty file, so the file
-    is checked here before the library sees it.  ``label`` names the store in messages.
-    """
-    shown = label or set_path
-    try:
-        st = os.stat(set_path)
-    except OSError as exc:
-        raise error(f"cannot open store: {exc.strerror}", filename=shown, errno=exc.errno) from exc
-    if not stat.S_ISREG(st.st_mode):
-        raise NotAStoreError("not a viperdbm store (the .set path is not a file)", filename=shown)
-    if st.st_size == 0 or st.st_size > 65536:
-        raise NotAStoreError(
-            f"not a viperdbm store (a .set file of {st.st_size} bytes)", filename=shown
-        )
-    try:
-        with open(set_path, "rb") as f:
-            text = os.fsdecode(f.read())
-    except OSError as exc:
-        raise error(f"cannot read store: {exc.strerror}", filename=shown, errno=exc.errno) from exc
-    lines = [line.split("#", 1)[0].strip() for line in text.splitlines()]
-    lines = [line for line in lines if line]
-    if not lines or lines[0] != "PMEMPOOLSET":
-        raise NotAStoreError("not a viperdbm store (not a poolset file)", filename=shown)
-    options: set[str] = set()
-    elements: list[list[str]] = []
-    for line in lines[1:]:
-        tokens = line.split()
-        if tokens[0] == "OPTION":
-            options.update(tokens[1:])
-        else:
-            elements.append(tokens)
-    if (
-        "SINGLEHDR" not in options
-        or len(elements) != 1
-        or len(elements[0]) != 2
-        or not _SIZE_TOKEN.match(elements[0][0])
-        or not os.path.isabs(elements[0][1])
-    ):
-        raise NotAStoreError(
-            "not a viperdbm store (not a SINGLEHDR poolset with one parts directory)",
-            filename=shown,
-        )
-    return elements[0][1]
-
-
-def _list_parts(parts_dir: str) -> tuple[list[tuple[str, int, int, int]], list[str]]:
-    """Entries of ``parts_dir`` that libpmemobj would read as parts.
-
-    Returns ``(parts, problems)``: ``parts`` is ``(name, index, size, st_mode)`` for every
-    entry whose name ends in ``.pmem`` and is a part number, sorted by index;
-    ``problems`` names the entries libpmemobj would misread.  libpmemobj (set.c,
-    ``util_poolset_directory_load``) takes every *regular file* at the top level whose
-    name ends in ``.pmem`` and parses its index with ``strtol`` (so ``foo.pmem`` becomes a
-    second part 0, which crashes it).
-    """
-    parts: list[tuple[str, int, int, int]] = []
-    problems: list[str] = []
-    with os.scandir(parts_dir) as it:
-        for entry in it:
-            name = entry.name
-            if len(name) <= 5 or not name.endswith(".pmem"):
-                continue
-            if not _PART_NAME.match(name):
-                problems.append(name)
-                continue
-            st = entry.stat(follow_symlinks=False)
-            parts.append((name, int(name[:-5]), st.st_size, st.st_mode))
-    parts.sort(key=lambda p: p[1])
-    return parts, problems
-
-
-def _validate_parts(parts_dir: str, set_path: str) -> set[int] | None:
-    """Refuse the part-directory states that crash libpmemobj instead of failing cleanly.
-
-    Returns the offsets of the large objects that libpmemobj's heap records (see
-    :meth:`Pool.objects`)."""
-    try:
-        parts, problems = _list_parts(parts_dir)
+        return scan_parts(parts_dir)
     except OSError as exc:
         raise error(
             f"cannot open store: cannot read the parts directory: {exc.strerror}",
-            filename=set_path,
+            filename=label,
             errno=exc.errno,
         ) from exc
-    if problems:
+
+
+def validate_parts(parts: Parts, label: str) -> set[int] | None:
+    """Refuse the part-directory states that crash libpmemobj instead of failing cleanly.
+
+    ``parts`` is the scan of the parts directory (see :func:`viperdbm._storedir.scan_parts`).
+    Returns the offsets of the large objects that libpmemobj's heap records (see
+    :meth:`Pool.objects`)."""
+    if parts.strays:
         raise CorruptedError(
-            f"unexpected files in the parts directory: {sorted(problems)}",
-            filename=set_path,
+            f"unexpected files in the parts directory: {sorted(parts.strays)}",
+            filename=label,
         )
-    if not parts:
+    if not parts.numbered:
         raise NotAStoreError(
-            "not a viperdbm store (no part files in its parts directory)", filename=set_path
+            "not a viperdbm store (no part files in its parts directory)", filename=label
         )
     bad = [
-        name
-        for i, (name, index, size, st_mode) in enumerate(parts)
-        if index != i or size == 0 or not stat.S_ISREG(st_mode)
+        os.path.basename(part.path)
+        for i, part in enumerate(parts.numbered)
+        if part.number != i or part.size == 0 or not stat.S_ISREG(part.mode)
     ]
     if bad:
         raise CorruptedError(
             "damaged part files in the parts directory (missing, duplicated, empty or not "
             f"regular files): {bad}",
-            filename=set_path,
+            filename=label,
         )
     # libpmemobj's open trusts its lanes and heap headers and can loop forever on damaged
     # ones (see _pmdk_metadata): refuse those pools before calling it
     try:
         found = survey(
-            [(os.path.join(parts_dir, name), size - size % 4096) for name, _, size, _ in parts]
+            [(part.path, part.size - part.size % OS_PAGE_SIZE) for part in parts.numbered]
         )
     except OSError as exc:
         raise error(
-            f"cannot read the part files: {exc.strerror}", filename=set_path, errno=exc.errno
+            f"cannot read the part files: {exc.strerror}", filename=label, errno=exc.errno
         ) from exc
     if found.damage:
-        raise CorruptedError(f"the pool is damaged: {found.damage}", filename=set_path)
+        raise CorruptedError(f"the pool is damaged: {found.damage}", filename=label)
     return found.large_objects
+
+
+def _memory_poolset(parts_dir: str, reservation: int, label: str) -> tuple[str, list[int]]:
+    """A poolset for the pool in ``parts_dir`` whatever characters its path has: written to
+    an anonymous memory file, naming the parts directory as ``/proc/self/fd/N`` (the poolset
+    syntax cannot express white space or ``#``, and a moved store needs nothing
+    rewritten). Returns its path and the two descriptors to keep open while it is used."""
+    try:
+        parts_fd = os.open(parts_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise error(
+            f"cannot open the store's parts directory: {exc.strerror}",
+            filename=label,
+            errno=exc.errno,
+        ) from exc
+    try:
+        set_fd = os.memfd_create("viperdbm.set", os.MFD_CLOEXEC)
+    except BaseException:
+        os.close(parts_fd)
+        raise
+    try:
+        os.write(set_fd, poolset_text(f"/proc/self/fd/{parts_fd}", reservation).encode())
+    except BaseException:
+        os.close(parts_fd)
+        os.close(set_fd)
+        raise
+    return f"/proc/self/fd/{set_fd}", [parts_fd, set_fd]
+
+
+class PoolCheck(NamedTuple):
+    """What libpmemobj's ``pmemobj_check`` said: ``consistent`` is None when it could not
+    run (``message`` and ``errno`` say why)."""
+
+    consistent: bool | None
+    message: str
+    errno: int
+
+
+def check_pool(parts_dir: str, layout: str, reservation: int, *, label: str) -> PoolCheck:
+    """libpmemobj's own consistency check of the closed pool in ``parts_dir`` (whatever
+    its path: through an in-memory poolset, as :meth:`Pool.open_in`). It needs write
+    access to the part files, as an open does."""
+    set_path, fds = _memory_poolset(parts_dir, reservation, label)
+    try:
+        ctypes.set_errno(0)
+        result = _pmemobj_check(os.fsencode(set_path), layout.encode())
+        code = ctypes.get_errno()
+        message = _user_text(_errmsg_obj())
+    finally:
+        for fd in fds:
+            os.close(fd)
+    if result == 1:
+        return PoolCheck(True, "", 0)
+    if result == 0:
+        return PoolCheck(False, message or "no detail", 0)
+    return PoolCheck(None, message or os.strerror(code), code)
 
 
 # --------------------------------------------------------------------------------------
@@ -720,6 +649,8 @@ class Pool:
         #: the large objects the heap's chunk headers recorded at open (see objects())
         self._large_at_open: set[int] | None = None
         self._mapped = 0
+        #: an allocation ran since the parts were last scanned (it may have grown the pool)
+        self._may_have_grown = True
         self._uuid_lo = 0
         self._keep_fds: list[int] = []  # descriptors the poolset names (see open_in)
         self._growth_stopped = False  # a growth failed: never grow again (see _stop_growth)
@@ -750,7 +681,7 @@ class Pool:
         shown = label or set_path
         layout_b = cls._layout_bytes(layout, shown)
         path_b = _encode(set_path, "the .set path", shown)
-        parts_dir = _read_poolset(set_path, shown)
+        parts_dir = read_poolset(set_path, shown)
         _disable_sds()
         pop = _invoke(
             None,
@@ -764,7 +695,7 @@ class Pool:
         pool = cls(int(pop), shown, parts_dir)
         try:
             part0 = os.path.join(parts_dir, "000000.pmem")
-            os.chmod(part0, mode & 0o7777 & ~_current_umask())
+            os.chmod(part0, mode & 0o7777 & ~umask())
             pool._setup()
         except OSError as exc:
             pool.close()
@@ -777,15 +708,20 @@ class Pool:
         return pool
 
     @classmethod
-    def open(cls, set_path: str, layout: str, *, label: str | None = None) -> Pool:
+    def open(
+        cls, set_path: str, layout: str, *, label: str | None = None, parts: Parts | None = None
+    ) -> Pool:
         """Open the existing pool of ``set_path``, checking its layout name.
 
-        ``label`` (default: ``set_path``) names the store in error messages."""
+        ``label`` (default: ``set_path``) names the store in error messages; ``parts`` is
+        the caller's scan of the parts directory (else it is scanned here)."""
         shown = label or set_path
         layout_b = cls._layout_bytes(layout, shown)
         path_b = _encode(set_path, "the .set path", shown)
-        parts_dir = _read_poolset(set_path, shown)
-        large_objects = _validate_parts(parts_dir, shown)
+        parts_dir = read_poolset(set_path, shown)
+        if parts is None:
+            parts = scan_parts_of(parts_dir, shown)
+        large_objects = validate_parts(parts, shown)
         pop = _invoke(
             None,
             "cannot open store",
@@ -798,7 +734,7 @@ class Pool:
         pool = cls(int(pop), shown, parts_dir)
         pool._large_at_open = large_objects
         try:
-            pool._setup()
+            pool._setup(parts)
         except OSError as exc:
             pool.close()
             raise error(
@@ -810,7 +746,15 @@ class Pool:
         return pool
 
     @classmethod
-    def open_in(cls, parts_dir: str, layout: str, reservation: int, *, label: str) -> Pool:
+    def open_in(
+        cls,
+        parts_dir: str,
+        layout: str,
+        reservation: int,
+        *,
+        label: str,
+        parts: Parts | None = None,
+    ) -> Pool:
         """Open the pool whose parts are in ``parts_dir``, whatever characters its path has.
 
         The poolset is written to an anonymous memory file and names the parts directory as
@@ -818,7 +762,7 @@ class Pool:
         express white space or ``#``, and a store moved elsewhere needs nothing rewritten.
         """
         return cls._via_memory_poolset(
-            parts_dir, reservation, label, lambda p: cls.open(p, layout, label=label)
+            parts_dir, reservation, label, lambda p: cls.open(p, layout, label=label, parts=parts)
         )
 
     @classmethod
@@ -834,36 +778,21 @@ class Pool:
     def _via_memory_poolset(
         cls, parts_dir: str, reservation: int, label: str, opener: Callable[[str], Pool]
     ) -> Pool:
+        set_path, fds = _memory_poolset(parts_dir, reservation, label)
         try:
-            parts_fd = os.open(parts_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise error(
-                f"cannot open the store's parts directory: {exc.strerror}",
-                filename=label,
-                errno=exc.errno,
-            ) from exc
-        set_fd = -1
-        try:
-            set_fd = os.memfd_create("viperdbm.set", os.MFD_CLOEXEC)
-            text = (
-                f"PMEMPOOLSET\nOPTION SINGLEHDR\n{_format_size(reservation)} "
-                f"/proc/self/fd/{parts_fd}\n"
-            )
-            os.write(set_fd, text.encode())
-            pool = opener(f"/proc/self/fd/{set_fd}")
+            pool = opener(set_path)
         except BaseException:
-            os.close(parts_fd)
-            if set_fd >= 0:
-                os.close(set_fd)
+            for fd in fds:
+                os.close(fd)
             raise
-        pool._keep_fds = [parts_fd, set_fd]
+        pool._keep_fds = fds
         return pool
 
-    def _setup(self) -> None:
+    def _setup(self, parts: Parts | None = None) -> None:
         pop = self._handle()
         oid = _invoke(self, "pmemobj_oid", _pmemobj_oid, (pop,), failed=_is_null_oid_uuid)
         self._uuid_lo = int(oid.pool_uuid_lo)
-        self._refresh_mapped()
+        self._refresh_mapped(parts)
 
     # ---- state -------------------------------------------------------------------
 
@@ -938,43 +867,45 @@ class Pool:
 
     # ---- bounds ------------------------------------------------------------------
 
-    def _refresh_mapped(self) -> int:
-        """Recompute the mapped size from the part files (see the class docstring).
+    def _refresh_mapped(self, parts: Parts | None = None) -> int:
+        """Recompute the mapped size from the part files (see the class docstring);
+        ``parts`` is a scan the caller made just now (the open's), else one is made.
 
         This is where the pool learns that libpmemobj grew it (inside an allocation): the
         new part file is then made durable, data and name, before the caller can put a
         record in it (a name is durable only once its directory is fsynced), and given
         the first part's mode (libpmemobj creates grown parts 0600)."""
-        try:
-            parts, _ = _list_parts(self._parts_dir)
-        except OSError as exc:
-            raise error(
-                f"cannot read the parts directory: {exc.strerror}",
-                filename=self.set_path,
-                errno=exc.errno,
-            ) from exc
+        self._may_have_grown = False
+        if parts is None:
+            try:
+                parts = scan_parts(self._parts_dir)
+            except OSError as exc:
+                raise error(
+                    f"cannot read the parts directory: {exc.strerror}",
+                    filename=self.set_path,
+                    errno=exc.errno,
+                ) from exc
         total = 0
         mode0 = 0
         grown: list[str] = []
-        for i, (name, index, size, st_mode) in enumerate(parts):
-            if index != i or not stat.S_ISREG(st_mode):
-                if self._pop is not None and index > i:
+        for i, part in enumerate(parts.numbered):
+            if part.number != i or not stat.S_ISREG(part.mode):
+                if self._pop is not None and part.number > i:
                     # a part after a missing number: libpmemobj numbers the next part past
                     # the one a failed growth did not create (PMDK 1.12.1 set.c
                     # util_poolset_append_new_part); a pool so grown would not open again
                     self._stop_growth()
                 break  # libpmemobj maps only the regular files of parts 0..n-1
             start = total
-            total += size & ~(_PAGE - 1)
+            total += part.size - part.size % OS_PAGE_SIZE
             if i == 0:
-                mode0 = st_mode & 0o7777
+                mode0 = part.mode & 0o7777
             elif total > self._mapped:
-                path = os.path.join(self._parts_dir, name)
-                if st_mode & 0o7777 != mode0:
+                if part.mode & 0o7777 != mode0:
                     with contextlib.suppress(OSError):
-                        os.chmod(path, mode0)
+                        os.chmod(part.path, mode0)
                 if self._mapped and start >= self._mapped:
-                    grown.append(path)
+                    grown.append(part.path)
         if grown:
             self._make_parts_durable(grown)
         self._mapped = total
@@ -983,16 +914,8 @@ class Pool:
     def _make_parts_durable(self, paths: list[str]) -> None:
         try:
             for path in paths:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            fd = os.open(self._parts_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+                fsync_file(path)
+            fsync_dir(self._parts_dir)
         except OSError as exc:
             raise error(
                 f"cannot make the pool's new part durable: {exc.strerror}",
@@ -1025,9 +948,12 @@ class Pool:
         )
 
     def mapped_size(self) -> int:
-        """Bytes of the pool mapped at :attr:`base` now (sum of the part file sizes)."""
+        """Bytes of the pool mapped at :attr:`base` now (sum of the part file sizes).
+
+        Only an allocation can grow the pool, so the parts are scanned again only after
+        one (not at every call: an open would otherwise list the directory many times)."""
         self._handle()
-        return self._refresh_mapped()
+        return self._refresh_mapped() if self._may_have_grown else self._mapped
 
     def _check_range(self, what: str, offset: int, length: int) -> None:
         if type(offset) is not int or type(length) is not int:
@@ -1056,6 +982,8 @@ class Pool:
         _check_size("root", size, allow_zero=True)
         pop = self._handle()
         with self._objlock:  # it may allocate: not during a walk of the heap
+            # a root at least this large already: nothing is allocated, nothing can grow
+            stale = self._may_have_grown or size > self.root_size()
             oid = _invoke(
                 self,
                 "cannot get the root object",
@@ -1064,6 +992,7 @@ class Pool:
                 failed=_is_null_oid,
                 context="alloc",
             )
+            self._may_have_grown = stale
         off = int(oid.off)
         if off + size > self._mapped:
             self._refresh_mapped()

@@ -25,7 +25,6 @@ b'from dbm.dumb'
 
 from __future__ import annotations
 
-import builtins
 import dbm
 import errno as _errno
 import os
@@ -33,7 +32,7 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import Any, Protocol, Self, cast
 
-from . import _layout as layout
+from . import _storedir as storedir
 from ._dbm import open as _open_db
 from ._errors import error as _viper_error
 
@@ -66,18 +65,6 @@ class DbmObject(Protocol):
     ) -> None: ...
 
 
-def _is_viperdbm_store(path: str) -> bool:
-    set_path = os.path.join(path, layout.SET_FILE)
-    if not os.path.isdir(path) or not os.path.isdir(os.path.join(path, layout.PARTS_DIR)):
-        return False
-    try:
-        with builtins.open(set_path, encoding="ascii", errors="replace") as f:
-            first = f.readline()
-    except OSError:
-        return False
-    return first.strip() == "PMEMPOOLSET"
-
-
 def whichdb(filename: str | os.PathLike[str]) -> str | None:
     """``'viperdbm'`` for a viperdbm store, else what :func:`dbm.whichdb` says.
 
@@ -86,8 +73,11 @@ def whichdb(filename: str | os.PathLike[str]) -> str | None:
     ``'dbm.sqlite3'`` from Python 3.13).
     """
     path = os.fspath(filename)
-    if _is_viperdbm_store(path):
-        return "viperdbm"
+    try:
+        if storedir.is_store(path) is None:
+            return "viperdbm"
+    except _viper_error:
+        pass  # nothing there, or unreadable: dbm.whichdb says which
     return dbm.whichdb(path)
 
 
