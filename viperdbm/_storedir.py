@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno as _errno
 import fcntl
 import logging
@@ -538,7 +537,9 @@ def make_durable(directory: str) -> None:
 
 
 def _renameat2(src: str, dst: str, flags: int) -> None:
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    # the C library is already in the process: dlopen(NULL) finds it without
+    # ctypes.util.find_library, which runs /sbin/ldconfig in a child process
+    libc = ctypes.CDLL(None, use_errno=True)
     try:
         fn = libc.renameat2
     except AttributeError:  # a C library older than glibc 2.28
