@@ -65,7 +65,8 @@ from pathlib import Path
 
 import pytest
 from _enumerate_child import STORES
-from _vdbtools import HERE, Prober, child_env, describe, fs_root
+from _vdbtools import HERE, Prober, child_env, describe
+from conftest import FILESYSTEMS
 
 #: the system calls whose N-th call is a point; ``openat`` only where it creates a file
 SYSCALLS = (
@@ -234,7 +235,7 @@ def child_cmd(workdir: Path, flag: str, acklog: Path) -> list[str]:
 
 
 def scratch_root() -> str:
-    return fs_root(os.environ.get("VIPERDBM_ENUMERATE_FS", "tmpfs"))
+    return FILESYSTEMS[os.environ.get("VIPERDBM_ENUMERATE_FS", "tmpfs")]
 
 
 START = "start-up"  # the calls made before the workload's first operation
