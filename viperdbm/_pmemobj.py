@@ -1081,19 +1081,26 @@ class Pool:
         return total
 
     def _make_parts_durable(self, paths: list[str]) -> None:
+        syncing = False
         try:
             for path in paths:
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                 try:
+                    syncing = True
                     os.fsync(fd)
+                    syncing = False
                 finally:
                     os.close(fd)
             fd = os.open(self._parts_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
+                syncing = True
                 os.fsync(fd)
+                syncing = False
             finally:
                 os.close(fd)
         except OSError as exc:
+            if syncing:  # as after a failed msync: a later fsync would not vouch for it
+                self.mark_io_failed(exc.errno or _errno.EIO)
             raise error(
                 f"cannot make the pool's new part durable: {exc.strerror}",
                 filename=self.set_path,
