@@ -57,6 +57,15 @@ try:
                 report["failed"] = [key.hex(), value.hex(), exc.errno, str(exc)]
                 break
             report["acked"][key.hex()] = value.hex()
+    elif action == "close":  # pmemobj_close's own msync fails (after close()'s sync)
+        db.sync()
+        os.write(2, b"MARK2\n")
+        try:
+            db.close()
+            print(json.dumps({"closed": "ok"}))
+        except viperdbm.error as exc:
+            print(json.dumps({"close failed": [exc.errno, str(exc)]}))
+        sys.exit(0)
     elif action == "sync":
         db[b"before-sync"] = b"x"
         report["acked"][b"before-sync".hex()] = b"x".hex()
@@ -170,6 +179,43 @@ def test_flag_s_record_msync_failure_is_not_acknowledged() -> None:
     report, store, tmp = _failing_run("cs", "puts")
     with tmp:
         _check(report, store, failed_key_written=True)
+
+
+def test_close_is_not_acknowledged_when_an_msync_of_libpmemobjs_close_fails() -> None:
+    with tempfile.TemporaryDirectory(prefix="viperdbm-iofail-", dir="/dev/shm") as tmp:
+        work = Path(tmp)
+        strace = strace_or_skip()
+        trace = work / "trace"
+        proc = _run(
+            work / "count.vdb",
+            "c",
+            "close",
+            [strace, "-qq", "-o", str(trace), "-e", "trace=msync,write", "-e", "signal=none"],
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        lines = trace.read_text().splitlines()
+        mark = next(i for i, line in enumerate(lines) if line.startswith('write(2, "MARK2'))
+        before = sum(1 for line in lines[:mark] if line.startswith("msync("))
+        after = sum(1 for line in lines[mark:] if line.startswith("msync("))
+        # close() msyncs the pool (nothing dirty: sync() just ran), writes the block
+        # directory and its root word (libpmemobj's persist), then pmemobj_close; every
+        # one of its msyncs that fails must make close() raise
+        assert after >= 2, lines[mark:]
+        for k in range(before + 1, before + after + 1):
+            store = work / f"s{k}.vdb"
+            proc = _run(
+                store,
+                "c",
+                "close",
+                [strace, "-qq", "-o", os.devnull, "-e", f"inject=msync:error=EIO:when={k}"],
+            )
+            assert proc.returncode == 0, (
+                f"the child died (rc {proc.returncode}): {proc.stderr[-3000:]}"
+            )
+            assert "closed" not in proc.stdout, f"close() acknowledged although msync #{k} failed"
+            assert "I/O error" in proc.stdout and '"close failed": [5' in proc.stdout, proc.stdout
+            with viperdbm.open(str(store), "r") as db:
+                assert db[b"base7"] == b"v7"
 
 
 def test_failed_sync_makes_the_handle_refuse_writes() -> None:

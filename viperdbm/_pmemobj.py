@@ -1031,9 +1031,10 @@ class Pool:
             for fd in fds:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        if _io_slot.value:  # an msync of pmemobj_close itself failed
-            code, owner = _take_io_failure(self)
-            if owner is self and not failed_before:
+        code, _unowned.code = getattr(_unowned, "code", 0), 0
+        if code:  # an msync of pmemobj_close itself failed (taken by _invoke: see there)
+            self.mark_io_failed(code)
+            if not failed_before:
                 raise self._io_error(code)
 
     # ---- bounds ------------------------------------------------------------------
