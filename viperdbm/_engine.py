@@ -1087,6 +1087,10 @@ class Engine:
                         self._write_block_directory()
                 finally:
                     if self.core is not None:
+                        if self.core.io_errno:
+                            # the core's msync failed (flag 's'), already raised: mark the
+                            # pool too, so that its close() does not raise it once more
+                            self._pool.mark_io_failed(self.core.io_errno)
                         self.core.invalidate()
                     self.core = None
                     pool, self._pool = self._pool, None
