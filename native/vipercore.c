@@ -268,6 +268,7 @@ typedef struct {
     uint64_t block_cursor_off, block_cursor_pos; /* where compact_block() resumes */
     uint64_t compact_prev_active; /* offset of the active block when compact_begin() ran (0: none) */
     int puts_refused; /* the reserve is gone: puts answer RC_NO_RESERVE (see Engine._new_block) */
+    int io_errno;     /* an msync of this store failed: writes are refused (see core_io_refuse) */
     uint64_t writes; /* mutation counter, for stats */
 } Core;
 
@@ -515,14 +516,46 @@ static void index_remove_at(Core *c, uint64_t i) {
 }
 
 /* ------------------------------------------------------------------ writing records */
-static void persist_range(Core *c, uint64_t off, uint64_t len) {
+/* -1 if the msync failed: its errno is kept in c->io_errno, and the mutator that called this
+ * raises once its record is complete (the record is in the page cache and readable, but not
+ * known to be durable), and every later write is refused: after a failed msync the kernel
+ * may have dropped the dirty pages, so a later msync that succeeds proves nothing. */
+static int persist_range(Core *c, uint64_t off, uint64_t len) {
     if (c->persist_mode == PERSIST_FUNC && c->persist_fn) {
         c->persist_fn(c->base + off, (size_t)len);
     } else if (c->persist_mode == PERSIST_MSYNC) {
         uint64_t start = off & ~(uint64_t)(OS_PAGE - 1);
         uint64_t stop = align_up(off + len, OS_PAGE);
-        (void)msync(c->base + start, (size_t)(stop - start), MS_SYNC);
+        if (msync(c->base + start, (size_t)(stop - start), MS_SYNC) != 0) {
+            if (!c->io_errno) c->io_errno = errno ? errno : EIO;
+            return -1;
+        }
     }
+    return 0;
+}
+
+#define IO_ERROR_TEXT                                                                                 \
+    "the disk reported an I/O error while writing the store; nothing written since the last "        \
+    "successful sync() is known to be durable; close the store, check the disk, and reopen"
+
+/* Raise the viperdbm.error (errno set) for c->io_errno: -1. written: the write that saw the
+ * failure is complete in the open store (readable) but not known to be durable. */
+static int core_io_refuse(Core *c, int written) {
+    const char *text = written ? "written but not known to be durable: " IO_ERROR_TEXT
+                               : "the store refuses writes: " IO_ERROR_TEXT;
+    PyObject *cls = StoreError ? StoreError : PyExc_OSError;
+    PyObject *args = Py_BuildValue("(s)", text);
+    PyObject *kw = StoreError ? Py_BuildValue("{s:i}", "errno", c->io_errno) : NULL;
+    if (args && (kw || !StoreError)) {
+        PyObject *exc = PyObject_Call(cls, args, kw);
+        if (exc) {
+            PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+            Py_DECREF(exc);
+        }
+    }
+    Py_XDECREF(args);
+    Py_XDECREF(kw);
+    return -1;
 }
 
 /* Write one record at pool offset off. The CRC word goes last: until it is stored the
@@ -852,6 +885,7 @@ static PyObject *Core_add_block(Core *c, PyObject *args) {
     unsigned long long off, usable;
     if (!PyArg_ParseTuple(args, "KK", &off, &usable)) return NULL;
     if (core_check_open(c) < 0 || check_block_bounds(c, off, usable) < 0) return NULL;
+    if (c->io_errno) return core_io_refuse(c, 0), NULL;
     /* its header and zeroed log were written by block_constructor inside the allocation */
     Block b;
     if (block_from_header(c, off, usable, VD_BLOCK_KIND_STANDARD, &b) < 0) return NULL;
@@ -919,6 +953,7 @@ static int do_put(Core *c, const uint8_t *key, uint64_t klen, const uint8_t *val
 /* Put from Python objects: rc >= 0 (RC_*), or -2 with an exception set. */
 static int core_put_obj(Core *c, PyObject *key, PyObject *value) {
     if (core_check_open(c) < 0) return -2;
+    if (c->io_errno) return core_io_refuse(c, 0) - 1;
     if (c->compacting) return RC_BUSY;
     if (c->puts_refused) return RC_NO_RESERVE;
     KeyArg k, v;
@@ -930,6 +965,7 @@ static int core_put_obj(Core *c, PyObject *key, PyObject *value) {
     int rc = do_put(c, k.p, (uint64_t)k.n, v.p, (uint64_t)v.n, 0, 0);
     keyarg_release(&k);
     keyarg_release(&v);
+    if (rc >= 0 && c->io_errno) return core_io_refuse(c, 1) - 1;
     return rc < 0 ? -2 : rc;
 }
 
@@ -957,6 +993,7 @@ static PyObject *Core_put_jumbo(Core *c, PyObject *args) {
     PyObject *ko, *vo;
     if (!PyArg_ParseTuple(args, "KKOO", &off, &usable, &ko, &vo)) return NULL;
     if (core_check_open(c) < 0 || check_block_bounds(c, off, usable) < 0) return NULL;
+    if (c->io_errno) return core_io_refuse(c, 0), NULL;
     KeyArg k, v;
     if (keyarg_get(ko, &k, "keys") < 0) return NULL;
     if (keyarg_get(vo, &v, "values") < 0) {
@@ -973,6 +1010,7 @@ static PyObject *Core_put_jumbo(Core *c, PyObject *args) {
 /* Delete from a Python object: -1 missing, rc >= 0 (RC_*), or -2 with an exception set. */
 static int core_delete_obj(Core *c, PyObject *key) {
     if (core_check_open(c) < 0) return -2;
+    if (c->io_errno) return core_io_refuse(c, 0) - 1;
     if (c->compacting) return RC_BUSY;
     KeyArg k;
     if (keyarg_get(key, &k, "keys") < 0) return -2;
@@ -996,6 +1034,7 @@ static int core_delete_obj(Core *c, PyObject *key) {
     index_remove_at(c, (uint64_t)i);
     c->count--;
     crash_point("delete: index updated");
+    if (c->io_errno) return core_io_refuse(c, 1) - 1;
     return after_write(c, freeable);
 }
 
@@ -1015,6 +1054,7 @@ static PyObject *Core_delete_jumbo(Core *c, PyObject *args) {
     PyObject *ko;
     if (!PyArg_ParseTuple(args, "KKO", &off, &usable, &ko)) return NULL;
     if (core_check_open(c) < 0 || check_block_bounds(c, off, usable) < 0) return NULL;
+    if (c->io_errno) return core_io_refuse(c, 0), NULL;
     KeyArg k;
     if (keyarg_get(ko, &k, "keys") < 0) return NULL;
     uint64_t h = key_hash(k.p, (uint64_t)k.n);
@@ -1779,6 +1819,13 @@ static PyObject *Core_set_puts_refused(Core *c, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+static PyObject *Core_set_io_error(Core *c, PyObject *arg) {
+    int e = PyLong_AsLong(arg);
+    if (e == -1 && PyErr_Occurred()) return NULL;
+    if (!c->io_errno) c->io_errno = e ? e : EIO;
+    Py_RETURN_NONE;
+}
+
 static PyObject *Core_set_auto_compact(Core *c, PyObject *arg) {
     int on = PyObject_IsTrue(arg);
     if (on < 0) return NULL;
@@ -1985,6 +2032,11 @@ static PyObject *Core_get_has_active(Core *c, void *closure) {
     return PyBool_FromLong(c->active >= 0);
 }
 
+static PyObject *Core_get_io_errno(Core *c, void *closure) {
+    (void)closure;
+    return PyLong_FromLong(c->io_errno);
+}
+
 static PyObject *Core_get_is_open(Core *c, void *closure) {
     (void)closure;
     return PyBool_FromLong(c->base != NULL);
@@ -2025,6 +2077,7 @@ static PyMethodDef Core_methods[] = {
     {"set_puts_refused", (PyCFunction)Core_set_puts_refused, METH_O, "set_puts_refused(on): puts answer RC_NO_RESERVE"},
     {"compact_block", (PyCFunction)Core_compact_block, METH_O, "compact_block(off) -> rc"},
     {"set_auto_compact", (PyCFunction)Core_set_auto_compact, METH_O, "set_auto_compact(on)"},
+    {"set_io_error", (PyCFunction)Core_set_io_error, METH_O, "set_io_error(errno): refuse writes from now on"},
     {"old_blocks", (PyCFunction)Core_old_blocks, METH_NOARGS, "old_blocks() -> offsets"},
     {"stats", (PyCFunction)Core_stats, METH_NOARGS, "stats() -> dict"},
     {"blocks", (PyCFunction)Core_blocks, METH_NOARGS, "blocks() -> [(off, size, kind)]"},
@@ -2037,6 +2090,7 @@ static PyGetSetDef Core_getset[] = {
     {"discarded", (getter)Core_get_discarded, NULL, "records dropped by the power-fail rule at open", NULL},
     {"has_active", (getter)Core_get_has_active, NULL, "whether a block is open for appends", NULL},
     {"is_open", (getter)Core_get_is_open, NULL, "whether the core still has its mapping", NULL},
+    {"io_errno", (getter)Core_get_io_errno, NULL, "errno of the failed msync that stopped writes, or 0", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -247,6 +247,7 @@ def _parse_trace(trace: str) -> tuple[dict[str, list[str]], dict[str, list[str]]
     calls: dict[str, list[str]] = {}
     ops: dict[str, list[str]] = {}
     pids: set[str] = set()
+    main = ""
     current = START
     for line in trace.splitlines():
         ack = _ACK_WRITE.match(line)
@@ -255,6 +256,11 @@ def _parse_trace(trace: str) -> tuple[dict[str, list[str]], dict[str, list[str]]
             continue
         m = _TRACE_LINE.match(line)
         if m is None or m.group(2) not in SYSCALLS:
+            continue
+        main = main or m.group(1)
+        if m.group(1) != main and m.group(2) == "openat" and "O_CREAT" not in m.group(3):
+            # a helper process (ctypes.util.find_library runs /sbin/ldconfig) reading files:
+            # not a point, and strace counts the main process's calls apart from it
             continue
         pids.add(m.group(1))
         calls.setdefault(m.group(2), []).append(f"{m.group(2)}({m.group(3)}")

@@ -42,7 +42,7 @@ from ._errors import (
     VersionMismatchError,
     error,
 )
-from ._pmemobj import PMEMOBJ_PERSIST_ADDRESS, Pool
+from ._pmemobj import IO_ERROR_TEXT, PMEMOBJ_PERSIST_ADDRESS, Pool
 from ._signals import Deferred
 
 log = logging.getLogger("viperdbm")
@@ -474,6 +474,10 @@ class Engine:
         log_bytes = sum(size for _, type_num, size in objects)
         core = _native.Core(pool.base, mapped, min(log_bytes, mapped) // 128)
         self.core = core
+        # a failed msync inside libpmemobj makes the core refuse writes too (fast paths)
+        pool.on_io_failure = core.set_io_error
+        if pool.io_errno:
+            core.set_io_error(pool.io_errno)
         core.set_floor(self._root.seq_floor)
         core.set_durable(self._root.durable_seq)
         kinds = self._block_kinds(core, objects)
@@ -658,6 +662,22 @@ class Engine:
         if not self.options.writable:
             raise ReadonlyError("the store was opened read-only", filename=self.path)
 
+    def _io_errno(self) -> int:
+        """errno of a failed msync of this store (libpmemobj's, sync()'s, or the core's
+        under flag 's'), or 0: from then on writes and sync() raise (see Pool.io_errno)."""
+        pool, core = self._pool, self.core
+        return (pool.io_errno if pool is not None else 0) or (core.io_errno if core else 0)
+
+    def _check_written(self, core: _native.Core) -> None:
+        """After a write: if one of its msyncs failed (flag 's'), it is in the store but
+        not known to be durable; say so."""
+        if core.io_errno:
+            raise error(
+                "written but not known to be durable: " + IO_ERROR_TEXT,
+                filename=self.path,
+                errno=core.io_errno,
+            )
+
     def _forked(self) -> None:
         if self.core is not None:
             self.core.invalidate(True)
@@ -689,6 +709,7 @@ class Engine:
             deferred = Deferred()
             try:
                 self._finish_put(core, rc, key, value)
+                self._check_written(core)  # a jumbo record's msync (flag 's')
             finally:
                 deferred.end()
 
@@ -731,6 +752,7 @@ class Engine:
             deferred = Deferred()
             try:
                 found = self._finish_delete(core, rc, key)
+                self._check_written(core)  # a jumbo tombstone's msync (flag 's')
                 if found and self._reserve_off is None:
                     # this store is living on the reserve: win space back while deleting
                     self._reclaim(urgent=True)
@@ -980,8 +1002,15 @@ class Engine:
         # complete on disk (one 8-byte store in the root, persisted by libpmemobj).
         pool = self._require_pool()
         core = self._require_core()
+        code = self._io_errno()
+        if code:  # the pages an msync failed to write may be gone: a sync cannot vouch
+            raise error("sync() refused: " + IO_ERROR_TEXT, filename=self.path, errno=code)
         pool.msync(0, pool.mapped_size())
-        storedir.fsync_dir(os.path.join(self.path, layout.PARTS_DIR))
+        try:
+            storedir.fsync_dir(os.path.join(self.path, layout.PARTS_DIR))
+        except error as exc:
+            pool.mark_io_failed(exc.errno or errno.EIO)
+            raise
         durable = core.next_seq - 1
         if durable != self._root.durable_seq:
             self._store_root_u64(layout.Root.DURABLE_SEQ_OFFSET, durable)
@@ -1111,12 +1140,18 @@ class Engine:
                 if self._pool is None:
                     return
                 try:
-                    if self.options.writable and self.core is not None:
+                    # after a failed msync the store is only closed: nothing more is written
+                    # (the error was raised when it happened)
+                    if self.options.writable and self.core is not None and not self._io_errno():
                         self._sync_locked()
                         self._free_dead_blocks()  # all of them: everything is durable now
                         self._write_block_directory()
                 finally:
                     if self.core is not None:
+                        if self.core.io_errno:
+                            # the core's msync failed (flag 's'), already raised: mark the
+                            # pool too, so that its close() does not raise it once more
+                            self._pool.mark_io_failed(self.core.io_errno)
                         self.core.invalidate()
                     self.core = None
                     pool, self._pool = self._pool, None

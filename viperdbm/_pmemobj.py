@@ -41,6 +41,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno as _errno
+import importlib.util
 import os
 import re
 import stat
@@ -64,8 +65,6 @@ from viperdbm._storedir import (
     MIN_POOL,
     OS_PAGE_SIZE,
     Parts,
-    fsync_dir,
-    fsync_file,
     poolset_text,
     read_poolset,
     scan_parts,
@@ -126,6 +125,25 @@ class PMEMoid(ctypes.Structure):
     off: int
 
 
+def _load_interposer() -> ctypes.CDLL:
+    """The native extension, loaded into the global scope before libpmemobj.
+
+    It defines ``pmem_msync`` (native/pmemio.c); loaded ``RTLD_GLOBAL`` first, it is the
+    definition the dynamic linker binds libpmemobj's ``pmem_msync@LIBPMEM_1.0`` to, so a
+    failed msync inside libpmemobj is recorded (and raised by :func:`_invoke`) instead of
+    aborting the process in libpmemobj's ``FATAL()``.  viperdbm's own :meth:`Pool.msync`
+    still calls libpmem's definition, through the ``_libpmem`` handle.
+    """
+    spec = importlib.util.find_spec("viperdbm._vipercore")
+    if spec is None or spec.origin is None:
+        raise ImportError(
+            "viperdbm's native core (viperdbm._vipercore) is not built: install the package "
+            "with 'pip install .' (or 'make setup' in a checkout)"
+        )
+    return ctypes.CDLL(spec.origin, mode=os.RTLD_GLOBAL | os.RTLD_NOW)
+
+
+_interposer = _load_interposer()  # before libpmemobj: see _load_interposer
 _libobj = _load(("libpmemobj.so.1", "libpmemobj.so"), "pmemobj")
 _libpmem = _load(("libpmem.so.1", "libpmem.so"), "pmem")
 
@@ -185,6 +203,11 @@ _pmem_errormsg = _declare(_libpmem, "pmem_errormsg", _c_char_p, [])
 _pmem_msync = _declare(_libpmem, "pmem_msync", _c_int, [_c_void_p, _c_size_t])
 _pmem_is_pmem = _declare(_libpmem, "pmem_is_pmem", _c_int, [_c_void_p, _c_size_t])
 _pmem_persist = _declare(_libpmem, "pmem_persist", None, [_c_void_p, _c_size_t])
+#: errno of a failed msync inside libpmemobj not yet taken by _invoke (0: none)
+_io_slot = ctypes.c_int.in_dll(_interposer, "viperdbm_pmemio_errno")
+#: how many times libpmemobj called viperdbm's pmem_msync (tests check the binding)
+io_interposer_calls = ctypes.c_ulong.in_dll(_interposer, "viperdbm_pmemio_calls")
+_pmemio_take = _declare(_interposer, "viperdbm_pmemio_take", _c_int, [ctypes.POINTER(_c_size_t)])
 
 #: Address of ``void pmemobj_persist(PMEMobjpool *pop, const void *addr, size_t len)``, for
 #: native constructors that run inside :meth:`Pool.alloc` and must persist what they write.
@@ -363,7 +386,15 @@ def _invoke(
     if pool is None:
         ctypes.set_errno(0)
         result = fn(*args)
+        _unowned.code = 0
+        if _io_slot.value:
+            # an msync failed in a call without an open Pool (create, open): the Pool made
+            # from its result takes it (Pool.__init__) and refuses to be set up
+            code, owner = _take_io_failure(None)
+            if owner is None:
+                _unowned.code = code
         if failed is not None and failed(result):
+            _unowned.code = 0
             raise _failure(context, what, path, ctypes.get_errno(), errmsg())
         return result
     calls = pool._calls
@@ -378,6 +409,10 @@ def _invoke(
         result = fn(*args)
         if context == "alloc":
             pool._may_have_grown = True
+        if _io_slot.value:  # an msync inside libpmemobj failed (native/pmemio.c)
+            code, owner = _take_io_failure(pool)
+            if owner is pool:
+                raise pool._io_error(code)
         if failed is not None and failed(result):
             code, libmsg = ctypes.get_errno(), _user_text(errmsg())
             if context == "alloc" and any(m in libmsg for m in _GROWTH_FAILED_MSGS):
@@ -398,6 +433,36 @@ def _invoke(
             calls.remove(token)
         except ValueError:
             pass  # interrupted before the append
+
+
+#: an msync failure of this thread's last call without a Pool (see _invoke)
+_unowned = threading.local()
+
+#: what a failed msync means for the user (see Pool.io_errno)
+IO_ERROR_TEXT: Final = (
+    "the disk reported an I/O error while writing the store; nothing written since the last "
+    "successful sync() is known to be durable; close the store, check the disk, and reopen"
+)
+
+
+def _take_io_failure(default: Pool | None) -> tuple[int, Pool | None]:
+    """Take the msync failure recorded by native/pmemio.c: (errno, the pool it hit).
+
+    The pool is the open one whose mapping holds the failed address, else ``default``;
+    that pool is marked failed (see :meth:`Pool.io_errno`)."""
+    addr = _c_size_t(0)
+    code = int(_pmemio_take(ctypes.byref(addr)))
+    if not code:
+        return 0, None
+    owner = default
+    for pool in list(_POOLS):
+        base = pool._pop
+        if base is not None and base <= addr.value < base + max(pool._mapped, MIN_POOL):
+            owner = pool
+            break
+    if owner is not None:
+        owner.mark_io_failed(code)
+    return code, owner
 
 
 def _is_null(result: Any) -> bool:
@@ -655,6 +720,12 @@ class Pool:
         self._keep_fds: list[int] = []  # descriptors the poolset names (see open_in)
         self._growth_stopped = False  # a growth failed: never grow again (see _stop_growth)
         self._growth_error = "a part after a missing number"
+        # an msync of this pool failed: writes are refused (see io_errno); the msync may
+        # have failed inside the pmemobj_open/create this handle comes from (see _invoke)
+        self._io_errno: int = getattr(_unowned, "code", 0)
+        _unowned.code = 0
+        #: called with the errno when the pool turns write-refusing (the engine's core)
+        self.on_io_failure: Callable[[int], object] | None = None
         _POOLS.add(self)
 
     # ---- construction ------------------------------------------------------------
@@ -789,6 +860,8 @@ class Pool:
         return pool
 
     def _setup(self, parts: Parts | None = None) -> None:
+        if self._io_errno:  # an msync of pmemobj_open/create failed
+            raise self._io_error(self._io_errno)
         pop = self._handle()
         oid = _invoke(self, "pmemobj_oid", _pmemobj_oid, (pop,), failed=_is_null_oid_uuid)
         self._uuid_lo = int(oid.pool_uuid_lo)
@@ -810,6 +883,31 @@ class Pool:
         if pop is None or self._forked:
             raise self._closed_error()
         return pop
+
+    @property
+    def io_errno(self) -> int:
+        """The errno of a failed msync of this pool, or 0.
+
+        After a failed msync the kernel may have dropped the dirty pages (and marked them
+        clean), so a later msync that succeeds does not make them durable: from then on
+        every write (and sync) raises :class:`viperdbm.error`; reads and close() work.
+        """
+        return self._io_errno
+
+    def mark_io_failed(self, code: int) -> None:
+        if not self._io_errno:
+            self._io_errno = code
+            if self.on_io_failure is not None:
+                self.on_io_failure(code)
+
+    def _io_error(self, code: int, *, refused: bool = False) -> error:
+        prefix = "the store refuses writes: " if refused else ""
+        return error(prefix + IO_ERROR_TEXT, filename=self.set_path, errno=code or _errno.EIO)
+
+    def _require_sound(self) -> None:
+        """Refuse a write once an msync of this pool failed (see :attr:`io_errno`)."""
+        if self._io_errno:
+            raise self._io_error(self._io_errno, refused=True)
 
     @property
     def is_open(self) -> bool:
@@ -857,6 +955,7 @@ class Pool:
         if forked:
             self._forked = True
             return
+        failed_before = self._io_errno
         try:
             _invoke(None, "pmemobj_close", _pmemobj_close, (pop,))
         finally:
@@ -864,6 +963,11 @@ class Pool:
             for fd in fds:
                 with contextlib.suppress(OSError):
                     os.close(fd)
+        code, _unowned.code = getattr(_unowned, "code", 0), 0
+        if code:  # an msync of pmemobj_close itself failed (taken by _invoke: see there)
+            self.mark_io_failed(code)
+            if not failed_before:
+                raise self._io_error(code)
 
     # ---- bounds ------------------------------------------------------------------
 
@@ -912,11 +1016,26 @@ class Pool:
         return total
 
     def _make_parts_durable(self, paths: list[str]) -> None:
+        syncing = False
         try:
             for path in paths:
-                fsync_file(path)
-            fsync_dir(self._parts_dir)
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    syncing = True
+                    os.fsync(fd)
+                    syncing = False
+                finally:
+                    os.close(fd)
+            fd = os.open(self._parts_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                syncing = True
+                os.fsync(fd)
+                syncing = False
+            finally:
+                os.close(fd)
         except OSError as exc:
+            if syncing:  # as after a failed msync: a later fsync would not vouch for it
+                self.mark_io_failed(exc.errno or _errno.EIO)
             raise error(
                 f"cannot make the pool's new part durable: {exc.strerror}",
                 filename=self.set_path,
@@ -980,6 +1099,8 @@ class Pool:
         offset changes).  ``size=0`` returns the existing root (an error if there is none).
         """
         _check_size("root", size, allow_zero=True)
+        if size:
+            self._require_sound()
         pop = self._handle()
         with self._objlock:  # it may allocate: not during a walk of the heap
             # a root at least this large already: nothing is allocated, nothing can grow
@@ -1034,6 +1155,7 @@ class Pool:
         _check_u64("alloc", "type_num", type_num)
         if constructor and zero:
             raise error("alloc: a constructor replaces zero=True", errno=_errno.EINVAL)
+        self._require_sound()
         pop = self._handle()
         oid = PMEMoid()
         with self._objlock:
@@ -1127,6 +1249,7 @@ class Pool:
 
     def free(self, offset: int) -> None:
         """Free the object at ``offset`` (``pmemobj_free``).  The root cannot be freed."""
+        self._require_sound()
         with self._objlock:
             self._require_object("free", offset, allow_root=False)
             oid = self._oid(offset)
@@ -1167,6 +1290,7 @@ class Pool:
             length = view.nbytes
             src = (ctypes.c_char * length).from_buffer_copy(view)
         self._check_range("write", offset, length)
+        self._require_sound()
         pop = self._handle()
         if length:
             _invoke(self, "write", ctypes.memmove, (pop + offset, src, length))
@@ -1176,25 +1300,38 @@ class Pool:
     def persist(self, offset: int, length: int) -> None:
         """``pmemobj_persist(pop, base + offset, length)``.
 
-        On a non-pmem file this is an ``msync(MS_SYNC)`` inside libpmemobj, which aborts
-        the process if msync fails; the range check keeps it inside the mapping.
+        On a non-pmem file this is an ``msync(MS_SYNC)`` inside libpmemobj, through
+        viperdbm's ``pmem_msync`` (native/pmemio.c): a failure raises and marks the pool
+        (see :attr:`io_errno`); the range check keeps it inside the mapping.
         """
         self._check_range("persist", offset, length)
+        self._require_sound()
         pop = self._handle()
         _invoke(self, "persist", _pmemobj_persist, (pop, pop + offset, length))
 
     def msync(self, offset: int, length: int) -> None:
-        """``pmem_msync(base + offset, length)``: msync(MS_SYNC), page-aligned for you."""
+        """``pmem_msync(base + offset, length)``: msync(MS_SYNC), page-aligned for you.
+
+        libpmem's own ``pmem_msync`` (it returns -1): a failure marks the pool failed
+        (see :attr:`io_errno`), since a later msync would not make the lost pages durable.
+        """
         self._check_range("msync", offset, length)
+        self._require_sound()
         pop = self._handle()
-        _invoke(
-            self,
-            "msync failed",
-            _pmem_msync,
-            (pop + offset, length),
-            failed=_is_nonzero,
-            errmsg=_errmsg_pmem,
-        )
+        try:
+            _invoke(
+                self,
+                "msync failed",
+                _pmem_msync,
+                (pop + offset, length),
+                failed=_is_nonzero,
+                errmsg=_errmsg_pmem,
+            )
+        except ClosedError:
+            raise
+        except error as exc:
+            self.mark_io_failed(exc.errno or _errno.EIO)
+            raise self._io_error(exc.errno or _errno.EIO) from exc
 
     def set_heap_granularity(self, nbytes: int) -> None:
         """Set ``heap.size.granularity``: the growth step (0 = never grow, else > 2 MiB).
