@@ -485,20 +485,24 @@ _sds_lock = threading.Lock()
 _sds_done = False
 
 
+def _ctl_set(pool: Pool | None, pop: int | None, name: str, value: Any) -> None:
+    """pmemobj_ctl_set(pop, name, &value) through the choke point (pop None: global)."""
+    _invoke(
+        pool,
+        f"cannot set libpmemobj's {name}",
+        _pmemobj_ctl_set,
+        (pop, name.encode("ascii"), ctypes.byref(value)),
+        failed=_is_nonzero,
+    )
+
+
 def _disable_sds() -> None:
     """``sds.at_create = 0`` once, before the first create (PMDK >= 2.1 needs it off PMem)."""
     global _sds_done
     with _sds_lock:
         if _sds_done:
             return
-        value = ctypes.c_int(0)
-        _invoke(
-            None,
-            "cannot set libpmemobj's sds.at_create",
-            _pmemobj_ctl_set,
-            (None, b"sds.at_create", ctypes.byref(value)),
-            failed=_is_nonzero,
-        )
+        _ctl_set(None, None, "sds.at_create", ctypes.c_int(0))
         _sds_done = True
 
 
@@ -1057,14 +1061,7 @@ class Pool:
         pop = self._pop
         if pop is None or self._forked:
             return
-        value = ctypes.c_uint64(0)
-        _invoke(
-            self,
-            "cannot set heap.size.granularity",
-            _pmemobj_ctl_set,
-            (pop, b"heap.size.granularity", ctypes.byref(value)),
-            failed=_is_nonzero,
-        )
+        _ctl_set(self, pop, "heap.size.granularity", ctypes.c_uint64(0))
 
     def mapped_size(self) -> int:
         """Bytes of the pool mapped at :attr:`base` now (sum of the part file sizes).
@@ -1348,14 +1345,7 @@ class Pool:
         pop = self._handle()
         if self._growth_stopped:
             nbytes = 0
-        value = ctypes.c_uint64(nbytes)
-        _invoke(
-            self,
-            "cannot set heap.size.granularity",
-            _pmemobj_ctl_set,
-            (pop, b"heap.size.granularity", ctypes.byref(value)),
-            failed=_is_nonzero,
-        )
+        _ctl_set(self, pop, "heap.size.granularity", ctypes.c_uint64(nbytes))
 
     def is_pmem(self, length: int) -> bool:
         """``pmem_is_pmem(base, length)``: whether CPU flushes make the range durable."""
