@@ -241,6 +241,13 @@ def scratch_root() -> str:
 START = "start-up"  # the calls made before the workload's first operation
 _TRACE_LINE = re.compile(r"^(\d+)\s+(\w+)\((.*)$")
 _ACK_WRITE = re.compile(r'^\d+\s+write\(\d+, "B (\d+ [^ "\\]+ [^ "\\]+)')
+_OPENED = re.compile(r'^\w+, "([^"]*)",.*\) = (\d+)$')
+#: the fsyncs that write the readers' ``blocks`` file at close (its temporary file, then the
+#: store directory after the rename). That file only saves readers a recovery: a close whose
+#: blocks file could not be written logs it, keeps the file's generation out of the root (so
+#: no reader trusts it) and loses nothing, so their failure is not a swallowed durability
+#: failure. (The close's own msyncs and its fsync of parts/ come before them.)
+READERS_FILE_NOTE = "  [the readers' blocks file]"
 
 
 def _parse_trace(trace: str) -> tuple[dict[str, list[str]], dict[str, list[str]], set[str]]:
@@ -249,6 +256,8 @@ def _parse_trace(trace: str) -> tuple[dict[str, list[str]], dict[str, list[str]]
     pids: set[str] = set()
     main = ""
     current = START
+    fd_paths: dict[str, str] = {}  # descriptor -> the path openat gave it
+    after_blocks_rename = False
     for line in trace.splitlines():
         ack = _ACK_WRITE.match(line)
         if ack is not None:
@@ -263,8 +272,22 @@ def _parse_trace(trace: str) -> tuple[dict[str, list[str]], dict[str, list[str]]
             # not a point, and strace counts the main process's calls apart from it
             continue
         pids.add(m.group(1))
-        calls.setdefault(m.group(2), []).append(f"{m.group(2)}({m.group(3)}")
-        ops.setdefault(m.group(2), []).append(current)
+        name, rest = m.group(2), m.group(3)
+        note = ""
+        opened = _OPENED.match(rest) if name == "openat" else None
+        if opened is not None:
+            fd_paths[opened.group(2)] = opened.group(1)
+        elif name == "rename":
+            renamed_blocks = rest.rstrip().rstrip(")").split(", ")[-1].split(")")[0]
+            after_blocks_rename = renamed_blocks.endswith('/blocks"')
+        elif name == "fsync":
+            path = fd_paths.get(rest.split(")")[0], "")
+            base = os.path.basename(path)
+            if (base.startswith(".blocks.") and base.endswith(".tmp")) or after_blocks_rename:
+                note = READERS_FILE_NOTE
+            after_blocks_rename = False
+        calls.setdefault(name, []).append(f"{name}({rest}{note}")
+        ops.setdefault(name, []).append(current)
     return calls, ops, pids
 
 
@@ -285,7 +308,7 @@ def counting(flag: str) -> Counting:
             work = Path(d)
             (work / "w").mkdir()
             trace = work / "trace"
-            cmd = [strace, "-f", "-qq", "-s", "48", "-o", str(trace)]
+            cmd = [strace, "-f", "-qq", "-s", "4096", "-o", str(trace)]
             cmd += ["-e", "trace=" + ",".join((*SYSCALLS, "write"))]
             proc = subprocess.run(
                 cmd + child_cmd(work / "w", flag, work / "ack"),
@@ -535,6 +558,8 @@ def swallowed_failure(point: Point, cnt: Counting, acklog: str) -> list[str]:
         return []
     made_in = cnt.ops.get(point.syscall, [])
     if point.n > len(made_in) or made_in[point.n - 1] == START:
+        return []
+    if cnt.calls[point.syscall][point.n - 1].endswith(READERS_FILE_NOTE):
         return []
     index, store, kind = made_in[point.n - 1].split(" ")
     promises = kind in ("sync", "close") or (point.flag == "s" and kind in ("put", "delete"))

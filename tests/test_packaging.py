@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import textwrap
 import zipfile
 from pathlib import Path
@@ -81,7 +82,9 @@ SMOKE = textwrap.dedent(
 
 
 @pytest.mark.skipif(not WHEEL_TEST, reason="set VIPERDBM_TEST_WHEEL=1 (builds and installs)")
-def test_sdist_and_wheel_install_and_pass_the_tests(tmp_path: Path) -> None:
+def test_sdist_and_wheel_install_and_pass_the_tests(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     dist = tmp_path / "dist"
     # sdist first, then the wheel built from the unpacked sdist: proves the sdist is complete
     _run([sys.executable, "-m", "build", "--outdir", str(dist), str(ROOT)], cwd=tmp_path)
@@ -115,12 +118,17 @@ def test_sdist_and_wheel_install_and_pass_the_tests(tmp_path: Path) -> None:
     for needed in ("viperdbm/py.typed", "viperdbm/_vipercore.pyi", "viperdbm/cache.py"):
         assert needed in wnames
 
-    venv = tmp_path / "venv"
+    # not under pytest's own temporary directory, which only root may enter: the installed
+    # suite runs some probes as another user (setpriv), who must be able to import viperdbm
+    shared = Path(tempfile.mkdtemp(prefix="viperdbm-wheel-", dir="/tmp"))
+    shared.chmod(0o755)
+    request.addfinalizer(lambda: shutil.rmtree(shared, ignore_errors=True))
+    venv = shared / "venv"
     _run([sys.executable, "-m", "venv", str(venv)], cwd=tmp_path)
     py = str(venv / "bin" / "python")
     _run([py, "-m", "pip", "install", "-q", f"{wheels[0]}[test]"], cwd=tmp_path)
 
-    work = tmp_path / "work"  # not the checkout: nothing can import the source tree
+    work = shared / "work"  # not the checkout: nothing can import the source tree
     work.mkdir()
     assert "smoke ok" in _run([py, "-c", SMOKE], cwd=work)
     version = _run([str(venv / "bin" / "viperdbm"), "--version"], cwd=work)

@@ -105,9 +105,15 @@ def fsync_dir(path: str) -> None:
 
 
 def fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    """Make the data and size of the file ``path`` durable."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise os_error("cannot open a file of the store to fsync it", exc, path) from exc
     try:
         os.fsync(fd)
+    except OSError as exc:
+        raise os_error("cannot fsync a file of the store", exc, path) from exc
     finally:
         os.close(fd)
 
