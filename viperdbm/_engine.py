@@ -205,7 +205,7 @@ class Engine:
             self._choose_persist_mode()
             if self.options.writable:
                 tune_growth(pool)
-                core = self._require_core()
+                core = self.require_core()
                 core.set_auto_compact(True)
                 self._space = Space(
                     pool,
@@ -271,7 +271,7 @@ class Engine:
     def _write_block_directory(self) -> None:
         """At a writer's close: the ``blocks`` file, then its generation in the root."""
         generation = readers.write_block_directory(
-            self._require_pool(), self._require_core(), self._root_off, self.path
+            self._require_pool(), self.require_core(), self._root_off, self.path
         )
         if not generation:
             return
@@ -309,7 +309,7 @@ class Engine:
         return found.reserve_off
 
     def _choose_persist_mode(self) -> None:
-        core = self._require_core()
+        core = self.require_core()
         pool = self._require_pool()
         if pool.is_pmem(pool.mapped_size()):
             # real persistent memory (DAX): flush each record as Viper does
@@ -330,7 +330,8 @@ class Engine:
             self.persist_mode = "page cache; msync at sync() and close()"
 
     # ------------------------------------------------------------------ helpers
-    def _closed_error(self) -> ClosedError:
+    def closed_error(self) -> ClosedError:
+        """The error for a use of this handle after close (or after fork())."""
         if self._was_forked:
             return ClosedError(
                 "the store was opened before fork(): this process must open it again",
@@ -340,19 +341,20 @@ class Engine:
 
     def _require_pool(self) -> Pool:
         if self._pool is None:
-            raise self._closed_error()
+            raise self.closed_error()
         return self._pool
 
-    def _require_core(self) -> _native.Core:
+    def require_core(self) -> _native.Core:
+        """The index of the open store; ClosedError once it is closed."""
         if self.core is None:
-            raise self._closed_error()
+            raise self.closed_error()
         return self.core
 
     def _require_space(self) -> Space:
         if self._space is None:
             if self.core is not None and not self.options.writable:
                 raise ReadonlyError("the store was opened read-only", filename=self.path)
-            raise self._closed_error()
+            raise self.closed_error()
         return self._space
 
     @property
@@ -413,7 +415,7 @@ class Engine:
     def put_slow(self, rc: int, key: bytes | str, value: bytes | str) -> None:
         """Finish a put that the fast path could not do (rc from Core.put)."""
         with self._lock:
-            core = self._require_core()
+            core = self.require_core()
             space = self._require_space()
             deferred = Deferred()
             try:
@@ -425,7 +427,7 @@ class Engine:
     def delete_slow(self, rc: int, key: bytes | str) -> bool:
         """Finish a delete that the fast path could not do; False if the key is missing."""
         with self._lock:
-            core = self._require_core()
+            core = self.require_core()
             space = self._require_space()
             deferred = Deferred()
             try:
@@ -442,7 +444,7 @@ class Engine:
     def sync(self) -> None:
         """Make everything written so far power-fail durable (a no-op on tmpfs)."""
         with self._lock:
-            self._require_core()
+            self.require_core()
             if self.options.writable:
                 deferred = Deferred()
                 try:
@@ -456,7 +458,7 @@ class Engine:
         # files); 3. only then the watermark that tells recovery all records up to here are
         # complete on disk (one 8-byte store in the root, persisted by libpmemobj).
         pool = self._require_pool()
-        core = self._require_core()
+        core = self.require_core()
         code = self._io_errno()
         if code:  # the pages an msync failed to write may be gone: a sync cannot vouch
             raise error("sync() refused: " + IO_ERROR_TEXT, filename=self.path, errno=code)
@@ -518,7 +520,7 @@ class Engine:
     def _raise_floor(self, floor: int) -> None:
         """reorganize(): every live record has a copy newer than ``floor``. Make the copies
         durable, then the floor that makes the originals dead."""
-        core = self._require_core()
+        core = self.require_core()
         self._sync_locked()
         self._store_root_u64(layout.Root.SEQ_FLOOR_OFFSET, floor)
         self._root.seq_floor = floor
@@ -526,7 +528,7 @@ class Engine:
 
     def stats(self) -> dict[str, int | float]:
         with self._lock:
-            out: dict[str, int | float] = dict(self._require_core().stats())
+            out: dict[str, int | float] = dict(self.require_core().stats())
             if self._shared_map is not None:
                 out["pool_bytes"] = self._shared_map[1]
             else:

@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterator, MutableMapping
 from types import TracebackType
 from typing import Any, Generic, ParamSpec, TypeVar
 
-from ._dbm import _Database
+from ._dbm import Database
 from ._dbm import open as _open_db
 
 __all__ = ["Cache", "Memoized", "encode_key", "memoize"]
@@ -138,7 +138,7 @@ class Cache(MutableMapping[bytes, Any]):
         protocol: int = pickle.HIGHEST_PROTOCOL,
     ) -> None:
         self.protocol = protocol
-        self.db: _Database = _open_db(path, flag, mode)
+        self.db: Database = _open_db(path, flag, mode)
 
     def __getitem__(self, key: Key) -> Any:
         return pickle.loads(self.db[key])

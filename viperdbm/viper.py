@@ -37,7 +37,7 @@ import struct
 from types import TracebackType
 from typing import Any, Generic, TypeVar, overload
 
-from ._dbm import _Database
+from ._dbm import Database
 from ._dbm import open as _open_db
 from ._errors import ClosedError
 
@@ -79,8 +79,8 @@ class Viper(Generic[K, V]):
     """A viperdbm store seen through Viper's interface. Make one with :meth:`create` or
     :meth:`open`; modify and read it through clients (:meth:`get_client`)."""
 
-    def __init__(self, db: _Database, key_type: type[K], value_type: type[V]) -> None:
-        self._db: _Database | None = db
+    def __init__(self, db: Database, key_type: type[K], value_type: type[V]) -> None:
+        self._db: Database | None = db
         self.key_type: type[K] = key_type
         self.value_type: type[V] = value_type
         self._enc_key = _encoder(key_type)
@@ -150,7 +150,7 @@ class Viper(Generic[K, V]):
         return ViperReadOnlyClient(self)
 
     @property
-    def db(self) -> _Database:
+    def db(self) -> Database:
         """The dbm-style mapping underneath (keys and values as bytes)."""
         db = self._db
         if db is None:
