@@ -12,10 +12,10 @@ import contextlib
 import os
 import warnings
 from collections.abc import Callable, ItemsView, Iterator, MutableMapping, ValuesView
-from types import TracebackType
 from typing import NoReturn, TypeAlias
 
 from . import _native
+from ._closing import ClosesOnExit
 from ._engine import Engine, OpenOptions
 from ._errors import ClosedError, ReadonlyError
 from ._signals import Deferred
@@ -48,7 +48,7 @@ def _readonly_refusal(path: str) -> Callable[[], NoReturn]:
     return refuse
 
 
-class Database(_native.MapBase, MutableMapping[bytes, bytes]):  # type: ignore[misc]
+class Database(_native.MapBase, MutableMapping[bytes, bytes], ClosesOnExit):  # type: ignore[misc]
     """An open viperdbm store: a persistent mapping of bytes to bytes.
 
     The mapping operations themselves (``db[key]``, ``db[key] = value``, ``del db[key]``,
@@ -130,17 +130,6 @@ class Database(_native.MapBase, MutableMapping[bytes, bytes]):  # type: ignore[m
                 engine.close()
         finally:
             deferred.end()
-
-    def __enter__(self) -> Database:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __del__(self) -> None:
         engine = getattr(self, "_engine", None)

@@ -73,8 +73,7 @@ def create(path: str, mode: int, lock_dir: LockDir) -> int | None:
             return lock_dir(path)
         storedir.write_informational_poolset(path, mode)  # name the final path
     except OSError as exc:
-        _release(lock_fd)
-        storedir.discard(tmp)
+        _abandon(tmp, lock_fd)
         if isinstance(exc, error):
             raise
         raise storedir.os_error("cannot create the store", exc, path) from exc
@@ -96,8 +95,7 @@ def swap_in_new(path: str, mode: int, lock_dir: LockDir) -> tuple[int | None, st
         new_lock = lock_dir(tmp)
         old = storedir.publish(tmp, path, replace=True)
     except OSError as exc:
-        _release(new_lock)
-        storedir.discard(tmp)
+        _abandon(tmp, new_lock)
         if isinstance(exc, error):
             raise
         raise storedir.os_error("cannot replace the store", exc, path) from exc
@@ -111,6 +109,12 @@ def finish_replace(path: str, old: str | None, mode: int) -> None:
         storedir.write_informational_poolset(path, mode)  # name the final path
     except OSError as exc:
         raise storedir.os_error("cannot write the store's pool.set", exc, path) from exc
+
+
+def _abandon(tmp: str, lock_fd: int | None) -> None:
+    """A new store that failed before it was published: drop its lock, then remove it."""
+    _release(lock_fd)
+    storedir.discard(tmp)
 
 
 def _release(lock_fd: int | None) -> None:

@@ -41,9 +41,9 @@ import functools
 import os
 import pickle
 from collections.abc import Callable, Iterator, MutableMapping
-from types import TracebackType
 from typing import Any, Generic, ParamSpec, TypeVar
 
+from ._closing import ClosesOnExit
 from ._dbm import Database
 from ._dbm import open as _open_db
 
@@ -117,7 +117,7 @@ def encode_key(obj: object) -> bytes:
     return b"".join(out)
 
 
-class Cache(MutableMapping[bytes, Any]):
+class Cache(MutableMapping[bytes, Any], ClosesOnExit):
     """A persistent mapping from ``bytes``/``str`` keys to picklable objects.
 
     ``Cache(path, flag='c', mode=0o666, *, protocol=pickle.HIGHEST_PROTOCOL)`` opens (or
@@ -169,17 +169,6 @@ class Cache(MutableMapping[bytes, Any]):
     def close(self) -> None:
         """Close the store underneath (idempotent)."""
         self.db.close()
-
-    def __enter__(self) -> Cache:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<viperdbm.cache.Cache over {self.db!r}>"
