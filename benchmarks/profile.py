@@ -174,7 +174,7 @@ def classify(below: list[Frame]) -> tuple[str, str]:
         return "Python loop of the caller (bytecode, iteration, call dispatch)", "(loop)"
     leaf = below[-1]
     stack = " ".join(f.func for f in below)
-    if "put_slow" in stack or "_new_block" in stack or any("pmem" in f.lib for f in below):
+    if "put_slow" in stack or "new_block" in stack or any("pmem" in f.lib for f in below):
         named = [f.func for f in below if not f.func.startswith("0x")]
         tail = " > ".join(named[-2:])
         if leaf.func.startswith("0x"):

@@ -186,7 +186,16 @@ def storm(path: str, seed: int, seconds: float, threaded: bool) -> None:
 class SigintAtLine:
     """A trace function that sends SIGINT to this process at the N-th line of the engine."""
 
-    FILES = ("_engine.py", "_dbm.py", "_pmemobj.py")
+    FILES = (
+        "_engine.py",
+        "_opening.py",
+        "_recovery.py",
+        "_readers.py",
+        "_space.py",
+        "_writepath.py",
+        "_dbm.py",
+        "_pmemobj.py",
+    )
 
     def __init__(self, target: int) -> None:
         self.target = target

@@ -347,6 +347,25 @@ os._exit(0)
         with viperdbm.open(store_path, "r") as db:
             assert sorted(db.items()) == [(b"a", b"1"), (b"b", b"2")]
 
+    def test_a_blocks_file_that_cannot_be_written_warns_and_loses_nothing(
+        self, store_path: Path
+    ) -> None:
+        """The close cannot write the readers' blocks file (a directory is in its place, so
+        the rename fails): the close succeeds and warns, naming the store; readers recover
+        instead of trusting an old file."""
+        with viperdbm.open(store_path, "c") as db:
+            db[b"a"] = b"1"
+        blocks = store_path / layout.BLOCKS_FILE
+        blocks.unlink()
+        blocks.mkdir()
+        db = viperdbm.open(store_path, "w")
+        db[b"b"] = b"2"
+        with pytest.warns(RuntimeWarning, match="the disk reported an error") as caught:
+            db.close()
+        assert os.path.abspath(store_path) in str(caught[0].message)
+        with pytest.warns(RuntimeWarning), viperdbm.open(store_path, "r") as db:
+            assert sorted(db.items()) == [(b"a", b"1"), (b"b", b"2")]
+
     def test_an_empty_part_left_by_interrupted_growth_is_dropped(self, store_path: Path) -> None:
         with viperdbm.open(store_path, "c") as db:
             for i in range(12):

@@ -15,7 +15,7 @@ scanning them at open. See the README for the durability each filesystem gives.
 from __future__ import annotations
 
 from ._check import CheckReport, Salvaged, check, salvage
-from ._dbm import _Database, open
+from ._dbm import Database, open
 from ._dump import DumpError, copy, dump, load
 from ._errors import (
     ClosedError,
@@ -31,9 +31,6 @@ from .compat import whichdb
 from .viper import Viper, ViperClient, ViperReadOnlyClient
 
 __version__ = "0.1.0"
-
-#: The type of the objects open() returns (for annotations).
-Database = _Database
 
 __all__ = [
     "CheckReport",

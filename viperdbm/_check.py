@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 from . import _layout as layout
 from . import _pmemobj
 from . import _storedir as storedir
-from ._dbm import _Database
+from ._dbm import Database
 from ._dbm import open as _open_db
 from ._dump import new_store
 from ._errors import CorruptedError, LockError, error
@@ -138,11 +138,9 @@ def _pmemobj_check(path: str, report: CheckReport) -> None:
         report.problems.append(f"libpmemobj cannot check the pool: {result.message}")
 
 
-def _check_open_store(db: _Database, report: CheckReport, progress: Progress | None) -> None:
+def _check_open_store(db: Database, report: CheckReport, progress: Progress | None) -> None:
     counter: dict[str, int] = {}
-    engine = db._engine
-    if engine is not None:
-        report.damage = list(engine.damage)
+    report.damage = db.damage
     for block, at in report.damage:
         _problem(
             report,

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -479,25 +479,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", metavar="PATH")
     p.set_defaults(func=cmd_reorganize)
 
-    p = sub.add_parser("get", parents=[b64], help="print the value of a key")
-    p.add_argument("path", metavar="PATH")
-    p.add_argument("key", metavar="KEY")
-    p.set_defaults(func=cmd_get)
-
-    p = sub.add_parser("set", parents=[b64], help="store a value (creates the store if needed)")
-    p.add_argument("path", metavar="PATH")
-    p.add_argument("key", metavar="KEY")
-    p.add_argument("value", metavar="VALUE")
-    p.set_defaults(func=cmd_set)
-
-    p = sub.add_parser("delete", parents=[b64], help="delete a key")
-    p.add_argument("path", metavar="PATH")
-    p.add_argument("key", metavar="KEY")
-    p.set_defaults(func=cmd_delete)
-
-    p = sub.add_parser("keys", parents=[b64, as_json], help="print every key, one a line, sorted")
-    p.add_argument("path", metavar="PATH")
-    p.set_defaults(func=cmd_keys)
+    # the commands on single records: their positional arguments, named as shown
+    record_commands: tuple[
+        tuple[
+            str,
+            list[_Parser],
+            str,
+            tuple[str, ...],
+            Callable[[argparse.Namespace], int],
+        ],
+        ...,
+    ]
+    record_commands = (
+        ("get", [b64], "print the value of a key", ("path", "key"), cmd_get),
+        (
+            "set",
+            [b64],
+            "store a value (creates the store if needed)",
+            ("path", "key", "value"),
+            cmd_set,
+        ),
+        ("delete", [b64], "delete a key", ("path", "key"), cmd_delete),
+        ("keys", [b64, as_json], "print every key, one a line, sorted", ("path",), cmd_keys),
+    )
+    for name, parents, summary, positional, func in record_commands:
+        p = sub.add_parser(name, parents=parents, help=summary)
+        for arg in positional:
+            p.add_argument(arg, metavar=arg.upper())
+        p.set_defaults(func=func)
 
     p = sub.add_parser(
         "bench", help="run the benchmarks of a source checkout (benchmarks/run.py --quick)"

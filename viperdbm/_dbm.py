@@ -12,10 +12,10 @@ import contextlib
 import os
 import warnings
 from collections.abc import Callable, ItemsView, Iterator, MutableMapping, ValuesView
-from types import TracebackType
 from typing import NoReturn, TypeAlias
 
 from . import _native
+from ._closing import ClosesOnExit
 from ._engine import Engine, OpenOptions
 from ._errors import ClosedError, ReadonlyError
 from ._signals import Deferred
@@ -48,7 +48,7 @@ def _readonly_refusal(path: str) -> Callable[[], NoReturn]:
     return refuse
 
 
-class _Database(_native.MapBase, MutableMapping[bytes, bytes]):  # type: ignore[misc]
+class Database(_native.MapBase, MutableMapping[bytes, bytes], ClosesOnExit):  # type: ignore[misc]
     """An open viperdbm store: a persistent mapping of bytes to bytes.
 
     The mapping operations themselves (``db[key]``, ``db[key] = value``, ``del db[key]``,
@@ -61,7 +61,7 @@ class _Database(_native.MapBase, MutableMapping[bytes, bytes]):  # type: ignore[
         self._engine: Engine | None = None
         engine = self._engine = Engine(path, options, mode)
         self._readonly = not options.writable
-        self._attach(engine._require_core(), engine, self._readonly, _readonly_refusal(engine.path))
+        self._attach(engine.require_core(), engine, self._readonly, _readonly_refusal(engine.path))
 
     # ------------------------------------------------------------------ views
     def items(self) -> ItemsView[bytes, bytes]:
@@ -110,6 +110,13 @@ class _Database(_native.MapBase, MutableMapping[bytes, bytes]):  # type: ignore[
         """Counters of the store: records, live and dead bytes, blocks, pool size, rebuild time."""
         return self._require_engine().stats()
 
+    @property
+    def damage(self) -> list[tuple[int, int]]:
+        """What the open found damaged: ``(block offset, offset of the first unreadable
+        byte)`` for each block whose log ends in unreadable bytes (records after that point
+        in the block are lost; ``viperdbm check`` reports them). Empty for a healthy store."""
+        return list(self._require_engine().damage)
+
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
         """Make everything durable and release the store. Closing twice is harmless."""
@@ -123,17 +130,6 @@ class _Database(_native.MapBase, MutableMapping[bytes, bytes]):  # type: ignore[
                 engine.close()
         finally:
             deferred.end()
-
-    def __enter__(self) -> _Database:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __del__(self) -> None:
         engine = getattr(self, "_engine", None)
@@ -154,7 +150,7 @@ class _Database(_native.MapBase, MutableMapping[bytes, bytes]):  # type: ignore[
         if engine is None:
             raise ClosedError(_CLOSED)
         if engine.closed:
-            raise engine._closed_error()
+            raise engine.closed_error()
         return engine
 
     def _path(self) -> str:
@@ -162,14 +158,14 @@ class _Database(_native.MapBase, MutableMapping[bytes, bytes]):  # type: ignore[
 
 
 class _ItemsView(ItemsView[bytes, bytes]):
-    _mapping: _Database
+    _mapping: Database
 
     def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
         return iter(self._mapping._items_list())
 
 
 class _ValuesView(ValuesView[bytes]):
-    _mapping: _Database
+    _mapping: Database
 
     def __iter__(self) -> Iterator[bytes]:
         return iter(self._mapping._values_list())
@@ -179,7 +175,7 @@ def open(
     file: str | os.PathLike[str] | os.PathLike[bytes] | bytes,
     flag: str = "r",
     mode: int = 0o666,
-) -> _Database:
+) -> Database:
     """Open the viperdbm store at ``file`` (a directory) and return a dbm-style mapping.
 
     ``flag``: ``'r'`` open an existing store read-only (the default, as in ``dbm``);
@@ -194,4 +190,4 @@ def open(
     the matching execute bits.
     """
     path = os.fsdecode(file)
-    return _Database(path, flag, mode)
+    return Database(path, flag, mode)

@@ -31,7 +31,7 @@ from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
 from . import _storedir as storedir
-from ._dbm import _Database
+from ._dbm import Database
 from ._dbm import open as _open_db
 from ._errors import error
 from ._progress import Progress
@@ -254,7 +254,7 @@ def _hold_store_lock(path: str) -> int:
 
 
 @contextlib.contextmanager
-def new_store(path: PathArg, *, replace: bool = False, mode: int = 0o666) -> Iterator[_Database]:
+def new_store(path: PathArg, *, replace: bool = False, mode: int = 0o666) -> Iterator[Database]:
     """A new, empty store that appears at ``path`` only if the ``with`` block succeeds.
 
     Without ``replace`` the destination must not exist. With it, an existing store there

@@ -24,21 +24,40 @@ jumbo_size = core.jumbo_size
 sigblock = core.sigblock
 sigunblock = core.sigunblock
 sigpoll = core.sigpoll
-#: address of the native pmemobj_alloc constructor of blocks and the reserve (Core.block_init
-#: makes its argument)
-BLOCK_CONSTRUCTOR: int = core.BLOCK_CONSTRUCTOR
-#: Core.block_init's kind for the reserve object
-INIT_RESERVE: int = core.INIT_RESERVE
+# the block constructor's address (BLOCK_CONSTRUCTOR: the native pmemobj_alloc constructor
+# of blocks and the reserve, whose argument Core.block_init makes; INIT_RESERVE is its kind
+# for the reserve), the codes the core's writes return (RC_*) and its persist modes
+from ._vipercore import (  # noqa: E402 (after the import above, which explains a failure)
+    BLOCK_CONSTRUCTOR,
+    INIT_RESERVE,
+    PERSIST_FUNC,
+    PERSIST_MSYNC,
+    PERSIST_NONE,
+    RC_BUSY,
+    RC_COMPACT,
+    RC_FREEABLE,
+    RC_NEED_BLOCK,
+    RC_NEED_JUMBO,
+    RC_NO_RESERVE,
+    RC_OK,
+)
 
-RC_OK: int = core.RC_OK
-RC_NEED_BLOCK: int = core.RC_NEED_BLOCK
-RC_NEED_JUMBO: int = core.RC_NEED_JUMBO
-RC_FREEABLE: int = core.RC_FREEABLE
-RC_BUSY: int = core.RC_BUSY
-RC_COMPACT: int = core.RC_COMPACT
-RC_NO_RESERVE: int = core.RC_NO_RESERVE
-PERSIST_NONE: int = core.PERSIST_NONE
-PERSIST_MSYNC: int = core.PERSIST_MSYNC
-PERSIST_FUNC: int = core.PERSIST_FUNC
-
-__all__ = ["Core", "core", "crash_point", "crc32c", "jumbo_size"]
+__all__ = [
+    "BLOCK_CONSTRUCTOR",
+    "INIT_RESERVE",
+    "PERSIST_FUNC",
+    "PERSIST_MSYNC",
+    "PERSIST_NONE",
+    "RC_BUSY",
+    "RC_COMPACT",
+    "RC_FREEABLE",
+    "RC_NEED_BLOCK",
+    "RC_NEED_JUMBO",
+    "RC_NO_RESERVE",
+    "RC_OK",
+    "Core",
+    "core",
+    "crash_point",
+    "crc32c",
+    "jumbo_size",
+]

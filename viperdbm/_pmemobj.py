@@ -65,6 +65,8 @@ from viperdbm._storedir import (
     MIN_POOL,
     OS_PAGE_SIZE,
     Parts,
+    fsync_dir,
+    fsync_file,
     poolset_text,
     read_poolset,
     scan_parts,
@@ -557,16 +559,17 @@ def _encode(text: str, what: str, path: str | None = None) -> bytes:
     return raw
 
 
+def _failed(what: str, exc: OSError, label: str) -> error:
+    """A failed system call, in the user's terms: what could not be done, and why."""
+    return error(f"{what}: {exc.strerror}", filename=label, errno=exc.errno)
+
+
 def scan_parts_of(parts_dir: str, label: str) -> Parts:
     """:func:`viperdbm._storedir.scan_parts` with a failure in the user's terms."""
     try:
         return scan_parts(parts_dir)
     except OSError as exc:
-        raise error(
-            f"cannot open store: cannot read the parts directory: {exc.strerror}",
-            filename=label,
-            errno=exc.errno,
-        ) from exc
+        raise _failed("cannot open store: cannot read the parts directory", exc, label) from exc
 
 
 def validate_parts(parts: Parts, label: str) -> set[int] | None:
@@ -602,9 +605,7 @@ def validate_parts(parts: Parts, label: str) -> set[int] | None:
             [(part.path, part.size - part.size % OS_PAGE_SIZE) for part in parts.numbered]
         )
     except OSError as exc:
-        raise error(
-            f"cannot read the part files: {exc.strerror}", filename=label, errno=exc.errno
-        ) from exc
+        raise _failed("cannot read the part files", exc, label) from exc
     if found.damage:
         raise CorruptedError(f"the pool is damaged: {found.damage}", filename=label)
     return found.large_objects
@@ -618,11 +619,7 @@ def _memory_poolset(parts_dir: str, reservation: int, label: str) -> tuple[str, 
     try:
         parts_fd = os.open(parts_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
-        raise error(
-            f"cannot open the store's parts directory: {exc.strerror}",
-            filename=label,
-            errno=exc.errno,
-        ) from exc
+        raise _failed("cannot open the store's parts directory", exc, label) from exc
     try:
         set_fd = os.memfd_create("viperdbm.set", os.MFD_CLOEXEC)
     except BaseException:
@@ -758,29 +755,19 @@ class Pool:
         path_b = _encode(set_path, "the .set path", shown)
         parts_dir = read_poolset(set_path, shown)
         _disable_sds()
-        pop = _invoke(
-            None,
-            "cannot create store",
-            _pmemobj_create,
-            (path_b, layout_b, 0, mode & 0o7777),
-            failed=_is_null,
-            context="create",
-            path=shown,
-        )
-        pool = cls(int(pop), shown, parts_dir)
-        try:
-            part0 = os.path.join(parts_dir, "000000.pmem")
-            os.chmod(part0, mode & 0o7777 & ~umask())
+
+        def set_up(pool: Pool) -> None:
+            os.chmod(os.path.join(parts_dir, "000000.pmem"), mode & 0o7777 & ~umask())
             pool._setup()
-        except OSError as exc:
-            pool.close()
-            raise error(
-                f"cannot set up the new store: {exc.strerror}", filename=shown, errno=exc.errno
-            ) from exc
-        except BaseException:
-            pool.close()
-            raise
-        return pool
+
+        return cls._from_handle(
+            ("cannot create store", _pmemobj_create, (path_b, layout_b, 0, mode & 0o7777)),
+            "create",
+            shown,
+            parts_dir,
+            set_up,
+            "cannot set up the new store",
+        )
 
     @classmethod
     def open(
@@ -797,24 +784,40 @@ class Pool:
         if parts is None:
             parts = scan_parts_of(parts_dir, shown)
         large_objects = validate_parts(parts, shown)
-        pop = _invoke(
-            None,
-            "cannot open store",
-            _pmemobj_open,
-            (path_b, layout_b),
-            failed=_is_null,
-            context="open",
-            path=shown,
-        )
-        pool = cls(int(pop), shown, parts_dir)
-        pool._large_at_open = large_objects
-        try:
+
+        def set_up(pool: Pool) -> None:
+            pool._large_at_open = large_objects
             pool._setup(parts)
+
+        return cls._from_handle(
+            ("cannot open store", _pmemobj_open, (path_b, layout_b)),
+            "open",
+            shown,
+            parts_dir,
+            set_up,
+            "cannot set up the store",
+        )
+
+    @classmethod
+    def _from_handle(
+        cls,
+        call: tuple[str, Callable[..., Any], tuple[Any, ...]],
+        context: str,
+        shown: str,
+        parts_dir: str,
+        set_up: Callable[[Pool], None],
+        setting_up: str,
+    ) -> Pool:
+        """Make the pool handle (``call``: what it does, pmemobj_create or pmemobj_open,
+        their arguments) and ``set_up`` the Pool; a failure of that closes it again."""
+        what, fn, args = call
+        pop = _invoke(None, what, fn, args, failed=_is_null, context=context, path=shown)
+        pool = cls(int(pop), shown, parts_dir)
+        try:
+            set_up(pool)
         except OSError as exc:
             pool.close()
-            raise error(
-                f"cannot set up the store: {exc.strerror}", filename=shown, errno=exc.errno
-            ) from exc
+            raise _failed(setting_up, exc, shown) from exc
         except BaseException:
             pool.close()
             raise
@@ -1020,28 +1023,15 @@ class Pool:
         return total
 
     def _make_parts_durable(self, paths: list[str]) -> None:
-        syncing = False
+        # a failed fsync is as a failed msync: a later fsync would not vouch for the data
         try:
             for path in paths:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    syncing = True
-                    os.fsync(fd)
-                    syncing = False
-                finally:
-                    os.close(fd)
-            fd = os.open(self._parts_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                syncing = True
-                os.fsync(fd)
-                syncing = False
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            if syncing:  # as after a failed msync: a later fsync would not vouch for it
-                self.mark_io_failed(exc.errno or _errno.EIO)
+                fsync_file(path, on_failed_fsync=self.mark_io_failed)
+            fsync_dir(self._parts_dir, on_failed_fsync=self.mark_io_failed)
+        except error as exc:
             raise error(
-                f"cannot make the pool's new part durable: {exc.strerror}",
+                "cannot make the pool's new part durable: "
+                + (os.strerror(exc.errno) if exc.errno else str(exc)),
                 filename=self.set_path,
                 errno=exc.errno,
             ) from exc

@@ -11,8 +11,9 @@ import os
 import sys
 import threading
 import time
-from types import TracebackType
 from typing import TextIO
+
+from ._closing import ClosesOnExit
 
 __all__ = ["Progress", "Ticker", "wanted"]
 
@@ -42,7 +43,7 @@ def _human(n: float, unit: str) -> str:
     return f"{n:,.1f} TiB"  # pragma: no cover - the loop returns first
 
 
-class Progress:
+class Progress(ClosesOnExit):
     """A bar for ``total`` units of work (records, or bytes with ``unit='B'``).
 
     Use it as a context manager and call :meth:`update` with the units just done. When
@@ -104,14 +105,6 @@ class Progress:
         if self.enabled:
             self._draw(time.monotonic())
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class Ticker(Progress):

@@ -39,7 +39,7 @@ import re
 import shutil
 import stat
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO, NamedTuple
 
 from . import _layout as layout
@@ -88,8 +88,11 @@ def permission_denied(what: str, path: str) -> error:
 
 
 # ---------------------------------------------------------------------- durability
-def fsync_dir(path: str) -> None:
-    """Make the names in the directory ``path`` durable (its entries, not their data)."""
+def fsync_dir(path: str, *, on_failed_fsync: Callable[[int], None] | None = None) -> None:
+    """Make the names in the directory ``path`` durable (its entries, not their data).
+
+    ``on_failed_fsync`` is told the errno when the fsync itself fails (not the open): the
+    data it was to make durable may be lost, which a later fsync would not say."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
@@ -99,13 +102,16 @@ def fsync_dir(path: str) -> None:
     except OSError as exc:
         # a few file systems cannot fsync a directory (they keep names durable otherwise)
         if exc.errno not in (_errno.EINVAL, _errno.EOPNOTSUPP, _errno.ENOTSUP):
+            if on_failed_fsync is not None:
+                on_failed_fsync(exc.errno or _errno.EIO)
             raise os_error("cannot fsync a directory of the store", exc, path) from exc
     finally:
         os.close(fd)
 
 
-def fsync_file(path: str) -> None:
-    """Make the data and size of the file ``path`` durable."""
+def fsync_file(path: str, *, on_failed_fsync: Callable[[int], None] | None = None) -> None:
+    """Make the data and size of the file ``path`` durable (``on_failed_fsync``: see
+    :func:`fsync_dir`)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
@@ -113,6 +119,8 @@ def fsync_file(path: str) -> None:
     try:
         os.fsync(fd)
     except OSError as exc:
+        if on_failed_fsync is not None:
+            on_failed_fsync(exc.errno or _errno.EIO)
         raise os_error("cannot fsync a file of the store", exc, path) from exc
     finally:
         os.close(fd)

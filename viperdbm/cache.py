@@ -41,10 +41,10 @@ import functools
 import os
 import pickle
 from collections.abc import Callable, Iterator, MutableMapping
-from types import TracebackType
 from typing import Any, Generic, ParamSpec, TypeVar
 
-from ._dbm import _Database
+from ._closing import ClosesOnExit
+from ._dbm import Database
 from ._dbm import open as _open_db
 
 __all__ = ["Cache", "Memoized", "encode_key", "memoize"]
@@ -117,7 +117,7 @@ def encode_key(obj: object) -> bytes:
     return b"".join(out)
 
 
-class Cache(MutableMapping[bytes, Any]):
+class Cache(MutableMapping[bytes, Any], ClosesOnExit):
     """A persistent mapping from ``bytes``/``str`` keys to picklable objects.
 
     ``Cache(path, flag='c', mode=0o666, *, protocol=pickle.HIGHEST_PROTOCOL)`` opens (or
@@ -138,7 +138,7 @@ class Cache(MutableMapping[bytes, Any]):
         protocol: int = pickle.HIGHEST_PROTOCOL,
     ) -> None:
         self.protocol = protocol
-        self.db: _Database = _open_db(path, flag, mode)
+        self.db: Database = _open_db(path, flag, mode)
 
     def __getitem__(self, key: Key) -> Any:
         return pickle.loads(self.db[key])
@@ -169,17 +169,6 @@ class Cache(MutableMapping[bytes, Any]):
     def close(self) -> None:
         """Close the store underneath (idempotent)."""
         self.db.close()
-
-    def __enter__(self) -> Cache:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<viperdbm.cache.Cache over {self.db!r}>"

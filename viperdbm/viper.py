@@ -34,10 +34,10 @@ from __future__ import annotations
 
 import os
 import struct
-from types import TracebackType
 from typing import Any, Generic, TypeVar, overload
 
-from ._dbm import _Database
+from ._closing import ClosesOnExit
+from ._dbm import Database
 from ._dbm import open as _open_db
 from ._errors import ClosedError
 
@@ -49,38 +49,41 @@ V = TypeVar("V", bytes, str, int)
 _U64 = struct.Struct("<Q")
 
 
+def _pack_u64(n: int) -> bytes:
+    if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n < 1 << 64:
+        raise ValueError(f"an int key or value must be in [0, 2**64), not {n!r}")
+    return _U64.pack(n)
+
+
+#: for each key or value type: how it becomes bytes, and back
+_CODECS: dict[type[Any], tuple[Any, Any]] = {
+    bytes: (bytes, bytes),
+    str: (lambda s: s.encode("utf-8"), lambda b: b.decode("utf-8")),
+    int: (_pack_u64, lambda b: _U64.unpack(b)[0]),
+}
+
+
+def _codec(kind: type[Any]) -> tuple[Any, Any]:
+    codec = _CODECS.get(kind) if isinstance(kind, type) else None
+    if codec is None:
+        raise TypeError(f"key_type and value_type must be bytes, str or int, not {kind!r}")
+    return codec
+
+
 def _encoder(kind: type[Any]) -> Any:
-    if kind is bytes:
-        return bytes
-    if kind is str:
-        return lambda s: s.encode("utf-8")
-    if kind is int:
-
-        def pack(n: int) -> bytes:
-            if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n < 1 << 64:
-                raise ValueError(f"an int key or value must be in [0, 2**64), not {n!r}")
-            return _U64.pack(n)
-
-        return pack
-    raise TypeError(f"key_type and value_type must be bytes, str or int, not {kind!r}")
+    return _codec(kind)[0]
 
 
 def _decoder(kind: type[Any]) -> Any:
-    if kind is bytes:
-        return bytes
-    if kind is str:
-        return lambda b: b.decode("utf-8")
-    if kind is int:
-        return lambda b: _U64.unpack(b)[0]
-    raise TypeError(f"key_type and value_type must be bytes, str or int, not {kind!r}")
+    return _codec(kind)[1]
 
 
-class Viper(Generic[K, V]):
+class Viper(ClosesOnExit, Generic[K, V]):
     """A viperdbm store seen through Viper's interface. Make one with :meth:`create` or
     :meth:`open`; modify and read it through clients (:meth:`get_client`)."""
 
-    def __init__(self, db: _Database, key_type: type[K], value_type: type[V]) -> None:
-        self._db: _Database | None = db
+    def __init__(self, db: Database, key_type: type[K], value_type: type[V]) -> None:
+        self._db: Database | None = db
         self.key_type: type[K] = key_type
         self.value_type: type[V] = value_type
         self._enc_key = _encoder(key_type)
@@ -150,7 +153,7 @@ class Viper(Generic[K, V]):
         return ViperReadOnlyClient(self)
 
     @property
-    def db(self) -> _Database:
+    def db(self) -> Database:
         """The dbm-style mapping underneath (keys and values as bytes)."""
         db = self._db
         if db is None:
@@ -165,17 +168,6 @@ class Viper(Generic[K, V]):
         db, self._db = self._db, None
         if db is not None:
             db.close()
-
-    def __enter__(self) -> Viper[K, V]:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class ViperReadOnlyClient(Generic[K, V]):

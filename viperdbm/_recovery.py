@@ -1,0 +1,232 @@
+"""Recovery at open: the root object, and Viper's scan of every block into the DRAM index.
+
+The index is volatile: each writable or exclusive open rebuilds it by scanning every block
+(:func:`scan`), newest record of each key wins. What the scan finds that is no longer needed
+(a block allocated just before a crash, a second reserve, dead blocks) is freed by
+:func:`free_leftovers`, once the caller has made everything that remains durable.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from . import _layout as layout
+from . import _native
+from ._errors import CorruptedError, NotAStoreError, VersionMismatchError
+from ._pmemobj import Pool
+
+log = logging.getLogger("viperdbm")
+
+
+@dataclass
+class Recovered:
+    """What :func:`scan` found besides the index it built."""
+
+    #: the object holding space back for deletes on a full disk, if the pool has one
+    reserve_off: int | None
+    #: objects to free: allocated but never used, or a second reserve
+    unused: list[int]
+    #: blocks that hold nothing needed any more
+    freeable: list[int]
+    #: (block offset, offset of the first unreadable byte) for each damaged block log
+    damage: list[tuple[int, int]]
+
+
+def read_root(pool: Pool, path: str) -> tuple[int, layout.Root]:
+    """The root object's offset and fields; a store error if it is not a viperdbm root."""
+    if pool.root_size() < layout.ROOT_SIZE:
+        raise CorruptedError("the store has no root object", filename=path)
+    root_off = pool.root(layout.ROOT_SIZE)
+    try:
+        root = layout.Root.unpack(pool.read(root_off, layout.Root.SIZE))
+    except ValueError as exc:
+        raise CorruptedError(f"the store's root object is damaged: {exc}", filename=path) from exc
+    if root.magic != layout.ROOT_MAGIC:
+        raise NotAStoreError("the pool is not a viperdbm store (bad root magic)", filename=path)
+    if root.format_version != layout.FORMAT_VERSION:
+        raise VersionMismatchError(
+            f"the store has format version {root.format_version}; this viperdbm reads "
+            f"version {layout.FORMAT_VERSION}",
+            filename=path,
+            hint="open it with the viperdbm version that wrote it and 'dump' it",
+        )
+    return root_off, root
+
+
+def store_root_u64(pool: Pool, root_off: int, offset: int, value: int) -> None:
+    """Update one root field in place: one 8-byte store of the sealed value, persisted."""
+    pool.write(root_off + offset, layout.seal(value).to_bytes(8, "little"))
+    pool.persist(root_off + offset, 8)
+
+
+def new_core(pool: Pool, path: str) -> tuple[_native.Core, list[tuple[int, int, int]]]:
+    """An empty index over the pool's mapping, and the pool's objects to scan into it."""
+    objects = pool.objects()
+    mapped = pool.mapped_size()
+    for off, _, size in objects:
+        if off + size > mapped:  # libpmemobj's own object header is damaged
+            raise CorruptedError(
+                f"the pool lists an object at offset {off} of {size} bytes, past its end",
+                filename=path,
+            )
+    log_bytes = sum(size for _, type_num, size in objects)
+    return _native.Core(pool.base, mapped, min(log_bytes, mapped) // 128), objects
+
+
+def scan(
+    pool: Pool,
+    core: _native.Core,
+    objects: list[tuple[int, int, int]],
+    root: layout.Root,
+    *,
+    path: str,
+    generation_at_open: int,
+    writable: bool,
+) -> Recovered:
+    """Viper's recovery: scan every block, newest record of each key wins."""
+    # a failed msync inside libpmemobj makes the core refuse writes too (fast paths)
+    pool.on_io_failure = core.set_io_error
+    if pool.io_errno:
+        core.set_io_error(pool.io_errno)
+    core.set_floor(root.seq_floor)
+    core.set_durable(root.durable_seq)
+    kinds = block_kinds(core, objects, path)
+    check_against_block_directory(path, generation_at_open, objects, kinds)
+    reserve_off: int | None = None
+    unused: list[int] = []
+    for off, _, usable in objects:
+        kind = kinds[off]
+        if not kind:  # the reserve (it holds no block header)
+            if reserve_off is None:
+                reserve_off = off
+            else:
+                unused.append(off)  # (a second one: a crash while replacing it)
+            continue
+        status, _records, _damaged_at = core.scan_block(off, usable, kind)
+        if status == 1:
+            unused.append(off)  # allocated, then the process died before its first record
+        elif status == 2:
+            log.warning(
+                "%s: the header of the block at offset %d is damaged; its records were "
+                "recovered without it",
+                path,
+                off,
+            )
+    # damage is read before finish_recovery() zeroes the torn tail of the resumed block
+    damage = core.damage()
+    for block, at in damage:
+        log.warning(
+            "%s: the log of the block at offset %d ends in unreadable bytes at offset %d; "
+            "records after that point in the block (if any) are lost",
+            path,
+            block,
+            at,
+        )
+    freeable = core.finish_recovery(writable)
+    if core.discarded:
+        log.warning(
+            "%s: %d records written after the last sync() were not all on disk (the "
+            "machine lost power?); the store was rolled back to the last complete prefix "
+            "of its writes",
+            path,
+            core.discarded,
+        )
+    return Recovered(reserve_off, unused, freeable, damage)
+
+
+def free_leftovers(pool: Pool, core: _native.Core, found: Recovered) -> None:
+    """Free what the scan found unneeded. Freeing removes sequence numbers: the caller has
+    made everything left durable first, or a later recovery would see a gap in the
+    sequence and stop there."""
+    for off in found.unused:
+        pool.free(off)
+        _native.crash_point("recovery: unused object freed")
+    for off in found.freeable:
+        pool.free(off)
+        _native.crash_point("recovery: dead block freed, not yet dropped")
+        core.drop_block(off)
+
+
+def block_kinds(
+    core: _native.Core, objects: list[tuple[int, int, int]], path: str
+) -> dict[int, int]:
+    """The block kind of each object (0: the reserve), from its type number.
+
+    The reserve's constructor zeroes the first bytes of the object, so an object typed
+    as the reserve that holds a valid block header with a birth is a block whose type
+    number was damaged: it is read as the block its header describes, never freed
+    unread. (A header without a birth may be a previous life's in a reserve that an
+    older writer allocated without the constructor: the reserve, unless the ``blocks``
+    file says otherwise, see :func:`check_against_block_directory`.)"""
+    by_type = {
+        layout.TYPE_STANDARD_BLOCK: layout.BLOCK_KIND_STANDARD,
+        layout.TYPE_JUMBO_BLOCK: layout.BLOCK_KIND_JUMBO,
+    }
+    kinds: dict[int, int] = {}
+    for off, type_num, usable in objects:
+        if type_num == layout.TYPE_RESERVE:
+            header = core.block_header(off, usable)
+            kinds[off] = header[0] if header is not None and header[1] > 0 else 0
+            if kinds[off]:
+                log.warning(
+                    "%s: the object at offset %d is typed as the reserve but holds a block "
+                    "header (a damaged type number); it is read as a block",
+                    path,
+                    off,
+                )
+            continue
+        kind = by_type.get(type_num)
+        if kind is None:
+            raise CorruptedError(
+                f"the pool holds an object of unknown type {type_num}", filename=path
+            )
+        kinds[off] = kind
+    return kinds
+
+
+def check_against_block_directory(
+    path: str,
+    generation_at_open: int,
+    objects: list[tuple[int, int, int]],
+    kinds: dict[int, int],
+) -> None:
+    """A block the last close listed must still be in the pool's heap, as the same kind.
+
+    The heap is libpmemobj's: damage to an object's header there would make a block,
+    and every record in it, silently disappear from the iteration, or turn it into the
+    reserve, which a writable open frees. While the blocks file is current (the last
+    writer closed and nothing wrote since: ``generation_at_open``, the generation the root
+    held when this open read it), compare. ``kinds``: the kind each object is read as (0:
+    the reserve)."""
+    if not generation_at_open:
+        return
+    try:
+        with open(os.path.join(path, layout.BLOCKS_FILE), "rb") as f:
+            directory = layout.BlockDirectory.unpack(f.read(), _native.crc32c)
+    except (OSError, ValueError):
+        return
+    if directory.generation != generation_at_open:
+        return
+    present = {off for off, _, _ in objects}
+    missing = [off for off, _, _ in directory.blocks if off not in present]
+    if missing:
+        raise CorruptedError(
+            f"{len(missing)} block(s) that the last close recorded are missing from the "
+            f"pool's heap (first at offset {missing[0]})",
+            filename=path,
+        )
+    names = {
+        0: "the reserve",
+        layout.BLOCK_KIND_STANDARD: "a standard block",
+        layout.BLOCK_KIND_JUMBO: "a jumbo block",
+    }
+    for off, _, kind in directory.blocks:
+        if kinds[off] != kind:
+            raise CorruptedError(
+                f"the block at offset {off} was {names.get(kind, f'of kind {kind}')} at the "
+                f"last close, but the pool's heap now makes it "
+                f"{names.get(kinds[off], 'something else')} (a damaged object header)",
+                filename=path,
+            )
