@@ -325,7 +325,7 @@ class Engine:
             if sum(size for _, size in parts) != directory.mapped_size:
                 return False
             base, total = _native.core.map_parts(parts)
-        except ValueError as exc:  # a damaged part: the exclusive open says what is wrong
+        except (ValueError, CorruptedError) as exc:  # damaged parts: the exclusive open says why
             log.debug("%s: cannot map the parts (%s); opening exclusively", self.path, exc)
             return False
         except OSError as exc:
