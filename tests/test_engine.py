@@ -506,7 +506,7 @@ def test_native_store_problems_are_viperdbm_errors(tmp_path: Path) -> None:
     page = os.sysconf("SC_PAGESIZE")
     part = tmp_path / "pool.0"
     part.write_bytes(bytes(page + 1000))
-    with pytest.raises(viperdbm.CorruptedError, match=r"pool\.0.* multiple of the page size") as info:
+    with pytest.raises(viperdbm.CorruptedError, match=r"pool\.0.* multiple of the page") as info:
         _native.core.map_parts([(str(part), page + 1000)])
     assert not isinstance(info.value, ValueError)
 
