@@ -11,7 +11,7 @@ phase_get), so that the samples of each can be told apart.  The child runs three
 
 1. bare, to measure ns per put and per get without any profiler attached;
 2. under py-spy (`py-spy record --native --format raw`): Python and C frames together, so a
-   sample says which line of the loop, which function of the native core (vipercore.c),
+   sample says which line of the loop, which function of the native core (native/),
    or which CPython/libc routine it was in;
 3. under perf (`perf record` of cpu-clock, once per phase, enabled only while that loop
    runs via --control fifo): flat self time by symbol, including the kernel (page faults
@@ -181,7 +181,7 @@ def classify(below: list[Frame]) -> tuple[str, str]:
             tail += f" > [{leaf.lib}]"
         return "slow path: a new 4 MiB block (Engine.put_slow, libpmemobj)", f"new block: {tail}"
     if leaf.lib.endswith(".c") and "vipercore" in leaf.lib:
-        return "native core (vipercore.c)", leaf.func
+        return "native core (native/)", leaf.func
     if leaf.lib.endswith(".py"):
         return "viperdbm Python code", f"{leaf.func} ({leaf.lib})"
     if "libc" in leaf.lib:
@@ -501,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         'op. "Python loop of the caller" is the benchmark\'s own `for` loop and call '
         "dispatch, which every store pays; it includes loading each shuffled key object "
         "(`listiter_next` in perf, a cache miss per key at this N). C functions are those "
-        "of `native/vipercore.c`; with -O2 perf sees inlined helpers (e.g. `rec_parse`, "
+        "of the native core (`native/`); with -O2 perf sees inlined helpers (e.g. `rec_parse`, "
         "`key_hash`) inside their callers (`index_lookup`), py-spy splits them by debug "
         "info.",
         "",

@@ -32,7 +32,7 @@
 #define VD_BLOCK_BIRTH_OFFSET 32u
 
 /* The argument of the block constructor that pmemobj_alloc runs on a new block or reserve
- * object (vipercore.c, block_constructor): not on the media, but its layout is shared by
+ * object (log.c, block_constructor): not on the media, but its layout is shared by
  * the core that fills it (Core.block_init) and the constructor that reads it. */
 typedef struct {
     uint64_t persist; /* address of libpmemobj's pmemobj_persist(PMEMobjpool *, const void *, size_t) */

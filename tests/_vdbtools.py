@@ -39,7 +39,7 @@ ROOT = HERE.parent
 #: a VPage, as docs/format.md describes it (records never straddle one unless longer)
 PAGE = 16384
 #: the OS page: part files are mapped in whole ones
-OS_PAGE = 4096
+OS_PAGE = os.sysconf("SC_PAGESIZE")
 RECORD_HEADER = 16
 BLOCK_HEADER = 64
 BLOCK_MAGIC = 0x4B4C4256

@@ -3,7 +3,7 @@
 Random-instant kills (tests/test_crash.py, tests/test_torture.py) almost never land in the
 short windows between two stores into the mapping that must be ordered (a block header and
 the block's first record, a record's body and its CRC, ...). The native core marks each such
-step with a crash point (native/vipercore.c ``crash_point``; Python steps call
+step with a crash point (native/core.h ``crash_point``; Python steps call
 ``_vipercore.crash_point``): ``VIPERDBM_CRASH_LOG=path`` lists them, ``VIPERDBM_CRASH_AT=N``
 sends SIGKILL to the process at the N-th.
 

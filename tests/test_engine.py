@@ -513,3 +513,28 @@ with viperdbm.open(sys.argv[1], "w") as db:
         )
         assert result.returncode == 0, result.stderr
         assert "(0 lost)" in result.stdout and "demo done" in result.stdout
+
+
+def test_native_store_problems_are_viperdbm_errors(tmp_path: Path) -> None:
+    """The native core raises a problem of the store's files as a viperdbm.error in the
+    user's terms, never a bare ValueError: a part file that is not whole pages (truncated,
+    or copied incompletely), and a block of a kind no viperdbm writes (a damaged blocks
+    file, which shared readers read)."""
+    from viperdbm import _native
+
+    page = os.sysconf("SC_PAGESIZE")
+    part = tmp_path / "pool.0"
+    part.write_bytes(bytes(page + 1000))
+    with pytest.raises(viperdbm.CorruptedError, match=r"pool\.0.* multiple of the page") as info:
+        _native.core.map_parts([(str(part), page + 1000)])
+    assert not isinstance(info.value, ValueError)
+
+    base, total = _native.core.map_parts([(str(part), page)])
+    try:
+        core = _native.Core(base, total)
+        with pytest.raises(viperdbm.CorruptedError, match="unknown kind") as info:
+            core.scan_block(64, 1024, 7)
+        assert not isinstance(info.value, ValueError)
+        core.invalidate()
+    finally:
+        _native.core.unmap_parts(base, total)

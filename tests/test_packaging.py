@@ -95,8 +95,7 @@ def test_sdist_and_wheel_install_and_pass_the_tests(
     with tarfile.open(sdists[0]) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     for needed in (
-        "native/vipercore.c",
-        "native/vipercore.h",
+        *(f"native/{source.name}" for source in (ROOT / "native").glob("*.[ch]")),
         "README.md",
         "LICENSE",
         "CHANGELOG.md",

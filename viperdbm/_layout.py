@@ -10,7 +10,7 @@ A store is a directory::
 Inside the pool: a 4 KiB root object (below), and blocks allocated from the pool. A
 standard block is a 64-byte block header followed by a log of 4 KiB pages of records; a
 jumbo block holds one record too large for a standard block. Records are written and
-checked by the native core (native/vipercore.c, constants in native/vipercore.h); the
+checked by the native core (native/*.c, constants in native/vipercore.h); the
 numbers here must equal the ones the core exports, which tests/test_layout.py checks.
 """
 

@@ -1,4 +1,4 @@
-"""Loads the native core (native/vipercore.c), built by the package's own build."""
+"""Loads the native core (native/*.c), built by the package's own build."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on how the package was installed
     raise ImportError(
         "viperdbm's native core (viperdbm._vipercore) is not built: install the package with "
-        "'pip install .' (or 'make setup' in a checkout), which compiles native/vipercore.c"
+        "'pip install .' (or 'make setup' in a checkout), which compiles native/*.c"
     ) from exc
 
 core.set_error_classes(_errors.ClosedError, _errors.CorruptedError, _errors.error)
@@ -18,7 +18,7 @@ Core = core.Core
 MapBase = core.MapBase
 crc32c = core.crc32c
 #: a crash point of a Python step (tests: VIPERDBM_CRASH_AT / VIPERDBM_CRASH_LOG, see
-#: native/vipercore.c); a no-op unless one of them was set when the module was imported
+#: native/module.c); a no-op unless one of them was set when the module was imported
 crash_point = core.crash_point
 jumbo_size = core.jumbo_size
 sigblock = core.sigblock

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from . import _layout as layout
 from . import _native
 from . import _storedir as storedir
-from ._errors import LockError
+from ._errors import CorruptedError, LockError
 from ._pmemobj import Pool
 
 log = logging.getLogger("viperdbm")
@@ -55,7 +55,7 @@ def open_shared(path: str) -> SharedOpen | None:
         if sum(size for _, size in parts) != directory.mapped_size:
             return None
         base, total = _native.core.map_parts(parts)
-    except ValueError as exc:  # a damaged part: the exclusive open says what is wrong
+    except (ValueError, CorruptedError) as exc:  # damaged parts: the exclusive open says why
         log.debug("%s: cannot map the parts (%s); opening exclusively", path, exc)
         return None
     except OSError as exc:
@@ -66,7 +66,7 @@ def open_shared(path: str) -> SharedOpen | None:
             root = layout.Root.unpack(
                 _native.core.peek(base, total, directory.root_offset, layout.Root.SIZE)
             )
-        except ValueError:  # damaged: the exclusive open reports it
+        except (ValueError, CorruptedError):  # damaged: the exclusive open reports it
             _native.core.unmap_parts(base, total)
             return None
         if root.magic != layout.ROOT_MAGIC or root.directory_generation != directory.generation:
@@ -79,7 +79,7 @@ def open_shared(path: str) -> SharedOpen | None:
             core.scan_block(off, size, kind)
         damage = core.damage()
         core.finish_recovery(False)
-    except ValueError as exc:  # a store problem: the exclusive open says which
+    except (ValueError, CorruptedError) as exc:  # a store problem: the exclusive open says which
         _native.core.unmap_parts(base, total)
         log.debug("%s: cannot share the store (%s); opening exclusively", path, exc)
         return None

@@ -1,4 +1,4 @@
-# Type stub of the native core (native/vipercore.c).
+# Type stub of the native core (native/*.c).
 from collections.abc import Callable, Iterable, Iterator
 from typing import Final, final
 

@@ -1,0 +1,195 @@
+/* Compaction: reorganize() (copy every live record into new blocks) and the compaction of
+ * single blocks that puts and deletes ask for once dead space passes its threshold. */
+#include "core.h"
+
+#define COMPACT_MIN_DEAD (8u << 20) /* never compact for less dead space than two blocks */
+
+/* The standard block (not the active one) with the most dead bytes, if at least half of it
+ * is dead, when dead space is over two thirds of all block space (the store at most three
+ * times its live data) and at least COMPACT_MIN_DEAD; -1 otherwise. Compacting earlier made
+ * a workload that deletes half the keys pay for copying the other half, at every trigger. */
+Py_ssize_t compaction_victim(Core *c, int urgent) {
+    uint64_t dead = 0, total = 0, best_dead = 0;
+    Py_ssize_t best = -1;
+    for (size_t i = 0; i < c->nblocks; i++) {
+        Block *b = &c->blocks[i];
+        total += b->size;
+        dead += b->dead_bytes;
+        if ((Py_ssize_t)i == c->active || b->kind != VD_BLOCK_KIND_STANDARD || b->old) continue;
+        if (!b->live && !b->tombstones) continue; /* already empty: waiting to be freed */
+        if (b->dead_bytes * 2 < b->size) continue; /* copying would cost more than it frees */
+        if (b->dead_bytes > best_dead) {
+            best_dead = b->dead_bytes;
+            best = (Py_ssize_t)i;
+        }
+    }
+    /* urgent (a full disk): any block at least half dead is worth copying out */
+    if (!urgent && (dead < COMPACT_MIN_DEAD || dead * 3 < total * 2)) return -1;
+    return best;
+}
+
+/* ------------------------------------------------------------------ reorganize */
+
+/* compact_begin() -> floor: every block existing now is "old"; the next writes go to new
+ * blocks. After compact_step() has copied every live record, the caller persists floor in
+ * the root: from then on recovery ignores every record older than floor. */
+PyObject *Core_compact_begin(Core *c, PyObject *unused) {
+    (void)unused;
+    if (core_check_open(c) < 0) return NULL;
+    for (size_t i = 0; i < c->nblocks; i++) c->blocks[i].old = 1;
+    c->compact_prev_active = c->active >= 0 ? c->blocks[c->active].off : 0;
+    c->active = -1;
+    c->compact_cursor = 0;
+    c->compacting = 1;
+    return PyLong_FromUnsignedLongLong(c->next_seq);
+}
+
+/* compact_step() -> (0, 0) done | (1, 0) need block | (2, size) need a jumbo block of size */
+PyObject *Core_compact_step(Core *c, PyObject *args) {
+    unsigned long long joff = 0, jsize = 0;
+    if (!PyArg_ParseTuple(args, "|KK", &joff, &jsize)) return NULL;
+    if (core_check_open(c) < 0) return NULL;
+    if (joff && check_block_bounds(c, joff, jsize) < 0) return NULL;
+    for (; c->compact_cursor < c->cap; c->compact_cursor++) {
+        uint64_t s = c->slots[c->compact_cursor];
+        if (!s) continue;
+        uint64_t old = slot_off(s);
+        Py_ssize_t bi = block_find(c, old);
+        if (bi < 0 || !c->blocks[bi].old) continue;
+        Rec r;
+        const uint8_t *k = rec_key(c, old, &r);
+        uint64_t len = record_len_for(r.klen, r.vlen), off;
+        if (len > VD_INLINE_MAX) {
+            if (!joff) return Py_BuildValue("(iK)", RC_NEED_JUMBO, (unsigned long long)(VD_BLOCK_HEADER_SIZE + align_up(len, VD_RECORD_ALIGN)));
+            /* (block_insert moves blocks[], never the pool: k stays valid) */
+            if (write_jumbo(c, VD_KIND_PUT, joff, jsize, k, r.klen, k + r.klen, r.vlen, &off) < 0) return NULL;
+            joff = 0;
+        } else {
+            int rc = append_record(c, VD_KIND_PUT, k, r.klen, k + r.klen, r.vlen, &off);
+            if (rc != RC_OK) return Py_BuildValue("(iK)", rc, 0ULL);
+        }
+        uint64_t alen = align_up(len, VD_RECORD_ALIGN);
+        Py_ssize_t nb = block_find(c, off);
+        c->blocks[nb].live++;
+        c->blocks[nb].live_bytes += alen;
+        account_dead(c, old, alen);
+        c->slots[c->compact_cursor] = (s & ~SLOT_OFF_MASK) | (off >> 2);
+        crash_point("compact_step: index updated");
+    }
+    return Py_BuildValue("(iK)", RC_OK, 0ULL);
+}
+
+/* compact_end(aborted=False): mutators may run again. After a reorganize() that failed
+ * before it had a new block (a full disk), the block that was active before takes the
+ * appends again: without it, every put and delete would need a new block, which a full
+ * disk cannot give. (After a completed one that block is freed: nothing to give back.) */
+PyObject *Core_compact_end(Core *c, PyObject *args) {
+    int aborted = 0;
+    if (!PyArg_ParseTuple(args, "|p", &aborted)) return NULL;
+    c->compacting = 0;
+    for (size_t i = 0; i < c->nblocks; i++) c->blocks[i].old = 0;
+    if (aborted && c->active < 0 && c->compact_prev_active) {
+        Py_ssize_t i = block_find(c, c->compact_prev_active);
+        if (i >= 0 && c->blocks[i].off == c->compact_prev_active && c->blocks[i].kind == VD_BLOCK_KIND_STANDARD)
+            c->active = i;
+    }
+    c->compact_prev_active = 0;
+    Py_RETURN_NONE;
+}
+
+
+/* compaction_victim(urgent=False) -> offset of the block to compact now, or None */
+PyObject *Core_compaction_victim(Core *c, PyObject *args) {
+    int urgent = 0;
+    if (!PyArg_ParseTuple(args, "|p", &urgent)) return NULL;
+    if (core_check_open(c) < 0) return NULL;
+    Py_ssize_t v = compaction_victim(c, urgent);
+    if (v < 0) Py_RETURN_NONE;
+    return PyLong_FromUnsignedLongLong(c->blocks[v].off);
+}
+
+/* compact_block(off) -> rc: 0 done (the block now holds nothing needed and can be freed),
+ * 1 need a block (call again after add_block). Copies the block's live records to the
+ * active block, and its deletes whose key has no newer record, unless no block holds an
+ * older record (then the delete has nothing left to hide). Crash-safe as every write: the
+ * copies are newer, so until the block is freed recovery simply prefers them. */
+PyObject *Core_compact_block(Core *c, PyObject *arg) {
+    unsigned long long off = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred() || core_check_open(c) < 0) return NULL;
+    Py_ssize_t vi = block_find(c, off);
+    if (vi < 0 || c->blocks[vi].off != off) { /* freed meanwhile: nothing was left in it */
+        c->block_cursor_off = c->block_cursor_pos = 0;
+        return PyLong_FromLong(RC_OK);
+    }
+    if (vi == c->active || c->blocks[vi].kind != VD_BLOCK_KIND_STANDARD) {
+        internal_error("compact_block() needs a standard block that is not active");
+        return NULL;
+    }
+    uint64_t oldest_elsewhere = UINT64_MAX;
+    for (size_t i = 0; i < c->nblocks; i++)
+        if ((Py_ssize_t)i != vi && c->blocks[i].seq_min && c->blocks[i].seq_min < oldest_elsewhere)
+            oldest_elsewhere = c->blocks[i].seq_min;
+    uint64_t pos = c->block_cursor_off == off ? c->block_cursor_pos : c->blocks[vi].log_start;
+    for (;;) {
+        Block *v = &c->blocks[vi];
+        if (pos + VD_RECORD_HEADER_SIZE > v->end) break;
+        uint64_t room = VD_PAGE_SIZE - pos % VD_PAGE_SIZE;
+        if (room < VD_RECORD_HEADER_SIZE) {
+            pos += room;
+            continue;
+        }
+        Rec r;
+        const uint8_t *k = rec_key(c, pos, &r);
+        uint64_t alen = align_up(r.total, VD_RECORD_ALIGN), noff;
+        if (r.kind == VD_KIND_PUT) {
+            uint64_t h = key_hash(k, r.klen);
+            int64_t i = index_lookup(c, k, r.klen, h);
+            if (i >= 0 && slot_off(c->slots[i]) == pos) {
+                int rc = append_record(c, VD_KIND_PUT, k, r.klen, k + r.klen, r.vlen, &noff);
+                if (rc != RC_OK) {
+                    c->block_cursor_off = off;
+                    c->block_cursor_pos = pos;
+                    return PyLong_FromLong(rc);
+                }
+                vi = block_find(c, off); /* (blocks[] does not move here, but stay exact) */
+                c->blocks[c->active].live++;
+                c->blocks[c->active].live_bytes += alen;
+                account_dead(c, pos, alen);
+                c->slots[i] = slot_make(h, noff);
+                crash_point("compact_block: index updated");
+            }
+        } else if (r.kind == VD_KIND_DEL && r.seq > oldest_elsewhere) {
+            uint64_t h = key_hash(k, r.klen);
+            if (index_lookup(c, k, r.klen, h) < 0) {
+                int rc = append_record(c, VD_KIND_DEL, k, r.klen, NULL, 0, &noff);
+                if (rc != RC_OK) {
+                    c->block_cursor_off = off;
+                    c->block_cursor_pos = pos;
+                    return PyLong_FromLong(rc);
+                }
+                c->blocks[c->active].tombstones++;
+                c->blocks[c->active].dead_bytes += alen;
+                crash_point("compact_block: delete copied");
+            }
+        }
+        pos += alen;
+    }
+    c->blocks[vi].tombstones = 0; /* every delete that still mattered has a newer copy */
+    c->block_cursor_off = c->block_cursor_pos = 0;
+    return PyLong_FromLong(RC_OK);
+}
+
+/* old_blocks() -> offsets of the blocks that compact_begin() marked */
+PyObject *Core_old_blocks(Core *c, PyObject *unused) {
+    (void)unused;
+    PyObject *out = PyList_New(0);
+    if (!out) return NULL;
+    for (size_t i = 0; i < c->nblocks; i++) {
+        if (!c->blocks[i].old) continue;
+        if (list_append_new(out, PyLong_FromUnsignedLongLong(c->blocks[i].off)) < 0) {
+            Py_DECREF(out);
+            return NULL;
+        }
+    }
+    return out;
+}

@@ -1,0 +1,396 @@
+/*
+ * The internal header of viperdbm._vipercore, the hot paths of viperdbm in C.
+ *
+ * This extension never calls libpmemobj (that binding is viperdbm/_pmemobj.py, ctypes).
+ * Python hands it the address and mapped length of a pool, and the blocks that Python
+ * allocated there; the core then
+ *   - appends records to the active block (Viper's sequential VPage writes),
+ *   - keeps the volatile DRAM hash index: key -> pool offset of the newest record,
+ *     8 bytes a slot, no copy of keys or values (keys are compared in the pool),
+ *   - scans blocks at open to rebuild the index (Viper's recovery), bounds-checking
+ *     every length read from the media before touching memory,
+ *   - copies live records during reorganize().
+ * The record and block formats are described in docs/format.md, their constants are in
+ * vipercore.h.
+ *
+ * One concern a file, all of them behind this header (as SQLite keeps its sources):
+ *   crc32c.c     CRC-32C of records and block headers (the key hash is inline below)
+ *   index.c      the DRAM hash index: allocation, growth, deletion (lookup is inline below)
+ *   log.c        blocks and records: placing, writing and persisting a record, the block
+ *                constructor, block headers, the blocks registry, put
+ *   recovery.c   the scan of the blocks at open, the power-fail rule, damage
+ *   compaction.c reorganize() and the compaction of single blocks
+ *   parts.c      read-only mapping of a store's part files for shared readers
+ *   core_type.c  the Core Python type: its methods table and the get/put/delete entries
+ *   map_type.c   the MapBase Python type: the dbm object's native mapping slots
+ *   signals.c    deferral of asynchronous signals over the engine's multi-step changes
+ *   module.c     module init, the error table, crash points
+ * The hot helpers (key hash, index lookup, record parsing, key arguments) are static inline
+ * here, and the extension is built with -flto (setup.py), so that a put or a get crosses
+ * no call a single translation unit would not have had.
+ *
+ * Concurrency: every method runs with the GIL held and never releases it, so each call is
+ * atomic with respect to other Python threads. Slow paths (allocating a block) are done by
+ * Python under its own lock, signalled by the NEED_* return codes below.
+ */
+#ifndef VIPERDBM_CORE_H
+#define VIPERDBM_CORE_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdint.h>
+#include <string.h>
+
+#include "vipercore.h"
+
+/* Nothing below is seen outside the extension (only PyInit__vipercore, and pmemio.c's
+ * own exports): calls between the files bind directly and may be inlined at link time. */
+#pragma GCC visibility push(hidden)
+
+/* ------------------------------------------------------------------ return codes */
+#define RC_OK 0
+#define RC_NEED_BLOCK 1 /* the active block is full (or there is none): add a block */
+#define RC_NEED_JUMBO 2 /* the record is too large for a standard block */
+#define RC_FREEABLE 3   /* done; some block became entirely dead: free it */
+#define RC_BUSY 4       /* reorganize() is running: wait for it (take the store lock), retry */
+#define RC_COMPACT 5    /* done; dead space passed the threshold: compact a block or two */
+#define RC_NO_RESERVE 6 /* a put, while the space kept for deletes is gone: take it back first */
+
+#define PERSIST_NONE 0  /* ordinary file or tmpfs: the page cache survives kill -9 */
+#define PERSIST_MSYNC 1 /* flag 's': msync each record before acknowledging it */
+#define PERSIST_FUNC 2  /* real PMem (DAX): pmem_persist each record, as Viper does */
+
+/* msync and mmap granularity (a VPage is several of them): sysconf(_SC_PAGESIZE), read at
+ * module init. Nothing on the media depends on it (docs/format.md). */
+extern uint64_t os_page;
+
+/* ------------------------------------------------------------------ errors (module.c)
+ * Every store problem the core raises, with its exception class and message, is one row of
+ * the table in module.c: C raises errors one way, core_error(kind, format arguments...). */
+typedef enum {
+    ERR_CLOSED,          /* ClosedError */
+    ERR_FORKED,          /* ClosedError */
+    ERR_INTERNAL,        /* viperdbm.error: a broken invariant (%s: what) */
+    ERR_IO_REFUSED,      /* viperdbm.error, errno set: an earlier msync failed */
+    ERR_IO_UNDURABLE,    /* viperdbm.error, errno set: this write's msync failed */
+    ERR_BLOCKS_OVERLAP,  /* CorruptedError */
+    ERR_BLOCK_OUTSIDE,   /* CorruptedError (off, size, mapped) */
+    ERR_BLOCK_NOT_NEW,   /* CorruptedError (off) */
+    ERR_BLOCK_VERSION,   /* CorruptedError (off, version, expected) */
+    ERR_BLOCK_HEADER,    /* CorruptedError (off) */
+    ERR_BLOCK_KIND,      /* CorruptedError (off, kind) */
+    ERR_SEQ_TWICE,       /* CorruptedError (seq) */
+    ERR_RECORD_OUTSIDE,  /* CorruptedError */
+    ERR_PART_SIZE,       /* CorruptedError (path object, size, page) */
+    ERR_NO_PARTS,        /* CorruptedError */
+    ERR_PEEK_OUTSIDE,    /* CorruptedError */
+    ERR_TOO_LARGE,       /* ValueError: the caller's key or value is over the limit */
+} ErrKind;
+
+/* Raise the exception of kind, its message formatted (PyUnicode_FromFormat) with the
+ * arguments its row names: always -1. */
+int core_error(ErrKind kind, ...);
+/* The same with errno set on the exception (rows without format arguments). */
+int core_error_errno(ErrKind kind, int err);
+/* An internal invariant failed: a viperdbm.error, never a bare ValueError. */
+#define internal_error(what) core_error(ERR_INTERNAL, (what))
+
+/* ------------------------------------------------------------------ crash points (module.c)
+ * A test hook: crash_point(name) marks each internal step after which a crash leaves a
+ * different state on the media; module.c says how it is configured. Unset (the normal
+ * case) a crash point costs one predictable branch on a global int. */
+extern int crash_armed;
+void crash_point_hit(const char *name) __attribute__((noinline, cold));
+static inline void crash_point(const char *name) {
+    if (__builtin_expect(crash_armed, 0)) crash_point_hit(name);
+}
+
+/* ------------------------------------------------------------------ CRC-32C (crc32c.c) */
+void crc_init(void);
+uint32_t crc32c_update(uint32_t crc, const void *data, size_t n);
+
+/* ------------------------------------------------------------------ hashing */
+static inline uint64_t rd64(const uint8_t *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+
+static inline uint64_t mix64(uint64_t a, uint64_t b) {
+    __uint128_t r = (__uint128_t)a * b;
+    return (uint64_t)r ^ (uint64_t)(r >> 64);
+}
+
+/* A wyhash-style 64-bit hash; the index is volatile, so it never reaches the media. */
+static inline uint64_t key_hash(const uint8_t *p, size_t n) {
+    const uint64_t k0 = 0xa0761d6478bd642full, k1 = 0xe7037ed1a0b428dbull, k2 = 0x8ebc6af09c88c6e3ull;
+    uint64_t h = k0 ^ mix64((uint64_t)n ^ k1, k2);
+    size_t i = n;
+    while (i >= 16) {
+        h = mix64(rd64(p) ^ k1, rd64(p + 8) ^ h);
+        p += 16;
+        i -= 16;
+    }
+    uint64_t a = 0, b = 0;
+    if (i >= 8) {
+        a = rd64(p);
+        memcpy(&b, p + 8, i - 8);
+    } else {
+        memcpy(&a, p, i);
+    }
+    return mix64(a ^ k1 ^ h, b ^ k2 ^ (uint64_t)n);
+}
+
+/* ------------------------------------------------------------------ media helpers */
+static inline uint32_t rd32(const uint8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+static inline void wr32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
+static inline void wr64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
+static inline uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) & ~(a - 1); }
+
+static inline uint64_t header_len_for(uint64_t klen) {
+    return klen > VD_KLEN_SHORT_MAX ? VD_RECORD_HEADER_SIZE + 4 : VD_RECORD_HEADER_SIZE;
+}
+
+static inline uint64_t record_len_for(uint64_t klen, uint64_t vlen) {
+    return header_len_for(klen) + klen + vlen;
+}
+
+/* A record as parsed from the media (only ever from validated or self-written bytes). */
+typedef struct {
+    uint64_t seq, klen, vlen, hlen, total; /* total = header + key + value, unaligned */
+    unsigned kind;
+} Rec;
+
+static inline void rec_parse(const uint8_t *r, Rec *out) {
+    uint64_t meta = rd64(r + 8);
+    out->vlen = rd32(r + 4);
+    out->seq = meta & VD_SEQ_MASK;
+    out->kind = (unsigned)((meta >> VD_KIND_SHIFT) & 0xF);
+    uint64_t kshort = meta >> VD_KLEN_SHIFT;
+    if (kshort == VD_KLEN_EXTENDED) {
+        out->klen = rd32(r + 16);
+        out->hlen = VD_RECORD_HEADER_SIZE + 4;
+    } else {
+        out->klen = kshort;
+        out->hlen = VD_RECORD_HEADER_SIZE;
+    }
+    out->total = out->hlen + out->klen + out->vlen;
+}
+
+/* ------------------------------------------------------------------ the Core object */
+typedef struct {
+    uint64_t off;       /* pool offset of the block object */
+    uint64_t size;      /* bytes of the block that the log may use (from its header) */
+    uint64_t log_start; /* pool offset of the first record */
+    uint64_t end;       /* pool offset just past the last valid record */
+    uint64_t live, live_bytes, dead_bytes, tombstones;
+    uint64_t seq_min, seq_max; /* of the records in the block (0: none yet) */
+    uint64_t damaged_at; /* where the scan met bytes that are neither a record nor zeros */
+    int midlog;          /* ... and valid records followed them: damage, not a torn write */
+    uint64_t birth;      /* from the header: every record in the block is at least this (0: no bound) */
+    unsigned kind;
+    int old; /* being compacted away by reorganize() */
+} Block;
+
+typedef struct {
+    PyObject_HEAD uint8_t *base; /* NULL once closed */
+    uint64_t mapped;             /* bytes of the pool that are mapped: bound for every offset */
+    /* index: open addressing, linear probing, slot = tag:24 | (offset >> 2):40, 0 = empty */
+    uint64_t *slots;
+    uint64_t cap, count, tombs_in_index;
+    Block *blocks; /* sorted by off */
+    size_t nblocks, blocks_cap;
+    Py_ssize_t active; /* index in blocks[] of the block being appended to, or -1 */
+    uint64_t next_seq, floor, max_seq_seen;
+    uint64_t durable_seq; /* every record up to this one was made durable by sync() */
+    /* during recovery: records newer than durable_seq, applied in sequence order by
+     * finish_recovery() only as far as they form a gap-free run (the power-fail rule) */
+    struct Pending {
+        uint64_t seq, off, alen;
+    } *pending;
+    size_t npending, pending_cap;
+    uint64_t discarded; /* records dropped by the power-fail rule at the last recovery */
+    int persist_mode;
+    void (*persist_fn)(const void *, size_t);
+    int recovering;
+    uint64_t compact_cursor;
+    int compacting; /* between compact_begin() and compact_end(): mutators get RC_BUSY */
+    int auto_compact; /* signal RC_COMPACT when dead space passes the threshold */
+    int forked;       /* invalidated in a child process after fork() */
+    uint64_t block_cursor_off, block_cursor_pos; /* where compact_block() resumes */
+    uint64_t compact_prev_active; /* offset of the active block when compact_begin() ran (0: none) */
+    int puts_refused; /* the reserve is gone: puts answer RC_NO_RESERVE (see Space.new_block in viperdbm/_space.py) */
+    int io_errno;     /* an msync of this store failed: writes are refused (see core_io_refuse) */
+    uint64_t writes; /* mutation counter, for stats */
+} Core;
+
+#define SLOT_OFF_BITS 40
+#define SLOT_OFF_MASK ((UINT64_C(1) << SLOT_OFF_BITS) - 1)
+/* The tag is the hash's top 24 bits, and a key's home slot is the top log2(cap) bits: up to
+ * 2^24 slots the home of an entry follows from its tag, so growing the table and deleting
+ * (backward shift) never read keys from the pool. A used slot is never 0: no record is at
+ * pool offset 0. */
+#define SLOT_TAG(h) ((h) >> 40)
+
+static inline unsigned log2u64(uint64_t v) { return 63u - (unsigned)__builtin_clzll(v); }
+
+static inline uint64_t slot_make(uint64_t h, uint64_t off) {
+    return ((uint64_t)SLOT_TAG(h) << SLOT_OFF_BITS) | (off >> 2);
+}
+static inline uint64_t slot_off(uint64_t s) { return (s & SLOT_OFF_MASK) << 2; }
+static inline uint64_t slot_tag(uint64_t s) { return s >> SLOT_OFF_BITS; }
+
+static inline int core_check_open(Core *c) {
+    if (__builtin_expect(c->base != NULL, 1)) return 0;
+    return core_error(c->forked ? ERR_FORKED : ERR_CLOSED);
+}
+
+/* Get the key bytes of a Python key: bytes, str (UTF-8) or another bytes-like object. */
+typedef struct {
+    const uint8_t *p;
+    Py_ssize_t n;
+    Py_buffer view;
+    int has_view;
+} KeyArg;
+
+static inline int keyarg_get(PyObject *o, KeyArg *k, const char *what) {
+    k->has_view = 0;
+    if (PyBytes_CheckExact(o)) {
+        k->p = (const uint8_t *)PyBytes_AS_STRING(o);
+        k->n = PyBytes_GET_SIZE(o);
+        return 0;
+    }
+    if (PyUnicode_Check(o)) {
+        const char *s = PyUnicode_AsUTF8AndSize(o, &k->n);
+        if (s == NULL) return -1;
+        k->p = (const uint8_t *)s;
+        return 0;
+    }
+    if (PyObject_CheckBuffer(o)) {
+        if (PyObject_GetBuffer(o, &k->view, PyBUF_SIMPLE) < 0) return -1;
+        k->p = (const uint8_t *)k->view.buf;
+        k->n = k->view.len;
+        k->has_view = 1;
+        return 0;
+    }
+    PyErr_Format(PyExc_TypeError, "%s must be bytes or str, not %.100s", what, Py_TYPE(o)->tp_name);
+    return -1;
+}
+
+static inline void keyarg_release(KeyArg *k) {
+    if (k->has_view) PyBuffer_Release(&k->view);
+}
+
+static inline const uint8_t *rec_key(Core *c, uint64_t off, Rec *r) {
+    const uint8_t *p = c->base + off;
+    rec_parse(p, r);
+    return p + r->hlen;
+}
+
+/* Find key; returns slot index if found, else -(insert position) - 1. */
+static inline int64_t index_lookup(Core *c, const uint8_t *key, uint64_t klen, uint64_t h) {
+    uint64_t mask = c->cap - 1, i = h >> (64 - log2u64(c->cap)), tag = SLOT_TAG(h);
+    for (;;) {
+        uint64_t s = c->slots[i];
+        if (s == 0) return -(int64_t)i - 1;
+        if (slot_tag(s) == tag) {
+            Rec r;
+            const uint8_t *k = rec_key(c, slot_off(s), &r);
+            if (r.klen == klen && memcmp(k, key, klen) == 0) return (int64_t)i;
+        }
+        i = (i + 1) & mask;
+    }
+}
+
+/* ------------------------------------------------------------------ index.c */
+int index_alloc(Core *c, uint64_t cap);
+void slots_free(uint64_t *slots, uint64_t cap);
+int index_reserve(Core *c);
+void index_remove_at(Core *c, uint64_t i);
+
+/* ------------------------------------------------------------------ log.c */
+typedef struct {
+    uint32_t version, kind;
+    uint64_t size, ls_rel, birth;
+} Header;
+
+Py_ssize_t block_find(Core *c, uint64_t off);
+Py_ssize_t block_insert(Core *c, const Block *nb);
+int account_dead(Core *c, uint64_t off, uint64_t len);
+int check_block_bounds(Core *c, uint64_t off, uint64_t usable);
+int header_read(const uint8_t *p, Header *h);
+int header_fits(const Header *h, uint64_t usable, unsigned kind);
+int block_from_header(Core *c, uint64_t off, uint64_t usable, unsigned kind, Block *b);
+int block_constructor(void *pop, void *ptr, void *arg);
+int persist_range(Core *c, uint64_t off, uint64_t len);
+int core_io_refuse(Core *c, int written);
+void write_record(Core *c, uint64_t off, unsigned kind, uint64_t seq, const uint8_t *key, uint64_t klen,
+                  const uint8_t *val, uint64_t vlen);
+int append_record(Core *c, unsigned kind, const uint8_t *key, uint64_t klen, const uint8_t *val, uint64_t vlen,
+                  uint64_t *out_off);
+Py_ssize_t write_jumbo(Core *c, unsigned kind, uint64_t joff, uint64_t jsize, const uint8_t *key, uint64_t klen,
+                       const uint8_t *val, uint64_t vlen, uint64_t *out_off);
+int do_put(Core *c, const uint8_t *key, uint64_t klen, const uint8_t *val, uint64_t vlen, uint64_t jumbo_off,
+           uint64_t jumbo_size);
+
+/* ------------------------------------------------------------------ compaction.c */
+Py_ssize_t compaction_victim(Core *c, int urgent);
+
+static inline int after_write(Core *c, int freeable) {
+    if (freeable) return RC_FREEABLE;
+    if ((++c->writes & 4095) == 0 && c->auto_compact && compaction_victim(c, 0) >= 0) return RC_COMPACT;
+    return RC_OK;
+}
+
+/* ------------------------------------------------------------------ core_type.c */
+extern PyTypeObject CoreType;
+int core_type_init(PyObject *module);
+int list_append_new(PyObject *list, PyObject *item);
+int core_put_obj(Core *c, PyObject *key, PyObject *value);
+int core_delete_obj(Core *c, PyObject *key);
+int64_t lookup_arg(Core *c, PyObject *key);
+PyObject *value_at(Core *c, int64_t i);
+Py_ssize_t Core_len(Core *c);
+PyObject *Core_get(Core *c, PyObject *const *args, Py_ssize_t nargs);
+PyObject *Core_getitem(Core *c, PyObject *key);
+PyObject *Core_keys(Core *c, PyObject *unused);
+PyObject *Core_firstkey(Core *c, PyObject *unused);
+PyObject *Core_nextkey(Core *c, PyObject *key);
+PyObject *Core_jumbo_size(PyObject *mod, PyObject *args);
+
+/* The Core methods that live with their concern, listed in core_type.c's table. */
+PyObject *Core_block_init(Core *c, PyObject *args);
+PyObject *Core_block_header(Core *c, PyObject *args);
+PyObject *Core_add_block(Core *c, PyObject *args);
+PyObject *Core_freeable(Core *c, PyObject *unused);
+PyObject *Core_drop_block(Core *c, PyObject *arg);
+PyObject *Core_scan_block(Core *c, PyObject *args);
+PyObject *Core_finish_recovery(Core *c, PyObject *arg);
+PyObject *Core_damage(Core *c, PyObject *unused);
+PyObject *Core_compact_begin(Core *c, PyObject *unused);
+PyObject *Core_compact_step(Core *c, PyObject *args);
+PyObject *Core_compact_end(Core *c, PyObject *args);
+PyObject *Core_compaction_victim(Core *c, PyObject *args);
+PyObject *Core_compact_block(Core *c, PyObject *arg);
+PyObject *Core_old_blocks(Core *c, PyObject *unused);
+
+/* ------------------------------------------------------------------ map_type.c */
+int map_type_init(PyObject *module);
+
+/* ------------------------------------------------------------------ module functions */
+PyObject *mod_crc32c(PyObject *mod, PyObject *args);
+PyObject *mod_map_parts(PyObject *mod, PyObject *arg);
+PyObject *mod_peek(PyObject *mod, PyObject *args);
+PyObject *mod_unmap_parts(PyObject *mod, PyObject *args);
+PyObject *mod_sigblock(PyObject *mod, PyObject *unused);
+PyObject *mod_sigunblock(PyObject *mod, PyObject *arg);
+PyObject *mod_sigpoll(PyObject *mod, PyObject *arg);
+
+#pragma GCC visibility pop
+
+#endif

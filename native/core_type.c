@@ -1,0 +1,538 @@
+/* The Core Python type: one open store's log, index and recovery scan. Its methods table, and
+ * the entries of put, delete and get from Python objects. */
+#include "core.h"
+
+#include <errno.h>
+
+/* Append item to list, taking over the reference to item (which may be NULL after a
+ * failed constructor): 0, or -1 with an exception set. */
+int list_append_new(PyObject *list, PyObject *item) {
+    int rc = item ? PyList_Append(list, item) : -1;
+    Py_XDECREF(item);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ Core methods */
+static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"base", "mapped", "capacity_hint", NULL};
+    unsigned long long base = 0, mapped = 0, hint = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "KK|K", kwlist, &base, &mapped, &hint)) return NULL;
+    if (base == 0 || (base % os_page) != 0) {
+        internal_error("the pool is not mapped at a page boundary");
+        return NULL;
+    }
+    Core *c = (Core *)type->tp_alloc(type, 0);
+    if (!c) return NULL;
+    c->base = (uint8_t *)(uintptr_t)base;
+    c->mapped = mapped;
+    c->active = -1;
+    c->next_seq = 1;
+    uint64_t cap = 1024;
+    while (cap * 3 < hint * 4 + 4) cap *= 2;
+    if (index_alloc(c, cap) < 0) {
+        Py_DECREF(c);
+        return NULL;
+    }
+    return (PyObject *)c;
+}
+
+static void Core_dealloc(Core *c) {
+    PyMem_Free(c->pending);
+    slots_free(c->slots, c->cap);
+    PyMem_Free(c->blocks);
+    Py_TYPE(c)->tp_free((PyObject *)c);
+}
+
+static PyObject *Core_invalidate(Core *c, PyObject *args) {
+    int forked = 0;
+    if (!PyArg_ParseTuple(args, "|p", &forked)) return NULL;
+    c->base = NULL; /* after this no method touches the mapping */
+    c->forked = forked;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_set_mapped(Core *c, PyObject *arg) {
+    unsigned long long m = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred()) return NULL;
+    if (m < c->mapped) {
+        internal_error("the mapped size of a pool never shrinks");
+        return NULL;
+    }
+    c->mapped = m;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_set_persist(Core *c, PyObject *args) {
+    int mode;
+    unsigned long long fn = 0;
+    if (!PyArg_ParseTuple(args, "i|K", &mode, &fn)) return NULL;
+    if (mode < PERSIST_NONE || mode > PERSIST_FUNC || (mode == PERSIST_FUNC && fn == 0)) {
+        internal_error("unknown persist mode, or no persist function");
+        return NULL;
+    }
+    c->persist_mode = mode;
+    c->persist_fn = (void (*)(const void *, size_t))(uintptr_t)fn;
+    Py_RETURN_NONE;
+}
+
+
+/* Put from Python objects: rc >= 0 (RC_*), or -2 with an exception set. */
+int core_put_obj(Core *c, PyObject *key, PyObject *value) {
+    if (core_check_open(c) < 0) return -2;
+    if (c->io_errno) return core_io_refuse(c, 0) - 1;
+    if (c->compacting) return RC_BUSY;
+    if (c->puts_refused) return RC_NO_RESERVE;
+    KeyArg k, v;
+    if (keyarg_get(key, &k, "keys") < 0) return -2;
+    if (keyarg_get(value, &v, "values") < 0) {
+        keyarg_release(&k);
+        return -2;
+    }
+    int rc = do_put(c, k.p, (uint64_t)k.n, v.p, (uint64_t)v.n, 0, 0);
+    keyarg_release(&k);
+    keyarg_release(&v);
+    if (rc >= 0 && c->io_errno) return core_io_refuse(c, 1) - 1;
+    return rc < 0 ? -2 : rc;
+}
+
+/* put(key, value) -> 0 ok, 1 need block, 2 need jumbo block, 3 ok and a block is freeable */
+static PyObject *Core_put(Core *c, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "put(key, value)");
+        return NULL;
+    }
+    int rc = core_put_obj(c, args[0], args[1]);
+    return rc == -2 ? NULL : PyLong_FromLong(rc);
+}
+
+/* jumbo_size(klen, vlen) -> bytes to allocate for a jumbo block holding that record */
+PyObject *Core_jumbo_size(PyObject *mod, PyObject *args) {
+    (void)mod;
+    unsigned long long klen, vlen;
+    if (!PyArg_ParseTuple(args, "KK", &klen, &vlen)) return NULL;
+    return PyLong_FromUnsignedLongLong(VD_BLOCK_HEADER_SIZE + align_up(record_len_for(klen, vlen), VD_RECORD_ALIGN));
+}
+
+/* put_jumbo(off, usable, key, value): write a record into its own freshly allocated block */
+static PyObject *Core_put_jumbo(Core *c, PyObject *args) {
+    unsigned long long off, usable;
+    PyObject *ko, *vo;
+    if (!PyArg_ParseTuple(args, "KKOO", &off, &usable, &ko, &vo)) return NULL;
+    if (core_check_open(c) < 0 || check_block_bounds(c, off, usable) < 0) return NULL;
+    if (c->io_errno) return core_io_refuse(c, 0), NULL;
+    KeyArg k, v;
+    if (keyarg_get(ko, &k, "keys") < 0) return NULL;
+    if (keyarg_get(vo, &v, "values") < 0) {
+        keyarg_release(&k);
+        return NULL;
+    }
+    int rc = do_put(c, k.p, (uint64_t)k.n, v.p, (uint64_t)v.n, off, usable);
+    keyarg_release(&k);
+    keyarg_release(&v);
+    if (rc < 0) return NULL;
+    return PyLong_FromLong(rc);
+}
+
+/* A delete has superseded the record index entry i points to: the entry goes, the record is
+ * dead. Whether its block became freeable. */
+static int index_drop_deleted(Core *c, int64_t i) {
+    uint64_t old = slot_off(c->slots[i]);
+    Rec r;
+    rec_parse(c->base + old, &r);
+    int freeable = account_dead(c, old, align_up(r.total, VD_RECORD_ALIGN));
+    index_remove_at(c, (uint64_t)i);
+    c->count--;
+    return freeable;
+}
+
+/* Delete from a Python object: -1 missing, rc >= 0 (RC_*), or -2 with an exception set. */
+int core_delete_obj(Core *c, PyObject *key) {
+    if (core_check_open(c) < 0) return -2;
+    if (c->io_errno) return core_io_refuse(c, 0) - 1;
+    if (c->compacting) return RC_BUSY;
+    KeyArg k;
+    if (keyarg_get(key, &k, "keys") < 0) return -2;
+    uint64_t h = key_hash(k.p, (uint64_t)k.n);
+    int64_t i = index_lookup(c, k.p, (uint64_t)k.n, h);
+    if (i < 0) {
+        keyarg_release(&k);
+        return -1;
+    }
+    uint64_t off, klen = (uint64_t)k.n;
+    int rc = append_record(c, VD_KIND_DEL, k.p, klen, NULL, 0, &off);
+    keyarg_release(&k);
+    if (rc != RC_OK) return rc;
+    Block *b = &c->blocks[c->active];
+    b->tombstones++;
+    b->dead_bytes += align_up(record_len_for(klen, 0), VD_RECORD_ALIGN);
+    int freeable = index_drop_deleted(c, i);
+    crash_point("delete: index updated");
+    if (c->io_errno) return core_io_refuse(c, 1) - 1;
+    return after_write(c, freeable);
+}
+
+/* delete(key) -> -1 missing, 0 ok, 1 need block, 2 need jumbo, 3 ok and freeable */
+static PyObject *Core_delete(Core *c, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 1) {
+        PyErr_SetString(PyExc_TypeError, "delete(key)");
+        return NULL;
+    }
+    int rc = core_delete_obj(c, args[0]);
+    return rc == -2 ? NULL : PyLong_FromLong(rc);
+}
+
+/* delete_jumbo(off, usable, key): a tombstone too large for a standard block */
+static PyObject *Core_delete_jumbo(Core *c, PyObject *args) {
+    unsigned long long off, usable;
+    PyObject *ko;
+    if (!PyArg_ParseTuple(args, "KKO", &off, &usable, &ko)) return NULL;
+    if (core_check_open(c) < 0 || check_block_bounds(c, off, usable) < 0) return NULL;
+    if (c->io_errno) return core_io_refuse(c, 0), NULL;
+    KeyArg k;
+    if (keyarg_get(ko, &k, "keys") < 0) return NULL;
+    uint64_t h = key_hash(k.p, (uint64_t)k.n);
+    int64_t i = index_lookup(c, k.p, (uint64_t)k.n, h);
+    if (i < 0) {
+        keyarg_release(&k);
+        return PyLong_FromLong(-1);
+    }
+    uint64_t roff;
+    Py_ssize_t bi = write_jumbo(c, VD_KIND_DEL, off, usable, k.p, (uint64_t)k.n, NULL, 0, &roff);
+    uint64_t alen = align_up(record_len_for((uint64_t)k.n, 0), VD_RECORD_ALIGN);
+    keyarg_release(&k);
+    if (bi < 0) return NULL;
+    c->blocks[bi].tombstones = 1;
+    c->blocks[bi].dead_bytes = alen;
+    int freeable = index_drop_deleted(c, i);
+    c->writes++;
+    crash_point("delete_jumbo: index updated");
+    return PyLong_FromLong(freeable ? RC_FREEABLE : RC_OK);
+}
+
+int64_t lookup_arg(Core *c, PyObject *key) {
+    KeyArg k;
+    if (keyarg_get(key, &k, "keys") < 0) return INT64_MIN;
+    int64_t i = index_lookup(c, k.p, (uint64_t)k.n, key_hash(k.p, (uint64_t)k.n));
+    keyarg_release(&k);
+    return i;
+}
+
+PyObject *value_at(Core *c, int64_t i) {
+    Rec r;
+    const uint8_t *k = rec_key(c, slot_off(c->slots[i]), &r);
+    return PyBytes_FromStringAndSize((const char *)k + r.klen, (Py_ssize_t)r.vlen);
+}
+
+/* get(key, default=None) */
+PyObject *Core_get(Core *c, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "get(key, default=None)");
+        return NULL;
+    }
+    if (core_check_open(c) < 0) return NULL;
+    int64_t i = lookup_arg(c, args[0]);
+    if (i == INT64_MIN) return NULL;
+    if (i < 0) {
+        PyObject *d = nargs == 2 ? args[1] : Py_None;
+        Py_INCREF(d);
+        return d;
+    }
+    return value_at(c, i);
+}
+
+/* getitem(key): the value, or KeyError */
+PyObject *Core_getitem(Core *c, PyObject *key) {
+    if (core_check_open(c) < 0) return NULL;
+    int64_t i = lookup_arg(c, key);
+    if (i == INT64_MIN) return NULL;
+    if (i < 0) {
+        PyErr_SetObject(PyExc_KeyError, key);
+        return NULL;
+    }
+    return value_at(c, i);
+}
+
+static PyObject *Core_contains(Core *c, PyObject *key) {
+    if (core_check_open(c) < 0) return NULL;
+    int64_t i = lookup_arg(c, key);
+    if (i == INT64_MIN) return NULL;
+    return PyBool_FromLong(i >= 0);
+}
+
+Py_ssize_t Core_len(Core *c) {
+    if (core_check_open(c) < 0) return -1;
+    return (Py_ssize_t)c->count;
+}
+
+static PyObject *key_of_slot(Core *c, uint64_t s) {
+    Rec r;
+    const uint8_t *k = rec_key(c, slot_off(s), &r);
+    return PyBytes_FromStringAndSize((const char *)k, (Py_ssize_t)r.klen);
+}
+
+PyObject *Core_keys(Core *c, PyObject *unused) {
+    (void)unused;
+    if (core_check_open(c) < 0) return NULL;
+    PyObject *list = PyList_New((Py_ssize_t)c->count);
+    if (!list) return NULL;
+    Py_ssize_t n = 0;
+    for (uint64_t i = 0; i < c->cap && n < (Py_ssize_t)c->count; i++) {
+        if (!c->slots[i]) continue;
+        PyObject *k = key_of_slot(c, c->slots[i]);
+        if (!k) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, n++, k);
+    }
+    return list;
+}
+
+static PyObject *next_key_from(Core *c, uint64_t i) {
+    for (; i < c->cap; i++)
+        if (c->slots[i]) return key_of_slot(c, c->slots[i]);
+    Py_RETURN_NONE;
+}
+
+PyObject *Core_firstkey(Core *c, PyObject *unused) {
+    (void)unused;
+    if (core_check_open(c) < 0) return NULL;
+    return next_key_from(c, 0);
+}
+
+PyObject *Core_nextkey(Core *c, PyObject *key) {
+    if (core_check_open(c) < 0) return NULL;
+    int64_t i = lookup_arg(c, key);
+    if (i == INT64_MIN) return NULL;
+    if (i < 0) Py_RETURN_NONE; /* as gdbm: a key that is not there has no successor */
+    return next_key_from(c, (uint64_t)i + 1);
+}
+
+/* ------------------------------------------------------------------ setters
+ * The engine's switches and watermarks, one METH_O method each (set_floor(n), ...), all
+ * through the two readers below. */
+
+/* arg as a sequence number: 0, or -1 with an exception set */
+static int seq_arg(PyObject *arg, uint64_t *out) {
+    unsigned long long v = PyLong_AsUnsignedLongLong(arg);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+    *out = v;
+    return 0;
+}
+
+/* arg's truth into *field: None, or NULL with an exception set */
+static PyObject *set_switch(int *field, PyObject *arg) {
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) return NULL;
+    *field = on;
+    Py_RETURN_NONE;
+}
+
+/* set_floor(seq): records older than seq are dead (superseded by a reorganize()) */
+static PyObject *Core_set_floor(Core *c, PyObject *arg) {
+    if (seq_arg(arg, &c->floor) < 0) return NULL;
+    if (c->next_seq < c->floor) c->next_seq = c->floor;
+    Py_RETURN_NONE;
+}
+
+/* set_durable(seq): every record up to seq was made durable by sync() */
+static PyObject *Core_set_durable(Core *c, PyObject *arg) {
+    if (seq_arg(arg, &c->durable_seq) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* set_io_error(errno): an msync failed; the first errno is kept, and writes refused */
+static PyObject *Core_set_io_error(Core *c, PyObject *arg) {
+    int e = PyLong_AsLong(arg);
+    if (e == -1 && PyErr_Occurred()) return NULL;
+    if (!c->io_errno) c->io_errno = e ? e : EIO;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_set_puts_refused(Core *c, PyObject *arg) { return set_switch(&c->puts_refused, arg); }
+
+static PyObject *Core_set_auto_compact(Core *c, PyObject *arg) { return set_switch(&c->auto_compact, arg); }
+
+/* audit() -> [problem, ...]: recount from the index what each block's counters claim.
+ * Every indexed record must lie inside a known block, below that block's end, and be
+ * counted in its block's live records; a block whose counter says fewer live records than
+ * the index points into would be freed with live records in it. For tests. */
+static PyObject *Core_audit(Core *c, PyObject *unused) {
+    (void)unused;
+    if (core_check_open(c) < 0) return NULL;
+    PyObject *out = PyList_New(0);
+    if (!out) return NULL;
+    uint64_t *counted = PyMem_Calloc(c->nblocks ? c->nblocks : 1, sizeof(uint64_t));
+    if (!counted) {
+        Py_DECREF(out);
+        return PyErr_NoMemory();
+    }
+    uint64_t outside = 0, past_end = 0;
+    for (uint64_t i = 0; i < c->cap; i++) {
+        if (!c->slots[i]) continue;
+        uint64_t off = slot_off(c->slots[i]);
+        Py_ssize_t bi = block_find(c, off);
+        if (bi < 0) {
+            outside++;
+            continue;
+        }
+        if (off >= c->blocks[bi].end) past_end++;
+        counted[bi]++;
+    }
+    int rc = 0;
+    if (outside) rc |= list_append_new(out, PyUnicode_FromFormat("%llu indexed records lie outside every block", (unsigned long long)outside));
+    if (past_end) rc |= list_append_new(out, PyUnicode_FromFormat("%llu indexed records lie past their block's end", (unsigned long long)past_end));
+    for (size_t i = 0; i < c->nblocks && rc == 0; i++)
+        if (counted[i] != c->blocks[i].live)
+            rc |= list_append_new(out, PyUnicode_FromFormat("block at %llu: %llu live records counted, the index points to %llu%s",
+                                                            (unsigned long long)c->blocks[i].off, (unsigned long long)c->blocks[i].live,
+                                                            (unsigned long long)counted[i], (Py_ssize_t)i == c->active ? " (active)" : ""));
+    PyMem_Free(counted);
+    if (rc < 0) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    return out;
+}
+
+/* blocks() -> [(off, size, kind)] of every block the core knows */
+static PyObject *Core_blocks(Core *c, PyObject *unused) {
+    (void)unused;
+    if (core_check_open(c) < 0) return NULL;
+    PyObject *out = PyList_New((Py_ssize_t)c->nblocks);
+    if (!out) return NULL;
+    for (size_t i = 0; i < c->nblocks; i++) {
+        PyObject *t = Py_BuildValue("(KKI)", (unsigned long long)c->blocks[i].off,
+                                    (unsigned long long)c->blocks[i].size, c->blocks[i].kind);
+        if (!t) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, (Py_ssize_t)i, t);
+    }
+    return out;
+}
+
+/* ------------------------------------------------------------------ stats */
+static PyObject *Core_stats(Core *c, PyObject *unused) {
+    (void)unused;
+    if (core_check_open(c) < 0) return NULL;
+    uint64_t live = 0, dead = 0, used = 0, jumbo = 0, tombs = 0;
+    for (size_t i = 0; i < c->nblocks; i++) {
+        Block *b = &c->blocks[i];
+        live += b->live_bytes;
+        dead += b->dead_bytes;
+        used += b->size;
+        tombs += b->tombstones;
+        jumbo += b->kind == VD_BLOCK_KIND_JUMBO;
+    }
+    return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsK}", "records", (unsigned long long)c->count, "live_bytes",
+                         (unsigned long long)live, "dead_bytes", (unsigned long long)dead, "block_bytes",
+                         (unsigned long long)used, "blocks", (unsigned long long)c->nblocks, "jumbo_blocks",
+                         (unsigned long long)jumbo, "tombstones", (unsigned long long)tombs, "index_slots",
+                         (unsigned long long)c->cap, "index_bytes", (unsigned long long)(c->cap * sizeof(uint64_t)),
+                         "next_seq", (unsigned long long)c->next_seq);
+}
+
+static PyObject *Core_get_next_seq(Core *c, void *closure) {
+    (void)closure;
+    return PyLong_FromUnsignedLongLong(c->next_seq);
+}
+
+static PyObject *Core_get_discarded(Core *c, void *closure) {
+    (void)closure;
+    return PyLong_FromUnsignedLongLong(c->discarded);
+}
+
+static PyObject *Core_get_has_active(Core *c, void *closure) {
+    (void)closure;
+    return PyBool_FromLong(c->active >= 0);
+}
+
+static PyObject *Core_get_io_errno(Core *c, void *closure) {
+    (void)closure;
+    return PyLong_FromLong(c->io_errno);
+}
+
+static PyObject *Core_get_is_open(Core *c, void *closure) {
+    (void)closure;
+    return PyBool_FromLong(c->base != NULL);
+}
+
+/* ------------------------------------------------------------------ module */
+static PyMethodDef Core_methods[] = {
+    {"invalidate", (PyCFunction)Core_invalidate, METH_VARARGS,
+     "invalidate(forked=False): forget the mapping; every later call raises."},
+    {"set_mapped", (PyCFunction)Core_set_mapped, METH_O, "Raise the bound that every pool offset is checked against."},
+    {"set_persist", (PyCFunction)Core_set_persist, METH_VARARGS, "set_persist(mode, fn_address=0)"},
+    {"set_floor", (PyCFunction)Core_set_floor, METH_O, "Records older than this sequence number are dead."},
+    {"set_durable", (PyCFunction)Core_set_durable, METH_O, "Every record up to this sequence number is durable."},
+    {"add_block", (PyCFunction)Core_add_block, METH_VARARGS, "add_block(off, usable) -> rc"},
+    {"block_init", (PyCFunction)Core_block_init, METH_VARARGS,
+     "block_init(kind, size, persist_address, zero=False) -> the block constructor's argument"},
+    {"block_header", (PyCFunction)Core_block_header, METH_VARARGS,
+     "block_header(off, usable) -> (kind, birth), or None without a valid block header"},
+    {"put", (PyCFunction)(void (*)(void))Core_put, METH_FASTCALL, "put(key, value) -> rc"},
+    {"put_jumbo", (PyCFunction)Core_put_jumbo, METH_VARARGS, "put_jumbo(off, usable, key, value) -> rc"},
+    {"delete", (PyCFunction)(void (*)(void))Core_delete, METH_FASTCALL, "delete(key) -> rc (-1: missing)"},
+    {"delete_jumbo", (PyCFunction)Core_delete_jumbo, METH_VARARGS, "delete_jumbo(off, usable, key) -> rc"},
+    {"get", (PyCFunction)(void (*)(void))Core_get, METH_FASTCALL, "get(key, default=None)"},
+    {"getitem", (PyCFunction)Core_getitem, METH_O, "getitem(key) -> value or KeyError"},
+    {"contains", (PyCFunction)Core_contains, METH_O, "contains(key) -> bool"},
+    {"keys", (PyCFunction)Core_keys, METH_NOARGS, "keys() -> list of bytes, in index order"},
+    {"firstkey", (PyCFunction)Core_firstkey, METH_NOARGS, "firstkey() -> bytes or None"},
+    {"nextkey", (PyCFunction)Core_nextkey, METH_O, "nextkey(key) -> bytes or None"},
+    {"scan_block", (PyCFunction)Core_scan_block, METH_VARARGS, "scan_block(off, usable, kind) -> (status, records, damaged_at)"},
+    {"finish_recovery", (PyCFunction)Core_finish_recovery, METH_O, "finish_recovery(writable) -> freeable offsets"},
+    {"damage", (PyCFunction)Core_damage, METH_NOARGS, "damage() -> [(block, offset)] of unreadable log tails"},
+    {"freeable", (PyCFunction)Core_freeable, METH_NOARGS, "freeable() -> [(off, seq_max, size)] of dead blocks"},
+    {"drop_block", (PyCFunction)Core_drop_block, METH_O, "drop_block(off)"},
+    {"compact_begin", (PyCFunction)Core_compact_begin, METH_NOARGS, "compact_begin() -> floor"},
+    {"compact_step", (PyCFunction)Core_compact_step, METH_VARARGS, "compact_step([joff, jsize]) -> (rc, size)"},
+    {"compact_end", (PyCFunction)Core_compact_end, METH_VARARGS, "compact_end(aborted=False): mutators may run again"},
+    {"compaction_victim", (PyCFunction)Core_compaction_victim, METH_VARARGS, "compaction_victim(urgent=False) -> off or None"},
+    {"set_puts_refused", (PyCFunction)Core_set_puts_refused, METH_O, "set_puts_refused(on): puts answer RC_NO_RESERVE"},
+    {"compact_block", (PyCFunction)Core_compact_block, METH_O, "compact_block(off) -> rc"},
+    {"set_auto_compact", (PyCFunction)Core_set_auto_compact, METH_O, "set_auto_compact(on)"},
+    {"set_io_error", (PyCFunction)Core_set_io_error, METH_O, "set_io_error(errno): refuse writes from now on"},
+    {"old_blocks", (PyCFunction)Core_old_blocks, METH_NOARGS, "old_blocks() -> offsets"},
+    {"stats", (PyCFunction)Core_stats, METH_NOARGS, "stats() -> dict"},
+    {"blocks", (PyCFunction)Core_blocks, METH_NOARGS, "blocks() -> [(off, size, kind)]"},
+    {"audit", (PyCFunction)Core_audit, METH_NOARGS, "audit() -> [problem]: block counters against the index"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Core_getset[] = {
+    {"next_seq", (getter)Core_get_next_seq, NULL, "the sequence number of the next record", NULL},
+    {"discarded", (getter)Core_get_discarded, NULL, "records dropped by the power-fail rule at open", NULL},
+    {"has_active", (getter)Core_get_has_active, NULL, "whether a block is open for appends", NULL},
+    {"is_open", (getter)Core_get_is_open, NULL, "whether the core still has its mapping", NULL},
+    {"io_errno", (getter)Core_get_io_errno, NULL, "errno of the failed msync that stopped writes, or 0", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PySequenceMethods Core_as_sequence = {
+    .sq_length = (lenfunc)Core_len,
+};
+
+PyTypeObject CoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "viperdbm._vipercore.Core",
+    .tp_basicsize = sizeof(Core),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The record log, the DRAM index and the recovery scan of one open store.",
+    .tp_new = Core_new,
+    .tp_dealloc = (destructor)Core_dealloc,
+    .tp_methods = Core_methods,
+    .tp_getset = Core_getset,
+    .tp_as_sequence = &Core_as_sequence,
+};
+
+int core_type_init(PyObject *module) {
+    if (PyType_Ready(&CoreType) < 0) return -1;
+    Py_INCREF(&CoreType);
+    if (PyModule_AddObject(module, "Core", (PyObject *)&CoreType) < 0) {
+        Py_DECREF(&CoreType);
+        return -1;
+    }
+    return 0;
+}

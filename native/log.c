@@ -1,0 +1,403 @@
+/* The log: blocks (their headers, the constructor pmemobj_alloc runs on each, the registry of
+ * the blocks the core knows) and the records appended to them (placing, writing, persisting). */
+#include "core.h"
+
+#include <errno.h>
+#include <sys/mman.h>
+
+/* ------------------------------------------------------------------ blocks registry */
+Py_ssize_t block_find(Core *c, uint64_t off) {
+    /* the block containing pool offset off, or -1 */
+    size_t lo = 0, hi = c->nblocks;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (c->blocks[mid].off <= off)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo == 0) return -1;
+    Block *b = &c->blocks[lo - 1];
+    if (off < b->off + b->size) return (Py_ssize_t)(lo - 1);
+    return -1;
+}
+
+Py_ssize_t block_insert(Core *c, const Block *nb) {
+    if (c->nblocks == c->blocks_cap) {
+        size_t ncap = c->blocks_cap ? c->blocks_cap * 2 : 64;
+        Block *n = PyMem_Realloc(c->blocks, ncap * sizeof(Block));
+        if (!n) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        c->blocks = n;
+        c->blocks_cap = ncap;
+    }
+    size_t i = 0;
+    while (i < c->nblocks && c->blocks[i].off < nb->off) i++;
+    if (i < c->nblocks && c->blocks[i].off == nb->off) {
+        internal_error("block registered twice");
+        return -1;
+    }
+    /* blocks must not overlap */
+    if ((i > 0 && c->blocks[i - 1].off + c->blocks[i - 1].size > nb->off) ||
+        (i < c->nblocks && nb->off + nb->size > c->blocks[i].off)) {
+        return core_error(ERR_BLOCKS_OVERLAP);
+    }
+    memmove(&c->blocks[i + 1], &c->blocks[i], (c->nblocks - i) * sizeof(Block));
+    c->blocks[i] = *nb;
+    c->nblocks++;
+    if (c->active >= (Py_ssize_t)i) c->active++;
+    return (Py_ssize_t)i;
+}
+
+/* account a record (at pool offset off, aligned length len) as dead in its block */
+int account_dead(Core *c, uint64_t off, uint64_t len) {
+    Py_ssize_t bi = block_find(c, off);
+    if (bi < 0) return 0;
+    Block *b = &c->blocks[bi];
+    if (b->live) b->live--;
+    b->live_bytes = b->live_bytes >= len ? b->live_bytes - len : 0;
+    b->dead_bytes += len;
+    return b->live == 0 && b->tombstones == 0 && bi != c->active;
+}
+
+/* ------------------------------------------------------------------ writing records */
+/* -1 if the msync failed: its errno is kept in c->io_errno, and the mutator that called this
+ * raises once its record is complete (the record is in the page cache and readable, but not
+ * known to be durable), and every later write is refused: after a failed msync the kernel
+ * may have dropped the dirty pages, so a later msync that succeeds proves nothing. */
+int persist_range(Core *c, uint64_t off, uint64_t len) {
+    if (c->persist_mode == PERSIST_FUNC && c->persist_fn) {
+        c->persist_fn(c->base + off, (size_t)len);
+    } else if (c->persist_mode == PERSIST_MSYNC) {
+        uint64_t start = off & ~(uint64_t)(os_page - 1);
+        uint64_t stop = align_up(off + len, os_page);
+        if (msync(c->base + start, (size_t)(stop - start), MS_SYNC) != 0) {
+            if (!c->io_errno) c->io_errno = errno ? errno : EIO;
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Raise the viperdbm.error (errno set) for c->io_errno: -1. written: the write that saw the
+ * failure is complete in the open store (readable) but not known to be durable. */
+int core_io_refuse(Core *c, int written) {
+    return core_error_errno(written ? ERR_IO_UNDURABLE : ERR_IO_REFUSED, c->io_errno);
+}
+
+/* Write one record at pool offset off. The CRC word goes last: until it is stored the
+ * header does not verify, so a crash mid-copy leaves a record that recovery ignores. */
+void write_record(Core *c, uint64_t off, unsigned kind, uint64_t seq, const uint8_t *key,
+                         uint64_t klen, const uint8_t *val, uint64_t vlen) {
+    uint8_t *r = c->base + off;
+    uint64_t hlen = header_len_for(klen);
+    uint64_t kfield = klen > VD_KLEN_SHORT_MAX ? VD_KLEN_EXTENDED : klen;
+    wr32(r + 4, (uint32_t)vlen);
+    wr64(r + 8, (seq & VD_SEQ_MASK) | ((uint64_t)kind << VD_KIND_SHIFT) | (kfield << VD_KLEN_SHIFT));
+    if (hlen > VD_RECORD_HEADER_SIZE) wr32(r + 16, (uint32_t)klen);
+    if (klen) memcpy(r + hlen, key, klen);
+    if (vlen && val)
+        memcpy(r + hlen + klen, val, vlen);
+    else if (vlen)
+        memset(r + hlen + klen, 0, vlen); /* a pad record */
+    uint32_t crc = crc32c_update(0xFFFFFFFFu, r + 4, hlen - 4 + klen + vlen) ^ 0xFFFFFFFFu;
+    crash_point("record body written, CRC not yet");
+    __atomic_store_n((uint32_t *)r, crc, __ATOMIC_RELEASE);
+    crash_point("record written");
+}
+
+/* Where in the active block a record of len bytes goes (padding to the next page when it
+ * does not fit in the rest of this one); 0 if the block has no room. */
+static uint64_t place_record(Core *c, Block *b, uint64_t len, uint64_t *pad_at, uint64_t *pad_len) {
+    uint64_t pos = b->end, block_end = b->off + b->size;
+    *pad_len = 0;
+    uint64_t in_page = pos % VD_PAGE_SIZE, room = VD_PAGE_SIZE - in_page;
+    if (in_page != 0 && len > room) {
+        *pad_at = pos;
+        *pad_len = room;
+        pos += room;
+    }
+    if (pos + len > block_end) return 0;
+    (void)c;
+    return pos;
+}
+
+/* A pad carries the sequence number of the record that follows it: not unique, but at least
+ * the block's birth, so that a pad a previous life of the space left is not taken for one. */
+static void write_pad(Core *c, uint64_t at, uint64_t len) {
+    if (len < VD_RECORD_HEADER_SIZE) return; /* recovery skips a page tail shorter than a header */
+    write_record(c, at, VD_KIND_PAD, c->next_seq, NULL, 0, NULL, len - VD_RECORD_HEADER_SIZE);
+}
+
+/* Append a record to the active block and point the index at it. */
+int append_record(Core *c, unsigned kind, const uint8_t *key, uint64_t klen, const uint8_t *val,
+                         uint64_t vlen, uint64_t *out_off) {
+    uint64_t len = record_len_for(klen, vlen);
+    if (len > VD_INLINE_MAX) return RC_NEED_JUMBO;
+    if (c->active < 0) return RC_NEED_BLOCK;
+    Block *b = &c->blocks[c->active];
+    uint64_t pad_at = 0, pad_len = 0;
+    uint64_t alen = align_up(len, VD_RECORD_ALIGN);
+    uint64_t pos = place_record(c, b, alen, &pad_at, &pad_len);
+    if (pos == 0) return RC_NEED_BLOCK;
+    if (pad_len) write_pad(c, pad_at, pad_len);
+    if (!b->seq_min) b->seq_min = c->next_seq;
+    write_record(c, pos, kind, c->next_seq++, key, klen, val, vlen);
+    persist_range(c, pad_len ? pad_at : pos, (pos - (pad_len ? pad_at : pos)) + len);
+    b->end = pos + alen;
+    b->seq_max = c->next_seq - 1;
+    *out_off = pos;
+    return RC_OK;
+}
+
+int check_block_bounds(Core *c, uint64_t off, uint64_t usable) {
+    if (off == 0 || off % 8 || usable < VD_BLOCK_HEADER_SIZE + VD_RECORD_HEADER_SIZE || off > c->mapped ||
+        usable > c->mapped - off) {
+        return core_error(ERR_BLOCK_OUTSIDE, (unsigned long long)off, (unsigned long long)usable,
+                          (unsigned long long)c->mapped);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ block headers */
+
+/* 1 and *h filled if the bytes at p are a block header that verifies (magic and CRC), else 0.
+ * The fields may still be impossible for the object: the callers check them. */
+int header_read(const uint8_t *p, Header *h) {
+    uint32_t want = crc32c_update(0xFFFFFFFFu, p + 8, VD_BLOCK_HEADER_SIZE - 8) ^ 0xFFFFFFFFu;
+    if (rd32(p) != VD_BLOCK_MAGIC || rd32(p + 4) != want) return 0;
+    h->version = rd32(p + 8);
+    h->kind = rd32(p + 12);
+    h->size = rd64(p + 16);
+    h->ls_rel = rd64(p + 24);
+    h->birth = rd64(p + VD_BLOCK_BIRTH_OFFSET);
+    return 1;
+}
+
+/* Is a verified header possible for an object of usable bytes (of the expected kind, if
+ * kind is not 0)? */
+int header_fits(const Header *h, uint64_t usable, unsigned kind) {
+    return (h->kind == VD_BLOCK_KIND_STANDARD || h->kind == VD_BLOCK_KIND_JUMBO) && (!kind || h->kind == kind) &&
+           h->size <= usable && h->ls_rel >= VD_BLOCK_HEADER_SIZE && h->ls_rel <= h->size &&
+           h->birth <= VD_SEQ_MASK;
+}
+
+typedef void (*pmemobj_persist_fn)(void *pop, const void *addr, size_t len);
+
+/* The constructor pmemobj_alloc runs on every new block and reserve object (its address is
+ * the module's BLOCK_CONSTRUCTOR; the argument a VdBlockInit made by Core.block_init).
+ * libpmemobj publishes an allocation only after its constructor returned 0, so a crash at
+ * any instant leaves either no object or one whose header is this life's, with its birth:
+ * never the valid header and records of whatever the space held before. A standard block's
+ * log is zeroed here too (in the page cache; persisted only on real persistent memory,
+ * where that is cheap: should a power cut undo it, the records that reappear are older than
+ * the birth and are not read), a jumbo block's first record header, so that a block made
+ * just before a crash reads as empty, not damaged. A reserve only loses its first
+ * header-sized bytes: it never holds a valid block header. Runs inside pmemobj_alloc,
+ * called through ctypes without the GIL: no Python API here. */
+int block_constructor(void *pop, void *ptr, void *arg) {
+    VdBlockInit a;
+    memcpy(&a, arg, sizeof a);
+    pmemobj_persist_fn persist = (pmemobj_persist_fn)(uintptr_t)a.persist;
+    uint8_t *p = ptr;
+    if (a.flags & VD_INIT_ZERO) {
+        memset(p, 0, a.size);
+        persist(pop, p, a.size);
+    }
+    if (a.kind == VD_INIT_RESERVE) {
+        memset(p, 0, VD_BLOCK_HEADER_SIZE);
+        persist(pop, p, VD_BLOCK_HEADER_SIZE);
+        crash_point("reserve header zeroed");
+        return 0;
+    }
+    uint64_t off = (uint64_t)(p - (uint8_t *)pop);
+    int standard = a.kind == VD_BLOCK_KIND_STANDARD;
+    uint64_t size = standard && a.size > VD_BLOCK_SIZE ? VD_BLOCK_SIZE : a.size;
+    uint64_t ls = standard ? align_up(off + VD_BLOCK_HEADER_SIZE, VD_PAGE_SIZE) : off + VD_BLOCK_HEADER_SIZE;
+    uint64_t zero_len = 0;
+    if (ls < off + size) zero_len = standard ? off + size - ls : VD_RECORD_HEADER_SIZE;
+    if (zero_len > off + size - ls) zero_len = off + size - ls;
+    memset(p + (ls - off), 0, zero_len);
+    if ((a.flags & VD_INIT_PERSIST_LOG) && zero_len) persist(pop, p + (ls - off), zero_len);
+    crash_point(standard ? "standard block log zeroed" : "jumbo block first record header zeroed");
+    memset(p, 0, VD_BLOCK_HEADER_SIZE);
+    wr32(p + 8, VD_FORMAT_VERSION);
+    wr32(p + 12, a.kind);
+    wr64(p + 16, size);
+    wr64(p + 24, ls - off);
+    wr64(p + VD_BLOCK_BIRTH_OFFSET, a.birth);
+    wr32(p + 4, crc32c_update(0xFFFFFFFFu, p + 8, VD_BLOCK_HEADER_SIZE - 8) ^ 0xFFFFFFFFu);
+    __atomic_store_n((uint32_t *)p, VD_BLOCK_MAGIC, __ATOMIC_RELEASE);
+    persist(pop, p, VD_BLOCK_HEADER_SIZE);
+    crash_point(standard ? "standard block header written" : "jumbo block header written");
+    return 0;
+}
+
+/* block_init(kind, size, persist_address, zero=False) -> bytes: the constructor's argument
+ * for a new object of size bytes (kind: BLOCK_KIND_* or INIT_RESERVE), born now. */
+PyObject *Core_block_init(Core *c, PyObject *args) {
+    unsigned int kind;
+    unsigned long long size, persist;
+    int zero = 0;
+    if (!PyArg_ParseTuple(args, "IKK|p", &kind, &size, &persist, &zero)) return NULL;
+    if (core_check_open(c) < 0) return NULL;
+    if ((kind != VD_BLOCK_KIND_STANDARD && kind != VD_BLOCK_KIND_JUMBO && kind != VD_INIT_RESERVE) || persist == 0 ||
+        size < VD_BLOCK_HEADER_SIZE + VD_RECORD_HEADER_SIZE) {
+        internal_error("block_init(): unknown kind, a size below a header, or no persist function");
+        return NULL;
+    }
+    VdBlockInit a = {0};
+    a.persist = persist;
+    a.birth = c->next_seq;
+    a.size = size;
+    a.kind = kind;
+    a.flags = (zero ? VD_INIT_ZERO : 0) | (c->persist_mode == PERSIST_FUNC ? VD_INIT_PERSIST_LOG : 0);
+    return PyBytes_FromStringAndSize((const char *)&a, sizeof a);
+}
+
+/* The block that the constructor has just made at off, from its header: 0, or -1 with an
+ * exception set if there is none (the object was not made by block_constructor). */
+int block_from_header(Core *c, uint64_t off, uint64_t usable, unsigned kind, Block *b) {
+    Header h;
+    if (!header_read(c->base + off, &h) || h.version != VD_FORMAT_VERSION || !header_fits(&h, usable, kind) ||
+        h.birth == 0 || h.birth > c->next_seq) {
+        return core_error(ERR_BLOCK_NOT_NEW, (unsigned long long)off);
+    }
+    memset(b, 0, sizeof *b);
+    b->off = off;
+    b->size = h.size;
+    b->kind = kind;
+    b->log_start = off + h.ls_rel;
+    b->end = b->log_start;
+    b->birth = h.birth;
+    return 0;
+}
+
+/* block_header(off, usable) -> (kind, birth), or None if the object holds no valid block
+ * header (the engine asks this of an object typed as the reserve). */
+PyObject *Core_block_header(Core *c, PyObject *args) {
+    unsigned long long off, usable;
+    if (!PyArg_ParseTuple(args, "KK", &off, &usable)) return NULL;
+    if (core_check_open(c) < 0 || check_block_bounds(c, off, usable) < 0) return NULL;
+    Header h;
+    if (!header_read(c->base + off, &h) || h.version != VD_FORMAT_VERSION || !header_fits(&h, usable, 0))
+        Py_RETURN_NONE;
+    return Py_BuildValue("(IK)", h.kind, (unsigned long long)h.birth);
+}
+
+
+/* add_block(off, usable_size): a new standard block (made by block_constructor) becomes the
+ * active block */
+PyObject *Core_add_block(Core *c, PyObject *args) {
+    unsigned long long off, usable;
+    if (!PyArg_ParseTuple(args, "KK", &off, &usable)) return NULL;
+    if (core_check_open(c) < 0 || check_block_bounds(c, off, usable) < 0) return NULL;
+    if (c->io_errno) return core_io_refuse(c, 0), NULL;
+    /* its header and zeroed log were written by block_constructor inside the allocation */
+    Block b;
+    if (block_from_header(c, off, usable, VD_BLOCK_KIND_STANDARD, &b) < 0) return NULL;
+    Py_ssize_t prev = c->active;
+    uint64_t prev_off = prev >= 0 ? c->blocks[prev].off : 0;
+    Py_ssize_t i = block_insert(c, &b);
+    if (i < 0) return NULL;
+    c->active = i;
+    /* the block we leave may already be entirely dead */
+    if (prev >= 0) {
+        Py_ssize_t pi = block_find(c, prev_off);
+        if (pi >= 0 && c->blocks[pi].live == 0 && c->blocks[pi].tombstones == 0) return PyLong_FromLong(RC_FREEABLE);
+    }
+    return PyLong_FromLong(RC_OK);
+}
+
+/* Write the one record of a new jumbo block (made by block_constructor at joff, jsize
+ * usable bytes) and register the block: its index in blocks[] (*out_off: the record), or -1
+ * with an exception set, nothing written. */
+Py_ssize_t write_jumbo(Core *c, unsigned kind, uint64_t joff, uint64_t jsize, const uint8_t *key, uint64_t klen,
+                       const uint8_t *val, uint64_t vlen, uint64_t *out_off) {
+    uint64_t len = record_len_for(klen, vlen);
+    Block b;
+    if (block_from_header(c, joff, jsize, VD_BLOCK_KIND_JUMBO, &b) < 0) return -1;
+    if (b.log_start + len > b.off + b.size) return internal_error("jumbo block too small for the record");
+    if (block_insert(c, &b) < 0) return -1;
+    uint64_t off = b.log_start;
+    write_record(c, off, kind, c->next_seq++, key, klen, val, vlen);
+    persist_range(c, off, len);
+    Py_ssize_t bi = block_find(c, off);
+    c->blocks[bi].end = off + align_up(len, VD_RECORD_ALIGN);
+    c->blocks[bi].seq_max = c->blocks[bi].seq_min = c->next_seq - 1;
+    *out_off = off;
+    return bi;
+}
+
+int do_put(Core *c, const uint8_t *key, uint64_t klen, const uint8_t *val, uint64_t vlen, uint64_t jumbo_off,
+                  uint64_t jumbo_size) {
+    if (klen > VD_MAX_KEY || vlen > VD_MAX_VALUE) {
+        return core_error(ERR_TOO_LARGE);
+    }
+    uint64_t h = key_hash(key, klen);
+    if (index_reserve(c) < 0) return -1;
+    uint64_t off;
+    if (jumbo_off) {
+        if (write_jumbo(c, VD_KIND_PUT, jumbo_off, jumbo_size, key, klen, val, vlen, &off) < 0) return -1;
+    } else {
+        int rc = append_record(c, VD_KIND_PUT, key, klen, val, vlen, &off);
+        if (rc != RC_OK) return rc;
+    }
+    uint64_t alen = align_up(record_len_for(klen, vlen), VD_RECORD_ALIGN);
+    Py_ssize_t bi = jumbo_off ? block_find(c, off) : c->active;
+    c->blocks[bi].live++;
+    c->blocks[bi].live_bytes += alen;
+    int64_t i = index_lookup(c, key, klen, h);
+    int freeable = 0;
+    if (i >= 0) {
+        uint64_t old = slot_off(c->slots[i]);
+        Rec r;
+        rec_parse(c->base + old, &r);
+        freeable = account_dead(c, old, align_up(r.total, VD_RECORD_ALIGN));
+        c->slots[i] = slot_make(h, off);
+    } else {
+        c->slots[-i - 1] = slot_make(h, off);
+        c->count++;
+    }
+    crash_point("put: index updated");
+    return after_write(c, freeable);
+}
+
+/* freeable() -> [(offset, seq_max, size)] of the blocks that hold no live record and no tombstone */
+PyObject *Core_freeable(Core *c, PyObject *unused) {
+    (void)unused;
+    if (core_check_open(c) < 0) return NULL;
+    PyObject *out = PyList_New(0);
+    if (!out) return NULL;
+    for (size_t i = 0; i < c->nblocks; i++) {
+        Block *b = &c->blocks[i];
+        if ((Py_ssize_t)i == c->active || b->live || b->tombstones) continue;
+        if (list_append_new(out, Py_BuildValue("(KKK)", (unsigned long long)b->off, (unsigned long long)b->seq_max,
+                                    (unsigned long long)b->size)) < 0) {
+            Py_DECREF(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+/* drop_block(off): forget a block that Python has just freed in the pool */
+PyObject *Core_drop_block(Core *c, PyObject *arg) {
+    unsigned long long off = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred()) return NULL;
+    Py_ssize_t i = block_find(c, off);
+    if (i < 0 || c->blocks[i].off != off) {
+        internal_error("no block at that offset");
+        return NULL;
+    }
+    if (i == c->active) {
+        internal_error("the active block cannot be dropped");
+        return NULL;
+    }
+    memmove(&c->blocks[i], &c->blocks[i + 1], (c->nblocks - (size_t)i - 1) * sizeof(Block));
+    c->nblocks--;
+    if (c->active > i) c->active--;
+    Py_RETURN_NONE;
+}

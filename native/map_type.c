@@ -1,0 +1,376 @@
+/* The MapBase Python type: the C base of viperdbm's dbm object (_dbm._Database subclasses it
+ * together with MutableMapping), so that db[k] = v, db[k], k in db, del db[k] and len(db) run
+ * without a Python frame: the mapping slots call the core directly and fall back to the
+ * engine's Python slow paths (put_slow / delete_slow) only when a block must be allocated or
+ * freed. */
+#include "core.h"
+
+typedef struct {
+    PyObject_HEAD Core *core; /* NULL when the store is closed */
+    PyObject *engine;         /* has put_slow(rc, key, value) and delete_slow(rc, key) -> bool */
+    PyObject *on_readonly;    /* called (no arguments) to raise ReadonlyError */
+    int readonly;
+} MapBase;
+
+static PyObject *str_put_slow, *str_delete_slow;
+
+static Core *map_core(MapBase *m) {
+    if (m->core == NULL) {
+        core_error(ERR_CLOSED);
+        return NULL;
+    }
+    return m->core;
+}
+
+static int map_refuse_readonly(MapBase *m) {
+    PyObject *r = m->on_readonly ? PyObject_CallNoArgs(m->on_readonly) : NULL;
+    if (r != NULL) { /* the callable was meant to raise */
+        Py_DECREF(r);
+        PyErr_SetString(PyExc_OSError, "the store was opened read-only");
+    }
+    return -1;
+}
+
+static int MapBase_traverse(MapBase *m, visitproc visit, void *arg) {
+    Py_VISIT(m->core);
+    Py_VISIT(m->engine);
+    Py_VISIT(m->on_readonly);
+    return 0;
+}
+
+static int MapBase_clear(MapBase *m) {
+    Py_CLEAR(m->core);
+    Py_CLEAR(m->engine);
+    Py_CLEAR(m->on_readonly);
+    return 0;
+}
+
+static void MapBase_dealloc(MapBase *m) {
+    PyObject_GC_UnTrack(m);
+    MapBase_clear(m);
+    Py_TYPE(m)->tp_free((PyObject *)m);
+}
+
+/* _attach(core, engine, readonly, on_readonly) */
+static PyObject *MapBase_attach(MapBase *m, PyObject *args) {
+    PyObject *core, *engine, *on_readonly;
+    int readonly;
+    if (!PyArg_ParseTuple(args, "O!OpO", &CoreType, &core, &engine, &readonly, &on_readonly)) return NULL;
+    Py_INCREF(core);
+    Py_INCREF(engine);
+    Py_INCREF(on_readonly);
+    MapBase_clear(m);
+    m->core = (Core *)core;
+    m->engine = engine;
+    m->on_readonly = on_readonly;
+    m->readonly = readonly;
+    Py_RETURN_NONE;
+}
+
+static PyObject *MapBase_detach(MapBase *m, PyObject *unused) {
+    (void)unused;
+    MapBase_clear(m);
+    Py_RETURN_NONE;
+}
+
+static Py_ssize_t MapBase_len(MapBase *m) {
+    Core *c = map_core(m);
+    return c ? Core_len(c) : -1;
+}
+
+static PyObject *MapBase_subscript(MapBase *m, PyObject *key) {
+    Core *c = map_core(m);
+    return c ? Core_getitem(c, key) : NULL;
+}
+
+static int map_put(MapBase *m, Core *c, PyObject *key, PyObject *value);
+
+static int MapBase_ass_subscript(MapBase *m, PyObject *key, PyObject *value) {
+    Core *c = map_core(m);
+    if (!c) return -1;
+    if (m->readonly) return map_refuse_readonly(m);
+    if (value != NULL) return map_put(m, c, key, value);
+    int rc = core_delete_obj(c, key);
+    if (rc == RC_OK) return 0;
+    if (rc == -2) return -1;
+    if (rc == -1) {
+        PyErr_SetObject(PyExc_KeyError, key);
+        return -1;
+    }
+    PyObject *rco = PyLong_FromLong(rc);
+    if (!rco) return -1;
+    PyObject *r = PyObject_CallMethodObjArgs(m->engine, str_delete_slow, rco, key, NULL);
+    Py_DECREF(rco);
+    if (!r) return -1;
+    int found = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    if (found < 0) return -1;
+    if (!found) {
+        PyErr_SetObject(PyExc_KeyError, key);
+        return -1;
+    }
+    return 0;
+}
+
+
+/* one put through the mapping, with the slow path: 0 or -1 with an exception set */
+static int map_put(MapBase *m, Core *c, PyObject *key, PyObject *value) {
+    int rc = core_put_obj(c, key, value);
+    if (rc == RC_OK) return 0;
+    if (rc == -2) return -1;
+    PyObject *rco = PyLong_FromLong(rc);
+    if (!rco) return -1;
+    PyObject *r = PyObject_CallMethodObjArgs(m->engine, str_put_slow, rco, key, value, NULL);
+    Py_DECREF(rco);
+    if (!r) return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* One pair of update()'s argument: item is a key of the mapping src, or (src NULL) a pair.
+ * 0, or -1 with an exception set. */
+static int update_one(MapBase *m, Core *c, PyObject *src, PyObject *item) {
+    if (src) {
+        PyObject *v = PyObject_GetItem(src, item);
+        int r = v ? map_put(m, c, item, v) : -1;
+        Py_XDECREF(v);
+        return r;
+    }
+    PyObject *seq = PySequence_Fast(item, "update() needs pairs of key and value");
+    if (!seq) return -1;
+    int r = -1;
+    if (PySequence_Fast_GET_SIZE(seq) != 2)
+        PyErr_SetString(PyExc_ValueError, "update() needs pairs of key and value");
+    else
+        r = map_put(m, c, PySequence_Fast_GET_ITEM(seq, 0), PySequence_Fast_GET_ITEM(seq, 1));
+    Py_DECREF(seq);
+    return r;
+}
+
+/* update([other], **kw): every pair in one call (a mapping, or an iterable of pairs) */
+static PyObject *MapBase_update(MapBase *m, PyObject *args, PyObject *kw) {
+    PyObject *other = NULL;
+    if (!PyArg_UnpackTuple(args, "update", 0, 1, &other)) return NULL;
+    Core *c = map_core(m);
+    if (!c) return NULL;
+    if (m->readonly) {
+        map_refuse_readonly(m);
+        return NULL;
+    }
+    PyObject *sources[2] = {other, kw};
+    for (int s = 0; s < 2; s++) {
+        PyObject *src = sources[s];
+        if (!src) continue;
+        PyObject *it;
+        int is_map = PyDict_Check(src) || PyObject_HasAttrString(src, "keys");
+        if (PyDict_Check(src)) {
+            PyObject *k, *v;
+            Py_ssize_t pos = 0;
+            /* iterate a snapshot: a put may call Python (slow path) */
+            PyObject *items = PyDict_Items(src);
+            if (!items) return NULL;
+            Py_ssize_t n = PyList_GET_SIZE(items);
+            for (pos = 0; pos < n; pos++) {
+                PyObject *pair = PyList_GET_ITEM(items, pos);
+                k = PyTuple_GET_ITEM(pair, 0);
+                v = PyTuple_GET_ITEM(pair, 1);
+                if (map_put(m, c, k, v) < 0) {
+                    Py_DECREF(items);
+                    return NULL;
+                }
+            }
+            Py_DECREF(items);
+            continue;
+        }
+        /* a mapping: its keys() and src[key], as dict.update(); else an iterable of pairs */
+        PyObject *keys = is_map ? PyObject_CallMethod(src, "keys", NULL) : NULL;
+        if (is_map && !keys) return NULL;
+        it = PyObject_GetIter(keys ? keys : src);
+        Py_XDECREF(keys);
+        if (!it) return NULL;
+        PyObject *item;
+        int r = 0;
+        while (r == 0 && (item = PyIter_Next(it))) {
+            r = update_one(m, c, is_map ? src : NULL, item);
+            Py_DECREF(item);
+        }
+        Py_DECREF(it);
+        if (r < 0 || PyErr_Occurred()) return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* get_many(keys, default=None) -> list: the value of each key (or default), in one call */
+static PyObject *MapBase_get_many(MapBase *m, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "get_many(keys, default=None)");
+        return NULL;
+    }
+    Core *c = map_core(m);
+    if (!c || core_check_open(c) < 0) return NULL;
+    PyObject *dflt = nargs == 2 ? args[1] : Py_None;
+    PyObject *seq = PySequence_Fast(args[0], "get_many() needs an iterable of keys");
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject *out = PyList_New(n);
+    if (!out) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t j = lookup_arg(c, PySequence_Fast_GET_ITEM(seq, i));
+        if (j == INT64_MIN) {
+            Py_DECREF(out);
+            Py_DECREF(seq);
+            return NULL;
+        }
+        PyObject *v;
+        if (j < 0) {
+            Py_INCREF(dflt);
+            v = dflt;
+        } else if (!(v = value_at(c, j))) {
+            Py_DECREF(out);
+            Py_DECREF(seq);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, v);
+    }
+    Py_DECREF(seq);
+    return out;
+}
+
+/* _items() / _values(): snapshots in one call, for items() and values() */
+static PyObject *map_snapshot(MapBase *m, int what) {
+    Core *c = map_core(m);
+    if (!c || core_check_open(c) < 0) return NULL;
+    PyObject *list = PyList_New((Py_ssize_t)c->count);
+    if (!list) return NULL;
+    Py_ssize_t n = 0;
+    for (uint64_t i = 0; i < c->cap && n < (Py_ssize_t)c->count; i++) {
+        if (!c->slots[i]) continue;
+        Rec r;
+        const uint8_t *k = rec_key(c, slot_off(c->slots[i]), &r);
+        PyObject *v = PyBytes_FromStringAndSize((const char *)k + r.klen, (Py_ssize_t)r.vlen), *item;
+        if (!v) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        if (what) {
+            item = v;
+        } else {
+            PyObject *key = PyBytes_FromStringAndSize((const char *)k, (Py_ssize_t)r.klen);
+            item = key ? PyTuple_Pack(2, key, v) : NULL;
+            Py_XDECREF(key);
+            Py_DECREF(v);
+            if (!item) {
+                Py_DECREF(list);
+                return NULL;
+            }
+        }
+        PyList_SET_ITEM(list, n++, item);
+    }
+    return list;
+}
+
+static PyObject *MapBase_items_list(MapBase *m, PyObject *unused) {
+    (void)unused;
+    return map_snapshot(m, 0);
+}
+
+static PyObject *MapBase_values_list(MapBase *m, PyObject *unused) {
+    (void)unused;
+    return map_snapshot(m, 1);
+}
+
+static int MapBase_contains(MapBase *m, PyObject *key) {
+    Core *c = map_core(m);
+    if (!c) return -1;
+    if (core_check_open(c) < 0) return -1;
+    int64_t i = lookup_arg(c, key);
+    if (i == INT64_MIN) return -1;
+    return i >= 0;
+}
+
+static PyObject *MapBase_get(MapBase *m, PyObject *const *args, Py_ssize_t nargs) {
+    Core *c = map_core(m);
+    return c ? Core_get(c, args, nargs) : NULL;
+}
+
+static PyObject *MapBase_keys(MapBase *m, PyObject *unused) {
+    Core *c = map_core(m);
+    return c ? Core_keys(c, unused) : NULL;
+}
+
+static PyObject *MapBase_iter(MapBase *m) {
+    /* a snapshot of the keys: the store may change while the caller iterates */
+    PyObject *keys = MapBase_keys(m, NULL);
+    if (!keys) return NULL;
+    PyObject *it = PyObject_GetIter(keys);
+    Py_DECREF(keys);
+    return it;
+}
+
+static PyObject *MapBase_firstkey(MapBase *m, PyObject *unused) {
+    Core *c = map_core(m);
+    return c ? Core_firstkey(c, unused) : NULL;
+}
+
+static PyObject *MapBase_nextkey(MapBase *m, PyObject *key) {
+    Core *c = map_core(m);
+    return c ? Core_nextkey(c, key) : NULL;
+}
+
+static PyMethodDef MapBase_methods[] = {
+    {"_attach", (PyCFunction)MapBase_attach, METH_VARARGS, "_attach(core, engine, readonly, on_readonly)"},
+    {"_detach", (PyCFunction)MapBase_detach, METH_NOARGS, "_detach(): the store is closed"},
+    {"get", (PyCFunction)(void (*)(void))MapBase_get, METH_FASTCALL, "get(key, default=None): the value of key, or default"},
+    {"keys", (PyCFunction)MapBase_keys, METH_NOARGS, "keys(): a list of every key (as every dbm module returns)"},
+    {"update", (PyCFunction)(void (*)(void))MapBase_update, METH_VARARGS | METH_KEYWORDS,
+     "update([other], **kw): store every pair of a mapping or an iterable of pairs, in one call"},
+    {"get_many", (PyCFunction)(void (*)(void))MapBase_get_many, METH_FASTCALL,
+     "get_many(keys, default=None): a list of the value of each key (or default), in one call"},
+    {"_items_list", (PyCFunction)MapBase_items_list, METH_NOARGS, "every (key, value), in one call"},
+    {"_values_list", (PyCFunction)MapBase_values_list, METH_NOARGS, "every value, in one call"},
+    {"firstkey", (PyCFunction)MapBase_firstkey, METH_NOARGS,
+     "firstkey(): the first key in the store's (hash) order, or None when it is empty (gdbm)"},
+    {"nextkey", (PyCFunction)MapBase_nextkey, METH_O,
+     "nextkey(key): the key after key in the order of firstkey(), or None at the end (gdbm)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMappingMethods MapBase_as_mapping = {
+    .mp_length = (lenfunc)MapBase_len,
+    .mp_subscript = (binaryfunc)MapBase_subscript,
+    .mp_ass_subscript = (objobjargproc)MapBase_ass_subscript,
+};
+
+static PySequenceMethods MapBase_as_sequence = {
+    .sq_contains = (objobjproc)MapBase_contains,
+};
+
+static PyTypeObject MapBaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "viperdbm._vipercore.MapBase",
+    .tp_basicsize = sizeof(MapBase),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The native mapping slots of a viperdbm store object.",
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)MapBase_dealloc,
+    .tp_traverse = (traverseproc)MapBase_traverse,
+    .tp_clear = (inquiry)MapBase_clear,
+    .tp_methods = MapBase_methods,
+    .tp_as_mapping = &MapBase_as_mapping,
+    .tp_as_sequence = &MapBase_as_sequence,
+    .tp_iter = (getiterfunc)MapBase_iter,
+};
+
+int map_type_init(PyObject *module) {
+    str_put_slow = PyUnicode_InternFromString("put_slow");
+    str_delete_slow = PyUnicode_InternFromString("delete_slow");
+    if (!str_put_slow || !str_delete_slow || PyType_Ready(&MapBaseType) < 0) return -1;
+    Py_INCREF(&MapBaseType);
+    if (PyModule_AddObject(module, "MapBase", (PyObject *)&MapBaseType) < 0) {
+        Py_DECREF(&MapBaseType);
+        return -1;
+    }
+    return 0;
+}

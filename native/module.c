@@ -1,0 +1,223 @@
+/* Module init of viperdbm._vipercore, the table of the errors the core raises, and the crash
+ * points. */
+#include "core.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+uint64_t os_page = 4096; /* sysconf(_SC_PAGESIZE) once the module is initialised */
+
+/* ------------------------------------------------------------------ errors
+ * viperdbm's exception classes, handed over by set_error_classes() when viperdbm/_native.py
+ * imports the module. Until then (only a test importing the extension bare) the rows fall
+ * back to the built-in class the viperdbm one derives from. */
+static PyObject *ClosedError, *CorruptedError, *StoreError;
+
+typedef enum { CLS_CLOSED, CLS_CORRUPTED, CLS_STORE, CLS_VALUE } ErrClass;
+
+#define IO_ERROR_TEXT                                                                          \
+    "the disk reported an I/O error while writing the store; nothing written since the last " \
+    "successful sync() is known to be durable; close the store, check the disk, and reopen"
+
+/* One row per ErrKind (core.h), in its order: the class, and the message in the user's
+ * terms, a PyUnicode_FromFormat format of the arguments core.h lists for the kind. */
+static const struct {
+    ErrClass cls;
+    const char *format;
+} error_table[] = {
+    [ERR_CLOSED] = {CLS_CLOSED, "DBM object has already been closed"},
+    [ERR_FORKED] = {CLS_CLOSED, "the store was opened before fork(): this process must open it again"},
+    [ERR_INTERNAL] = {CLS_STORE, "internal inconsistency of the open store: %s"},
+    [ERR_IO_REFUSED] = {CLS_STORE, "the store refuses writes: " IO_ERROR_TEXT},
+    [ERR_IO_UNDURABLE] = {CLS_STORE, "written but not known to be durable: " IO_ERROR_TEXT},
+    [ERR_BLOCKS_OVERLAP] = {CLS_CORRUPTED, "overlapping blocks in the pool"},
+    [ERR_BLOCK_OUTSIDE] = {CLS_CORRUPTED, "block at offset %llu (size %llu) lies outside the pool (%llu bytes)"},
+    [ERR_BLOCK_NOT_NEW] = {CLS_CORRUPTED,
+                           "the object at offset %llu has no header of a new block (allocate blocks with the "
+                           "block constructor)"},
+    [ERR_BLOCK_VERSION] = {CLS_CORRUPTED, "block at offset %llu has format version %u, expected %u"},
+    [ERR_BLOCK_HEADER] = {CLS_CORRUPTED, "block at offset %llu has an impossible header"},
+    [ERR_BLOCK_KIND] = {CLS_CORRUPTED, "block at offset %llu is of an unknown kind (%u)"},
+    [ERR_SEQ_TWICE] = {CLS_CORRUPTED, "two records carry sequence number %llu"},
+    [ERR_RECORD_OUTSIDE] = {CLS_CORRUPTED, "a record lies outside every block"},
+    [ERR_PART_SIZE] = {CLS_CORRUPTED,
+                       "the store's part file %S maps to %llu bytes, not a non-zero multiple of the "
+                       "page size (%llu): it was truncated or copied incompletely"},
+    [ERR_NO_PARTS] = {CLS_CORRUPTED, "the store has no part files to map"},
+    [ERR_PEEK_OUTSIDE] = {CLS_CORRUPTED, "offset outside the pool"},
+    [ERR_TOO_LARGE] = {CLS_VALUE, "key or value too large for viperdbm (limit 4 GiB)"},
+};
+
+static PyObject *error_class(ErrKind kind) {
+    switch (error_table[kind].cls) {
+    case CLS_CLOSED:
+        return ClosedError ? ClosedError : PyExc_ValueError;
+    case CLS_CORRUPTED:
+        return CorruptedError ? CorruptedError : PyExc_OSError;
+    case CLS_STORE:
+        return StoreError ? StoreError : PyExc_OSError;
+    default:
+        return PyExc_ValueError;
+    }
+}
+
+int core_error(ErrKind kind, ...) {
+    va_list ap;
+    va_start(ap, kind);
+    PyObject *message = PyUnicode_FromFormatV(error_table[kind].format, ap);
+    va_end(ap);
+    if (message) {
+        PyErr_SetObject(error_class(kind), message);
+        Py_DECREF(message);
+    }
+    return -1;
+}
+
+int core_error_errno(ErrKind kind, int err) {
+    PyObject *cls = error_class(kind), *exc;
+    if (cls == PyExc_OSError) { /* the fallback: OSError(errno, message) */
+        exc = PyObject_CallFunction(cls, "is", err, error_table[kind].format);
+    } else { /* a viperdbm.error takes errno as a keyword */
+        PyObject *args = Py_BuildValue("(s)", error_table[kind].format);
+        PyObject *kw = args ? Py_BuildValue("{s:i}", "errno", err) : NULL;
+        exc = kw ? PyObject_Call(cls, args, kw) : NULL;
+        Py_XDECREF(args);
+        Py_XDECREF(kw);
+    }
+    if (exc) {
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        Py_DECREF(exc);
+    }
+    return -1;
+}
+
+/* ------------------------------------------------------------------ crash points
+ * A test hook: crash_point(name) marks each internal step after which a crash leaves a
+ * different state on the media (a header written, a record's body before its CRC, an
+ * index update after a media write, ...), so that a test can kill the process at each of
+ * them in turn instead of at random instants. Configured once, at import:
+ *   VIPERDBM_CRASH_AT=N    the N-th crash point (counted from 1) sends SIGKILL to the process;
+ *   VIPERDBM_CRASH_LOG=path  every crash point appends "<n> <name>" to path.
+ * Unset (the normal case) a crash point costs one predictable branch on crash_armed. */
+int crash_armed;
+static unsigned long long crash_at, crash_count;
+static int crash_log_fd = -1;
+
+void crash_point_hit(const char *name) {
+    /* atomic: a block constructor runs inside pmemobj_alloc, without the GIL */
+    unsigned long long n = __atomic_add_fetch(&crash_count, 1, __ATOMIC_SEQ_CST);
+    if (crash_log_fd >= 0) {
+        char line[160];
+        int len = snprintf(line, sizeof line, "%llu %s\n", n, name);
+        if (len >= (int)sizeof line) {
+            len = (int)sizeof line - 1;
+            line[len - 1] = '\n';
+        }
+        if (len > 0 && write(crash_log_fd, line, (size_t)len) < 0) {
+            /* a log that cannot be written only makes the count short: the test sees that */
+        }
+    }
+    if (n == crash_at) {
+        kill(getpid(), SIGKILL);
+        for (;;) pause(); /* SIGKILL cannot be caught: never returns */
+    }
+}
+
+static void crash_points_init(void) {
+    const char *at = getenv("VIPERDBM_CRASH_AT"), *logpath = getenv("VIPERDBM_CRASH_LOG");
+    if (at && *at) crash_at = strtoull(at, NULL, 10);
+    if (logpath && *logpath) crash_log_fd = open(logpath, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    crash_armed = crash_at != 0 || crash_log_fd >= 0;
+}
+
+static PyObject *mod_set_error_classes(PyObject *mod, PyObject *args) {
+    (void)mod;
+    PyObject *closed, *corrupted, *base = NULL;
+    if (!PyArg_ParseTuple(args, "OO|O", &closed, &corrupted, &base)) return NULL;
+    Py_XSETREF(ClosedError, Py_NewRef(closed));
+    Py_XSETREF(CorruptedError, Py_NewRef(corrupted));
+    Py_XSETREF(StoreError, Py_XNewRef(base));
+    Py_RETURN_NONE;
+}
+
+/* crash_point(name): a crash point of a Python step, counted with the native ones */
+static PyObject *mod_crash_point(PyObject *mod, PyObject *arg) {
+    (void)mod;
+    if (crash_armed) {
+        const char *name = PyUnicode_AsUTF8(arg);
+        if (!name) return NULL;
+        crash_point_hit(name);
+    } else if (!PyUnicode_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "crash_point() takes a str");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"crash_point", mod_crash_point, METH_O, "crash_point(name): a crash point (VIPERDBM_CRASH_AT/_LOG)"},
+    {"set_error_classes", mod_set_error_classes, METH_VARARGS, "set_error_classes(ClosedError, CorruptedError)"},
+    {"crc32c", mod_crc32c, METH_VARARGS, "crc32c(data, crc=0) -> int (Castagnoli)"},
+    {"sigblock", mod_sigblock, METH_NOARGS, "sigblock() -> token: defer asynchronous signals in this thread"},
+    {"sigunblock", mod_sigunblock, METH_O, "sigunblock(token): deliver the deferred signals"},
+    {"sigpoll", mod_sigpoll, METH_O, "sigpoll(token): deliver pending signals, then defer again"},
+    {"map_parts", mod_map_parts, METH_O, "map_parts([(path, size)]) -> (base, total), read-only"},
+    {"unmap_parts", mod_unmap_parts, METH_VARARGS, "unmap_parts(base, total)"},
+    {"peek", mod_peek, METH_VARARGS, "peek(base, total, off, n) -> bytes"},
+    {"jumbo_size", Core_jumbo_size, METH_VARARGS, "jumbo_size(klen, vlen) -> bytes to allocate"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef moduledef = {
+    PyModuleDef_HEAD_INIT, "viperdbm._vipercore", "The native hot paths of viperdbm.", -1, module_methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__vipercore(void) {
+    long page = sysconf(_SC_PAGESIZE);
+    if (page > 0) os_page = (uint64_t)page;
+    crc_init();
+    crash_points_init();
+    PyObject *m = PyModule_Create(&moduledef);
+    if (!m) return NULL;
+    if (core_type_init(m) < 0 || map_type_init(m) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+#define ADD(name, value) PyModule_AddObject(m, name, PyLong_FromUnsignedLongLong((unsigned long long)(value)))
+    ADD("FORMAT_VERSION", VD_FORMAT_VERSION);
+    ADD("PAGE_SIZE", VD_PAGE_SIZE);
+    ADD("BLOCK_SIZE", VD_BLOCK_SIZE);
+    ADD("INLINE_MAX", VD_INLINE_MAX);
+    ADD("BLOCK_MAGIC", VD_BLOCK_MAGIC);
+    ADD("BLOCK_HEADER_SIZE", VD_BLOCK_HEADER_SIZE);
+    ADD("BLOCK_KIND_STANDARD", VD_BLOCK_KIND_STANDARD);
+    ADD("BLOCK_KIND_JUMBO", VD_BLOCK_KIND_JUMBO);
+    ADD("BLOCK_BIRTH_OFFSET", VD_BLOCK_BIRTH_OFFSET);
+    ADD("INIT_RESERVE", VD_INIT_RESERVE);
+    ADD("BLOCK_CONSTRUCTOR", (uintptr_t)&block_constructor);
+    ADD("RECORD_HEADER_SIZE", VD_RECORD_HEADER_SIZE);
+    ADD("RECORD_ALIGN", VD_RECORD_ALIGN);
+    ADD("KIND_PUT", VD_KIND_PUT);
+    ADD("KIND_DEL", VD_KIND_DEL);
+    ADD("KIND_PAD", VD_KIND_PAD);
+    ADD("MAX_KEY", VD_MAX_KEY);
+    ADD("MAX_VALUE", VD_MAX_VALUE);
+    ADD("RC_OK", RC_OK);
+    ADD("RC_NEED_BLOCK", RC_NEED_BLOCK);
+    ADD("RC_NEED_JUMBO", RC_NEED_JUMBO);
+    ADD("RC_FREEABLE", RC_FREEABLE);
+    ADD("RC_BUSY", RC_BUSY);
+    ADD("RC_COMPACT", RC_COMPACT);
+    ADD("RC_NO_RESERVE", RC_NO_RESERVE);
+    ADD("PERSIST_NONE", PERSIST_NONE);
+    ADD("PERSIST_MSYNC", PERSIST_MSYNC);
+    ADD("PERSIST_FUNC", PERSIST_FUNC);
+#undef ADD
+    return m;
+}

@@ -1,0 +1,420 @@
+/* Recovery (Viper's): the scan of every block at open rebuilds the index, bounds-checking
+ * every length read from the media; then the power-fail rule, the active block, the damage. */
+#include "core.h"
+
+#include <stdlib.h>
+
+/* Apply one valid record found by the scan: the newest version of each key wins.
+ * During recovery the index also holds tombstones (a delete must beat an older put found
+ * later in the scan); count includes them and tombs_in_index counts them. */
+static int recover_record(Core *c, uint64_t off, const Rec *r, uint64_t alen, Block *b, int deferred) {
+    const uint8_t *key = c->base + off + r->hlen;
+    if (r->seq > c->max_seq_seen) c->max_seq_seen = r->seq;
+    if (r->seq < c->floor) { /* superseded wholesale by a reorganize() */
+        b->dead_bytes += alen;
+        return 0;
+    }
+    if (!deferred && r->seq > c->durable_seq) {
+        if (c->npending == c->pending_cap) {
+            size_t ncap = c->pending_cap ? c->pending_cap * 2 : 1024;
+            struct Pending *n = PyMem_Realloc(c->pending, ncap * sizeof(struct Pending));
+            if (!n) {
+                PyErr_NoMemory();
+                return -1;
+            }
+            c->pending = n;
+            c->pending_cap = ncap;
+        }
+        c->pending[c->npending].seq = r->seq;
+        c->pending[c->npending].off = off;
+        c->pending[c->npending].alen = alen;
+        c->npending++;
+        return 0;
+    }
+    if (r->kind == VD_KIND_DEL) b->tombstones++;
+    uint64_t h = key_hash(key, r->klen);
+    if (index_reserve(c) < 0) return -1;
+    int64_t i = index_lookup(c, key, r->klen, h);
+    if (i >= 0) {
+        uint64_t old = slot_off(c->slots[i]);
+        Rec o;
+        rec_parse(c->base + old, &o);
+        if (o.seq == r->seq) {
+            return core_error(ERR_SEQ_TWICE, (unsigned long long)r->seq);
+        }
+        if (o.seq > r->seq) { /* ours is the older one */
+            b->dead_bytes += alen;
+            return 0;
+        }
+        if (o.kind == VD_KIND_PUT)
+            account_dead(c, old, align_up(o.total, VD_RECORD_ALIGN));
+        else
+            c->tombs_in_index--;
+        c->slots[i] = slot_make(h, off);
+    } else {
+        c->slots[-i - 1] = slot_make(h, off);
+        c->count++;
+    }
+    if (r->kind == VD_KIND_PUT) {
+        b->live++;
+        b->live_bytes += alen;
+    } else {
+        b->dead_bytes += alen;
+        c->tombs_in_index++;
+    }
+    return 0;
+}
+
+static inline uint64_t seq_limit(Core *c) {
+    uint64_t base = c->durable_seq > c->floor ? c->durable_seq : c->floor;
+    return base + c->mapped / VD_RECORD_HEADER_SIZE + 1;
+}
+
+/* Is there a valid record at pos? 1: yes (a pad of this life, or a record newer than prev_seq,
+ * which is at least the block's birth - 1), with
+ * *rec filled; 0: zeros (the end of a log); -1: something else (rec->total is the length
+ * its header claims, 0 if even that is impossible). Every length is checked against end
+ * before a byte it covers is read. */
+static int record_at(Core *c, uint64_t pos, uint64_t end, uint64_t prev_seq, uint64_t birth, Rec *rec) {
+    const uint8_t *r = c->base + pos;
+    rec->total = 0;
+    if (rd64(r) == 0 && rd64(r + 8) == 0) return 0;
+    uint64_t meta = rd64(r + 8);
+    unsigned rk = (unsigned)((meta >> VD_KIND_SHIFT) & 0xF);
+    if (rk < VD_KIND_PUT || rk > VD_KIND_PAD) return -1;
+    uint64_t hlen = (meta >> VD_KLEN_SHIFT) == VD_KLEN_EXTENDED ? VD_RECORD_HEADER_SIZE + 4 : VD_RECORD_HEADER_SIZE;
+    if (pos + hlen > end) return -1;
+    rec_parse(r, rec);
+    if (rec->total > end - pos) {
+        rec->total = 0;
+        return -1;
+    }
+    /* The sequence number is checked before the CRC (the cheap test first: the scan probes
+     * many positions past a damaged record). Every record in the pool is newer than its
+     * block's previous one, and no newer than the durable watermark plus the number of
+     * records the pool could hold (unsynced records are never freed, see the engine). */
+    if (rec->kind != VD_KIND_PAD && (rec->seq <= prev_seq || rec->seq == 0 || rec->seq > seq_limit(c))) return -1;
+    if (rec->kind == VD_KIND_PAD && rec->seq < birth) return -1; /* a previous life's pad */
+    uint32_t crc = crc32c_update(0xFFFFFFFFu, r + 4, rec->total - 4) ^ 0xFFFFFFFFu;
+    if (crc != rd32(r)) return -1;
+    return 1;
+}
+
+/* The scan's lookahead: walk up to n record headers from at (lengths only, bounds-checked,
+ * no CRC) and prefetch the home slot of each key, so that the index's cache misses of the
+ * records ahead overlap with the work on the current one (at millions of keys the index is
+ * far larger than the caches). A hint only: it never changes what the scan finds. Returns
+ * the position after the n-th record, or 0 where it met anything but a record. */
+#define SCAN_PREFETCH_DISTANCE 8
+static uint64_t prefetch_records(Core *c, uint64_t at, uint64_t end, int n) {
+    unsigned bits = log2u64(c->cap);
+    while (n > 0) {
+        uint64_t room = VD_PAGE_SIZE - at % VD_PAGE_SIZE;
+        if (room < VD_RECORD_HEADER_SIZE) at += room;
+        if (at + VD_RECORD_HEADER_SIZE > end) return 0;
+        const uint8_t *r = c->base + at;
+        uint64_t meta = rd64(r + 8);
+        unsigned rk = (unsigned)((meta >> VD_KIND_SHIFT) & 0xF);
+        if (rk < VD_KIND_PUT || rk > VD_KIND_PAD) return 0;
+        uint64_t hlen = (meta >> VD_KLEN_SHIFT) == VD_KLEN_EXTENDED ? VD_RECORD_HEADER_SIZE + 4 : VD_RECORD_HEADER_SIZE;
+        if (at + hlen > end) return 0;
+        Rec rec;
+        rec_parse(r, &rec);
+        if (rec.total > end - at) return 0;
+        if (rk != VD_KIND_PAD) {
+            uint64_t h = key_hash(r + rec.hlen, rec.klen);
+            __builtin_prefetch(&c->slots[h >> (64 - bits)]);
+            n--;
+        }
+        at += align_up(rec.total, VD_RECORD_ALIGN);
+    }
+    return at;
+}
+
+/* scan_block(off, usable, kind) -> (status, records); kind comes from the object's type.
+ * status 0: a valid block, scanned.
+ * status 1: the header does not verify and no record follows it: the block was allocated
+ *           but the process died before it was used. The caller frees it.
+ * status 2: the header is damaged but records follow it: they were scanned (the header is
+ *           redundant: where the log starts and ends follows from the object itself). */
+PyObject *Core_scan_block(Core *c, PyObject *args) {
+    unsigned long long off, usable;
+    unsigned int kind;
+    if (!PyArg_ParseTuple(args, "KKI", &off, &usable, &kind)) return NULL;
+    if (core_check_open(c) < 0 || check_block_bounds(c, off, usable) < 0) return NULL;
+    if (kind != VD_BLOCK_KIND_STANDARD && kind != VD_BLOCK_KIND_JUMBO) {
+        core_error(ERR_BLOCK_KIND, off, kind);
+        return NULL;
+    }
+    Header h;
+    uint64_t size, ls_rel, birth = 0;
+    int header_ok = header_read(c->base + off, &h);
+    if (header_ok) {
+        if (h.version != VD_FORMAT_VERSION) {
+            core_error(ERR_BLOCK_VERSION, off, h.version, VD_FORMAT_VERSION);
+            return NULL;
+        }
+        if (!header_fits(&h, usable, kind)) {
+            core_error(ERR_BLOCK_HEADER, off);
+            return NULL;
+        }
+        size = h.size;
+        ls_rel = h.ls_rel;
+        birth = h.birth;
+    } else {
+        size = kind == VD_BLOCK_KIND_STANDARD && usable > VD_BLOCK_SIZE ? VD_BLOCK_SIZE : usable;
+        ls_rel = kind == VD_BLOCK_KIND_STANDARD ? align_up(off + VD_BLOCK_HEADER_SIZE, VD_PAGE_SIZE) - off
+                                                : VD_BLOCK_HEADER_SIZE;
+        if (ls_rel + VD_RECORD_HEADER_SIZE > size) return Py_BuildValue("(iii)", 1, 0, 0);
+    }
+    Block nb = {0};
+    nb.off = off;
+    nb.size = size;
+    nb.kind = kind;
+    nb.log_start = off + ls_rel;
+    nb.end = nb.log_start;
+    nb.birth = birth;
+    /* register the block before scanning, so that a record superseded by a later one in
+     * the same block is accounted to it (no other block is inserted during the scan) */
+    Py_ssize_t bi = block_insert(c, &nb);
+    if (bi < 0) return NULL;
+    Block *b = &c->blocks[bi];
+    /* every record of this block's life is at least its birth: start as if birth - 1 came before */
+    uint64_t pos = b->log_start, end = off + size, prev_seq = birth ? birth - 1 : 0, nrec = 0, last_end = pos;
+    uint64_t first_bad = 0; /* where the scan met bytes that are neither records nor the end */
+    int midlog = 0;         /* valid records follow them: damage, not the torn last write */
+    uint64_t ahead = 0;     /* the next record the lookahead prefetches for (0: stopped) */
+    while (pos + VD_RECORD_HEADER_SIZE <= end) {
+        uint64_t room = VD_PAGE_SIZE - pos % VD_PAGE_SIZE;
+        if (kind == VD_BLOCK_KIND_STANDARD && room < VD_RECORD_HEADER_SIZE) {
+            pos += room;
+            continue;
+        }
+        Rec rec;
+        int v = record_at(c, pos, end, prev_seq, b->birth, &rec);
+        if (v == 1) {
+            uint64_t alen = align_up(rec.total, VD_RECORD_ALIGN);
+            if (first_bad) midlog = 1;
+            pos += alen;
+            if (rec.kind == VD_KIND_PAD) continue;
+            if (!nrec) b->seq_min = rec.seq;
+            prev_seq = rec.seq;
+            if (kind == VD_BLOCK_KIND_STANDARD)
+                ahead = ahead > pos ? prefetch_records(c, ahead, end, 1)
+                                    : prefetch_records(c, pos, end, SCAN_PREFETCH_DISTANCE);
+            if (recover_record(c, pos - alen, &rec, alen, b, 0) < 0) return NULL;
+            nrec++;
+            last_end = pos;
+            if (kind == VD_BLOCK_KIND_JUMBO) break; /* a jumbo block holds one record */
+            continue;
+        }
+        if (kind == VD_BLOCK_KIND_JUMBO) {
+            if (v < 0) first_bad = pos;
+            break;
+        }
+        /* Zeros (the normal end of the log) or bytes that are not a valid record (the torn
+         * last write, or damage). Look for valid records further on: right after the bad
+         * record if its length is plausible, else at the following page boundaries (a
+         * record never starts inside a page it does not fit in). Finding one means the
+         * log goes on: only the bad record is lost, and the damage is reported. */
+        uint64_t next = 0;
+        Rec probe;
+        /* After bytes that are not a record: every record alignment up to the end of the
+         * block, the first valid record wins (the records after a damaged multi-page record
+         * start anywhere in a later page; and the length in a damaged header may be wrong
+         * yet land on a later record, skipping the intact ones in between). After zeros:
+         * the page boundaries (a record never starts inside a page it does not fit in, so
+         * a zeroed header hides at most the rest of its page). */
+        if (v < 0) {
+            for (uint64_t cand = pos + VD_RECORD_ALIGN; !next && cand + VD_RECORD_HEADER_SIZE <= end;
+                 cand += VD_RECORD_ALIGN) {
+                if (VD_PAGE_SIZE - cand % VD_PAGE_SIZE < VD_RECORD_HEADER_SIZE) continue;
+                if (record_at(c, cand, end, prev_seq, b->birth, &probe) == 1) next = cand;
+            }
+        }
+        for (uint64_t cand = align_up(pos + 1, VD_PAGE_SIZE); !next && cand + VD_RECORD_HEADER_SIZE <= end;
+             cand += VD_PAGE_SIZE)
+            if (record_at(c, cand, end, prev_seq, b->birth, &probe) == 1) next = cand;
+        if (!next) {
+            if (v < 0) first_bad = first_bad ? first_bad : pos;
+            break;
+        }
+        if (!first_bad) first_bad = pos;
+        pos = next;
+    }
+    pos = last_end;
+    b->end = pos;
+    b->seq_max = nrec ? prev_seq : 0;
+    b->damaged_at = first_bad;
+    b->midlog = midlog;
+    if (!header_ok && nrec == 0) {
+        /* nothing here: unregister it again, the caller frees the object */
+        memmove(&c->blocks[bi], &c->blocks[bi + 1], (c->nblocks - (size_t)bi - 1) * sizeof(Block));
+        c->nblocks--;
+        return Py_BuildValue("(iii)", 1, 0, 0);
+    }
+    return Py_BuildValue("(iKK)", header_ok ? 0 : 2, (unsigned long long)nrec, (unsigned long long)first_bad);
+}
+
+/* finish_recovery(writable) -> list of offsets of blocks that hold nothing needed.
+ * Removes the tombstones from the index, sets the next sequence number and, when the store
+ * is writable, resumes appending in the newest standard block (zeroing its tail first, so
+ * that bytes of a torn record can never be mistaken for records). */
+static int pending_cmp(const void *a, const void *b) {
+    uint64_t x = ((const struct Pending *)a)->seq, y = ((const struct Pending *)b)->seq;
+    return x < y ? -1 : x > y;
+}
+
+/* Apply the records newer than durable_seq in sequence order, as far as the sequence has no
+ * gap. After a crash of the process every acknowledged record is there, so this drops only
+ * what was never acknowledged. After a power cut, pages written since the last sync() may
+ * each be old or new: a record missing from the middle then cuts the run, and everything
+ * after it is dropped too, so that the store holds a prefix of its history (a delete can
+ * never be lost while a later write survives). A writable open then erases the dropped
+ * records (zeroing the first one of each block ends that block's log there), so that they
+ * cannot come back once new records fill the gap. */
+static int apply_pending(Core *c, int writable) {
+    if (!c->npending) return 0;
+    qsort(c->pending, c->npending, sizeof(struct Pending), pending_cmp);
+    uint64_t expected = c->durable_seq + 1;
+    if (expected < c->floor) expected = c->floor;
+    size_t i = 0;
+    for (; i < c->npending; i++) {
+        struct Pending *p = &c->pending[i];
+        if (p->seq != expected) break;
+        Py_ssize_t bi = block_find(c, p->off);
+        if (bi < 0) {
+            return core_error(ERR_RECORD_OUTSIDE);
+        }
+        Rec r;
+        rec_parse(c->base + p->off, &r);
+        if (recover_record(c, p->off, &r, p->alen, &c->blocks[bi], 1) < 0) return -1;
+        expected++;
+    }
+    c->discarded = c->npending - i;
+    c->max_seq_seen = expected - 1 > c->durable_seq ? expected - 1 : c->durable_seq;
+    for (size_t j = i; j < c->npending; j++) {
+        struct Pending *p = &c->pending[j];
+        Py_ssize_t bi = block_find(c, p->off);
+        if (bi < 0) continue;
+        Block *b = &c->blocks[bi];
+        /* the block's log now ends before this record (records after it in the block are
+         * newer, so they are dropped too) */
+        if (p->off < b->end) {
+            b->end = p->off;
+            b->damaged_at = 0;
+            b->seq_max = p->seq - 1; /* an upper bound of what the block still holds */
+        }
+    }
+    for (size_t j = i; writable && j < c->npending; j++) {
+        /* every one of them: the scan looks past zeros for records further on */
+        struct Pending *p = &c->pending[j];
+        memset(c->base + p->off, 0, VD_RECORD_HEADER_SIZE);
+        persist_range(c, p->off, VD_RECORD_HEADER_SIZE);
+        crash_point("apply_pending: dropped record erased");
+    }
+    PyMem_Free(c->pending);
+    c->pending = NULL;
+    c->npending = c->pending_cap = 0;
+    return 0;
+}
+
+PyObject *Core_finish_recovery(Core *c, PyObject *arg) {
+    int writable = PyObject_IsTrue(arg);
+    if (writable < 0 || core_check_open(c) < 0) return NULL;
+    if (apply_pending(c, writable) < 0) return NULL;
+    if (c->tombs_in_index) {
+        for (uint64_t i = 0; i < c->cap;) {
+            uint64_t s = c->slots[i];
+            if (s) {
+                Rec r;
+                rec_parse(c->base + slot_off(s), &r);
+                if (r.kind == VD_KIND_DEL) {
+                    index_remove_at(c, i);
+                    c->count--;
+                    continue; /* a later entry may have shifted into slot i */
+                }
+            }
+            i++;
+        }
+        c->tombs_in_index = 0;
+    }
+    if (c->max_seq_seen + 1 > c->next_seq) c->next_seq = c->max_seq_seen + 1;
+    if (c->next_seq < c->durable_seq + 1) c->next_seq = c->durable_seq + 1;
+    if (c->next_seq < c->floor) c->next_seq = c->floor;
+    c->active = -1;
+    if (writable) {
+        Py_ssize_t best = -1;
+        for (size_t i = 0; i < c->nblocks; i++) {
+            Block *b = &c->blocks[i];
+            if (b->kind != VD_BLOCK_KIND_STANDARD) continue;
+            if (b->end + VD_PAGE_SIZE > b->off + b->size) continue; /* (nearly) full */
+            /* born after every record kept (those after it were lost to a power cut): the
+             * next records would be below its birth. It holds nothing kept: freed. */
+            if (b->birth > c->next_seq) continue;
+            if (best < 0 || b->seq_max > c->blocks[best].seq_max) best = (Py_ssize_t)i;
+        }
+        if (best >= 0) {
+            Block *b = &c->blocks[best];
+            uint8_t *tail = c->base + b->end;
+            uint64_t tail_len = b->off + b->size - b->end;
+            int dirty = 0;
+            for (uint64_t j = 0; j < tail_len; j += 8) {
+                uint64_t w;
+                memcpy(&w, tail + j, tail_len - j >= 8 ? 8 : tail_len - j);
+                if (w) {
+                    dirty = 1;
+                    break;
+                }
+            }
+            if (dirty) {
+                memset(tail, 0, tail_len);
+                persist_range(c, b->end, tail_len);
+                crash_point("finish_recovery: tail zeroed");
+            }
+            b->damaged_at = 0;
+            c->active = best;
+        }
+    }
+    PyObject *out = PyList_New(0);
+    if (!out) return NULL;
+    for (size_t i = 0; i < c->nblocks; i++) {
+        Block *b = &c->blocks[i];
+        if ((Py_ssize_t)i == c->active || b->live || b->tombstones) continue;
+        if (list_append_new(out, PyLong_FromUnsignedLongLong(b->off)) < 0) {
+            Py_DECREF(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+/* damage() -> [(block offset, offset of the first unreadable byte)] for every block whose
+ * log ends in bytes that are not a record, except the newest block: there that is the
+ * expected remains of the write in flight when the process died. */
+PyObject *Core_damage(Core *c, PyObject *unused) {
+    (void)unused;
+    if (core_check_open(c) < 0) return NULL;
+    /* the newest block: by its newest record, or by its birth (a block whose first record
+     * was being written) */
+    Py_ssize_t newest = -1;
+    uint64_t newest_seq = 0;
+    for (size_t i = 0; i < c->nblocks; i++) {
+        uint64_t s = c->blocks[i].seq_max > c->blocks[i].birth ? c->blocks[i].seq_max : c->blocks[i].birth;
+        if (newest < 0 || s > newest_seq) {
+            newest = (Py_ssize_t)i;
+            newest_seq = s;
+        }
+    }
+    PyObject *out = PyList_New(0);
+    if (!out) return NULL;
+    for (size_t i = 0; i < c->nblocks; i++) {
+        Block *b = &c->blocks[i];
+        if (!b->damaged_at || ((Py_ssize_t)i == newest && !b->midlog)) continue;
+        if (list_append_new(out, Py_BuildValue("(KK)", (unsigned long long)b->off, (unsigned long long)b->damaged_at)) < 0) {
+            Py_DECREF(out);
+            return NULL;
+        }
+    }
+    return out;
+}
