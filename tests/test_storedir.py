@@ -11,18 +11,17 @@ import random
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 from _strace import strace_or_skip
+from _vdbtools import as_nobody, scratch_dir_for_nobody
 
 import viperdbm
 from viperdbm import compat
 
 ROOT = Path(viperdbm.__file__).resolve().parent.parent  # the package under test
 CLI = [sys.executable, "-m", "viperdbm"]
-AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
 def _env() -> dict[str, str]:
@@ -61,15 +60,12 @@ def test_check_of_a_moved_store_runs_pmemobj_check_before_any_open(tmp_path: Pat
 
 def test_check_by_a_user_who_may_read_but_not_write_the_store() -> None:
     """The lock file (and every file) is the owner's, 0644: check needs no write access."""
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root and setpriv, to run check as another user")
-    base = Path(tempfile.mkdtemp(prefix="viperdbm-ro-", dir="/tmp"))
-    try:
-        base.chmod(0o755)
+    nobody = as_nobody("run check as another user")
+    with scratch_dir_for_nobody("viperdbm-ro-") as base:
         store = _make(base / "s.vdb", {b"a": b"1"}, 0o644)
         assert (store / "lock").stat().st_mode & 0o777 == 0o644
         proc = subprocess.run(
-            [*AS_NOBODY, *CLI, "check", "--json", str(store)],
+            [*nobody, *CLI, "check", "--json", str(store)],
             capture_output=True,
             env=_env(),
             timeout=120,
@@ -81,8 +77,6 @@ def test_check_by_a_user_who_may_read_but_not_write_the_store() -> None:
         # and the store was left as it was: still the owner's, still opens for writing
         with viperdbm.open(store, "w") as db:
             assert db[b"a"] == b"1"
-    finally:
-        shutil.rmtree(base)
 
 
 # ---------------------------------------------------------------------- is this a store?
