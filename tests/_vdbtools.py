@@ -104,6 +104,18 @@ def as_nobody(purpose: str) -> list[str]:
     return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
+def run_as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the command ``args`` as the user nobody (see :func:`as_nobody`), with this
+    checkout's viperdbm importable, and return what it printed."""
+    return subprocess.run(
+        [*as_nobody("run a program as another user"), *args],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=120,
+    )
+
+
 @contextlib.contextmanager
 def scratch_dir_for_nobody(prefix: str, mode: int = 0o755) -> Iterator[Path]:
     """A scratch directory under /tmp with ``mode``, removed afterwards (pytest's tmp_path

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _vdbtools import as_nobody, scratch_dir_for_nobody
+from _vdbtools import as_nobody, run_as_nobody, scratch_dir_for_nobody
 
 import viperdbm
 
@@ -488,13 +488,7 @@ def test_permission_denied_says_so(case: str) -> None:
                 f.chmod(0o600)
         env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
         for flag in ("r", "w"):
-            proc = subprocess.run(
-                [*nobody, sys.executable, "-c", PERMISSION_PROBE, str(store), flag],
-                capture_output=True,
-                text=True,
-                env=env,
-                timeout=120,
-            )
+            proc = run_as_nobody(sys.executable, "-c", PERMISSION_PROBE, str(store), flag)
             assert proc.returncode == 0, proc.stderr
             result = json.loads(proc.stdout)
             assert result[0] not in ("ok", "NotAStoreError", "PermissionError"), (flag, result)

@@ -103,7 +103,7 @@ if __name__ == "__main__":
 # -- the parent --------------------------------------------------------------------------
 
 import pytest  # noqa: E402  (the child above needs none of this)
-from _vdbtools import as_nobody, scratch_dir_for_nobody  # noqa: E402
+from _vdbtools import as_nobody, run_as_nobody, scratch_dir_for_nobody  # noqa: E402
 from conftest import Backend, Store  # noqa: E402
 
 ROUNDS = 5
@@ -508,12 +508,6 @@ def test_a_growth_killed_before_its_chmod_leaves_a_store_its_owner_opens() -> No
             "with viperdbm.open(sys.argv[1], sys.argv[2]) as db: print(len(db), db[b'a'])"
         )
         for flag in ("w", "r"):
-            opened = subprocess.run(
-                [*nobody, sys.executable, "-c", check, str(store), flag],
-                capture_output=True,
-                text=True,
-                env=env,
-                timeout=120,
-            )
+            opened = run_as_nobody(sys.executable, "-c", check, str(store), flag)
             assert opened.returncode == 0, (flag, opened.stderr[-2000:])
             assert opened.stdout.split()[0] in (str(len(acked) + 1), str(len(acked) + 2))

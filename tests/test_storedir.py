@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from _strace import strace_or_skip
-from _vdbtools import as_nobody, scratch_dir_for_nobody
+from _vdbtools import as_nobody, run_as_nobody, scratch_dir_for_nobody
 
 import viperdbm
 from viperdbm import compat
@@ -60,17 +60,12 @@ def test_check_of_a_moved_store_runs_pmemobj_check_before_any_open(tmp_path: Pat
 
 def test_check_by_a_user_who_may_read_but_not_write_the_store() -> None:
     """The lock file (and every file) is the owner's, 0644: check needs no write access."""
-    nobody = as_nobody("run check as another user")
+    as_nobody("run check as another user")  # or skip
     with scratch_dir_for_nobody("viperdbm-ro-") as base:
         store = _make(base / "s.vdb", {b"a": b"1"}, 0o644)
         assert (store / "lock").stat().st_mode & 0o777 == 0o644
-        proc = subprocess.run(
-            [*nobody, *CLI, "check", "--json", str(store)],
-            capture_output=True,
-            env=_env(),
-            timeout=120,
-        )
-        assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
+        proc = run_as_nobody(*CLI, "check", "--json", str(store))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
         report = json.loads(proc.stdout)
         assert report["ok"] and report["records"] == 1 and report["records_read"] == 1, report
         assert "write access" in report["pool_check"], report
