@@ -487,7 +487,8 @@ def test_permission_denied_says_so(case: str) -> None:
             for f in [store / "lock", store / "pool.set", *(store / "parts").iterdir()]:
                 f.chmod(0o600)
         env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
-        for flag in ("r", "w"):
+        # 'w' first: it gave errno None (a bare error) where 'r' gave EACCES
+        for flag in ("w", "r"):
             proc = run_as_nobody(sys.executable, "-c", PERMISSION_PROBE, str(store), flag)
             assert proc.returncode == 0, proc.stderr
             result = json.loads(proc.stdout)
