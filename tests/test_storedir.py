@@ -5,6 +5,7 @@ system calls (strace)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -134,6 +135,32 @@ def test_a_damaged_pool_header_is_not_shown_as_raw_bytes(tmp_path: Path) -> None
     # a damaged store is not "not a store, use flag 'n'" (which would discard it)
     assert "flag 'n'" not in str(info.value), str(info.value)
     assert not report.ok
+
+
+DUMP_PROBE = r"""
+import json, sys, viperdbm
+try:
+    viperdbm.dump(sys.argv[1], sys.argv[2])
+    print(json.dumps(["ok"]))
+except viperdbm.error as exc:
+    print(json.dumps([exc.errno, exc.filename, exc.hint]))
+"""
+
+
+def test_a_dump_refused_for_permission_gets_no_hint_about_the_store() -> None:
+    """A dump file that may not be written is not the store: the hint must not send the
+    user to the store's permissions (the store is fine), only to the dump's path."""
+    as_nobody("write a dump as another user")  # or skip
+    with scratch_dir_for_nobody("viperdbm-dump-perm-") as base:
+        store = _make(base / "s.vdb", {b"a": b"1"}, 0o644)
+        closed = base / "closed"  # root's, 0755: nobody may not create the dump in it
+        closed.mkdir(0o755)
+        proc = run_as_nobody(sys.executable, "-c", DUMP_PROBE, str(store), str(closed / "d"))
+        assert proc.returncode == 0, proc.stderr
+        code, filename, hint = json.loads(proc.stdout)
+        assert code == errno.EACCES and filename == str(closed / "d"), proc.stdout
+        assert "permissions" in hint and "store" not in hint, hint
+        assert sorted(p.name for p in closed.iterdir()) == []
 
 
 # ---------------------------------------------------------------------- one listing of parts/
