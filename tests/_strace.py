@@ -9,27 +9,37 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import signal
 import subprocess
+import sys
 
 import pytest
 
 
 @functools.cache
-def strace_problem() -> str | None:
-    """None if ``strace -f`` works here, else why not."""
+def strace_problem(*, inject_kill: bool = False) -> str | None:
+    """None if ``strace -f`` works here, else why not. With ``inject_kill``, it must also
+    inject faults: a traced call of the child is turned into a SIGKILL, which the child must
+    die of (``-e inject=`` needs more of ptrace than tracing does)."""
     strace = shutil.which("strace")
     if strace is None:
         return "strace is not installed (apt-get install strace; scripts/setup.sh does)"
+    if inject_kill:
+        args = [
+            *(strace, "-f", "-qq", "-o", os.devnull, "-e", "trace=getppid"),
+            *("-e", "inject=getppid:signal=KILL:when=1"),
+            *(sys.executable, "-c", "import os; os.getppid(); print('alive')"),
+        ]
+    else:
+        args = [strace, "-f", "-qq", "-e", "trace=msync,getppid", "-o", os.devnull, "true"]
     try:
-        proc = subprocess.run(
-            [strace, "-f", "-qq", "-e", "trace=msync,getppid", "-o", os.devnull, "true"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"strace does not run: {exc}"
-    if proc.returncode != 0:
+    if inject_kill and proc.returncode != -signal.SIGKILL:
+        why = proc.stderr.strip()[:200] or f"exit status {proc.returncode}"
+        return f"strace cannot inject a kill here (ptrace not permitted?): {why}"
+    if proc.returncode != 0 and not inject_kill:
         return f"strace cannot trace here (ptrace not permitted?): {proc.stderr.strip()[:200]}"
     return None
 

@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -90,6 +91,41 @@ def child_env() -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env["PYTHONHASHSEED"] = "0"
     return env
+
+
+# --------------------------------------------------------------------------- another user
+def as_nobody(purpose: str) -> list[str]:
+    """The command prefix that runs a program as the user nobody (no groups); the test is
+    skipped, saying it needed that to ``purpose``, unless it runs as root with setpriv."""
+    import pytest  # only tests call this; the children that import this module do not
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip(f"needs root and setpriv, to {purpose}")
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def run_as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the command ``args`` as the user nobody (see :func:`as_nobody`), with this
+    checkout's viperdbm importable, and return what it printed."""
+    return subprocess.run(
+        [*as_nobody("run a program as another user"), *args],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=120,
+    )
+
+
+@contextlib.contextmanager
+def scratch_dir_for_nobody(prefix: str, mode: int = 0o755) -> Iterator[Path]:
+    """A scratch directory under /tmp with ``mode``, removed afterwards (pytest's tmp_path
+    lies under a directory that only root may enter)."""
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    try:
+        base.chmod(mode)
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- the format

@@ -10,11 +10,11 @@ import select
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _vdbtools import as_nobody, run_as_nobody, scratch_dir_for_nobody
 
 import viperdbm
 
@@ -473,45 +473,34 @@ except Exception as exc:
 """
 
 
-AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-
-
 @pytest.mark.parametrize("case", ["store-dir-0700", "files-0600"])
 def test_permission_denied_says_so(case: str) -> None:
     """Not "not a viperdbm store" with a hint to replace it: EACCES, in the user's terms."""
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root and setpriv, to run the probe as another user")
-    base = Path(tempfile.mkdtemp(prefix="viperdbm-perm-", dir="/tmp"))
-    base.chmod(0o755)
-    store = base / "s.vdb"
-    with viperdbm.open(store, "c", 0o644) as db:
-        db[b"k"] = b"v"
-    if case == "store-dir-0700":
-        store.chmod(0o700)
-    else:
-        for f in [store / "lock", store / "pool.set", *(store / "parts").iterdir()]:
-            f.chmod(0o600)
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
-    for flag in ("r", "w"):
-        proc = subprocess.run(
-            [*AS_NOBODY, sys.executable, "-c", PERMISSION_PROBE, str(store), flag],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=120,
+    nobody = as_nobody("run the probe as another user")
+    with scratch_dir_for_nobody("viperdbm-perm-") as base:
+        store = base / "s.vdb"
+        with viperdbm.open(store, "c", 0o644) as db:
+            db[b"k"] = b"v"
+        if case == "store-dir-0700":
+            store.chmod(0o700)
+        else:
+            for f in [store / "lock", store / "pool.set", *(store / "parts").iterdir()]:
+                f.chmod(0o600)
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+        # 'w' first: it gave errno None (a bare error) where 'r' gave EACCES
+        for flag in ("w", "r"):
+            proc = run_as_nobody(sys.executable, "-c", PERMISSION_PROBE, str(store), flag)
+            assert proc.returncode == 0, proc.stderr
+            result = json.loads(proc.stdout)
+            assert result[0] not in ("ok", "NotAStoreError", "PermissionError"), (flag, result)
+            assert result[1] == 13, (flag, result)  # EACCES, never None
+            assert "ermission denied" in result[2] and "flag 'n'" not in result[2], (flag, result)
+            assert "/proc/self/fd" not in result[2], result
+        cli = subprocess.run(
+            [*nobody, *BASE_CMD, "keys", str(store)], capture_output=True, env=env, timeout=120
         )
-        assert proc.returncode == 0, proc.stderr
-        result = json.loads(proc.stdout)
-        assert result[0] not in ("ok", "NotAStoreError", "PermissionError"), (flag, result)
-        assert result[1] == 13, (flag, result)  # EACCES, never None
-        assert "ermission denied" in result[2] and "flag 'n'" not in result[2], (flag, result)
-        assert "/proc/self/fd" not in result[2], result
-    cli = subprocess.run(
-        [*AS_NOBODY, *BASE_CMD, "keys", str(store)], capture_output=True, env=env, timeout=120
-    )
-    assert cli.returncode != 0
-    assert_user_error(cli, cli.returncode, "ermission denied")
-    shutil.rmtree(base)
+        assert cli.returncode != 0
+        assert_user_error(cli, cli.returncode, "ermission denied")
 
 
 def test_a_moved_store_is_checked_by_pmemobj_after_its_next_writable_open(

@@ -23,12 +23,10 @@ import importlib
 import json
 import os
 import random
-import shutil
 import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -105,6 +103,7 @@ if __name__ == "__main__":
 # -- the parent --------------------------------------------------------------------------
 
 import pytest  # noqa: E402  (the child above needs none of this)
+from _vdbtools import as_nobody, run_as_nobody, scratch_dir_for_nobody  # noqa: E402
 from conftest import Backend, Store  # noqa: E402
 
 ROUNDS = 5
@@ -481,25 +480,19 @@ def test_a_file_system_that_cannot_swap_leaves_the_old_store(tmp_path: Path) -> 
     assert [p.name for p in tmp_path.iterdir()] == ["s.vdb"]
 
 
-AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-
-
 def test_a_growth_killed_before_its_chmod_leaves_a_store_its_owner_opens() -> None:
     """libpmemobj creates a new part with no permissions and chmods it last: a writer
     killed in between left a part that only root could open. The owner's next open must
     work (the store and the processes belong to an ordinary user here)."""
     from _strace import inject
 
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root and setpriv, to run the store as an ordinary user")
-    base = Path(tempfile.mkdtemp(prefix="viperdbm-chmod-", dir="/tmp"))
-    try:
-        base.chmod(0o777)
+    nobody = as_nobody("run the store as an ordinary user")
+    with scratch_dir_for_nobody("viperdbm-chmod-", 0o777) as base:
         store = base / "s.vdb"
         env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
         make = "import sys, viperdbm\nwith viperdbm.open(sys.argv[1], 'c') as db: db[b'a'] = b'1'"
-        subprocess.run([*AS_NOBODY, sys.executable, "-c", make, str(store)], env=env, check=True)
-        writer = [*AS_NOBODY, sys.executable, "-c", GROW_WRITER, str(store)]
+        subprocess.run([*nobody, sys.executable, "-c", make, str(store)], env=env, check=True)
+        writer = [*nobody, sys.executable, "-c", GROW_WRITER, str(store)]
         proc = subprocess.run(
             [*inject("chmod:signal=KILL:when=1"), *writer],
             capture_output=True,
@@ -515,14 +508,6 @@ def test_a_growth_killed_before_its_chmod_leaves_a_store_its_owner_opens() -> No
             "with viperdbm.open(sys.argv[1], sys.argv[2]) as db: print(len(db), db[b'a'])"
         )
         for flag in ("w", "r"):
-            opened = subprocess.run(
-                [*AS_NOBODY, sys.executable, "-c", check, str(store), flag],
-                capture_output=True,
-                text=True,
-                env=env,
-                timeout=120,
-            )
+            opened = run_as_nobody(sys.executable, "-c", check, str(store), flag)
             assert opened.returncode == 0, (flag, opened.stderr[-2000:])
             assert opened.stdout.split()[0] in (str(len(acked) + 1), str(len(acked) + 2))
-    finally:
-        shutil.rmtree(base, ignore_errors=True)

@@ -65,6 +65,7 @@ from pathlib import Path
 
 import pytest
 from _enumerate_child import STORES
+from _strace import strace_problem
 from _vdbtools import HERE, Prober, child_env, describe
 from conftest import FILESYSTEMS
 
@@ -190,30 +191,6 @@ class Counting:
         return f"{call[:100]} in op {ops[point.n - 1]}"
 
 
-def strace_problem() -> str | None:
-    """None if strace can inject faults here, else why not."""
-    strace = shutil.which("strace")
-    if strace is None:
-        return "strace is not installed (apt-get install strace)"
-    try:
-        proc = subprocess.run(
-            [
-                *(strace, "-f", "-qq", "-o", os.devnull, "-e", "trace=getppid"),
-                *("-e", "inject=getppid:signal=KILL:when=1"),
-                *(sys.executable, "-c", "import os; os.getppid(); print('alive')"),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"strace does not run: {exc}"
-    if proc.returncode != -signal.SIGKILL:
-        why = proc.stderr.strip()[:200] or f"exit status {proc.returncode}"
-        return f"strace cannot inject a kill here (ptrace not permitted?): {why}"
-    return None
-
-
 def workload_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = child_env()
     # no .pyc written by the child: each would add an openat and a rename to the count
@@ -295,7 +272,7 @@ def _parse_trace(trace: str) -> tuple[dict[str, list[str]], dict[str, list[str]]
 def counting(flag: str) -> Counting:
     """Run the workload once under ``strace -e trace=...`` (twice: it must be deterministic)
     and once with the crash-point hook's step log."""
-    problem = strace_problem()
+    problem = strace_problem(inject_kill=True)
     if problem is not None:
         pytest.skip(problem)
     strace = shutil.which("strace")

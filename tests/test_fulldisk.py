@@ -66,6 +66,18 @@ def verify(db, when):
     got = {k.decode(): d(db[k]) for k in db}
     bad = sorted(k for k in set(got) | set(out["model"]) if got.get(k) != out["model"].get(k))
     ev("verify", when, len(bad), bad[:3])
+def reorganize(db, *label):
+    try:
+        db.reorganize()
+        ev("reorganize", *label, "ok")
+    except BaseException as exc:
+        ev("reorganize", *label, type(exc).__name__, str(exc))
+def finish(db):
+    db.close()
+    print(json.dumps(out))
+def fill_with_50k_values():
+    db = viperdbm.open(path, "c")
+    return db, fill(db, key, 50_000)
 """
 
 RESERVE = (
@@ -113,8 +125,7 @@ failed = [i for i in alive if delete(db, key(i))[0] != "ok"]
 ev("deletes of half", len(failed))
 ev("put after freeing", *put(db, b"back", val(7, 3000)))
 verify(db, "end")
-db.close()
-print(json.dumps(out))
+finish(db)
 """
 )
 
@@ -122,23 +133,17 @@ MOSTLY_DEAD = (
     PRELUDE
     + r"""
 key = lambda i: b"k%06d" % i
-db = viperdbm.open(path, "c")
-n = fill(db, key, 50_000)
+db, n = fill_with_50k_values()
 failed = [i for i in range(n) if i % 20 and delete(db, key(i))[0] != "ok"]
 ev("deletes", len(failed))
 for rnd in range(2):
-    try:
-        db.reorganize()
-        ev("reorganize", rnd, "ok")
-    except BaseException as exc:
-        ev("reorganize", rnd, type(exc).__name__, str(exc))
+    reorganize(db, rnd)
     verify(db, "after reorganize %d" % rnd)
     ev("put after reorganize", rnd, *put(db, b"new%d" % rnd, val(rnd, 50_000)))
     db.close()
     db = viperdbm.open(path, "w")
     verify(db, "reopen %d" % rnd)
-db.close()
-print(json.dumps(out))
+finish(db)
 """
 )
 
@@ -146,23 +151,15 @@ FAILED_REORGANIZE = (
     PRELUDE
     + r"""
 key = lambda i: b"k%06d" % i
-db = viperdbm.open(path, "c")
-n = fill(db, key, 50_000)
-try:
-    db.reorganize()
-    ev("reorganize", "ok")
-except viperdbm.StoreFullError as exc:
-    ev("reorganize", "StoreFullError", str(exc))
-except BaseException as exc:
-    ev("reorganize", type(exc).__name__, str(exc))
+db, n = fill_with_50k_values()
+reorganize(db)
 ev("has active block", db._engine.core.has_active)
 verify(db, "after failed reorganize")
 failed = [i for i in range(0, n // 2) if delete(db, key(i))[0] != "ok"]
 ev("deletes", len(failed))
 ev("put", *put(db, b"after", val(1, 50_000)))
 verify(db, "handle")
-db.close()
-print(json.dumps(out))
+finish(db)
 """
 )
 

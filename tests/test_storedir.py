@@ -5,24 +5,24 @@ system calls (strace)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 from _strace import strace_or_skip
+from _vdbtools import as_nobody, run_as_nobody, scratch_dir_for_nobody
 
 import viperdbm
 from viperdbm import compat
 
 ROOT = Path(viperdbm.__file__).resolve().parent.parent  # the package under test
 CLI = [sys.executable, "-m", "viperdbm"]
-AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
 def _env() -> dict[str, str]:
@@ -61,28 +61,18 @@ def test_check_of_a_moved_store_runs_pmemobj_check_before_any_open(tmp_path: Pat
 
 def test_check_by_a_user_who_may_read_but_not_write_the_store() -> None:
     """The lock file (and every file) is the owner's, 0644: check needs no write access."""
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root and setpriv, to run check as another user")
-    base = Path(tempfile.mkdtemp(prefix="viperdbm-ro-", dir="/tmp"))
-    try:
-        base.chmod(0o755)
+    as_nobody("run check as another user")  # or skip
+    with scratch_dir_for_nobody("viperdbm-ro-") as base:
         store = _make(base / "s.vdb", {b"a": b"1"}, 0o644)
         assert (store / "lock").stat().st_mode & 0o777 == 0o644
-        proc = subprocess.run(
-            [*AS_NOBODY, *CLI, "check", "--json", str(store)],
-            capture_output=True,
-            env=_env(),
-            timeout=120,
-        )
-        assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
+        proc = run_as_nobody(*CLI, "check", "--json", str(store))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
         report = json.loads(proc.stdout)
         assert report["ok"] and report["records"] == 1 and report["records_read"] == 1, report
         assert "write access" in report["pool_check"], report
         # and the store was left as it was: still the owner's, still opens for writing
         with viperdbm.open(store, "w") as db:
             assert db[b"a"] == b"1"
-    finally:
-        shutil.rmtree(base)
 
 
 # ---------------------------------------------------------------------- is this a store?
@@ -145,6 +135,32 @@ def test_a_damaged_pool_header_is_not_shown_as_raw_bytes(tmp_path: Path) -> None
     # a damaged store is not "not a store, use flag 'n'" (which would discard it)
     assert "flag 'n'" not in str(info.value), str(info.value)
     assert not report.ok
+
+
+DUMP_PROBE = r"""
+import json, sys, viperdbm
+try:
+    viperdbm.dump(sys.argv[1], sys.argv[2])
+    print(json.dumps(["ok"]))
+except viperdbm.error as exc:
+    print(json.dumps([exc.errno, exc.filename, exc.hint]))
+"""
+
+
+def test_a_dump_refused_for_permission_gets_no_hint_about_the_store() -> None:
+    """A dump file that may not be written is not the store: the hint must not send the
+    user to the store's permissions (the store is fine), only to the dump's path."""
+    as_nobody("write a dump as another user")  # or skip
+    with scratch_dir_for_nobody("viperdbm-dump-perm-") as base:
+        store = _make(base / "s.vdb", {b"a": b"1"}, 0o644)
+        closed = base / "closed"  # root's, 0755: nobody may not create the dump in it
+        closed.mkdir(0o755)
+        proc = run_as_nobody(sys.executable, "-c", DUMP_PROBE, str(store), str(closed / "d"))
+        assert proc.returncode == 0, proc.stderr
+        code, filename, hint = json.loads(proc.stdout)
+        assert code == errno.EACCES and filename == str(closed / "d"), proc.stdout
+        assert "permissions" in hint and "store" not in hint, hint
+        assert sorted(p.name for p in closed.iterdir()) == []
 
 
 # ---------------------------------------------------------------------- one listing of parts/

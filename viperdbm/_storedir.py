@@ -49,7 +49,9 @@ log = logging.getLogger("viperdbm")
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
-_PERMISSION_HINT = "check the permissions of the store and of the directories above it"
+#: the hint of a refused permission: os_error also words dump files (and other files the
+#: user names), whose permissions are not the store's
+_PERMISSION_HINT = "check the permissions of that path and of the directories above it"
 
 
 #: the OS page: libpmemobj maps each part file in whole pages (one source for every module)
@@ -72,7 +74,8 @@ def umask() -> int:
 
 
 def os_error(what: str, exc: OSError, path: str) -> error:
-    """``exc`` as a viperdbm error about the store ``path`` (never a temporary name)."""
+    """``exc`` as a viperdbm error about ``path``, a store or a file the user named such as
+    a dump (never a temporary name)."""
     if isinstance(exc, error):
         return exc
     if exc.errno in (_errno.ENOSPC, _errno.EDQUOT):
