@@ -16,6 +16,7 @@ NATIVE_SOURCES = [
     "index",
     "recovery",
     "compaction",
+    "format",
     "parts",
     "crc32c",
     "signals",

@@ -15,7 +15,7 @@ Py_ssize_t compaction_victim(Core *c, int urgent) {
         Block *b = &c->blocks[i];
         total += b->size;
         dead += b->dead_bytes;
-        if ((Py_ssize_t)i == c->active || b->kind != VD_BLOCK_KIND_STANDARD || b->old) continue;
+        if ((Py_ssize_t)i == c->active || b->type != VD_TYPE_STANDARD_BLOCK || b->old) continue;
         if (!b->live && !b->tombstones) continue; /* already empty: waiting to be freed */
         if (b->dead_bytes * 2 < b->size) continue; /* copying would cost more than it frees */
         if (b->dead_bytes > best_dead) {
@@ -90,7 +90,7 @@ PyObject *Core_compact_end(Core *c, PyObject *args) {
     for (size_t i = 0; i < c->nblocks; i++) c->blocks[i].old = 0;
     if (aborted && c->active < 0 && c->compact_prev_active) {
         Py_ssize_t i = block_find(c, c->compact_prev_active);
-        if (i >= 0 && c->blocks[i].off == c->compact_prev_active && c->blocks[i].kind == VD_BLOCK_KIND_STANDARD)
+        if (i >= 0 && c->blocks[i].off == c->compact_prev_active && c->blocks[i].type == VD_TYPE_STANDARD_BLOCK)
             c->active = i;
     }
     c->compact_prev_active = 0;
@@ -121,7 +121,7 @@ PyObject *Core_compact_block(Core *c, PyObject *arg) {
         c->block_cursor_off = c->block_cursor_pos = 0;
         return PyLong_FromLong(RC_OK);
     }
-    if (vi == c->active || c->blocks[vi].kind != VD_BLOCK_KIND_STANDARD) {
+    if (vi == c->active || c->blocks[vi].type != VD_TYPE_STANDARD_BLOCK) {
         internal_error("compact_block() needs a standard block that is not active");
         return NULL;
     }

@@ -10,7 +10,7 @@
  *   - scans blocks at open to rebuild the index (Viper's recovery), bounds-checking
  *     every length read from the media before touching memory,
  *   - copies live records during reorganize().
- * The record and block formats are described in docs/format.md, their constants are in
+ * The record and block formats are described in docs/format.md and defined, as types, in
  * vipercore.h.
  *
  * One concern a file, all of them behind this header (as SQLite keeps its sources):
@@ -24,6 +24,7 @@
  *   core_type.c  the Core Python type: its methods table and the get/put/delete entries
  *   map_type.c   the MapBase Python type: the dbm object's native mapping slots
  *   signals.c    deferral of asynchronous signals over the engine's multi-step changes
+ *   format.c     the format of vipercore.h exported to Python (the module's FORMAT)
  *   module.c     module init, the error table, crash points
  * The hot helpers (key hash, index lookup, record parsing, key arguments) are static inline
  * here, and the extension is built with -flto (setup.py), so that a put or a get crosses
@@ -79,7 +80,7 @@ typedef enum {
     ERR_BLOCK_NOT_NEW,   /* CorruptedError (off) */
     ERR_BLOCK_VERSION,   /* CorruptedError (off, version, expected) */
     ERR_BLOCK_HEADER,    /* CorruptedError (off) */
-    ERR_BLOCK_KIND,      /* CorruptedError (off, kind) */
+    ERR_BLOCK_KIND,      /* CorruptedError (off, type) */
     ERR_SEQ_TWICE,       /* CorruptedError (seq) */
     ERR_RECORD_OUTSIDE,  /* CorruptedError */
     ERR_PART_SIZE,       /* CorruptedError (path object, size, page) */
@@ -142,7 +143,9 @@ static inline uint64_t key_hash(const uint8_t *p, size_t n) {
     return mix64(a ^ k1 ^ h, b ^ k2 ^ (uint64_t)n);
 }
 
-/* ------------------------------------------------------------------ media helpers */
+/* ------------------------------------------------------------------ media helpers
+ * Fields of the structures of vipercore.h are read and written with memcpy at their offsetof
+ * (records start at any 4-byte boundary), never through a cast pointer. */
 static inline uint32_t rd32(const uint8_t *p) {
     uint32_t v;
     memcpy(&v, p, 4);
@@ -152,8 +155,40 @@ static inline void wr32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
 static inline void wr64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
 static inline uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) & ~(a - 1); }
 
+/* The CRC-32C of n bytes, as the format stores it. */
+static inline uint32_t crc32c(const void *data, size_t n) { return crc32c_update(0xFFFFFFFFu, data, n) ^ 0xFFFFFFFFu; }
+
+/* The checksum a block header at p must carry (of its bytes after the crc field). */
+static inline uint32_t block_header_crc(const uint8_t *p) {
+    return crc32c(p + VD_BLOCK_CRC_FROM, VD_BLOCK_HEADER_SIZE - VD_BLOCK_CRC_FROM);
+}
+
+static inline uint32_t rec_crc(const uint8_t *r) { return rd32(r + offsetof(VdRecordHeader, crc)); }
+static inline uint32_t rec_vlen(const uint8_t *r) { return rd32(r + offsetof(VdRecordHeader, vlen)); }
+static inline uint64_t rec_meta(const uint8_t *r) { return rd64(r + offsetof(VdRecordHeader, meta)); }
+/* The checksum a record of total bytes at r must carry (of its bytes after the crc field). */
+static inline uint32_t record_crc(const uint8_t *r, uint64_t total) {
+    return crc32c(r + VD_RECORD_CRC_FROM, total - VD_RECORD_CRC_FROM);
+}
+/* The 16 zero bytes where the next record header would be: the end of a log. */
+static inline int rec_header_is_zero(const uint8_t *r) {
+    static const uint8_t zeros[VD_RECORD_HEADER_SIZE];
+    return memcmp(r, zeros, sizeof zeros) == 0;
+}
+
+static inline uint64_t meta_make(uint64_t seq, unsigned kind, uint64_t klen) {
+    uint64_t kfield = klen > VD_KLEN_SHORT_MAX ? VD_KLEN_LONG : klen;
+    return (seq & VD_SEQ_MASK) | ((uint64_t)kind << VD_KIND_SHIFT) | (kfield << VD_KLEN_SHIFT);
+}
+static inline unsigned meta_kind(uint64_t meta) { return (unsigned)((meta >> VD_KIND_SHIFT) & VD_KIND_MASK); }
+static inline int meta_long_key(uint64_t meta) { return (meta >> VD_KLEN_SHIFT) == VD_KLEN_LONG; }
+/* The length of a record's header: a long key's u32 length follows the fixed part. */
+static inline uint64_t meta_header_len(uint64_t meta) {
+    return meta_long_key(meta) ? VD_RECORD_LONG_HEADER_SIZE : VD_RECORD_HEADER_SIZE;
+}
+
 static inline uint64_t header_len_for(uint64_t klen) {
-    return klen > VD_KLEN_SHORT_MAX ? VD_RECORD_HEADER_SIZE + 4 : VD_RECORD_HEADER_SIZE;
+    return klen > VD_KLEN_SHORT_MAX ? VD_RECORD_LONG_HEADER_SIZE : VD_RECORD_HEADER_SIZE;
 }
 
 static inline uint64_t record_len_for(uint64_t klen, uint64_t vlen) {
@@ -167,18 +202,12 @@ typedef struct {
 } Rec;
 
 static inline void rec_parse(const uint8_t *r, Rec *out) {
-    uint64_t meta = rd64(r + 8);
-    out->vlen = rd32(r + 4);
+    uint64_t meta = rec_meta(r);
+    out->vlen = rec_vlen(r);
     out->seq = meta & VD_SEQ_MASK;
-    out->kind = (unsigned)((meta >> VD_KIND_SHIFT) & 0xF);
-    uint64_t kshort = meta >> VD_KLEN_SHIFT;
-    if (kshort == VD_KLEN_EXTENDED) {
-        out->klen = rd32(r + 16);
-        out->hlen = VD_RECORD_HEADER_SIZE + 4;
-    } else {
-        out->klen = kshort;
-        out->hlen = VD_RECORD_HEADER_SIZE;
-    }
+    out->kind = meta_kind(meta);
+    out->hlen = meta_header_len(meta);
+    out->klen = meta_long_key(meta) ? rd32(r + VD_RECORD_HEADER_SIZE) : meta >> VD_KLEN_SHIFT;
     out->total = out->hlen + out->klen + out->vlen;
 }
 
@@ -193,7 +222,7 @@ typedef struct {
     uint64_t damaged_at; /* where the scan met bytes that are neither a record nor zeros */
     int midlog;          /* ... and valid records followed them: damage, not a torn write */
     uint64_t birth;      /* from the header: every record in the block is at least this (0: no bound) */
-    unsigned kind;
+    unsigned type; /* VD_TYPE_STANDARD_BLOCK or VD_TYPE_JUMBO_BLOCK */
     int old; /* being compacted away by reorganize() */
 } Block;
 
@@ -314,18 +343,13 @@ int index_reserve(Core *c);
 void index_remove_at(Core *c, uint64_t i);
 
 /* ------------------------------------------------------------------ log.c */
-typedef struct {
-    uint32_t version, kind;
-    uint64_t size, ls_rel, birth;
-} Header;
-
 Py_ssize_t block_find(Core *c, uint64_t off);
 Py_ssize_t block_insert(Core *c, const Block *nb);
 int account_dead(Core *c, uint64_t off, uint64_t len);
 int check_block_bounds(Core *c, uint64_t off, uint64_t usable);
-int header_read(const uint8_t *p, Header *h);
-int header_fits(const Header *h, uint64_t usable, unsigned kind);
-int block_from_header(Core *c, uint64_t off, uint64_t usable, unsigned kind, Block *b);
+int header_read(const uint8_t *p, VdBlockHeader *h);
+int header_fits(const VdBlockHeader *h, uint64_t usable, unsigned type);
+int block_from_header(Core *c, uint64_t off, uint64_t usable, unsigned type, Block *b);
 int block_constructor(void *pop, void *ptr, void *arg);
 int persist_range(Core *c, uint64_t off, uint64_t len);
 int core_io_refuse(Core *c, int written);
@@ -381,6 +405,10 @@ PyObject *Core_old_blocks(Core *c, PyObject *unused);
 
 /* ------------------------------------------------------------------ map_type.c */
 int map_type_init(PyObject *module);
+
+/* ------------------------------------------------------------------ format.c */
+/* The module's FORMAT: the structures and constants of vipercore.h, for Python. */
+PyObject *format_export(void);
 
 /* ------------------------------------------------------------------ module functions */
 PyObject *mod_crc32c(PyObject *mod, PyObject *args);

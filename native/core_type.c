@@ -395,7 +395,7 @@ static PyObject *Core_audit(Core *c, PyObject *unused) {
     return out;
 }
 
-/* blocks() -> [(off, size, kind)] of every block the core knows */
+/* blocks() -> [(off, size, type)] of every block the core knows */
 static PyObject *Core_blocks(Core *c, PyObject *unused) {
     (void)unused;
     if (core_check_open(c) < 0) return NULL;
@@ -403,7 +403,7 @@ static PyObject *Core_blocks(Core *c, PyObject *unused) {
     if (!out) return NULL;
     for (size_t i = 0; i < c->nblocks; i++) {
         PyObject *t = Py_BuildValue("(KKI)", (unsigned long long)c->blocks[i].off,
-                                    (unsigned long long)c->blocks[i].size, c->blocks[i].kind);
+                                    (unsigned long long)c->blocks[i].size, c->blocks[i].type);
         if (!t) {
             Py_DECREF(out);
             return NULL;
@@ -424,7 +424,7 @@ static PyObject *Core_stats(Core *c, PyObject *unused) {
         dead += b->dead_bytes;
         used += b->size;
         tombs += b->tombstones;
-        jumbo += b->kind == VD_BLOCK_KIND_JUMBO;
+        jumbo += b->type == VD_TYPE_JUMBO_BLOCK;
     }
     return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsK}", "records", (unsigned long long)c->count, "live_bytes",
                          (unsigned long long)live, "dead_bytes", (unsigned long long)dead, "block_bytes",
@@ -469,9 +469,9 @@ static PyMethodDef Core_methods[] = {
     {"set_durable", (PyCFunction)Core_set_durable, METH_O, "Every record up to this sequence number is durable."},
     {"add_block", (PyCFunction)Core_add_block, METH_VARARGS, "add_block(off, usable) -> rc"},
     {"block_init", (PyCFunction)Core_block_init, METH_VARARGS,
-     "block_init(kind, size, persist_address, zero=False) -> the block constructor's argument"},
+     "block_init(type, size, persist_address, zero=False) -> the block constructor's argument"},
     {"block_header", (PyCFunction)Core_block_header, METH_VARARGS,
-     "block_header(off, usable) -> (kind, birth), or None without a valid block header"},
+     "block_header(off, usable) -> (type, birth), or None without a valid block header"},
     {"put", (PyCFunction)(void (*)(void))Core_put, METH_FASTCALL, "put(key, value) -> rc"},
     {"put_jumbo", (PyCFunction)Core_put_jumbo, METH_VARARGS, "put_jumbo(off, usable, key, value) -> rc"},
     {"delete", (PyCFunction)(void (*)(void))Core_delete, METH_FASTCALL, "delete(key) -> rc (-1: missing)"},
@@ -482,7 +482,7 @@ static PyMethodDef Core_methods[] = {
     {"keys", (PyCFunction)Core_keys, METH_NOARGS, "keys() -> list of bytes, in index order"},
     {"firstkey", (PyCFunction)Core_firstkey, METH_NOARGS, "firstkey() -> bytes or None"},
     {"nextkey", (PyCFunction)Core_nextkey, METH_O, "nextkey(key) -> bytes or None"},
-    {"scan_block", (PyCFunction)Core_scan_block, METH_VARARGS, "scan_block(off, usable, kind) -> (status, records, damaged_at)"},
+    {"scan_block", (PyCFunction)Core_scan_block, METH_VARARGS, "scan_block(off, usable, type) -> (status, records, damaged_at)"},
     {"finish_recovery", (PyCFunction)Core_finish_recovery, METH_O, "finish_recovery(writable) -> freeable offsets"},
     {"damage", (PyCFunction)Core_damage, METH_NOARGS, "damage() -> [(block, offset)] of unreadable log tails"},
     {"freeable", (PyCFunction)Core_freeable, METH_NOARGS, "freeable() -> [(off, seq_max, size)] of dead blocks"},
@@ -497,7 +497,7 @@ static PyMethodDef Core_methods[] = {
     {"set_io_error", (PyCFunction)Core_set_io_error, METH_O, "set_io_error(errno): refuse writes from now on"},
     {"old_blocks", (PyCFunction)Core_old_blocks, METH_NOARGS, "old_blocks() -> offsets"},
     {"stats", (PyCFunction)Core_stats, METH_NOARGS, "stats() -> dict"},
-    {"blocks", (PyCFunction)Core_blocks, METH_NOARGS, "blocks() -> [(off, size, kind)]"},
+    {"blocks", (PyCFunction)Core_blocks, METH_NOARGS, "blocks() -> [(off, size, type)]"},
     {"audit", (PyCFunction)Core_audit, METH_NOARGS, "audit() -> [problem]: block counters against the index"},
     {NULL, NULL, 0, NULL},
 };

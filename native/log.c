@@ -93,18 +93,17 @@ void write_record(Core *c, uint64_t off, unsigned kind, uint64_t seq, const uint
                          uint64_t klen, const uint8_t *val, uint64_t vlen) {
     uint8_t *r = c->base + off;
     uint64_t hlen = header_len_for(klen);
-    uint64_t kfield = klen > VD_KLEN_SHORT_MAX ? VD_KLEN_EXTENDED : klen;
-    wr32(r + 4, (uint32_t)vlen);
-    wr64(r + 8, (seq & VD_SEQ_MASK) | ((uint64_t)kind << VD_KIND_SHIFT) | (kfield << VD_KLEN_SHIFT));
-    if (hlen > VD_RECORD_HEADER_SIZE) wr32(r + 16, (uint32_t)klen);
+    wr32(r + offsetof(VdRecordHeader, vlen), (uint32_t)vlen);
+    wr64(r + offsetof(VdRecordHeader, meta), meta_make(seq, kind, klen));
+    if (hlen > VD_RECORD_HEADER_SIZE) wr32(r + VD_RECORD_HEADER_SIZE, (uint32_t)klen);
     if (klen) memcpy(r + hlen, key, klen);
     if (vlen && val)
         memcpy(r + hlen + klen, val, vlen);
     else if (vlen)
         memset(r + hlen + klen, 0, vlen); /* a pad record */
-    uint32_t crc = crc32c_update(0xFFFFFFFFu, r + 4, hlen - 4 + klen + vlen) ^ 0xFFFFFFFFu;
+    uint32_t crc = record_crc(r, hlen + klen + vlen);
     crash_point("record body written, CRC not yet");
-    __atomic_store_n((uint32_t *)r, crc, __ATOMIC_RELEASE);
+    __atomic_store_n((uint32_t *)(r + offsetof(VdRecordHeader, crc)), crc, __ATOMIC_RELEASE);
     crash_point("record written");
 }
 
@@ -165,22 +164,16 @@ int check_block_bounds(Core *c, uint64_t off, uint64_t usable) {
 
 /* 1 and *h filled if the bytes at p are a block header that verifies (magic and CRC), else 0.
  * The fields may still be impossible for the object: the callers check them. */
-int header_read(const uint8_t *p, Header *h) {
-    uint32_t want = crc32c_update(0xFFFFFFFFu, p + 8, VD_BLOCK_HEADER_SIZE - 8) ^ 0xFFFFFFFFu;
-    if (rd32(p) != VD_BLOCK_MAGIC || rd32(p + 4) != want) return 0;
-    h->version = rd32(p + 8);
-    h->kind = rd32(p + 12);
-    h->size = rd64(p + 16);
-    h->ls_rel = rd64(p + 24);
-    h->birth = rd64(p + VD_BLOCK_BIRTH_OFFSET);
-    return 1;
+int header_read(const uint8_t *p, VdBlockHeader *h) {
+    memcpy(h, p, sizeof *h);
+    return h->magic == VD_BLOCK_MAGIC && h->crc == block_header_crc(p);
 }
 
-/* Is a verified header possible for an object of usable bytes (of the expected kind, if
- * kind is not 0)? */
-int header_fits(const Header *h, uint64_t usable, unsigned kind) {
-    return (h->kind == VD_BLOCK_KIND_STANDARD || h->kind == VD_BLOCK_KIND_JUMBO) && (!kind || h->kind == kind) &&
-           h->size <= usable && h->ls_rel >= VD_BLOCK_HEADER_SIZE && h->ls_rel <= h->size &&
+/* Is a verified header possible for an object of usable bytes (of the expected type, if
+ * type is not 0)? */
+int header_fits(const VdBlockHeader *h, uint64_t usable, unsigned type) {
+    return (h->type == VD_TYPE_STANDARD_BLOCK || h->type == VD_TYPE_JUMBO_BLOCK) && (!type || h->type == type) &&
+           h->size <= usable && h->log_start >= VD_BLOCK_HEADER_SIZE && h->log_start <= h->size &&
            h->birth <= VD_SEQ_MASK;
 }
 
@@ -206,14 +199,14 @@ int block_constructor(void *pop, void *ptr, void *arg) {
         memset(p, 0, a.size);
         persist(pop, p, a.size);
     }
-    if (a.kind == VD_INIT_RESERVE) {
+    if (a.type == VD_TYPE_RESERVE) {
         memset(p, 0, VD_BLOCK_HEADER_SIZE);
         persist(pop, p, VD_BLOCK_HEADER_SIZE);
         crash_point("reserve header zeroed");
         return 0;
     }
     uint64_t off = (uint64_t)(p - (uint8_t *)pop);
-    int standard = a.kind == VD_BLOCK_KIND_STANDARD;
+    int standard = a.type == VD_TYPE_STANDARD_BLOCK;
     uint64_t size = standard && a.size > VD_BLOCK_SIZE ? VD_BLOCK_SIZE : a.size;
     uint64_t ls = standard ? align_up(off + VD_BLOCK_HEADER_SIZE, VD_PAGE_SIZE) : off + VD_BLOCK_HEADER_SIZE;
     uint64_t zero_len = 0;
@@ -222,69 +215,68 @@ int block_constructor(void *pop, void *ptr, void *arg) {
     memset(p + (ls - off), 0, zero_len);
     if ((a.flags & VD_INIT_PERSIST_LOG) && zero_len) persist(pop, p + (ls - off), zero_len);
     crash_point(standard ? "standard block log zeroed" : "jumbo block first record header zeroed");
+    /* the magic last: until it is stored, whatever the rest holds is not a block header */
+    VdBlockHeader h = {
+        .version = VD_FORMAT_VERSION, .type = a.type, .size = size, .log_start = ls - off, .birth = a.birth};
+    h.crc = block_header_crc((const uint8_t *)&h);
     memset(p, 0, VD_BLOCK_HEADER_SIZE);
-    wr32(p + 8, VD_FORMAT_VERSION);
-    wr32(p + 12, a.kind);
-    wr64(p + 16, size);
-    wr64(p + 24, ls - off);
-    wr64(p + VD_BLOCK_BIRTH_OFFSET, a.birth);
-    wr32(p + 4, crc32c_update(0xFFFFFFFFu, p + 8, VD_BLOCK_HEADER_SIZE - 8) ^ 0xFFFFFFFFu);
-    __atomic_store_n((uint32_t *)p, VD_BLOCK_MAGIC, __ATOMIC_RELEASE);
+    memcpy(p + offsetof(VdBlockHeader, crc), &h.crc, sizeof h - offsetof(VdBlockHeader, crc));
+    __atomic_store_n((uint32_t *)(p + offsetof(VdBlockHeader, magic)), VD_BLOCK_MAGIC, __ATOMIC_RELEASE);
     persist(pop, p, VD_BLOCK_HEADER_SIZE);
     crash_point(standard ? "standard block header written" : "jumbo block header written");
     return 0;
 }
 
-/* block_init(kind, size, persist_address, zero=False) -> bytes: the constructor's argument
- * for a new object of size bytes (kind: BLOCK_KIND_* or INIT_RESERVE), born now. */
+/* block_init(type, size, persist_address, zero=False) -> bytes: the constructor's argument
+ * for a new object of type (TYPE_* of FORMAT) and size bytes, born now. */
 PyObject *Core_block_init(Core *c, PyObject *args) {
-    unsigned int kind;
+    unsigned int type;
     unsigned long long size, persist;
     int zero = 0;
-    if (!PyArg_ParseTuple(args, "IKK|p", &kind, &size, &persist, &zero)) return NULL;
+    if (!PyArg_ParseTuple(args, "IKK|p", &type, &size, &persist, &zero)) return NULL;
     if (core_check_open(c) < 0) return NULL;
-    if ((kind != VD_BLOCK_KIND_STANDARD && kind != VD_BLOCK_KIND_JUMBO && kind != VD_INIT_RESERVE) || persist == 0 ||
+    if ((type != VD_TYPE_STANDARD_BLOCK && type != VD_TYPE_JUMBO_BLOCK && type != VD_TYPE_RESERVE) || persist == 0 ||
         size < VD_BLOCK_HEADER_SIZE + VD_RECORD_HEADER_SIZE) {
-        internal_error("block_init(): unknown kind, a size below a header, or no persist function");
+        internal_error("block_init(): unknown type, a size below a header, or no persist function");
         return NULL;
     }
     VdBlockInit a = {0};
     a.persist = persist;
     a.birth = c->next_seq;
     a.size = size;
-    a.kind = kind;
+    a.type = type;
     a.flags = (zero ? VD_INIT_ZERO : 0) | (c->persist_mode == PERSIST_FUNC ? VD_INIT_PERSIST_LOG : 0);
     return PyBytes_FromStringAndSize((const char *)&a, sizeof a);
 }
 
 /* The block that the constructor has just made at off, from its header: 0, or -1 with an
  * exception set if there is none (the object was not made by block_constructor). */
-int block_from_header(Core *c, uint64_t off, uint64_t usable, unsigned kind, Block *b) {
-    Header h;
-    if (!header_read(c->base + off, &h) || h.version != VD_FORMAT_VERSION || !header_fits(&h, usable, kind) ||
+int block_from_header(Core *c, uint64_t off, uint64_t usable, unsigned type, Block *b) {
+    VdBlockHeader h;
+    if (!header_read(c->base + off, &h) || h.version != VD_FORMAT_VERSION || !header_fits(&h, usable, type) ||
         h.birth == 0 || h.birth > c->next_seq) {
         return core_error(ERR_BLOCK_NOT_NEW, (unsigned long long)off);
     }
     memset(b, 0, sizeof *b);
     b->off = off;
     b->size = h.size;
-    b->kind = kind;
-    b->log_start = off + h.ls_rel;
+    b->type = type;
+    b->log_start = off + h.log_start;
     b->end = b->log_start;
     b->birth = h.birth;
     return 0;
 }
 
-/* block_header(off, usable) -> (kind, birth), or None if the object holds no valid block
+/* block_header(off, usable) -> (type, birth), or None if the object holds no valid block
  * header (the engine asks this of an object typed as the reserve). */
 PyObject *Core_block_header(Core *c, PyObject *args) {
     unsigned long long off, usable;
     if (!PyArg_ParseTuple(args, "KK", &off, &usable)) return NULL;
     if (core_check_open(c) < 0 || check_block_bounds(c, off, usable) < 0) return NULL;
-    Header h;
+    VdBlockHeader h;
     if (!header_read(c->base + off, &h) || h.version != VD_FORMAT_VERSION || !header_fits(&h, usable, 0))
         Py_RETURN_NONE;
-    return Py_BuildValue("(IK)", h.kind, (unsigned long long)h.birth);
+    return Py_BuildValue("(IK)", h.type, (unsigned long long)h.birth);
 }
 
 
@@ -297,7 +289,7 @@ PyObject *Core_add_block(Core *c, PyObject *args) {
     if (c->io_errno) return core_io_refuse(c, 0), NULL;
     /* its header and zeroed log were written by block_constructor inside the allocation */
     Block b;
-    if (block_from_header(c, off, usable, VD_BLOCK_KIND_STANDARD, &b) < 0) return NULL;
+    if (block_from_header(c, off, usable, VD_TYPE_STANDARD_BLOCK, &b) < 0) return NULL;
     Py_ssize_t prev = c->active;
     uint64_t prev_off = prev >= 0 ? c->blocks[prev].off : 0;
     Py_ssize_t i = block_insert(c, &b);
@@ -318,7 +310,7 @@ Py_ssize_t write_jumbo(Core *c, unsigned kind, uint64_t joff, uint64_t jsize, co
                        const uint8_t *val, uint64_t vlen, uint64_t *out_off) {
     uint64_t len = record_len_for(klen, vlen);
     Block b;
-    if (block_from_header(c, joff, jsize, VD_BLOCK_KIND_JUMBO, &b) < 0) return -1;
+    if (block_from_header(c, joff, jsize, VD_TYPE_JUMBO_BLOCK, &b) < 0) return -1;
     if (b.log_start + len > b.off + b.size) return internal_error("jumbo block too small for the record");
     if (block_insert(c, &b) < 0) return -1;
     uint64_t off = b.log_start;

@@ -190,24 +190,11 @@ PyMODINIT_FUNC PyInit__vipercore(void) {
         return NULL;
     }
 #define ADD(name, value) PyModule_AddObject(m, name, PyLong_FromUnsignedLongLong((unsigned long long)(value)))
-    ADD("FORMAT_VERSION", VD_FORMAT_VERSION);
-    ADD("PAGE_SIZE", VD_PAGE_SIZE);
-    ADD("BLOCK_SIZE", VD_BLOCK_SIZE);
-    ADD("INLINE_MAX", VD_INLINE_MAX);
-    ADD("BLOCK_MAGIC", VD_BLOCK_MAGIC);
-    ADD("BLOCK_HEADER_SIZE", VD_BLOCK_HEADER_SIZE);
-    ADD("BLOCK_KIND_STANDARD", VD_BLOCK_KIND_STANDARD);
-    ADD("BLOCK_KIND_JUMBO", VD_BLOCK_KIND_JUMBO);
-    ADD("BLOCK_BIRTH_OFFSET", VD_BLOCK_BIRTH_OFFSET);
-    ADD("INIT_RESERVE", VD_INIT_RESERVE);
+    if (PyModule_AddObject(m, "FORMAT", format_export()) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     ADD("BLOCK_CONSTRUCTOR", (uintptr_t)&block_constructor);
-    ADD("RECORD_HEADER_SIZE", VD_RECORD_HEADER_SIZE);
-    ADD("RECORD_ALIGN", VD_RECORD_ALIGN);
-    ADD("KIND_PUT", VD_KIND_PUT);
-    ADD("KIND_DEL", VD_KIND_DEL);
-    ADD("KIND_PAD", VD_KIND_PAD);
-    ADD("MAX_KEY", VD_MAX_KEY);
-    ADD("MAX_VALUE", VD_MAX_VALUE);
     ADD("RC_OK", RC_OK);
     ADD("RC_NEED_BLOCK", RC_NEED_BLOCK);
     ADD("RC_NEED_JUMBO", RC_NEED_JUMBO);

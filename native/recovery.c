@@ -78,12 +78,11 @@ static inline uint64_t seq_limit(Core *c) {
 static int record_at(Core *c, uint64_t pos, uint64_t end, uint64_t prev_seq, uint64_t birth, Rec *rec) {
     const uint8_t *r = c->base + pos;
     rec->total = 0;
-    if (rd64(r) == 0 && rd64(r + 8) == 0) return 0;
-    uint64_t meta = rd64(r + 8);
-    unsigned rk = (unsigned)((meta >> VD_KIND_SHIFT) & 0xF);
+    if (rec_header_is_zero(r)) return 0;
+    uint64_t meta = rec_meta(r);
+    unsigned rk = meta_kind(meta);
     if (rk < VD_KIND_PUT || rk > VD_KIND_PAD) return -1;
-    uint64_t hlen = (meta >> VD_KLEN_SHIFT) == VD_KLEN_EXTENDED ? VD_RECORD_HEADER_SIZE + 4 : VD_RECORD_HEADER_SIZE;
-    if (pos + hlen > end) return -1;
+    if (pos + meta_header_len(meta) > end) return -1;
     rec_parse(r, rec);
     if (rec->total > end - pos) {
         rec->total = 0;
@@ -95,8 +94,7 @@ static int record_at(Core *c, uint64_t pos, uint64_t end, uint64_t prev_seq, uin
      * records the pool could hold (unsynced records are never freed, see the engine). */
     if (rec->kind != VD_KIND_PAD && (rec->seq <= prev_seq || rec->seq == 0 || rec->seq > seq_limit(c))) return -1;
     if (rec->kind == VD_KIND_PAD && rec->seq < birth) return -1; /* a previous life's pad */
-    uint32_t crc = crc32c_update(0xFFFFFFFFu, r + 4, rec->total - 4) ^ 0xFFFFFFFFu;
-    if (crc != rd32(r)) return -1;
+    if (record_crc(r, rec->total) != rec_crc(r)) return -1;
     return 1;
 }
 
@@ -113,11 +111,10 @@ static uint64_t prefetch_records(Core *c, uint64_t at, uint64_t end, int n) {
         if (room < VD_RECORD_HEADER_SIZE) at += room;
         if (at + VD_RECORD_HEADER_SIZE > end) return 0;
         const uint8_t *r = c->base + at;
-        uint64_t meta = rd64(r + 8);
-        unsigned rk = (unsigned)((meta >> VD_KIND_SHIFT) & 0xF);
+        uint64_t meta = rec_meta(r);
+        unsigned rk = meta_kind(meta);
         if (rk < VD_KIND_PUT || rk > VD_KIND_PAD) return 0;
-        uint64_t hlen = (meta >> VD_KLEN_SHIFT) == VD_KLEN_EXTENDED ? VD_RECORD_HEADER_SIZE + 4 : VD_RECORD_HEADER_SIZE;
-        if (at + hlen > end) return 0;
+        if (at + meta_header_len(meta) > end) return 0;
         Rec rec;
         rec_parse(r, &rec);
         if (rec.total > end - at) return 0;
@@ -131,7 +128,7 @@ static uint64_t prefetch_records(Core *c, uint64_t at, uint64_t end, int n) {
     return at;
 }
 
-/* scan_block(off, usable, kind) -> (status, records); kind comes from the object's type.
+/* scan_block(off, usable, type) -> (status, records); type: the object's type number.
  * status 0: a valid block, scanned.
  * status 1: the header does not verify and no record follows it: the block was allocated
  *           but the process died before it was used. The caller frees it.
@@ -139,14 +136,14 @@ static uint64_t prefetch_records(Core *c, uint64_t at, uint64_t end, int n) {
  *           redundant: where the log starts and ends follows from the object itself). */
 PyObject *Core_scan_block(Core *c, PyObject *args) {
     unsigned long long off, usable;
-    unsigned int kind;
-    if (!PyArg_ParseTuple(args, "KKI", &off, &usable, &kind)) return NULL;
+    unsigned int type;
+    if (!PyArg_ParseTuple(args, "KKI", &off, &usable, &type)) return NULL;
     if (core_check_open(c) < 0 || check_block_bounds(c, off, usable) < 0) return NULL;
-    if (kind != VD_BLOCK_KIND_STANDARD && kind != VD_BLOCK_KIND_JUMBO) {
-        core_error(ERR_BLOCK_KIND, off, kind);
+    if (type != VD_TYPE_STANDARD_BLOCK && type != VD_TYPE_JUMBO_BLOCK) {
+        core_error(ERR_BLOCK_KIND, off, type);
         return NULL;
     }
-    Header h;
+    VdBlockHeader h;
     uint64_t size, ls_rel, birth = 0;
     int header_ok = header_read(c->base + off, &h);
     if (header_ok) {
@@ -154,23 +151,23 @@ PyObject *Core_scan_block(Core *c, PyObject *args) {
             core_error(ERR_BLOCK_VERSION, off, h.version, VD_FORMAT_VERSION);
             return NULL;
         }
-        if (!header_fits(&h, usable, kind)) {
+        if (!header_fits(&h, usable, type)) {
             core_error(ERR_BLOCK_HEADER, off);
             return NULL;
         }
         size = h.size;
-        ls_rel = h.ls_rel;
+        ls_rel = h.log_start;
         birth = h.birth;
     } else {
-        size = kind == VD_BLOCK_KIND_STANDARD && usable > VD_BLOCK_SIZE ? VD_BLOCK_SIZE : usable;
-        ls_rel = kind == VD_BLOCK_KIND_STANDARD ? align_up(off + VD_BLOCK_HEADER_SIZE, VD_PAGE_SIZE) - off
+        size = type == VD_TYPE_STANDARD_BLOCK && usable > VD_BLOCK_SIZE ? VD_BLOCK_SIZE : usable;
+        ls_rel = type == VD_TYPE_STANDARD_BLOCK ? align_up(off + VD_BLOCK_HEADER_SIZE, VD_PAGE_SIZE) - off
                                                 : VD_BLOCK_HEADER_SIZE;
         if (ls_rel + VD_RECORD_HEADER_SIZE > size) return Py_BuildValue("(iii)", 1, 0, 0);
     }
     Block nb = {0};
     nb.off = off;
     nb.size = size;
-    nb.kind = kind;
+    nb.type = type;
     nb.log_start = off + ls_rel;
     nb.end = nb.log_start;
     nb.birth = birth;
@@ -186,7 +183,7 @@ PyObject *Core_scan_block(Core *c, PyObject *args) {
     uint64_t ahead = 0;     /* the next record the lookahead prefetches for (0: stopped) */
     while (pos + VD_RECORD_HEADER_SIZE <= end) {
         uint64_t room = VD_PAGE_SIZE - pos % VD_PAGE_SIZE;
-        if (kind == VD_BLOCK_KIND_STANDARD && room < VD_RECORD_HEADER_SIZE) {
+        if (type == VD_TYPE_STANDARD_BLOCK && room < VD_RECORD_HEADER_SIZE) {
             pos += room;
             continue;
         }
@@ -199,16 +196,16 @@ PyObject *Core_scan_block(Core *c, PyObject *args) {
             if (rec.kind == VD_KIND_PAD) continue;
             if (!nrec) b->seq_min = rec.seq;
             prev_seq = rec.seq;
-            if (kind == VD_BLOCK_KIND_STANDARD)
+            if (type == VD_TYPE_STANDARD_BLOCK)
                 ahead = ahead > pos ? prefetch_records(c, ahead, end, 1)
                                     : prefetch_records(c, pos, end, SCAN_PREFETCH_DISTANCE);
             if (recover_record(c, pos - alen, &rec, alen, b, 0) < 0) return NULL;
             nrec++;
             last_end = pos;
-            if (kind == VD_BLOCK_KIND_JUMBO) break; /* a jumbo block holds one record */
+            if (type == VD_TYPE_JUMBO_BLOCK) break; /* a jumbo block holds one record */
             continue;
         }
-        if (kind == VD_BLOCK_KIND_JUMBO) {
+        if (type == VD_TYPE_JUMBO_BLOCK) {
             if (v < 0) first_bad = pos;
             break;
         }
@@ -347,7 +344,7 @@ PyObject *Core_finish_recovery(Core *c, PyObject *arg) {
         Py_ssize_t best = -1;
         for (size_t i = 0; i < c->nblocks; i++) {
             Block *b = &c->blocks[i];
-            if (b->kind != VD_BLOCK_KIND_STANDARD) continue;
+            if (b->type != VD_TYPE_STANDARD_BLOCK) continue;
             if (b->end + VD_PAGE_SIZE > b->off + b->size) continue; /* (nearly) full */
             /* born after every record kept (those after it were lost to a power cut): the
              * next records would be below its birth. It holds nothing kept: freed. */

@@ -27,6 +27,9 @@ from viperdbm import _native
 #: libpmemobj's object header ends with the type number (u64) right before the object, in
 #: both its compact (16-byte) and its legacy (64-byte) form
 TYPE_NUM_BEFORE = 8
+BIRTH_OFFSET = layout.STRUCTURES["VdBlockHeader"].offset("birth")
+KIND_PAD = layout.FORMAT["constants"]["KIND_PAD"]
+PAGE_SIZE = layout.FORMAT["constants"]["PAGE_SIZE"]
 
 
 @pytest.fixture
@@ -70,7 +73,7 @@ def patch(image: PoolImage, pool_off: int, data: bytes) -> None:
 def header_with_birth(image: PoolImage, off: int, birth: int) -> bytes:
     """The block header at off with another birth, its CRC made to match."""
     header = bytearray(image.data[off : off + BLOCK_HEADER])
-    struct.pack_into("<Q", header, layout.BLOCK_BIRTH_OFFSET, birth)
+    struct.pack_into("<Q", header, BIRTH_OFFSET, birth)
     struct.pack_into("<I", header, 4, _native.crc32c(bytes(header[8:])))
     return bytes(header)
 
@@ -93,10 +96,10 @@ def test_every_block_is_born_and_the_reserve_has_no_header(workdir: Path) -> Non
     assert blocks and len(reserves) == 1
     for block in blocks:
         assert block.header_ok
-        (birth,) = struct.unpack_from("<Q", image.data, block.off + layout.BLOCK_BIRTH_OFFSET)
-        seqs = [r.seq for r in block.records if r.kind != layout.KIND_PAD]
+        (birth,) = struct.unpack_from("<Q", image.data, block.off + BIRTH_OFFSET)
+        seqs = [r.seq for r in block.records if r.kind != KIND_PAD]
         assert 0 < birth <= min(seqs), (block.off, birth, seqs[:3])
-        pads = [r for r in block.records if r.kind == layout.KIND_PAD]
+        pads = [r for r in block.records if r.kind == KIND_PAD]
         for pad in pads:  # a pad carries the sequence number of the record after it
             (meta,) = struct.unpack_from("<Q", image.data, pad.pos + 8)
             assert meta & ((1 << 48) - 1) >= birth
@@ -184,7 +187,7 @@ def test_an_old_reserve_holding_a_previous_block_stays_the_reserve(
         header_with_birth(image, block.off, 0)
         + image.data[block.off + BLOCK_HEADER : block.off + size]
     )
-    assert (reserve.off - block.off) % layout.PAGE_SIZE == 0  # its log lines up the same way
+    assert (reserve.off - block.off) % PAGE_SIZE == 0  # its log lines up the same way
     patch(image, reserve.off, stale)
     assert opened(prober, store, "w") == model
     with viperdbm.open(store, "w") as db:

@@ -18,6 +18,7 @@ import pytest
 
 import viperdbm
 from viperdbm import _layout as layout
+from viperdbm import _storedir as storedir
 from viperdbm._pmemobj import Pool
 
 
@@ -164,7 +165,9 @@ class TestRecovery:
             for i in range(100):
                 db[b"k%d" % i] = b"v%d" % i
         # the block header starts with the magic "VBLK"
-        [(part, at)] = find_in_pool(store_path, layout.BLOCK_MAGIC.to_bytes(4, "little"))
+        [(part, at)] = find_in_pool(
+            store_path, layout.FORMAT["constants"]["BLOCK_MAGIC"].to_bytes(4, "little")
+        )
         flip_byte(part, at + 20)
         with viperdbm.open(store_path, "w") as db:
             assert len(db) == 100
@@ -224,7 +227,7 @@ def run_child(code: str, *args: str) -> None:
 
 
 #: a power cut loses OS pages (each page written since the last sync may be old or new)
-OS_PAGE = layout.OS_PAGE_SIZE
+OS_PAGE = storedir.OS_PAGE_SIZE
 
 
 def zero_page_holding(store: Path, needle: bytes) -> None:

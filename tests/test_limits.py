@@ -7,7 +7,7 @@ The README's promise (and ``StoreFullError``'s hint): the write that does not fi
 still be read and deleted from, in the same handle and after a reopen. The filling runs in
 a child process, so a SIGBUS (a write into a mapping the file system cannot back) is seen.
 
-Limits: a key or value over ``viperdbm._layout.MAX_KEY``/``MAX_VALUE`` gives a clear error
+Limits: a key or value over ``MAX_KEY``/``MAX_VALUE`` (the format's constants) gives a clear error
 naming the limit (``ValueError`` or ``viperdbm.error``) and writes nothing. The oversized
 objects are ``bytes(n)``: calloc'ed zero pages that are never touched, so 4 GiB costs
 nothing. Boundary sizes (page, 1 MiB inline limit, the 4095 key-length escape, a key over
@@ -33,6 +33,9 @@ from _vdbtools import child_env, digest, value_for
 
 import viperdbm
 from viperdbm import _layout as layout
+
+MAX_KEY = layout.FORMAT["constants"]["MAX_KEY"]
+MAX_VALUE = layout.FORMAT["constants"]["MAX_VALUE"]
 
 FILLER = r"""
 import json, sys, hashlib
@@ -191,7 +194,7 @@ def _blocks(db: viperdbm.Database) -> int:
 
 @pytest.mark.parametrize("what", ["value", "key"])
 def test_over_the_limit_is_a_clear_error_and_writes_nothing(db_path: Path, what: str) -> None:
-    limit = layout.MAX_VALUE if what == "value" else layout.MAX_KEY
+    limit = MAX_VALUE if what == "value" else MAX_KEY
     huge = bytes(limit + 1)  # calloc'ed: no page of it is ever touched
     with viperdbm.open(db_path, "c") as db:
         db[b"before"] = b"1"
@@ -219,7 +222,7 @@ def test_over_the_limit_is_a_clear_error_and_writes_nothing(db_path: Path, what:
 def test_a_value_exactly_at_the_limit(db_path: Path) -> None:
     if os.environ.get("VIPERDBM_HUGE") != "1":
         pytest.skip("writes 4 GiB: set VIPERDBM_HUGE=1 to run it")
-    value = b"\x01" * layout.MAX_VALUE
+    value = b"\x01" * MAX_VALUE
     with viperdbm.open(db_path, "c") as db:
         db[b"k"] = value
     with viperdbm.open(db_path, "r") as db:

@@ -103,6 +103,7 @@ def test_sdist_and_wheel_install_and_pass_the_tests(
         "docs/dump-format.md",
         "docs/tutorial.md",
         "tests/conftest.py",
+        "tests/data/format-v2-store.tar.xz",
         "setup.py",
         "viperdbm/py.typed",
     ):

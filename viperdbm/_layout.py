@@ -1,4 +1,4 @@
-"""The on-media layout of a viperdbm store, in one place (described in docs/format.md).
+"""The on-media layout of a viperdbm store (described in docs/format.md).
 
 A store is a directory::
 
@@ -7,56 +7,49 @@ A store is a directory::
     <store>/lock       viperdbm's own lock file (flock)
     <store>/blocks     the block directory readers use to share the store (written at close)
 
-Inside the pool: a 4 KiB root object (below), and blocks allocated from the pool. A
-standard block is a 64-byte block header followed by a log of 4 KiB pages of records; a
-jumbo block holds one record too large for a standard block. Records are written and
-checked by the native core (native/*.c, constants in native/vipercore.h); the
-numbers here must equal the ones the core exports, which tests/test_layout.py checks.
+Inside the pool: the root object (:class:`Root`), and blocks allocated from the pool. A
+standard block is a block header followed by a log of VPages of records; a jumbo block holds
+one record too large for a standard block. The format is defined once, as C structures and
+constants, in native/vipercore.h; the core exports it as :data:`FORMAT`, and every number
+this module shares with the core is taken from there. Python keeps only what the core never
+touches: the store directory's names, the ``blocks`` file, libpmemobj's layout name and
+object header, the poolset's reservation, and the sealing of the root's fields.
 """
 
 from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from typing import Any
+
+from . import _native
 
 #: libpmemobj's layout name: checked by pmemobj_open, so a foreign pool is refused at once.
 POOL_LAYOUT = "viperdbm"
-#: The format of everything inside the pool. Bumped on any incompatible change.
-FORMAT_VERSION = 2
 
 SET_FILE = "pool.set"
 PARTS_DIR = "parts"
 LOCK_FILE = "lock"
 BLOCKS_FILE = "blocks"
 
-#: libpmemobj type numbers of the objects viperdbm allocates.
-TYPE_STANDARD_BLOCK = 1
-TYPE_JUMBO_BLOCK = 2
+#: The format as the native core defines it (native/vipercore.h): its structures, constants
+#: and the root's magic.
+FORMAT = _native.FORMAT
+_CONSTANTS = FORMAT["constants"]
+#: The format of everything inside the pool. Bumped on any incompatible change.
+FORMAT_VERSION = _CONSTANTS["FORMAT_VERSION"]
+#: The type numbers of the objects viperdbm allocates; a block's header carries its type
+#: number again, as the block's kind.
+TYPE_STANDARD_BLOCK = _CONSTANTS["TYPE_STANDARD_BLOCK"]
+TYPE_JUMBO_BLOCK = _CONSTANTS["TYPE_JUMBO_BLOCK"]
 #: space held back (one block) so that deletes and compaction work on a full disk
-TYPE_RESERVE = 3
-
-#: a VPage (records of at most a page never straddle one); four OS pages
-PAGE_SIZE = 16384
-#: the OS page: part files are mapped in whole pages
-OS_PAGE_SIZE = 4096
-BLOCK_SIZE = 4 << 20
-INLINE_MAX = 1 << 20
-BLOCK_MAGIC = 0x4B4C4256
-BLOCK_HEADER_SIZE = 64
-BLOCK_KIND_STANDARD = 1
-BLOCK_KIND_JUMBO = 2
-#: offset in the block header of the block's birth: every record in the block has a
-#: sequence number at least this (0: a block of a writer before the field, no bound)
-BLOCK_BIRTH_OFFSET = 32
-RECORD_HEADER_SIZE = 16
-RECORD_ALIGN = 4
-KIND_PUT = 1
-KIND_DEL = 2
-KIND_PAD = 3
-MAX_KEY = 0xFFFFFFFF - 64
-MAX_VALUE = 0xFFFFFFFF - 64
+TYPE_RESERVE = _CONSTANTS["TYPE_RESERVE"]
+BLOCK_SIZE = _CONSTANTS["BLOCK_SIZE"]
+#: the size asked of pmemobj_root (the root's fields fill the start of it)
+ROOT_OBJECT_SIZE = _CONSTANTS["ROOT_OBJECT_SIZE"]
+ROOT_MAGIC = FORMAT["root_magic"]
 
 #: libpmemobj's per-object header: requesting BLOCK_SIZE minus this fills whole 256 KiB chunks.
 PMEMOBJ_OBJECT_HEADER = 16
@@ -64,12 +57,68 @@ PMEMOBJ_OBJECT_HEADER = 16
 #: Default address-space reservation of the poolset (not disk: parts are added as needed).
 MIN_RESERVATION = 64 << 30
 
-ROOT_SIZE = 4096
-ROOT_MAGIC = b"VIPERDBM"
-_ROOT = struct.Struct("<8sIIQQQQQ")
+_INTEGER_CODES = {4: "I", 8: "Q"}
 
 
-_SEQ_MASK = (1 << 48) - 1
+@dataclass(frozen=True)
+class Structure:
+    """A structure of the format: its size, and each field's (offset, size) in bytes."""
+
+    size: int
+    fields: dict[str, tuple[int, int]]
+
+    def offset(self, field: str) -> int:
+        return self.fields[field][0]
+
+    def packing(self, *, byte_fields: Collection[str] = ()) -> tuple[struct.Struct, list[str]]:
+        """A little-endian ``struct.Struct`` of the structure, and its fields' names in the
+        order it packs them: the fields named in ``byte_fields`` are bytes, the others
+        unsigned integers (of 4 or 8 bytes)."""
+        fmt, at, order = "<", 0, []
+        for name, (offset, size) in sorted(self.fields.items(), key=lambda field: field[1][0]):
+            fmt += f"{offset - at}x" if offset > at else ""
+            fmt += f"{size}s" if name in byte_fields else _INTEGER_CODES[size]
+            at = offset + size
+            order.append(name)
+        packing = struct.Struct(fmt + (f"{self.size - at}x" if self.size > at else ""))
+        if packing.size != self.size:
+            raise ImportError(f"a structure of the format does not add up: {self}")
+        return packing, order
+
+
+#: The structures the native core defines (native/vipercore.h), by their C names.
+CORE_STRUCTURES = {
+    name: Structure(desc["size"], dict(desc["fields"]))
+    for name, desc in FORMAT["structures"].items()
+}
+#: The ``blocks`` file's, which only Python reads and writes: this header, then one entry per
+#: block, then a CRC-32C of everything before it.
+BLOCKS_FILE_HEADER = Structure(
+    48,
+    {
+        "magic": (0, 16),
+        "format_version": (16, 4),
+        "count": (20, 4),
+        "generation": (24, 8),
+        "root_offset": (32, 8),
+        "mapped_size": (40, 8),
+    },
+)
+BLOCKS_FILE_ENTRY = Structure(
+    24, {"offset": (0, 8), "size": (8, 8), "type": (16, 4), "zero": (20, 4)}
+)
+#: Every structure of the format, by name (docs/format.md names each of its tables so).
+STRUCTURES = {
+    **CORE_STRUCTURES,
+    "BlocksFileHeader": BLOCKS_FILE_HEADER,
+    "BlocksFileEntry": BLOCKS_FILE_ENTRY,
+}
+
+_ROOT_STRUCTURE = CORE_STRUCTURES["VdRoot"]
+_ROOT, _ROOT_ORDER = _ROOT_STRUCTURE.packing(byte_fields={"magic"})
+#: the root's fields that are stored sealed (:func:`seal`)
+_SEALED = ("seq_floor", "durable_seq", "directory_generation")
+_SEQ_MASK = (1 << _CONSTANTS["SEQ_BITS"]) - 1
 
 
 def seal(value: int) -> int:
@@ -108,33 +157,26 @@ class Root:
     magic: bytes = ROOT_MAGIC
 
     def pack(self) -> bytes:
-        return _ROOT.pack(
-            self.magic,
-            self.format_version,
-            self.flags,
-            self.block_size,
-            seal(self.seq_floor),
-            seal(self.durable_seq),
-            self.created_ns,
-            seal(self.directory_generation),
-        )
+        values: dict[str, Any] = dict(self.__dict__)
+        for name in _SEALED:
+            values[name] = seal(values[name])
+        return _ROOT.pack(*(values[name] for name in _ROOT_ORDER))
 
     @classmethod
     def unpack(cls, data: bytes) -> Root:
-        magic, version, flags, block_size, floor, durable, created, gen = _ROOT.unpack_from(data)
-        if magic != ROOT_MAGIC:  # not ours: the caller reports that, not a damaged field
-            return cls(version, flags, block_size, 0, 0, created, 0, magic)
-        return cls(
-            version, flags, block_size, unseal(floor), unseal(durable), created, unseal(gen), magic
-        )
+        values: dict[str, Any] = dict(zip(_ROOT_ORDER, _ROOT.unpack_from(data), strict=True))
+        for name in _SEALED:
+            # not ours: the caller reports that, not a damaged field
+            values[name] = unseal(values[name]) if values["magic"] == ROOT_MAGIC else 0
+        return cls(**values)
 
     SIZE = _ROOT.size
 
     #: Byte offsets of fields that are updated in place (8-byte aligned: one store each,
     #: of the value sealed by :func:`seal`).
-    SEQ_FLOOR_OFFSET = 24
-    DURABLE_SEQ_OFFSET = 32
-    DIRECTORY_GENERATION_OFFSET = 48
+    SEQ_FLOOR_OFFSET = _ROOT_STRUCTURE.offset("seq_floor")
+    DURABLE_SEQ_OFFSET = _ROOT_STRUCTURE.offset("durable_seq")
+    DIRECTORY_GENERATION_OFFSET = _ROOT_STRUCTURE.offset("directory_generation")
 
 
 def dir_mode(mode: int) -> int:
@@ -143,8 +185,8 @@ def dir_mode(mode: int) -> int:
 
 
 BLOCKS_MAGIC = b"VIPERDBM-BLOCKS\0"
-_BLOCKS_HEAD = struct.Struct("<16sIIQQQ")
-_BLOCKS_ENTRY = struct.Struct("<QQII")
+_BLOCKS_HEAD, _ = BLOCKS_FILE_HEADER.packing(byte_fields={"magic"})
+_BLOCKS_ENTRY, _ = BLOCKS_FILE_ENTRY.packing()
 _CRC = struct.Struct("<I")
 
 
@@ -161,7 +203,7 @@ class BlockDirectory:
     generation: int
     root_offset: int
     mapped_size: int
-    blocks: list[tuple[int, int, int]]  # (offset, size, kind)
+    blocks: list[tuple[int, int, int]]  # (offset, size, type number)
 
     def pack(self, crc32c: Callable[[bytes], int]) -> bytes:
         head = _BLOCKS_HEAD.pack(
@@ -172,7 +214,7 @@ class BlockDirectory:
             self.root_offset,
             self.mapped_size,
         )
-        body = b"".join(_BLOCKS_ENTRY.pack(off, size, kind, 0) for off, size, kind in self.blocks)
+        body = b"".join(_BLOCKS_ENTRY.pack(off, size, type_, 0) for off, size, type_ in self.blocks)
         return head + body + _CRC.pack(crc32c(head + body))
 
     @classmethod
@@ -190,7 +232,7 @@ class BlockDirectory:
         if crc != crc32c(data[:end]):
             raise ValueError("blocks file checksum mismatch")
         blocks = [
-            (off, size, kind)
-            for off, size, kind, _ in _BLOCKS_ENTRY.iter_unpack(data[_BLOCKS_HEAD.size : end])
+            (off, size, type_)
+            for off, size, type_, _ in _BLOCKS_ENTRY.iter_unpack(data[_BLOCKS_HEAD.size : end])
         ]
         return cls(generation, root_off, mapped, blocks)

@@ -24,12 +24,13 @@ jumbo_size = core.jumbo_size
 sigblock = core.sigblock
 sigunblock = core.sigunblock
 sigpoll = core.sigpoll
-# the block constructor's address (BLOCK_CONSTRUCTOR: the native pmemobj_alloc constructor
-# of blocks and the reserve, whose argument Core.block_init makes; INIT_RESERVE is its kind
-# for the reserve), the codes the core's writes return (RC_*) and its persist modes
+# the on-media format (FORMAT: native/vipercore.h's structures and constants, which
+# viperdbm/_layout.py reads), the block constructor's address (BLOCK_CONSTRUCTOR: the native
+# pmemobj_alloc constructor of blocks and the reserve, whose argument Core.block_init makes),
+# the codes the core's writes return (RC_*) and its persist modes
 from ._vipercore import (  # noqa: E402 (after the import above, which explains a failure)
     BLOCK_CONSTRUCTOR,
-    INIT_RESERVE,
+    FORMAT,
     PERSIST_FUNC,
     PERSIST_MSYNC,
     PERSIST_NONE,
@@ -44,7 +45,7 @@ from ._vipercore import (  # noqa: E402 (after the import above, which explains 
 
 __all__ = [
     "BLOCK_CONSTRUCTOR",
-    "INIT_RESERVE",
+    "FORMAT",
     "PERSIST_FUNC",
     "PERSIST_MSYNC",
     "PERSIST_NONE",

@@ -37,7 +37,7 @@ def build_new_store(directory: str, mode: int, label: str) -> None:
         label=label,
     )
     try:
-        root_off = pool.root(layout.ROOT_SIZE)
+        root_off = pool.root(layout.ROOT_OBJECT_SIZE)
         root = layout.Root(created_ns=time.time_ns())
         pool.write(root_off, root.pack())
         pool.persist(root_off, layout.Root.SIZE)

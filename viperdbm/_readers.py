@@ -75,8 +75,8 @@ def open_shared(path: str) -> SharedOpen | None:
         core = _native.Core(base, total, sum(size for _, size, _ in directory.blocks) // 128)
         core.set_floor(root.seq_floor)
         core.set_durable(root.durable_seq)
-        for off, size, kind in directory.blocks:
-            core.scan_block(off, size, kind)
+        for off, size, type_num in directory.blocks:
+            core.scan_block(off, size, type_num)
         damage = core.damage()
         core.finish_recovery(False)
     except (ValueError, CorruptedError) as exc:  # a store problem: the exclusive open says which

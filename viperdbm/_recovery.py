@@ -36,9 +36,9 @@ class Recovered:
 
 def read_root(pool: Pool, path: str) -> tuple[int, layout.Root]:
     """The root object's offset and fields; a store error if it is not a viperdbm root."""
-    if pool.root_size() < layout.ROOT_SIZE:
+    if pool.root_size() < layout.ROOT_OBJECT_SIZE:
         raise CorruptedError("the store has no root object", filename=path)
-    root_off = pool.root(layout.ROOT_SIZE)
+    root_off = pool.root(layout.ROOT_OBJECT_SIZE)
     try:
         root = layout.Root.unpack(pool.read(root_off, layout.Root.SIZE))
     except ValueError as exc:
@@ -92,19 +92,19 @@ def scan(
         core.set_io_error(pool.io_errno)
     core.set_floor(root.seq_floor)
     core.set_durable(root.durable_seq)
-    kinds = block_kinds(core, objects, path)
-    check_against_block_directory(path, generation_at_open, objects, kinds)
+    types = block_types(core, objects, path)
+    check_against_block_directory(path, generation_at_open, objects, types)
     reserve_off: int | None = None
     unused: list[int] = []
     for off, _, usable in objects:
-        kind = kinds[off]
-        if not kind:  # the reserve (it holds no block header)
+        type_num = types[off]
+        if not type_num:  # the reserve (it holds no block header)
             if reserve_off is None:
                 reserve_off = off
             else:
                 unused.append(off)  # (a second one: a crash while replacing it)
             continue
-        status, _records, _damaged_at = core.scan_block(off, usable, kind)
+        status, _records, _damaged_at = core.scan_block(off, usable, type_num)
         if status == 1:
             unused.append(off)  # allocated, then the process died before its first record
         elif status == 2:
@@ -149,10 +149,10 @@ def free_leftovers(pool: Pool, core: _native.Core, found: Recovered) -> None:
         core.drop_block(off)
 
 
-def block_kinds(
+def block_types(
     core: _native.Core, objects: list[tuple[int, int, int]], path: str
 ) -> dict[int, int]:
-    """The block kind of each object (0: the reserve), from its type number.
+    """The type each object is read as: a block's own type number, or 0 for the reserve.
 
     The reserve's constructor zeroes the first bytes of the object, so an object typed
     as the reserve that holds a valid block header with a birth is a block whose type
@@ -160,16 +160,12 @@ def block_kinds(
     unread. (A header without a birth may be a previous life's in a reserve that an
     older writer allocated without the constructor: the reserve, unless the ``blocks``
     file says otherwise, see :func:`check_against_block_directory`.)"""
-    by_type = {
-        layout.TYPE_STANDARD_BLOCK: layout.BLOCK_KIND_STANDARD,
-        layout.TYPE_JUMBO_BLOCK: layout.BLOCK_KIND_JUMBO,
-    }
-    kinds: dict[int, int] = {}
+    types: dict[int, int] = {}
     for off, type_num, usable in objects:
         if type_num == layout.TYPE_RESERVE:
             header = core.block_header(off, usable)
-            kinds[off] = header[0] if header is not None and header[1] > 0 else 0
-            if kinds[off]:
+            types[off] = header[0] if header is not None and header[1] > 0 else 0
+            if types[off]:
                 log.warning(
                     "%s: the object at offset %d is typed as the reserve but holds a block "
                     "header (a damaged type number); it is read as a block",
@@ -177,29 +173,28 @@ def block_kinds(
                     off,
                 )
             continue
-        kind = by_type.get(type_num)
-        if kind is None:
+        if type_num not in (layout.TYPE_STANDARD_BLOCK, layout.TYPE_JUMBO_BLOCK):
             raise CorruptedError(
                 f"the pool holds an object of unknown type {type_num}", filename=path
             )
-        kinds[off] = kind
-    return kinds
+        types[off] = type_num
+    return types
 
 
 def check_against_block_directory(
     path: str,
     generation_at_open: int,
     objects: list[tuple[int, int, int]],
-    kinds: dict[int, int],
+    types: dict[int, int],
 ) -> None:
-    """A block the last close listed must still be in the pool's heap, as the same kind.
+    """A block the last close listed must still be in the pool's heap, of the same type.
 
     The heap is libpmemobj's: damage to an object's header there would make a block,
     and every record in it, silently disappear from the iteration, or turn it into the
     reserve, which a writable open frees. While the blocks file is current (the last
     writer closed and nothing wrote since: ``generation_at_open``, the generation the root
-    held when this open read it), compare. ``kinds``: the kind each object is read as (0:
-    the reserve)."""
+    held when this open read it), compare. ``types``: the type each object is read as (0:
+    the reserve, see :func:`block_types`)."""
     if not generation_at_open:
         return
     try:
@@ -219,14 +214,14 @@ def check_against_block_directory(
         )
     names = {
         0: "the reserve",
-        layout.BLOCK_KIND_STANDARD: "a standard block",
-        layout.BLOCK_KIND_JUMBO: "a jumbo block",
+        layout.TYPE_STANDARD_BLOCK: "a standard block",
+        layout.TYPE_JUMBO_BLOCK: "a jumbo block",
     }
-    for off, _, kind in directory.blocks:
-        if kinds[off] != kind:
+    for off, _, type_num in directory.blocks:
+        if types[off] != type_num:
             raise CorruptedError(
-                f"the block at offset {off} was {names.get(kind, f'of kind {kind}')} at the "
-                f"last close, but the pool's heap now makes it "
-                f"{names.get(kinds[off], 'something else')} (a damaged object header)",
+                f"the block at offset {off} was {names.get(type_num, f'of type {type_num}')} "
+                f"at the last close, but the pool's heap now makes it "
+                f"{names.get(types[off], 'something else')} (a damaged object header)",
                 filename=path,
             )

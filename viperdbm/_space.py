@@ -31,12 +31,8 @@ _T = TypeVar("_T")
 #: Space.free_dead_blocks)
 _FREE_AFTER_SYNC_BYTES = 32 << 20
 
-#: what the native block constructor makes of each object type (Space.alloc)
-_CONSTRUCTED = {
-    layout.TYPE_STANDARD_BLOCK: layout.BLOCK_KIND_STANDARD,
-    layout.TYPE_JUMBO_BLOCK: layout.BLOCK_KIND_JUMBO,
-    layout.TYPE_RESERVE: _native.INIT_RESERVE,
-}
+#: the object types the native block constructor makes (Space.alloc)
+_CONSTRUCTED = frozenset({layout.TYPE_STANDARD_BLOCK, layout.TYPE_JUMBO_BLOCK, layout.TYPE_RESERVE})
 
 
 def tune_growth(pool: Pool) -> None:
@@ -74,8 +70,7 @@ class Space:
     # ------------------------------------------------------------------ allocating
     def alloc(self, size: int, type_num: int, *, zero: bool) -> tuple[int, int]:
         pool = self.pool
-        kind = _CONSTRUCTED.get(type_num)
-        if kind is None:
+        if type_num not in _CONSTRUCTED:
             off = pool.alloc(size, type_num, zero=zero)
         else:
             # The core's constructor writes the header (with the block's birth, the next
@@ -83,7 +78,7 @@ class Space:
             # crash leaves no block, or one whose header is this life's. Whatever the space
             # held before (a freed block's header and records) is never read as a block.
             init = ctypes.create_string_buffer(
-                self.core.block_init(kind, size, PMEMOBJ_PERSIST_ADDRESS, zero)
+                self.core.block_init(type_num, size, PMEMOBJ_PERSIST_ADDRESS, zero)
             )
             off = pool.alloc(
                 size,

@@ -54,8 +54,9 @@ _RENAME_EXCHANGE = 2
 _PERMISSION_HINT = "check the permissions of that path and of the directories above it"
 
 
-#: the OS page: libpmemobj maps each part file in whole pages (one source for every module)
-OS_PAGE_SIZE = layout.OS_PAGE_SIZE
+#: the OS page: libpmemobj maps each part file in whole pages (one source for every module;
+#: the native core reads the same sysconf)
+OS_PAGE_SIZE = os.sysconf("SC_PAGESIZE")
 
 
 def umask() -> int:

@@ -1,27 +1,20 @@
 # Type stub of the native core (native/*.c).
 from collections.abc import Callable, Iterable, Iterator
-from typing import Final, final
+from typing import Final, TypedDict, final
 
 from typing_extensions import disjoint_base
 
-FORMAT_VERSION: Final[int]
-PAGE_SIZE: Final[int]
-BLOCK_SIZE: Final[int]
-INLINE_MAX: Final[int]
-BLOCK_MAGIC: Final[int]
-BLOCK_HEADER_SIZE: Final[int]
-BLOCK_KIND_STANDARD: Final[int]
-BLOCK_KIND_JUMBO: Final[int]
-BLOCK_BIRTH_OFFSET: Final[int]
-INIT_RESERVE: Final[int]
+class _Structure(TypedDict):
+    size: int
+    fields: dict[str, tuple[int, int]]
+
+class _Format(TypedDict):
+    structures: dict[str, _Structure]
+    constants: dict[str, int]
+    root_magic: bytes
+
+FORMAT: Final[_Format]
 BLOCK_CONSTRUCTOR: Final[int]
-RECORD_HEADER_SIZE: Final[int]
-RECORD_ALIGN: Final[int]
-KIND_PUT: Final[int]
-KIND_DEL: Final[int]
-KIND_PAD: Final[int]
-MAX_KEY: Final[int]
-MAX_VALUE: Final[int]
 RC_OK: Final[int]
 RC_NEED_BLOCK: Final[int]
 RC_NEED_JUMBO: Final[int]
@@ -66,7 +59,7 @@ class Core:
     def set_floor(self, floor: int, /) -> None: ...
     def set_durable(self, durable_seq: int, /) -> None: ...
     def add_block(self, off: int, usable: int, /) -> int: ...
-    def block_init(self, kind: int, size: int, persist: int, zero: bool = False, /) -> bytes: ...
+    def block_init(self, type: int, size: int, persist: int, zero: bool = False, /) -> bytes: ...
     def block_header(self, off: int, usable: int, /) -> tuple[int, int] | None: ...
     def put(self, key: _Key, value: _Key, /) -> int: ...
     def put_jumbo(self, off: int, usable: int, key: _Key, value: _Key, /) -> int: ...
@@ -78,7 +71,7 @@ class Core:
     def keys(self) -> list[bytes]: ...
     def firstkey(self) -> bytes | None: ...
     def nextkey(self, key: _Key, /) -> bytes | None: ...
-    def scan_block(self, off: int, usable: int, kind: int, /) -> tuple[int, int, int]: ...
+    def scan_block(self, off: int, usable: int, type: int, /) -> tuple[int, int, int]: ...
     def damage(self) -> list[tuple[int, int]]: ...
     def finish_recovery(self, writable: bool, /) -> list[int]: ...
     def freeable(self) -> list[tuple[int, int, int]]: ...
