@@ -38,7 +38,6 @@ import os
 import re
 import shutil
 import stat
-import uuid
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, NamedTuple
 
@@ -136,7 +135,8 @@ def atomic_file(path: str, mode: int = 0o666) -> Iterator[BinaryIO]:
     over it, then its directory fsynced. On failure the temporary file is removed and
     ``path`` is untouched. (Errors are the caller's to word: they must name ``path``.)"""
     parent, base = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(parent, f".{base}.{uuid.uuid4().hex[:12]}.tmp")
+    # (random bytes, as uuid4 is: importing uuid brings in platform at every start)
+    tmp = os.path.join(parent, f".{base}.{os.urandom(6).hex()}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
         with os.fdopen(fd, "wb") as f:
@@ -540,7 +540,7 @@ def point_poolset_at_parts(directory: str) -> None:
 def temp_path(path: str, what: str) -> str:
     """A hidden name beside ``path`` for a store being built (``what``: new, old, build)."""
     parent, base = os.path.split(os.path.abspath(path))
-    return os.path.join(parent, f".{base}.viperdbm-{what}-{uuid.uuid4().hex}")
+    return os.path.join(parent, f".{base}.viperdbm-{what}-{os.urandom(16).hex()}")
 
 
 def make_durable(directory: str) -> None:
