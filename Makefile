@@ -2,6 +2,10 @@
 # Both set everything up first (Debian packages, .venv, the build), so either works on a
 # fresh machine.
 PY := .venv/bin/python
+# The suite in two worker processes (pytest-xdist): each test makes its own temporary
+# directories, and most of the time is spent waiting on child processes. Serially:
+# make test PYTEST_ARGS=
+PYTEST_ARGS ?= -n 2
 
 .PHONY: setup demo test lint check bench clean
 
@@ -12,7 +16,7 @@ demo: setup
 	$(PY) -m viperdbm demo
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # stubtest: the stub of the C extension lists exactly what the extension has.
 lint: setup
