@@ -36,7 +36,6 @@ import fcntl
 import logging
 import os
 import re
-import shutil
 import stat
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, NamedTuple
@@ -599,12 +598,20 @@ def publish(built: str, path: str, *, replace: bool) -> str | None:
     return old
 
 
+def _rmtree(path: str) -> None:
+    # shutil (with bz2, lzma and fnmatch) only here, where a store is replaced or abandoned:
+    # opening one needs none of it
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def remove_old(old: str | None) -> None:
     """Remove what :func:`publish` swapped out (a store directory or a file)."""
     if old is None:
         return
     if os.path.isdir(old) and not os.path.islink(old):
-        shutil.rmtree(old, ignore_errors=True)
+        _rmtree(old)
     else:
         with contextlib.suppress(OSError):
             os.unlink(old)
@@ -612,4 +619,4 @@ def remove_old(old: str | None) -> None:
 
 def discard(built: str) -> None:
     """Remove a store that was being built and will not be published."""
-    shutil.rmtree(built, ignore_errors=True)
+    _rmtree(built)
