@@ -37,5 +37,5 @@ bench: setup
 	@dpkg-query -W -f='$${Status}' python3-gdbm 2>/dev/null | grep -q "install ok installed" || { \
 	    S=""; [ "$$(id -u)" -eq 0 ] || S=sudo; \
 	    $$S apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$S apt-get install -y -qq python3-gdbm >/dev/null; }
-	.venv/bin/pip install -q -e ".[bench]"
+	.venv/bin/pip install -q -e ".[bench]" --config-settings editable_mode=strict
 	$(PY) benchmarks/run.py --full --fs both --out benchmarks/results
