@@ -2,6 +2,10 @@
 # Both set everything up first (Debian packages, .venv, the build), so either works on a
 # fresh machine.
 PY := .venv/bin/python
+# The suite in two worker processes (pytest-xdist): each test makes its own temporary
+# directories, and most of the time is spent waiting on child processes. Serially:
+# make test PYTEST_ARGS=
+PYTEST_ARGS ?= -n 2
 
 .PHONY: setup demo test lint check bench clean
 
@@ -12,7 +16,7 @@ demo: setup
 	$(PY) -m viperdbm demo
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # stubtest: the stub of the C extension lists exactly what the extension has.
 lint: setup
@@ -33,5 +37,5 @@ bench: setup
 	@dpkg-query -W -f='$${Status}' python3-gdbm 2>/dev/null | grep -q "install ok installed" || { \
 	    S=""; [ "$$(id -u)" -eq 0 ] || S=sudo; \
 	    $$S apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$S apt-get install -y -qq python3-gdbm >/dev/null; }
-	.venv/bin/pip install -q -e ".[bench]"
+	.venv/bin/pip install -q -e ".[bench]" --config-settings editable_mode=strict
 	$(PY) benchmarks/run.py --full --fs both --out benchmarks/results

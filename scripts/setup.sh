@@ -24,5 +24,13 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[test,lint]"
+# strict: the package is importable through a static path entry (build/__editable__.*, links
+# to this checkout's files), which costs a Python start nothing; the default mode's import
+# hook costs every start (the test suite's thousands of child processes included) about as
+# much as the interpreter itself. A new module file needs this script again (make test runs it).
+.venv/bin/python -m pip install -q -e ".[test,lint]" --config-settings editable_mode=strict
+# An editable install compiles nothing, and with PYTHONDONTWRITEBYTECODE set no run writes the
+# bytecode either: every start would compile viperdbm from source. (A stale file is only
+# recompiled in memory, never used.)
+.venv/bin/python -m compileall -q viperdbm tests build/__editable__.viperdbm-*
 echo "setup: ready (.venv/bin/python -c 'import viperdbm')"

@@ -29,7 +29,16 @@ from types import ModuleType
 from typing import Any, Protocol, cast
 
 import pytest
+from hypothesis import settings
 
+# Hypothesis draws the same examples in every run, and in every xdist worker, for the tests
+# that do not say otherwise; VIPERDBM_FRESH_SEEDS=1 draws new ones. A failure prints the
+# falsifying example and the blob that replays it.
+settings.register_profile("viperdbm-fixed", derandomize=True, print_blob=True)
+settings.register_profile("viperdbm-fresh", print_blob=True)
+settings.load_profile(
+    "viperdbm-fresh" if os.environ.get("VIPERDBM_FRESH_SEEDS") == "1" else "viperdbm-fixed"
+)
 BACKEND_ENV = "VIPERDBM_TEST_BACKEND"
 BACKENDS = ("viperdbm", "dbm.dumb")
 CLOSED_MESSAGE = "DBM object has already been closed"

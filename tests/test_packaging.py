@@ -24,7 +24,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 WHEEL_TEST = os.environ.get("VIPERDBM_TEST_WHEEL") == "1"
 
-# the test files that run against the installed wheel (with conftest.py and docs/)
+# the test files that run against the installed wheel (with conftest.py, the helper modules
+# they import and docs/)
+INSTALLED_HELPERS = ["_vdbtools.py"]
 INSTALLED_SUITE = [
     "test_dbm_contract.py",
     "test_cli.py",
@@ -141,7 +143,7 @@ def test_sdist_and_wheel_install_and_pass_the_tests(
     suite = work / "tests"
     suite.mkdir()
     shutil.copy(ROOT / "tests" / "conftest.py", suite)
-    for name in INSTALLED_SUITE:
+    for name in INSTALLED_HELPERS + INSTALLED_SUITE:
         shutil.copy(ROOT / "tests" / name, suite)
     shutil.copytree(ROOT / "docs", work / "docs")
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIPERDBM_")}

@@ -14,9 +14,10 @@ scanning them at open. See the README for the durability each filesystem gives.
 
 from __future__ import annotations
 
-from ._check import CheckReport, Salvaged, check, salvage
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._dbm import Database, open
-from ._dump import DumpError, copy, dump, load
 from ._errors import (
     ClosedError,
     CorruptedError,
@@ -30,7 +31,41 @@ from ._errors import (
 from .compat import whichdb
 from .viper import Viper, ViperClient, ViperReadOnlyClient
 
+if TYPE_CHECKING:
+    from ._check import CheckReport, Salvaged, check, salvage
+    from ._dump import DumpError, copy, dump, load
+
 __version__ = "0.1.0"
+
+# Checking and dumping (hashlib, json, datetime, progress reports) are loaded on first use:
+# every program that only opens stores, and each of the test suite's thousands of child
+# processes, would otherwise pay for them at every start.
+_LAZY = {
+    "CheckReport": "._check",
+    "Salvaged": "._check",
+    "check": "._check",
+    "salvage": "._check",
+    "DumpError": "._dump",
+    "copy": "._dump",
+    "dump": "._dump",
+    "load": "._dump",
+}
+
+
+if not TYPE_CHECKING:  # (type checkers see the imports above; a misspelt name stays an error)
+
+    def __getattr__(name: str) -> Any:
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module, __name__), name)
+        globals()[name] = value  # found directly from now on
+        return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "CheckReport",

@@ -12,25 +12,21 @@ import argparse
 import base64
 import binascii
 import errno as _errno
-import json
 import logging
 import os
-import shelve
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__, error
 from . import open as open_store
-from . import shelve as vshelve
-from ._check import check, salvage
-from ._dump import copy, dump, load
 from ._progress import Progress, Ticker
+
+# What only some commands need is imported in them: every run of the command, and the test
+# suite runs it hundreds of times, would otherwise pay for all of them (checking and
+# dumping, json, shelve and pickle, subprocess, tempfile, pathlib) before doing anything.
 
 PROG = "viperdbm"
 
@@ -67,6 +63,8 @@ def _existing_store(path: str) -> str:
 
 
 def _emit_json(data: Any) -> None:
+    import json
+
     print(json.dumps(data, indent=2, sort_keys=True))
 
 
@@ -91,6 +89,12 @@ while True:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import shelve
+    import subprocess
+    import tempfile
+
+    from . import shelve as vshelve
+
     n = args.records
     if n < 1:
         raise _UsageError("--records must be at least 1")
@@ -188,6 +192,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from ._check import check, salvage
+
     engine_log = logging.getLogger("viperdbm")
     level = engine_log.level
     if not args.verbose:
@@ -284,6 +290,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- long operations
 def cmd_dump(args: argparse.Namespace) -> int:
+    from ._dump import dump
+
     path = _existing_store(args.path)
     to_stdout = args.out in (None, "-")
     if to_stdout and args.json:
@@ -305,6 +313,8 @@ def cmd_dump(args: argparse.Namespace) -> int:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
+    from ._dump import load
+
     started = time.perf_counter()
     with _bar(args, "load") as bar:
         if args.dump == "-":
@@ -320,6 +330,8 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 
 def cmd_copy(args: argparse.Namespace) -> int:
+    from ._dump import copy
+
     started = time.perf_counter()
     with _bar(args, "copy") as bar:
         count = copy(_existing_store(args.src), args.dst, replace=args.replace, progress=bar)
@@ -352,6 +364,9 @@ def cmd_reorganize(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    import subprocess
+    from pathlib import Path
+
     where = (
         Path(args.benchmarks)
         if args.benchmarks

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno as _errno
 import importlib.util
 import os
@@ -60,7 +59,6 @@ from viperdbm._errors import (
     VersionMismatchError,
     error,
 )
-from viperdbm._pmdk_metadata import survey
 from viperdbm._storedir import (
     MIN_POOL,
     OS_PAGE_SIZE,
@@ -110,7 +108,11 @@ def _load(sonames: tuple[str, ...], short: str) -> ctypes.CDLL:
             return ctypes.CDLL(soname, use_errno=True)
         except OSError:
             pass
-    found = ctypes.util.find_library(short)
+    # only now: find_library runs ldconfig and the C compiler in child processes, and
+    # importing ctypes.util brings in subprocess, which every start would pay for
+    from ctypes.util import find_library
+
+    found = find_library(short)
     if found is not None:
         try:
             return ctypes.CDLL(found, use_errno=True)
@@ -599,7 +601,10 @@ def validate_parts(parts: Parts, label: str) -> set[int] | None:
             filename=label,
         )
     # libpmemobj's open trusts its lanes and heap headers and can loop forever on damaged
-    # ones (see _pmdk_metadata): refuse those pools before calling it
+    # ones (see _pmdk_metadata): refuse those pools before calling it. Imported here, at
+    # the first open of an existing store: creating one or only importing needs none of it.
+    from viperdbm._pmdk_metadata import survey
+
     try:
         found = survey(
             [(part.path, part.size - part.size % OS_PAGE_SIZE) for part in parts.numbered]

@@ -36,9 +36,7 @@ import fcntl
 import logging
 import os
 import re
-import shutil
 import stat
-import uuid
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, NamedTuple
 
@@ -137,7 +135,8 @@ def atomic_file(path: str, mode: int = 0o666) -> Iterator[BinaryIO]:
     over it, then its directory fsynced. On failure the temporary file is removed and
     ``path`` is untouched. (Errors are the caller's to word: they must name ``path``.)"""
     parent, base = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(parent, f".{base}.{uuid.uuid4().hex[:12]}.tmp")
+    # (random bytes, as uuid4 is: importing uuid brings in platform at every start)
+    tmp = os.path.join(parent, f".{base}.{os.urandom(6).hex()}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
         with os.fdopen(fd, "wb") as f:
@@ -541,7 +540,7 @@ def point_poolset_at_parts(directory: str) -> None:
 def temp_path(path: str, what: str) -> str:
     """A hidden name beside ``path`` for a store being built (``what``: new, old, build)."""
     parent, base = os.path.split(os.path.abspath(path))
-    return os.path.join(parent, f".{base}.viperdbm-{what}-{uuid.uuid4().hex}")
+    return os.path.join(parent, f".{base}.viperdbm-{what}-{os.urandom(16).hex()}")
 
 
 def make_durable(directory: str) -> None:
@@ -600,12 +599,20 @@ def publish(built: str, path: str, *, replace: bool) -> str | None:
     return old
 
 
+def _rmtree(path: str) -> None:
+    # shutil (with bz2, lzma and fnmatch) only here, where a store is replaced or abandoned:
+    # opening one needs none of it
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def remove_old(old: str | None) -> None:
     """Remove what :func:`publish` swapped out (a store directory or a file)."""
     if old is None:
         return
     if os.path.isdir(old) and not os.path.islink(old):
-        shutil.rmtree(old, ignore_errors=True)
+        _rmtree(old)
     else:
         with contextlib.suppress(OSError):
             os.unlink(old)
@@ -613,4 +620,4 @@ def remove_old(old: str | None) -> None:
 
 def discard(built: str) -> None:
     """Remove a store that was being built and will not be published."""
-    shutil.rmtree(built, ignore_errors=True)
+    _rmtree(built)
