@@ -68,7 +68,8 @@ class Write:
     into_jumbo: Callable[[int, int], int] | None = None
     #: deletes and compaction may take the reserve for a block on a full disk; puts never
     use_reserve: bool = False
-    #: what a full disk stops, for its StoreFullError (None: the error as raised)
+    #: what a full disk stops, for its StoreFullError (None: the error as raised), and what
+    #: the write did not do, for a StoreFullError that is not the disk's
     disk_full: Message[StoreFullError] | None = None
     not_written: str = ""
     #: run before each need is met (reorganize() delivers signals there)
@@ -124,6 +125,8 @@ def finish_put(space: Space, code: int, key: bytes | str, value: bytes | str) ->
         code,
         Write(
             retry=lambda: core.put(key, value),
+            # from the record, not core.jumbo_need: a write of another thread (the fast path
+            # takes no lock) may have set that since
             jumbo_bytes=lambda: _native.jumbo_size(len(_as_bytes(key)), len(_as_bytes(value))),
             into_jumbo=lambda off, usable: core.put_jumbo(off, usable, key, value),
             disk_full=PUT_DISK_FULL,
