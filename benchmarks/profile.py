@@ -174,12 +174,12 @@ def classify(below: list[Frame]) -> tuple[str, str]:
         return "Python loop of the caller (bytecode, iteration, call dispatch)", "(loop)"
     leaf = below[-1]
     stack = " ".join(f.func for f in below)
-    if "put_slow" in stack or "new_block" in stack or any("pmem" in f.lib for f in below):
+    if "write_slow" in stack or "new_block" in stack or any("pmem" in f.lib for f in below):
         named = [f.func for f in below if not f.func.startswith("0x")]
         tail = " > ".join(named[-2:])
         if leaf.func.startswith("0x"):
             tail += f" > [{leaf.lib}]"
-        return "slow path: a new 4 MiB block (Engine.put_slow, libpmemobj)", f"new block: {tail}"
+        return "slow path: a new 4 MiB block (Engine.write_slow, libpmemobj)", f"new block: {tail}"
     if leaf.lib.endswith(".c") and "vipercore" in leaf.lib:
         return "native core (native/)", leaf.func
     if leaf.lib.endswith(".py"):

@@ -2,29 +2,28 @@
  * single blocks that puts and deletes ask for once dead space passes its threshold. */
 #include "core.h"
 
-#define COMPACT_MIN_DEAD (8u << 20) /* never compact for less dead space than two blocks */
-
-/* The standard block (not the active one) with the most dead bytes, if at least half of it
- * is dead, when dead space is over two thirds of all block space (the store at most three
- * times its live data) and at least COMPACT_MIN_DEAD; -1 otherwise. Compacting earlier made
- * a workload that deletes half the keys pay for copying the other half, at every trigger. */
+/* The standard block (not the active one) with the most dead bytes, if at least the policy's
+ * fraction of it is dead, when dead space is at least the policy's fraction of all block
+ * space and its minimum; -1 otherwise (and without a policy). The numbers and their reasons
+ * are in viperdbm/_space.py (RECLAIM), handed over by set_reclaim_policy(). */
 Py_ssize_t compaction_victim(Core *c, int urgent) {
     uint64_t dead = 0, total = 0, best_dead = 0;
     Py_ssize_t best = -1;
+    if (!c->auto_compact) return -1;
     for (size_t i = 0; i < c->nblocks; i++) {
         Block *b = &c->blocks[i];
         total += b->size;
         dead += b->dead_bytes;
         if ((Py_ssize_t)i == c->active || b->type != VD_TYPE_STANDARD_BLOCK || b->old) continue;
         if (!b->live && !b->tombstones) continue; /* already empty: waiting to be freed */
-        if (b->dead_bytes * 2 < b->size) continue; /* copying would cost more than it frees */
+        if (b->dead_bytes * c->block_dead_den < b->size * c->block_dead_num) continue;
         if (b->dead_bytes > best_dead) {
             best_dead = b->dead_bytes;
             best = (Py_ssize_t)i;
         }
     }
-    /* urgent (a full disk): any block at least half dead is worth copying out */
-    if (!urgent && (dead < COMPACT_MIN_DEAD || dead * 3 < total * 2)) return -1;
+    /* urgent (a full disk): any block dead enough is worth copying out, whatever the total */
+    if (!urgent && (dead < c->compact_min_dead || dead * c->store_dead_den < total * c->store_dead_num)) return -1;
     return best;
 }
 
@@ -44,7 +43,8 @@ PyObject *Core_compact_begin(Core *c, PyObject *unused) {
     return PyLong_FromUnsignedLongLong(c->next_seq);
 }
 
-/* compact_step() -> (0, 0) done | (1, 0) need block | (2, size) need a jumbo block of size */
+/* compact_step([joff, jsize]) -> RC_DONE (every live record copied), RC_NEED_BLOCK, or
+ * RC_NEED_JUMBO (call again with a jumbo block of jumbo_need bytes) */
 PyObject *Core_compact_step(Core *c, PyObject *args) {
     unsigned long long joff = 0, jsize = 0;
     if (!PyArg_ParseTuple(args, "|KK", &joff, &jsize)) return NULL;
@@ -60,13 +60,16 @@ PyObject *Core_compact_step(Core *c, PyObject *args) {
         const uint8_t *k = rec_key(c, old, &r);
         uint64_t len = record_len_for(r.klen, r.vlen), off;
         if (len > VD_INLINE_MAX) {
-            if (!joff) return Py_BuildValue("(iK)", RC_NEED_JUMBO, (unsigned long long)(VD_BLOCK_HEADER_SIZE + align_up(len, VD_RECORD_ALIGN)));
+            if (!joff) {
+                c->jumbo_need = VD_BLOCK_HEADER_SIZE + align_up(len, VD_RECORD_ALIGN);
+                return PyLong_FromLong(RC_NEED_JUMBO);
+            }
             /* (block_insert moves blocks[], never the pool: k stays valid) */
             if (write_jumbo(c, VD_KIND_PUT, joff, jsize, k, r.klen, k + r.klen, r.vlen, &off) < 0) return NULL;
             joff = 0;
         } else {
             int rc = append_record(c, VD_KIND_PUT, k, r.klen, k + r.klen, r.vlen, &off);
-            if (rc != RC_OK) return Py_BuildValue("(iK)", rc, 0ULL);
+            if (rc != RC_DONE) return PyLong_FromLong(rc);
         }
         uint64_t alen = align_up(len, VD_RECORD_ALIGN);
         Py_ssize_t nb = block_find(c, off);
@@ -76,7 +79,7 @@ PyObject *Core_compact_step(Core *c, PyObject *args) {
         c->slots[c->compact_cursor] = (s & ~SLOT_OFF_MASK) | (off >> 2);
         crash_point("compact_step: index updated");
     }
-    return Py_BuildValue("(iK)", RC_OK, 0ULL);
+    return PyLong_FromLong(RC_DONE);
 }
 
 /* compact_end(aborted=False): mutators may run again. After a reorganize() that failed
@@ -108,8 +111,8 @@ PyObject *Core_compaction_victim(Core *c, PyObject *args) {
     return PyLong_FromUnsignedLongLong(c->blocks[v].off);
 }
 
-/* compact_block(off) -> rc: 0 done (the block now holds nothing needed and can be freed),
- * 1 need a block (call again after add_block). Copies the block's live records to the
+/* compact_block(off) -> RC_DONE (the block now holds nothing needed and can be freed), or
+ * RC_NEED_BLOCK (call again after add_block). Copies the block's live records to the
  * active block, and its deletes whose key has no newer record, unless no block holds an
  * older record (then the delete has nothing left to hide). Crash-safe as every write: the
  * copies are newer, so until the block is freed recovery simply prefers them. */
@@ -119,7 +122,7 @@ PyObject *Core_compact_block(Core *c, PyObject *arg) {
     Py_ssize_t vi = block_find(c, off);
     if (vi < 0 || c->blocks[vi].off != off) { /* freed meanwhile: nothing was left in it */
         c->block_cursor_off = c->block_cursor_pos = 0;
-        return PyLong_FromLong(RC_OK);
+        return PyLong_FromLong(RC_DONE);
     }
     if (vi == c->active || c->blocks[vi].type != VD_TYPE_STANDARD_BLOCK) {
         internal_error("compact_block() needs a standard block that is not active");
@@ -146,7 +149,7 @@ PyObject *Core_compact_block(Core *c, PyObject *arg) {
             int64_t i = index_lookup(c, k, r.klen, h);
             if (i >= 0 && slot_off(c->slots[i]) == pos) {
                 int rc = append_record(c, VD_KIND_PUT, k, r.klen, k + r.klen, r.vlen, &noff);
-                if (rc != RC_OK) {
+                if (rc != RC_DONE) {
                     c->block_cursor_off = off;
                     c->block_cursor_pos = pos;
                     return PyLong_FromLong(rc);
@@ -162,7 +165,7 @@ PyObject *Core_compact_block(Core *c, PyObject *arg) {
             uint64_t h = key_hash(k, r.klen);
             if (index_lookup(c, k, r.klen, h) < 0) {
                 int rc = append_record(c, VD_KIND_DEL, k, r.klen, NULL, 0, &noff);
-                if (rc != RC_OK) {
+                if (rc != RC_DONE) {
                     c->block_cursor_off = off;
                     c->block_cursor_pos = pos;
                     return PyLong_FromLong(rc);
@@ -176,7 +179,7 @@ PyObject *Core_compact_block(Core *c, PyObject *arg) {
     }
     c->blocks[vi].tombstones = 0; /* every delete that still mattered has a newer copy */
     c->block_cursor_off = c->block_cursor_pos = 0;
-    return PyLong_FromLong(RC_OK);
+    return PyLong_FromLong(RC_DONE);
 }
 
 /* old_blocks() -> offsets of the blocks that compact_begin() marked */

@@ -32,7 +32,7 @@
  *
  * Concurrency: every method runs with the GIL held and never releases it, so each call is
  * atomic with respect to other Python threads. Slow paths (allocating a block) are done by
- * Python under its own lock, signalled by the NEED_* return codes below.
+ * Python under its own lock, signalled by the NEED_* write codes below.
  */
 #ifndef VIPERDBM_CORE_H
 #define VIPERDBM_CORE_H
@@ -49,14 +49,23 @@
  * own exports): calls between the files bind directly and may be inlined at link time. */
 #pragma GCC visibility push(hidden)
 
-/* ------------------------------------------------------------------ return codes */
-#define RC_OK 0
-#define RC_NEED_BLOCK 1 /* the active block is full (or there is none): add a block */
-#define RC_NEED_JUMBO 2 /* the record is too large for a standard block */
-#define RC_FREEABLE 3   /* done; some block became entirely dead: free it */
-#define RC_BUSY 4       /* reorganize() is running: wait for it (take the store lock), retry */
-#define RC_COMPACT 5    /* done; dead space passed the threshold: compact a block or two */
-#define RC_NO_RESERVE 6 /* a put, while the space kept for deletes is gone: take it back first */
+/* ------------------------------------------------------------------ write codes
+ * What each write call of the core (put, delete, put_jumbo, delete_jumbo, add_block,
+ * compact_block, compact_step) answers: done, or exactly one thing it needs before it is
+ * called again. Python meets the needs in one place (viperdbm/_writepath.py, meet_needs),
+ * holding the engine's lock. The module exports this table as the IntEnum WriteCode.
+ * "Done, and space is due to be given back" is no code: the write raises reclaim_due in
+ * the Core (see after_write), which the native fast path checks after a done write. */
+#define WRITE_CODES(X)                                                                           \
+    X(MISSING, -1)     /* a delete of a key that is not there: nothing was written */            \
+    X(DONE, 0)         /* the write is done */                                                   \
+    X(NEED_BLOCK, 1)   /* the active block is full (or there is none): add a block */            \
+    X(NEED_JUMBO, 2)   /* the record is over VD_INLINE_MAX: a jumbo block of jumbo_need bytes */ \
+    X(NEED_WAIT, 3)    /* reorganize() is running: wait for it (take the store lock) */          \
+    X(NEED_RESERVE, 4) /* a put while the space kept for deletes is gone: set it aside again */
+#define WRITE_CODE_ENUM(name, value) RC_##name = (value),
+typedef enum { WRITE_CODES(WRITE_CODE_ENUM) } WriteCode;
+#undef WRITE_CODE_ENUM
 
 #define PERSIST_NONE 0  /* ordinary file or tmpfs: the page cache survives kill -9 */
 #define PERSIST_MSYNC 1 /* flag 's': msync each record before acknowledging it */
@@ -248,12 +257,22 @@ typedef struct {
     void (*persist_fn)(const void *, size_t);
     int recovering;
     uint64_t compact_cursor;
-    int compacting; /* between compact_begin() and compact_end(): mutators get RC_BUSY */
-    int auto_compact; /* signal RC_COMPACT when dead space passes the threshold */
+    int compacting; /* between compact_begin() and compact_end(): mutators get RC_NEED_WAIT */
+    /* Reclamation: the policy's numbers come from Python at open (set_reclaim_policy; they
+     * are defined and explained once, in viperdbm/_space.py); the core only counts writes
+     * and dead bytes, and raises reclaim_due when a block became entirely dead or, checked
+     * every reclaim_check_mask + 1 writes, a block is worth compacting. */
+    int auto_compact;   /* set_reclaim_policy() was called: check the dead space */
+    int reclaim_due;    /* the engine's reclaim() is due after this write (it clears this) */
+    uint64_t reclaim_check_mask;
+    uint64_t compact_min_dead;            /* bytes: never compact for less dead space */
+    uint64_t store_dead_num, store_dead_den; /* ... nor before this fraction of all block space is dead */
+    uint64_t block_dead_num, block_dead_den; /* a victim has at least this fraction of its bytes dead */
+    uint64_t jumbo_need; /* bytes of the jumbo block that the last RC_NEED_JUMBO asked for */
     int forked;       /* invalidated in a child process after fork() */
     uint64_t block_cursor_off, block_cursor_pos; /* where compact_block() resumes */
     uint64_t compact_prev_active; /* offset of the active block when compact_begin() ran (0: none) */
-    int puts_refused; /* the reserve is gone: puts answer RC_NO_RESERVE (see Space.new_block in viperdbm/_space.py) */
+    int puts_refused; /* the reserve is gone: puts answer RC_NEED_RESERVE (see Space.new_block in viperdbm/_space.py) */
     int io_errno;     /* an msync of this store failed: writes are refused (see core_io_refuse) */
     uint64_t writes; /* mutation counter, for stats */
 } Core;
@@ -365,10 +384,16 @@ int do_put(Core *c, const uint8_t *key, uint64_t klen, const uint8_t *val, uint6
 /* ------------------------------------------------------------------ compaction.c */
 Py_ssize_t compaction_victim(Core *c, int urgent);
 
+/* The end of every done write (but the jumbo ones, which count themselves): raise
+ * reclaim_due when the write made a block entirely dead, or at a check of the dead space
+ * that found a block worth compacting. The check walks the blocks: hence only every
+ * reclaim_check_mask + 1 writes. */
 static inline int after_write(Core *c, int freeable) {
-    if (freeable) return RC_FREEABLE;
-    if ((++c->writes & 4095) == 0 && c->auto_compact && compaction_victim(c, 0) >= 0) return RC_COMPACT;
-    return RC_OK;
+    if (freeable)
+        c->reclaim_due = 1;
+    else if ((++c->writes & c->reclaim_check_mask) == 0 && c->auto_compact && compaction_victim(c, 0) >= 0)
+        c->reclaim_due = 1;
+    return RC_DONE;
 }
 
 /* ------------------------------------------------------------------ core_type.c */

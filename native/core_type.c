@@ -76,12 +76,12 @@ static PyObject *Core_set_persist(Core *c, PyObject *args) {
 }
 
 
-/* Put from Python objects: rc >= 0 (RC_*), or -2 with an exception set. */
+/* Put from Python objects: a write code (RC_DONE or one need), or -2 with an exception set. */
 int core_put_obj(Core *c, PyObject *key, PyObject *value) {
     if (core_check_open(c) < 0) return -2;
     if (c->io_errno) return core_io_refuse(c, 0) - 1;
-    if (c->compacting) return RC_BUSY;
-    if (c->puts_refused) return RC_NO_RESERVE;
+    if (c->compacting) return RC_NEED_WAIT;
+    if (c->puts_refused) return RC_NEED_RESERVE;
     KeyArg k, v;
     if (keyarg_get(key, &k, "keys") < 0) return -2;
     if (keyarg_get(value, &v, "values") < 0) {
@@ -95,7 +95,7 @@ int core_put_obj(Core *c, PyObject *key, PyObject *value) {
     return rc < 0 ? -2 : rc;
 }
 
-/* put(key, value) -> 0 ok, 1 need block, 2 need jumbo block, 3 ok and a block is freeable */
+/* put(key, value) -> a write code: RC_DONE, or what the put needs first */
 static PyObject *Core_put(Core *c, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "put(key, value)");
@@ -113,7 +113,8 @@ PyObject *Core_jumbo_size(PyObject *mod, PyObject *args) {
     return PyLong_FromUnsignedLongLong(VD_BLOCK_HEADER_SIZE + align_up(record_len_for(klen, vlen), VD_RECORD_ALIGN));
 }
 
-/* put_jumbo(off, usable, key, value): write a record into its own freshly allocated block */
+/* put_jumbo(off, usable, key, value) -> RC_DONE: write a record into its own freshly
+ * allocated block (of jumbo_need bytes or more) */
 static PyObject *Core_put_jumbo(Core *c, PyObject *args) {
     unsigned long long off, usable;
     PyObject *ko, *vo;
@@ -145,23 +146,24 @@ static int index_drop_deleted(Core *c, int64_t i) {
     return freeable;
 }
 
-/* Delete from a Python object: -1 missing, rc >= 0 (RC_*), or -2 with an exception set. */
+/* Delete from a Python object: a write code (RC_MISSING, RC_DONE or one need), or -2 with an
+ * exception set. */
 int core_delete_obj(Core *c, PyObject *key) {
     if (core_check_open(c) < 0) return -2;
     if (c->io_errno) return core_io_refuse(c, 0) - 1;
-    if (c->compacting) return RC_BUSY;
+    if (c->compacting) return RC_NEED_WAIT;
     KeyArg k;
     if (keyarg_get(key, &k, "keys") < 0) return -2;
     uint64_t h = key_hash(k.p, (uint64_t)k.n);
     int64_t i = index_lookup(c, k.p, (uint64_t)k.n, h);
     if (i < 0) {
         keyarg_release(&k);
-        return -1;
+        return RC_MISSING;
     }
     uint64_t off, klen = (uint64_t)k.n;
     int rc = append_record(c, VD_KIND_DEL, k.p, klen, NULL, 0, &off);
     keyarg_release(&k);
-    if (rc != RC_OK) return rc;
+    if (rc != RC_DONE) return rc;
     Block *b = &c->blocks[c->active];
     b->tombstones++;
     b->dead_bytes += align_up(record_len_for(klen, 0), VD_RECORD_ALIGN);
@@ -171,7 +173,7 @@ int core_delete_obj(Core *c, PyObject *key) {
     return after_write(c, freeable);
 }
 
-/* delete(key) -> -1 missing, 0 ok, 1 need block, 2 need jumbo, 3 ok and freeable */
+/* delete(key) -> a write code: RC_MISSING, RC_DONE, or what the delete needs first */
 static PyObject *Core_delete(Core *c, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 1) {
         PyErr_SetString(PyExc_TypeError, "delete(key)");
@@ -181,7 +183,8 @@ static PyObject *Core_delete(Core *c, PyObject *const *args, Py_ssize_t nargs) {
     return rc == -2 ? NULL : PyLong_FromLong(rc);
 }
 
-/* delete_jumbo(off, usable, key): a tombstone too large for a standard block */
+/* delete_jumbo(off, usable, key) -> RC_DONE, or RC_MISSING (the key went meanwhile: the
+ * block was not used): a tombstone too large for a standard block */
 static PyObject *Core_delete_jumbo(Core *c, PyObject *args) {
     unsigned long long off, usable;
     PyObject *ko;
@@ -194,7 +197,7 @@ static PyObject *Core_delete_jumbo(Core *c, PyObject *args) {
     int64_t i = index_lookup(c, k.p, (uint64_t)k.n, h);
     if (i < 0) {
         keyarg_release(&k);
-        return PyLong_FromLong(-1);
+        return PyLong_FromLong(RC_MISSING);
     }
     uint64_t roff;
     Py_ssize_t bi = write_jumbo(c, VD_KIND_DEL, off, usable, k.p, (uint64_t)k.n, NULL, 0, &roff);
@@ -203,10 +206,10 @@ static PyObject *Core_delete_jumbo(Core *c, PyObject *args) {
     if (bi < 0) return NULL;
     c->blocks[bi].tombstones = 1;
     c->blocks[bi].dead_bytes = alen;
-    int freeable = index_drop_deleted(c, i);
+    if (index_drop_deleted(c, i)) c->reclaim_due = 1;
     c->writes++;
     crash_point("delete_jumbo: index updated");
-    return PyLong_FromLong(freeable ? RC_FREEABLE : RC_OK);
+    return PyLong_FromLong(RC_DONE);
 }
 
 int64_t lookup_arg(Core *c, PyObject *key) {
@@ -351,7 +354,43 @@ static PyObject *Core_set_io_error(Core *c, PyObject *arg) {
 
 static PyObject *Core_set_puts_refused(Core *c, PyObject *arg) { return set_switch(&c->puts_refused, arg); }
 
-static PyObject *Core_set_auto_compact(Core *c, PyObject *arg) { return set_switch(&c->auto_compact, arg); }
+/* set_reclaim_policy(check_every, min_dead, store_dead_num, store_dead_den, block_dead_num,
+ * block_dead_den): the numbers of the reclamation policy (viperdbm/_space.py defines and
+ * explains them) and, from now on, the check of the dead space every check_every writes */
+static PyObject *Core_set_reclaim_policy(Core *c, PyObject *args) {
+    unsigned long long every, min_dead, snum, sden, bnum, bden;
+    if (!PyArg_ParseTuple(args, "KKKKKK", &every, &min_dead, &snum, &sden, &bnum, &bden)) return NULL;
+    if (every == 0 || (every & (every - 1)) || sden == 0 || bden == 0 || snum > sden || bnum > bden) {
+        internal_error("a reclamation policy needs a power-of-two check interval and fractions up to 1");
+        return NULL;
+    }
+    c->reclaim_check_mask = every - 1;
+    c->compact_min_dead = min_dead;
+    c->store_dead_num = snum;
+    c->store_dead_den = sden;
+    c->block_dead_num = bnum;
+    c->block_dead_den = bden;
+    c->auto_compact = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_get_reclaim_due(Core *c, void *closure) {
+    (void)closure;
+    return PyBool_FromLong(c->reclaim_due);
+}
+
+static int Core_set_reclaim_due(Core *c, PyObject *value, void *closure) {
+    (void)closure;
+    int on = value ? PyObject_IsTrue(value) : 0;
+    if (on < 0) return -1;
+    c->reclaim_due = on;
+    return 0;
+}
+
+static PyObject *Core_get_jumbo_need(Core *c, void *closure) {
+    (void)closure;
+    return PyLong_FromUnsignedLongLong(c->jumbo_need);
+}
 
 /* audit() -> [problem, ...]: recount from the index what each block's counters claim.
  * Every indexed record must lie inside a known block, below that block's end, and be
@@ -467,15 +506,15 @@ static PyMethodDef Core_methods[] = {
     {"set_persist", (PyCFunction)Core_set_persist, METH_VARARGS, "set_persist(mode, fn_address=0)"},
     {"set_floor", (PyCFunction)Core_set_floor, METH_O, "Records older than this sequence number are dead."},
     {"set_durable", (PyCFunction)Core_set_durable, METH_O, "Every record up to this sequence number is durable."},
-    {"add_block", (PyCFunction)Core_add_block, METH_VARARGS, "add_block(off, usable) -> rc"},
+    {"add_block", (PyCFunction)Core_add_block, METH_VARARGS, "add_block(off, usable) -> write code"},
     {"block_init", (PyCFunction)Core_block_init, METH_VARARGS,
      "block_init(type, size, persist_address, zero=False) -> the block constructor's argument"},
     {"block_header", (PyCFunction)Core_block_header, METH_VARARGS,
      "block_header(off, usable) -> (type, birth), or None without a valid block header"},
-    {"put", (PyCFunction)(void (*)(void))Core_put, METH_FASTCALL, "put(key, value) -> rc"},
-    {"put_jumbo", (PyCFunction)Core_put_jumbo, METH_VARARGS, "put_jumbo(off, usable, key, value) -> rc"},
-    {"delete", (PyCFunction)(void (*)(void))Core_delete, METH_FASTCALL, "delete(key) -> rc (-1: missing)"},
-    {"delete_jumbo", (PyCFunction)Core_delete_jumbo, METH_VARARGS, "delete_jumbo(off, usable, key) -> rc"},
+    {"put", (PyCFunction)(void (*)(void))Core_put, METH_FASTCALL, "put(key, value) -> write code"},
+    {"put_jumbo", (PyCFunction)Core_put_jumbo, METH_VARARGS, "put_jumbo(off, usable, key, value) -> write code"},
+    {"delete", (PyCFunction)(void (*)(void))Core_delete, METH_FASTCALL, "delete(key) -> write code"},
+    {"delete_jumbo", (PyCFunction)Core_delete_jumbo, METH_VARARGS, "delete_jumbo(off, usable, key) -> write code"},
     {"get", (PyCFunction)(void (*)(void))Core_get, METH_FASTCALL, "get(key, default=None)"},
     {"getitem", (PyCFunction)Core_getitem, METH_O, "getitem(key) -> value or KeyError"},
     {"contains", (PyCFunction)Core_contains, METH_O, "contains(key) -> bool"},
@@ -488,12 +527,13 @@ static PyMethodDef Core_methods[] = {
     {"freeable", (PyCFunction)Core_freeable, METH_NOARGS, "freeable() -> [(off, seq_max, size)] of dead blocks"},
     {"drop_block", (PyCFunction)Core_drop_block, METH_O, "drop_block(off)"},
     {"compact_begin", (PyCFunction)Core_compact_begin, METH_NOARGS, "compact_begin() -> floor"},
-    {"compact_step", (PyCFunction)Core_compact_step, METH_VARARGS, "compact_step([joff, jsize]) -> (rc, size)"},
+    {"compact_step", (PyCFunction)Core_compact_step, METH_VARARGS, "compact_step([joff, jsize]) -> write code"},
     {"compact_end", (PyCFunction)Core_compact_end, METH_VARARGS, "compact_end(aborted=False): mutators may run again"},
     {"compaction_victim", (PyCFunction)Core_compaction_victim, METH_VARARGS, "compaction_victim(urgent=False) -> off or None"},
-    {"set_puts_refused", (PyCFunction)Core_set_puts_refused, METH_O, "set_puts_refused(on): puts answer RC_NO_RESERVE"},
-    {"compact_block", (PyCFunction)Core_compact_block, METH_O, "compact_block(off) -> rc"},
-    {"set_auto_compact", (PyCFunction)Core_set_auto_compact, METH_O, "set_auto_compact(on)"},
+    {"set_puts_refused", (PyCFunction)Core_set_puts_refused, METH_O, "set_puts_refused(on): puts answer RC_NEED_RESERVE"},
+    {"compact_block", (PyCFunction)Core_compact_block, METH_O, "compact_block(off) -> write code"},
+    {"set_reclaim_policy", (PyCFunction)Core_set_reclaim_policy, METH_VARARGS,
+     "set_reclaim_policy(check_every, min_dead, store_dead_num, store_dead_den, block_dead_num, block_dead_den)"},
     {"set_io_error", (PyCFunction)Core_set_io_error, METH_O, "set_io_error(errno): refuse writes from now on"},
     {"old_blocks", (PyCFunction)Core_old_blocks, METH_NOARGS, "old_blocks() -> offsets"},
     {"stats", (PyCFunction)Core_stats, METH_NOARGS, "stats() -> dict"},
@@ -508,6 +548,12 @@ static PyGetSetDef Core_getset[] = {
     {"has_active", (getter)Core_get_has_active, NULL, "whether a block is open for appends", NULL},
     {"is_open", (getter)Core_get_is_open, NULL, "whether the core still has its mapping", NULL},
     {"io_errno", (getter)Core_get_io_errno, NULL, "errno of the failed msync that stopped writes, or 0", NULL},
+    {"reclaim_due", (getter)Core_get_reclaim_due, (setter)Core_set_reclaim_due,
+     "a done write made a block entirely dead, or passed the compaction threshold: the engine's "
+     "reclaim() is due (it clears this)",
+     NULL},
+    {"jumbo_need", (getter)Core_get_jumbo_need, NULL, "bytes of the jumbo block the last RC_NEED_JUMBO asked for",
+     NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

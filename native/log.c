@@ -134,7 +134,10 @@ static void write_pad(Core *c, uint64_t at, uint64_t len) {
 int append_record(Core *c, unsigned kind, const uint8_t *key, uint64_t klen, const uint8_t *val,
                          uint64_t vlen, uint64_t *out_off) {
     uint64_t len = record_len_for(klen, vlen);
-    if (len > VD_INLINE_MAX) return RC_NEED_JUMBO;
+    if (len > VD_INLINE_MAX) {
+        c->jumbo_need = VD_BLOCK_HEADER_SIZE + align_up(len, VD_RECORD_ALIGN);
+        return RC_NEED_JUMBO;
+    }
     if (c->active < 0) return RC_NEED_BLOCK;
     Block *b = &c->blocks[c->active];
     uint64_t pad_at = 0, pad_len = 0;
@@ -148,7 +151,7 @@ int append_record(Core *c, unsigned kind, const uint8_t *key, uint64_t klen, con
     b->end = pos + alen;
     b->seq_max = c->next_seq - 1;
     *out_off = pos;
-    return RC_OK;
+    return RC_DONE;
 }
 
 int check_block_bounds(Core *c, uint64_t off, uint64_t usable) {
@@ -280,8 +283,8 @@ PyObject *Core_block_header(Core *c, PyObject *args) {
 }
 
 
-/* add_block(off, usable_size): a new standard block (made by block_constructor) becomes the
- * active block */
+/* add_block(off, usable_size) -> RC_DONE: a new standard block (made by block_constructor)
+ * becomes the active block; reclaim_due is raised if the block it replaces is entirely dead */
 PyObject *Core_add_block(Core *c, PyObject *args) {
     unsigned long long off, usable;
     if (!PyArg_ParseTuple(args, "KK", &off, &usable)) return NULL;
@@ -298,9 +301,9 @@ PyObject *Core_add_block(Core *c, PyObject *args) {
     /* the block we leave may already be entirely dead */
     if (prev >= 0) {
         Py_ssize_t pi = block_find(c, prev_off);
-        if (pi >= 0 && c->blocks[pi].live == 0 && c->blocks[pi].tombstones == 0) return PyLong_FromLong(RC_FREEABLE);
+        if (pi >= 0 && c->blocks[pi].live == 0 && c->blocks[pi].tombstones == 0) c->reclaim_due = 1;
     }
-    return PyLong_FromLong(RC_OK);
+    return PyLong_FromLong(RC_DONE);
 }
 
 /* Write the one record of a new jumbo block (made by block_constructor at joff, jsize
@@ -335,7 +338,7 @@ int do_put(Core *c, const uint8_t *key, uint64_t klen, const uint8_t *val, uint6
         if (write_jumbo(c, VD_KIND_PUT, jumbo_off, jumbo_size, key, klen, val, vlen, &off) < 0) return -1;
     } else {
         int rc = append_record(c, VD_KIND_PUT, key, klen, val, vlen, &off);
-        if (rc != RC_OK) return rc;
+        if (rc != RC_DONE) return rc;
     }
     uint64_t alen = align_up(record_len_for(klen, vlen), VD_RECORD_ALIGN);
     Py_ssize_t bi = jumbo_off ? block_find(c, off) : c->active;

@@ -1,18 +1,19 @@
 /* The MapBase Python type: the C base of viperdbm's dbm object (_dbm._Database subclasses it
  * together with MutableMapping), so that db[k] = v, db[k], k in db, del db[k] and len(db) run
  * without a Python frame: the mapping slots call the core directly and fall back to the
- * engine's Python slow paths (put_slow / delete_slow) only when a block must be allocated or
- * freed. */
+ * engine's one entry point for the slow path, Engine.write_slow (viperdbm/_engine.py), only
+ * when the write needs something (a block, a jumbo block, the end of a reorganize(), the
+ * reserve back) or, done, raised the core's reclaim_due. */
 #include "core.h"
 
 typedef struct {
     PyObject_HEAD Core *core; /* NULL when the store is closed */
-    PyObject *engine;         /* has put_slow(rc, key, value) and delete_slow(rc, key) -> bool */
+    PyObject *engine;         /* has write_slow(code, key, value or None) -> bool */
     PyObject *on_readonly;    /* called (no arguments) to raise ReadonlyError */
     int readonly;
 } MapBase;
 
-static PyObject *str_put_slow, *str_delete_slow;
+static PyObject *str_write_slow;
 
 static Core *map_core(MapBase *m) {
     if (m->core == NULL) {
@@ -83,6 +84,21 @@ static PyObject *MapBase_subscript(MapBase *m, PyObject *key) {
     return c ? Core_getitem(c, key) : NULL;
 }
 
+/* The slow path of a write (value NULL: a delete) whose core call answered code: a need, or
+ * RC_DONE with reclaim_due raised. Engine.write_slow meets the need, retries the write and
+ * gives space back when that is due. 1 (written), 0 (a delete of a missing key) or -1 with
+ * an exception set. */
+static int map_write_slow(MapBase *m, int code, PyObject *key, PyObject *value) {
+    PyObject *codeo = PyLong_FromLong(code);
+    if (!codeo) return -1;
+    PyObject *r = PyObject_CallMethodObjArgs(m->engine, str_write_slow, codeo, key, value ? value : Py_None, NULL);
+    Py_DECREF(codeo);
+    if (!r) return -1;
+    int written = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    return written;
+}
+
 static int map_put(MapBase *m, Core *c, PyObject *key, PyObject *value);
 
 static int MapBase_ass_subscript(MapBase *m, PyObject *key, PyObject *value) {
@@ -91,19 +107,9 @@ static int MapBase_ass_subscript(MapBase *m, PyObject *key, PyObject *value) {
     if (m->readonly) return map_refuse_readonly(m);
     if (value != NULL) return map_put(m, c, key, value);
     int rc = core_delete_obj(c, key);
-    if (rc == RC_OK) return 0;
+    if (rc == RC_DONE && !c->reclaim_due) return 0;
     if (rc == -2) return -1;
-    if (rc == -1) {
-        PyErr_SetObject(PyExc_KeyError, key);
-        return -1;
-    }
-    PyObject *rco = PyLong_FromLong(rc);
-    if (!rco) return -1;
-    PyObject *r = PyObject_CallMethodObjArgs(m->engine, str_delete_slow, rco, key, NULL);
-    Py_DECREF(rco);
-    if (!r) return -1;
-    int found = PyObject_IsTrue(r);
-    Py_DECREF(r);
+    int found = rc == RC_MISSING ? 0 : map_write_slow(m, rc, key, NULL);
     if (found < 0) return -1;
     if (!found) {
         PyErr_SetObject(PyExc_KeyError, key);
@@ -116,15 +122,9 @@ static int MapBase_ass_subscript(MapBase *m, PyObject *key, PyObject *value) {
 /* one put through the mapping, with the slow path: 0 or -1 with an exception set */
 static int map_put(MapBase *m, Core *c, PyObject *key, PyObject *value) {
     int rc = core_put_obj(c, key, value);
-    if (rc == RC_OK) return 0;
+    if (rc == RC_DONE && !c->reclaim_due) return 0;
     if (rc == -2) return -1;
-    PyObject *rco = PyLong_FromLong(rc);
-    if (!rco) return -1;
-    PyObject *r = PyObject_CallMethodObjArgs(m->engine, str_put_slow, rco, key, value, NULL);
-    Py_DECREF(rco);
-    if (!r) return -1;
-    Py_DECREF(r);
-    return 0;
+    return map_write_slow(m, rc, key, value) < 0 ? -1 : 0;
 }
 
 /* One pair of update()'s argument: item is a key of the mapping src, or (src NULL) a pair.
@@ -364,9 +364,8 @@ static PyTypeObject MapBaseType = {
 };
 
 int map_type_init(PyObject *module) {
-    str_put_slow = PyUnicode_InternFromString("put_slow");
-    str_delete_slow = PyUnicode_InternFromString("delete_slow");
-    if (!str_put_slow || !str_delete_slow || PyType_Ready(&MapBaseType) < 0) return -1;
+    str_write_slow = PyUnicode_InternFromString("write_slow");
+    if (!str_write_slow || PyType_Ready(&MapBaseType) < 0) return -1;
     Py_INCREF(&MapBaseType);
     if (PyModule_AddObject(module, "MapBase", (PyObject *)&MapBaseType) < 0) {
         Py_DECREF(&MapBaseType);

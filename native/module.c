@@ -173,6 +173,36 @@ static PyMethodDef module_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* WriteCode: the write codes of core.h (WRITE_CODES) as an IntEnum, so that Python names
+ * them from the same table. */
+static int add_write_codes(PyObject *m) {
+#define WRITE_CODE_PAIR(name, value) "(si)"
+#define WRITE_CODE_ARGS(name, value) , #name, (int)(value)
+    PyObject *members = Py_BuildValue("[" WRITE_CODES(WRITE_CODE_PAIR) "]" WRITE_CODES(WRITE_CODE_ARGS));
+#undef WRITE_CODE_PAIR
+#undef WRITE_CODE_ARGS
+    if (!members) return -1;
+    PyObject *enum_mod = PyImport_ImportModule("enum");
+    PyObject *int_enum = enum_mod ? PyObject_GetAttrString(enum_mod, "IntEnum") : NULL;
+    Py_XDECREF(enum_mod);
+    PyObject *cls = NULL;
+    if (int_enum) {
+        PyObject *kw = Py_BuildValue("{ss}", "module", "viperdbm._vipercore");
+        PyObject *args = kw ? Py_BuildValue("(sO)", "WriteCode", members) : NULL;
+        if (args) cls = PyObject_Call(int_enum, args, kw);
+        Py_XDECREF(args);
+        Py_XDECREF(kw);
+        Py_DECREF(int_enum);
+    }
+    Py_DECREF(members);
+    if (!cls) return -1;
+    if (PyModule_AddObject(m, "WriteCode", cls) < 0) {
+        Py_DECREF(cls);
+        return -1;
+    }
+    return 0;
+}
+
 static struct PyModuleDef moduledef = {
     PyModuleDef_HEAD_INIT, "viperdbm._vipercore", "The native hot paths of viperdbm.", -1, module_methods,
     NULL, NULL, NULL, NULL,
@@ -195,16 +225,13 @@ PyMODINIT_FUNC PyInit__vipercore(void) {
         return NULL;
     }
     ADD("BLOCK_CONSTRUCTOR", (uintptr_t)&block_constructor);
-    ADD("RC_OK", RC_OK);
-    ADD("RC_NEED_BLOCK", RC_NEED_BLOCK);
-    ADD("RC_NEED_JUMBO", RC_NEED_JUMBO);
-    ADD("RC_FREEABLE", RC_FREEABLE);
-    ADD("RC_BUSY", RC_BUSY);
-    ADD("RC_COMPACT", RC_COMPACT);
-    ADD("RC_NO_RESERVE", RC_NO_RESERVE);
     ADD("PERSIST_NONE", PERSIST_NONE);
     ADD("PERSIST_MSYNC", PERSIST_MSYNC);
     ADD("PERSIST_FUNC", PERSIST_FUNC);
 #undef ADD
+    if (add_write_codes(m) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     return m;
 }

@@ -12,13 +12,13 @@ copies every live record forward and then frees every older block.
 and composes the modules that own each concern: making a new store (:mod:`._opening`),
 recovery (:mod:`._recovery`), readers that share a store (:mod:`._readers`), space
 management (:mod:`._space`) and the slow write paths (:mod:`._writepath`). It keeps
-sync, reorganize and close, and the two entry points the native core calls by name
-(``put_slow``, ``delete_slow``).
+sync, reorganize and close, and the one entry point the native core calls by name
+(``write_slow``).
 
 Locking inside a process: every native call holds the GIL and is atomic, so the fast paths
 (put, get, delete) take no lock. The slow paths that call into libpmemobj (allocating a
 block, freeing blocks, sync, close, reorganize) hold ``self._lock``; the native core answers
-RC_NEED_BLOCK / RC_BUSY when a fast path needs one of them.
+a need (NEED_BLOCK, NEED_WAIT, ...) when a fast path needs one of them.
 """
 
 from __future__ import annotations
@@ -39,10 +39,20 @@ from . import _readers as readers
 from . import _recovery as recovery
 from . import _storedir as storedir
 from . import _writepath as writepath
-from ._errors import ClosedError, LockError, ReadonlyError, StoreFullError, error
-from ._pmemobj import IO_ERROR_TEXT, Pool
+from ._errors import (
+    NOT_DURABLE,
+    REORGANIZE_DISK_FULL,
+    REORGANIZE_REENTERED,
+    SYNC_REFUSED,
+    ClosedError,
+    LockError,
+    ReadonlyError,
+    StoreFullError,
+    error,
+)
+from ._pmemobj import Pool
 from ._signals import Deferred
-from ._space import Space, tune_growth
+from ._space import RECLAIM, Space, tune_growth
 
 log = logging.getLogger("viperdbm")
 
@@ -206,7 +216,7 @@ class Engine:
             if self.options.writable:
                 tune_growth(pool)
                 core = self.require_core()
-                core.set_auto_compact(True)
+                RECLAIM.hand_to(core)
                 self._space = Space(
                     pool,
                     core,
@@ -381,11 +391,7 @@ class Engine:
         """After a write: if one of its msyncs failed (flag 's'), it is in the store but
         not known to be durable; say so."""
         if core.io_errno:
-            raise error(
-                "written but not known to be durable: " + IO_ERROR_TEXT,
-                filename=self.path,
-                errno=core.io_errno,
-            )
+            raise NOT_DURABLE(self.path, errno=core.io_errno)
 
     def _forked(self) -> None:
         if self.core is not None:
@@ -412,26 +418,22 @@ class Engine:
     #   forgotten before it is freed; a block the core refused is freed again; the core
     #   raises before it registers a block, never after).
 
-    def put_slow(self, rc: int, key: bytes | str, value: bytes | str) -> None:
-        """Finish a put that the fast path could not do (rc from Core.put)."""
+    def write_slow(self, code: int, key: bytes | str, value: bytes | str | None) -> bool:
+        """The native core's one entry point for the slow path (native/map_type.c): a put
+        (``value`` None: a delete) whose core call answered ``code``, a need, or that was done
+        and raised the core's ``reclaim_due``. Meets the need and retries the write, then
+        gives space back if that is due (see :mod:`viperdbm._writepath`); False for a delete
+        of a missing key."""
         with self._lock:
             core = self.require_core()
             space = self._require_space()
             deferred = Deferred()
             try:
-                writepath.finish_put(space, rc, key, value)
-                self._check_written(core)  # a jumbo record's msync (flag 's')
-            finally:
-                deferred.end()
-
-    def delete_slow(self, rc: int, key: bytes | str) -> bool:
-        """Finish a delete that the fast path could not do; False if the key is missing."""
-        with self._lock:
-            core = self.require_core()
-            space = self._require_space()
-            deferred = Deferred()
-            try:
-                found = writepath.finish_delete(space, rc, key)
+                if value is not None:
+                    writepath.finish_put(space, code, key, value)
+                    self._check_written(core)  # a jumbo record's msync (flag 's')
+                    return True
+                found = writepath.finish_delete(space, code, key)
                 self._check_written(core)  # a jumbo tombstone's msync (flag 's')
                 if found and space.reserve_off is None:
                     # this store is living on the reserve: win space back while deleting
@@ -461,7 +463,7 @@ class Engine:
         core = self.require_core()
         code = self._io_errno()
         if code:  # the pages an msync failed to write may be gone: a sync cannot vouch
-            raise error("sync() refused: " + IO_ERROR_TEXT, filename=self.path, errno=code)
+            raise SYNC_REFUSED(self.path, errno=code)
         pool.msync(0, pool.mapped_size())
         try:
             storedir.fsync_dir(os.path.join(self.path, layout.PARTS_DIR))
@@ -492,11 +494,7 @@ class Engine:
         with self._lock:
             space = self._require_space()
             if self._reorganizing:
-                raise error(
-                    "reorganize() is already running in this thread (called from a signal "
-                    "handler?)",
-                    filename=self.path,
-                )
+                raise REORGANIZE_REENTERED(self.path)
             deferred = Deferred()
             self._reorganizing = True
             try:
@@ -507,12 +505,7 @@ class Engine:
                     space.make_room(deferred)
                     space.copy_forward(deferred, self._raise_floor)
             except StoreFullError as exc:
-                raise StoreFullError(
-                    "the disk is full: reorganize() needs room for a copy of the live records",
-                    filename=self.path,
-                    hint="free disk space and retry; the store is as it was before: every "
-                    "earlier write is intact, and reads, puts and deletes work as before",
-                ) from exc
+                raise REORGANIZE_DISK_FULL(self.path) from exc
             finally:
                 self._reorganizing = False
                 deferred.end()

@@ -9,6 +9,8 @@ code keeps working.  The subclasses say *what kind* of failure it was and carry 
 from __future__ import annotations
 
 import errno as _errno
+from dataclasses import dataclass
+from typing import Final, Generic, TypeVar
 
 __all__ = [
     "ClosedError",
@@ -112,3 +114,113 @@ class StoreFullError(error):
         "free disk space and retry; every earlier write is intact and the store "
         "can still be read and deleted from"
     )
+
+
+# ---------------------------------------------------------------------------------------
+# The messages of the write path, in one table (as py-lmdb keeps its errors): each text is
+# written once, built from the pieces just below. A message says what was not done; its
+# hint says what still works and what to do.
+
+_E = TypeVar("_E", bound=error)
+
+
+@dataclass(frozen=True)
+class Message(Generic[_E]):
+    """One row: the error's class, its text (a ``str.format`` template over the fields the
+    caller passes) and its hint (``None``: the class's own)."""
+
+    cls: type[_E]
+    text: str
+    hint: str | None = None
+
+    def __call__(
+        self,
+        path: str | None,
+        *,
+        errno: int | None = None,
+        hint: str | None = None,
+        **fields: object,
+    ) -> _E:
+        """The error about the store at ``path``; ``hint`` replaces the row's (a cause's)."""
+        return self.cls(
+            self.text.format(**fields),
+            filename=path,
+            errno=errno,
+            hint=self.hint if hint is None else hint,
+        )
+
+
+#: what a put or a delete that failed did not do
+PUT_NOT_WRITTEN: Final = "the put was not written"
+DELETE_NOT_WRITTEN: Final = "the delete was not written"
+_DISK_FULL = "the disk is full: "
+_FREE_AND_RETRY = "free disk space and retry; every earlier write is intact"
+
+#: what a failed msync means for the user (see Pool.io_errno; native/module.c says the same)
+IO_ERROR_TEXT: Final = (
+    "the disk reported an I/O error while writing the store; nothing written since the last "
+    "successful sync() is known to be durable; close the store, check the disk, and reopen"
+)
+
+#: no room for a put: deletes still work, on the space the store keeps for them
+PUT_DISK_FULL: Final = Message(
+    StoreFullError,
+    _DISK_FULL + PUT_NOT_WRITTEN,
+    _FREE_AND_RETRY + ", and reads and deletes still work (the store keeps space for deletes)",
+)
+#: no room for a put while deletes use the space kept for them
+PUT_RESERVE_IN_USE: Final = Message(
+    StoreFullError,
+    _DISK_FULL + PUT_NOT_WRITTEN + " (the space the store keeps for deletes is in use by "
+    "deletes and cannot be set aside again)",
+    _FREE_AND_RETRY + ", and reads and deletes still work",
+)
+#: no room for a delete, even in the space kept for deletes
+DELETE_DISK_FULL: Final = Message(
+    StoreFullError,
+    _DISK_FULL + DELETE_NOT_WRITTEN,
+    "free disk space outside the store and retry; every earlier write is intact and reads "
+    "still work",
+)
+#: no room for a write for another reason than the disk (``cause``; its hint is passed)
+NOT_WRITTEN_BECAUSE: Final = Message(StoreFullError, "{what}: {cause}")
+#: no room for reorganize()'s copy of the live records
+REORGANIZE_DISK_FULL: Final = Message(
+    StoreFullError,
+    _DISK_FULL + "reorganize() needs room for a copy of the live records",
+    "free disk space and retry; the store is as it was before: every earlier write is "
+    "intact, and reads, puts and deletes work as before",
+)
+#: the pool cannot add a part file any more (``what`` failed; ``reason`` is libpmemobj's)
+GROWTH_STOPPED: Final = Message(
+    StoreFullError,
+    "{what}: the store could not grow ({reason})",
+    "free disk space, then close and reopen the store to let it grow again; everything "
+    "written so far is intact",
+)
+#: the pool reached the reservation of its poolset file
+RESERVATION_REACHED: Final = Message(
+    StoreFullError,
+    "{what}: {detail}",
+    "the store reached the reservation of its .set file; raise the reservation and reopen "
+    "the store",
+)
+#: a write from a signal handler that runs inside this thread's reorganize()
+WRITE_IN_OWN_REORGANIZE: Final = Message(
+    error,
+    "the store cannot be written while this thread is reorganizing it (a signal handler that "
+    "writes to the store?)",
+)
+#: reorganize() called again inside itself
+REORGANIZE_REENTERED: Final = Message(
+    error,
+    "reorganize() is already running in this thread (called from a signal handler?)",
+)
+#: a write whose msync failed (flag 's'): in the store, not known to be durable
+NOT_DURABLE: Final = Message(error, "written but not known to be durable: " + IO_ERROR_TEXT)
+#: sync() after an msync failed
+SYNC_REFUSED: Final = Message(error, "sync() refused: " + IO_ERROR_TEXT)
+#: any write after an msync failed
+WRITES_REFUSED: Final = Message(error, "the store refuses writes: " + IO_ERROR_TEXT)
+#: an msync of the store failed
+IO_FAILED: Final = Message(error, IO_ERROR_TEXT)

@@ -27,20 +27,15 @@ sigpoll = core.sigpoll
 # the on-media format (FORMAT: native/vipercore.h's structures and constants, which
 # viperdbm/_layout.py reads), the block constructor's address (BLOCK_CONSTRUCTOR: the native
 # pmemobj_alloc constructor of blocks and the reserve, whose argument Core.block_init makes),
-# the codes the core's writes return (RC_*) and its persist modes
+# the codes the core's writes return (WriteCode: done, or one need; see native/core.h) and
+# its persist modes
 from ._vipercore import (  # noqa: E402 (after the import above, which explains a failure)
     BLOCK_CONSTRUCTOR,
     FORMAT,
     PERSIST_FUNC,
     PERSIST_MSYNC,
     PERSIST_NONE,
-    RC_BUSY,
-    RC_COMPACT,
-    RC_FREEABLE,
-    RC_NEED_BLOCK,
-    RC_NEED_JUMBO,
-    RC_NO_RESERVE,
-    RC_OK,
+    WriteCode,
 )
 
 __all__ = [
@@ -49,14 +44,8 @@ __all__ = [
     "PERSIST_FUNC",
     "PERSIST_MSYNC",
     "PERSIST_NONE",
-    "RC_BUSY",
-    "RC_COMPACT",
-    "RC_FREEABLE",
-    "RC_NEED_BLOCK",
-    "RC_NEED_JUMBO",
-    "RC_NO_RESERVE",
-    "RC_OK",
     "Core",
+    "WriteCode",
     "core",
     "crash_point",
     "crc32c",

@@ -51,6 +51,10 @@ from collections.abc import Callable
 from typing import Any, Final, NamedTuple
 
 from viperdbm._errors import (
+    GROWTH_STOPPED,
+    IO_FAILED,
+    RESERVATION_REACHED,
+    WRITES_REFUSED,
     ClosedError,
     CorruptedError,
     LockError,
@@ -344,13 +348,7 @@ def _failure(context: str, what: str, path: str | None, code: int, libmsg: str) 
     if "requested size too large" in libmsg or "incorrect grow size" in libmsg:
         return error(f"{what}: {detail}", filename=path, errno=_errno.EINVAL)
     if "exceeded reservation size" in libmsg:
-        return StoreFullError(
-            f"{what}: {detail}",
-            filename=path,
-            errno=errno_,
-            hint="the store reached the reservation of its .set file; raise the "
-            "reservation and reopen the store",
-        )
+        return RESERVATION_REACHED(path, errno=errno_, what=what, detail=detail)
     if (
         "cannot open the new part" in libmsg
         or code in _FULL_ERRNOS
@@ -423,12 +421,11 @@ def _invoke(
                 pool._stop_growth()
                 pool._growth_error = libmsg
             if context == "alloc" and pool._growth_stopped:
-                raise StoreFullError(
-                    f"{what}: the store could not grow ({pool._growth_error})",
-                    filename=pool.set_path,
+                raise GROWTH_STOPPED(
+                    pool.set_path,
                     errno=code if code in _FULL_ERRNOS else _errno.ENOSPC,
-                    hint="free disk space, then close and reopen the store to let it grow "
-                    "again; everything written so far is intact",
+                    what=what,
+                    reason=pool._growth_error,
                 )
             raise _failure(context, what, pool.set_path, code, libmsg)
         return result
@@ -441,12 +438,6 @@ def _invoke(
 
 #: an msync failure of this thread's last call without a Pool (see _invoke)
 _unowned = threading.local()
-
-#: what a failed msync means for the user (see Pool.io_errno)
-IO_ERROR_TEXT: Final = (
-    "the disk reported an I/O error while writing the store; nothing written since the last "
-    "successful sync() is known to be durable; close the store, check the disk, and reopen"
-)
 
 
 def _take_io_failure(default: Pool | None) -> tuple[int, Pool | None]:
@@ -913,8 +904,8 @@ class Pool:
                 self.on_io_failure(code)
 
     def _io_error(self, code: int, *, refused: bool = False) -> error:
-        prefix = "the store refuses writes: " if refused else ""
-        return error(prefix + IO_ERROR_TEXT, filename=self.set_path, errno=code or _errno.EIO)
+        message = WRITES_REFUSED if refused else IO_FAILED
+        return message(self.set_path, errno=code or _errno.EIO)
 
     def _require_sound(self) -> None:
         """Refuse a write once an msync of this pool failed (see :attr:`io_errno`)."""

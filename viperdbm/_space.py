@@ -3,9 +3,11 @@
 Blocks are allocated from libpmemobj's heap (:meth:`Space.alloc`) and handed to the native
 core (:meth:`Space.adopt`); a block holding nothing needed any more is freed once that is
 safe (:meth:`Space.free_dead_blocks`); Viper's reclamation copies the live records out of
-mostly dead blocks (:meth:`Space.reclaim`); :meth:`Space.copy_forward` is the body of
-``reorganize()``. One block's worth of space is kept in reserve so that deletes and
-compaction still work on a full disk (:meth:`Space.new_block`).
+mostly dead blocks (:meth:`Space.reclaim`, by the policy :data:`RECLAIM`);
+:meth:`Space.copy_forward` is the body of ``reorganize()``. One block's worth of space is
+kept in reserve so that deletes and compaction still work on a full disk
+(:meth:`Space.new_block`). What the core needs while it copies is met by the write path's
+one dispatcher (:func:`viperdbm._writepath.meet_needs`).
 
 The caller (the engine) holds its lock and defers signals around every call here (see the
 engine's slow paths for the two rules that keep the handle consistent).
@@ -15,21 +17,53 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from . import _layout as layout
 from . import _native
-from ._errors import StoreFullError, error
+from ._errors import PUT_RESERVE_IN_USE, StoreFullError
 from ._pmemobj import PMEMOBJ_PERSIST_ADDRESS, Pool
 from ._signals import Deferred
+from ._writepath import Write, meet_needs
 
 _T = TypeVar("_T")
 
-#: bytes of dead blocks that may wait for the next sync() before freeing forces one (see
-#: Space.free_dead_blocks)
-_FREE_AFTER_SYNC_BYTES = 32 << 20
+
+@dataclass(frozen=True)
+class ReclaimPolicy:
+    """Viper's reclamation, inline with the writes: every number of it, and why, here.
+
+    The core gets the thresholds at open (:meth:`hand_to`) and only counts dead bytes and
+    checks them cheaply after a write, raising ``reclaim_due``; the pacing is
+    :meth:`Space.reclaim`'s and :meth:`Space.free_dead_blocks`'."""
+
+    #: writes between two checks of the dead space by the core (a power of two: the check
+    #: walks every block, too much for each write)
+    check_every: int = 4096
+    #: never compact for less dead space than two blocks
+    min_dead: int = 8 << 20
+    #: nor before dead space is this fraction of all block space (the store then holds at
+    #: most three times its live data): compacting earlier made a workload that deletes half
+    #: the keys pay for copying the other half, at every check
+    store_dead: tuple[int, int] = (2, 3)
+    #: a block is compacted only when at least this fraction of it is dead (copying it
+    #: would cost more than it frees); on a full disk this is the only condition
+    block_dead: tuple[int, int] = (1, 2)
+    #: blocks compacted at most per call of Space.reclaim, so that no single write waits long
+    victims_per_call: int = 2
+    #: bytes of dead blocks that may wait for the next sync() before freeing forces one (on
+    #: an ordinary file a sync costs an msync of every dirty page, too much for each block)
+    free_after_sync: int = 32 << 20
+
+    def hand_to(self, core: _native.Core) -> None:
+        """Give the core the thresholds it checks (a writable store, at open)."""
+        core.set_reclaim_policy(self.check_every, self.min_dead, *self.store_dead, *self.block_dead)
+
+
+#: the reclamation policy of every writable store
+RECLAIM = ReclaimPolicy()
 
 #: the object types the native block constructor makes (Space.alloc)
 _CONSTRUCTED = frozenset({layout.TYPE_STANDARD_BLOCK, layout.TYPE_JUMBO_BLOCK, layout.TYPE_RESERVE})
@@ -112,7 +146,7 @@ class Space:
         A writable store keeps one block's worth of space in reserve (an object of type
         TYPE_RESERVE), so that deletes and compaction still work on a full disk: they
         give the reserve back to the allocator and take a block from it. Puts never do:
-        while the reserve is gone the core refuses them (RC_NO_RESERVE) until it can be set
+        while the reserve is gone the core refuses them (NEED_RESERVE) until it can be set
         aside again, so the block made of it is left to deletes and a full disk stops puts
         first."""
         size = layout.BLOCK_SIZE - layout.PMEMOBJ_OBJECT_HEADER
@@ -132,27 +166,12 @@ class Space:
                 self._set_reserve(None)  # forgotten (and puts refused) before it is freed
                 self.pool.free(reserve)
                 off, usable = self.alloc(size, layout.TYPE_STANDARD_BLOCK, zero=False)
-        if self.adopt(off, core.add_block, off, usable) == _native.RC_FREEABLE:
+        self.adopt(off, core.add_block, off, usable)
+        if core.reclaim_due:  # the block it replaced is entirely dead
+            core.reclaim_due = False
             self.free_dead_blocks()
         if not may_use_reserve:
             self.keep_reserve()
-
-    def full(self, what: str, cause: StoreFullError, *, deletes_work: bool) -> StoreFullError:
-        """A StoreFullError that says what still works now."""
-        if cause.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) and cause.hint:
-            # (not the disk: the address-space reservation, say, whose hint says what to do)
-            return StoreFullError(f"{what}: {cause.message}", filename=self.path, hint=cause.hint)
-        if deletes_work:
-            hint = (
-                "free disk space and retry; every earlier write is intact, and reads and "
-                "deletes still work (the store keeps space for deletes)"
-            )
-        else:
-            hint = (
-                "free disk space outside the store and retry; every earlier write is intact "
-                "and reads still work"
-            )
-        return StoreFullError(f"the disk is full: {what}", filename=self.path, hint=hint)
 
     # ------------------------------------------------------------------ the reserve
     def _set_reserve(self, off: int | None) -> None:
@@ -173,44 +192,40 @@ class Space:
         """A put while the reserve is gone: set it aside again first, or refuse the put."""
         self.reclaim(urgent=True)  # frees what is dead, copies out half-dead blocks
         if self.reserve_off is None:
-            raise StoreFullError(
-                "the disk is full: the put was not written (the space the store keeps for "
-                "deletes is in use by deletes and cannot be set aside again)",
-                filename=self.path,
-                hint="free disk space and retry; every earlier write is intact, and reads "
-                "and deletes still work",
-            )
+            raise PUT_RESERVE_IN_USE(self.path)
 
     # ------------------------------------------------------------------ giving space back
     def reclaim(self, *, urgent: bool = False) -> None:
-        """Viper's reclamation, inline: free dead blocks, and when dead space passes two thirds
-        of the store, copy the live records out of the blocks with the most dead space (at
-        least half dead; at most two per call, so no single write waits long) and free those
-        blocks once a sync makes that safe.
+        """Viper's reclamation, inline (the policy: RECLAIM): free dead blocks, and when dead
+        space passes its threshold, copy the live records out of the blocks with the most dead
+        space (a few per call) and free those blocks once a sync makes that safe. Clears the
+        core's reclaim_due.
 
         ``urgent`` (the reserve is gone: the disk is full): sync to free dead blocks at once,
-        compact any block at least half dead, then try to set the reserve aside again. A
-        compaction that finds no space stops; it resumes at a later call."""
+        compact any block dead enough, then try to set the reserve aside again. A compaction
+        that finds no space stops; it resumes at a later call."""
         core = self.core
+        core.reclaim_due = False
         urgent = urgent or self.reserve_off is None
         free = self.free_dead_now if urgent else self.free_dead_blocks
         free()
-        for _ in range(2):
+        for _ in range(RECLAIM.victims_per_call):
             victim = core.compaction_victim(urgent)
             if victim is None:
                 break
-            rc = core.compact_block(victim)
-            while rc == _native.RC_NEED_BLOCK:
-                try:
-                    self.new_block(may_use_reserve=True)
-                except StoreFullError:
-                    break  # no room to copy into: the block stays as it is, nothing is lost
-                rc = core.compact_block(victim)
-            if rc != _native.RC_OK:
-                break
+            try:
+                self._compact(victim)
+            except StoreFullError:
+                break  # no room to copy into: the block stays as it is, nothing is lost
             free()
         if self.reserve_off is None:
             self.keep_reserve()
+
+    def _compact(self, victim: int) -> None:
+        """Copy what is still needed out of the block ``victim`` (it can be freed then)."""
+        core = self.core
+        write = Write(retry=lambda: core.compact_block(victim), use_reserve=True)
+        meet_needs(self, core.compact_block(victim), write)
 
     def free_dead_now(self) -> None:
         """Free every dead block now, syncing first if they wait for that (a full disk)."""
@@ -228,16 +243,15 @@ class Space:
         free (libpmemobj makes it durable at once) and lose the records that justified it;
         and a freed block's sequence numbers must be below the durable watermark, because
         recovery stops at a gap above it (the power-fail rule). Both hold right after a
-        sync(), so dead blocks wait for the next sync(); once 32 MiB of them wait, this
-        syncs itself (on an ordinary file a sync costs an msync of every dirty page, too
-        much to pay for each block).
+        sync(), so dead blocks wait for the next sync(); once RECLAIM.free_after_sync bytes
+        of them wait, this syncs itself.
         """
         core = self.core
         dead = core.freeable()
         if not dead:
             return
         if self._root.durable_seq != core.next_seq - 1:
-            if sum(size for _, _, size in dead) < _FREE_AFTER_SYNC_BYTES:
+            if sum(size for _, _, size in dead) < RECLAIM.free_after_sync:
                 return
             self._sync()
         pool = self.pool
@@ -258,17 +272,17 @@ class Space:
         done = False
         try:
             floor = core.compact_begin()
-            rc, size = core.compact_step()
-            while rc != _native.RC_OK:
-                deferred.poll()  # between two whole steps: Ctrl-C stops here
-                if rc == _native.RC_NEED_BLOCK:
-                    self.new_block()
-                    rc, size = core.compact_step()
-                elif rc == _native.RC_NEED_JUMBO:
-                    off, usable = self.alloc(size, layout.TYPE_JUMBO_BLOCK, zero=False)
-                    rc, size = self.adopt(off, core.compact_step, off, usable)
-                else:  # pragma: no cover
-                    raise error(f"unexpected return code {rc} from the native core")
+            meet_needs(
+                self,
+                core.compact_step(),
+                Write(
+                    retry=core.compact_step,
+                    # (no other write runs during reorganize(): they wait, so the need is ours)
+                    jumbo_bytes=lambda: core.jumbo_need,
+                    into_jumbo=core.compact_step,
+                    between=deferred.poll,  # between two whole steps: Ctrl-C stops here
+                ),
+            )
             # every live record now has a copy newer than floor: make the copies
             # durable before the floor that makes the originals dead
             raise_floor(floor)
@@ -292,10 +306,7 @@ class Space:
                 victim = core.compaction_victim(True)
                 if victim is None:
                     break
-                rc = core.compact_block(victim)
-                while rc == _native.RC_NEED_BLOCK:
-                    self.new_block(may_use_reserve=True)
-                    rc = core.compact_block(victim)
+                self._compact(victim)
                 self.free_dead_now()
         finally:
             self.keep_reserve()  # (the copies may have used it)

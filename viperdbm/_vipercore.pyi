@@ -1,5 +1,6 @@
 # Type stub of the native core (native/*.c).
 from collections.abc import Callable, Iterable, Iterator
+from enum import IntEnum
 from typing import Final, TypedDict, final
 
 from typing_extensions import disjoint_base
@@ -15,18 +16,21 @@ class _Format(TypedDict):
 
 FORMAT: Final[_Format]
 BLOCK_CONSTRUCTOR: Final[int]
-RC_OK: Final[int]
-RC_NEED_BLOCK: Final[int]
-RC_NEED_JUMBO: Final[int]
-RC_FREEABLE: Final[int]
-RC_BUSY: Final[int]
-RC_COMPACT: Final[int]
-RC_NO_RESERVE: Final[int]
 PERSIST_NONE: Final[int]
 PERSIST_MSYNC: Final[int]
 PERSIST_FUNC: Final[int]
 
 _Key = bytes | str | bytearray | memoryview
+
+class WriteCode(IntEnum):
+    """What a write call of the core answers: done, or the one thing it needs first."""
+
+    MISSING = -1
+    DONE = 0
+    NEED_BLOCK = 1
+    NEED_JUMBO = 2
+    NEED_WAIT = 3
+    NEED_RESERVE = 4
 
 def set_error_classes(
     closed: type[BaseException],
@@ -51,6 +55,8 @@ class Core:
     discarded: int
     is_open: bool
     io_errno: int
+    reclaim_due: bool
+    jumbo_need: int
     def __new__(cls, base: int, mapped: int, capacity_hint: int = 0) -> Core: ...
     def __len__(self) -> int: ...
     def invalidate(self, forked: bool = False, /) -> None: ...
@@ -77,12 +83,21 @@ class Core:
     def freeable(self) -> list[tuple[int, int, int]]: ...
     def drop_block(self, off: int, /) -> None: ...
     def compact_begin(self) -> int: ...
-    def compact_step(self, joff: int = 0, jsize: int = 0, /) -> tuple[int, int]: ...
+    def compact_step(self, joff: int = 0, jsize: int = 0, /) -> int: ...
     def compact_end(self, aborted: bool = False, /) -> None: ...
     def compaction_victim(self, urgent: bool = False, /) -> int | None: ...
     def set_puts_refused(self, on: bool, /) -> None: ...
     def compact_block(self, off: int, /) -> int: ...
-    def set_auto_compact(self, on: bool, /) -> None: ...
+    def set_reclaim_policy(
+        self,
+        check_every: int,
+        min_dead: int,
+        store_dead_num: int,
+        store_dead_den: int,
+        block_dead_num: int,
+        block_dead_den: int,
+        /,
+    ) -> None: ...
     def set_io_error(self, errno: int, /) -> None: ...
     def old_blocks(self) -> list[int]: ...
     def stats(self) -> dict[str, int]: ...

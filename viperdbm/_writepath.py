@@ -1,97 +1,176 @@
-"""The slow write paths: a put or delete that the native core's fast path could not finish.
+"""The write path's slow half: what a write does when the native core could not finish it.
 
-The core answers with a code saying what it needs (a new block, a jumbo block, the reserve
-set aside again, another thread's reorganize() to end) or what is left to do after the write
-(give space back); these loops supply it through :class:`~viperdbm._space.Space` and retry.
-The engine calls them holding its lock, with signals deferred.
+Each write call of the core (``put``, ``delete``, ``put_jumbo``, ``delete_jumbo``,
+``add_block``, ``compact_block``, ``compact_step``) answers one
+:class:`~viperdbm._native.WriteCode`: ``DONE`` (``MISSING`` for a delete of a missing key),
+or exactly one thing it needs before it is called again:
+
+============== ==========================================================================
+``NEED_BLOCK``   a new active block (:meth:`Space.new_block`)
+``NEED_JUMBO``   a block of its own for a record over the inline limit (:meth:`Space.alloc`)
+``NEED_WAIT``    another thread's ``reorganize()`` to end: holding the engine's lock waits
+``NEED_RESERVE`` a put while the space kept for deletes is gone: set it aside again first
+============== ==========================================================================
+
+:func:`meet_needs` is the one place that meets them, for puts, deletes and compaction alike.
+"Done, and space is due to be given back" is no code: a done write raises the core's
+``reclaim_due``, and the native fast path then calls the engine's one entry point for the
+slow path (``Engine.write_slow``), which ends in :func:`reclaim_if_due`.
+
+The engine calls this module holding its lock, with signals deferred.
 """
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, TypeVar
+
 from . import _layout as layout
 from . import _native
-from ._errors import StoreFullError, error
-from ._space import Space
+from ._errors import (
+    DELETE_DISK_FULL,
+    DELETE_NOT_WRITTEN,
+    NOT_WRITTEN_BECAUSE,
+    PUT_DISK_FULL,
+    PUT_NOT_WRITTEN,
+    WRITE_IN_OWN_REORGANIZE,
+    Message,
+    StoreFullError,
+    error,
+)
+
+if TYPE_CHECKING:
+    from ._space import Space
+
+WriteCode = _native.WriteCode
+_T = TypeVar("_T")
+
+#: the disk's own "no room" errnos: other causes of a StoreFullError keep their own hint
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
-def finish_put(space: Space, rc: int, key: bytes | str, value: bytes | str) -> None:
-    """Finish a put that the fast path could not do (rc from Core.put)."""
-    core = space.core
-    busy = False
-    while True:
-        if rc == _native.RC_OK:
-            return
-        if rc in (_native.RC_FREEABLE, _native.RC_COMPACT):
-            space.reclaim()  # the put is done: this only gives space back
-            return
-        if rc == _native.RC_BUSY:
-            busy = _wait_busy(busy, space.path)
-        elif rc == _native.RC_NO_RESERVE:
-            space.take_back_reserve()
-        elif rc == _native.RC_NEED_BLOCK:
-            try:
-                space.new_block()
-            except StoreFullError as exc:
-                raise space.full("the put was not written", exc, deletes_work=True) from exc
-        elif rc == _native.RC_NEED_JUMBO:
-            kb, vb = _as_bytes(key), _as_bytes(value)
-            size = _native.jumbo_size(len(kb), len(vb))
-            try:
-                off, usable = space.alloc(size, layout.TYPE_JUMBO_BLOCK, zero=False)
-            except StoreFullError as exc:
-                raise space.full("the put was not written", exc, deletes_work=True) from exc
-            rc = space.adopt(off, core.put_jumbo, off, usable, kb, vb)
-            continue
-        else:  # pragma: no cover - the core returns only the codes above
-            raise error(f"unexpected return code {rc} from the native core")
-        rc = core.put(key, value)
+def _no_jumbo() -> int:  # pragma: no cover - only records over the inline limit need one
+    raise error("the native core asked for a jumbo block for a write that has none")
 
 
-def finish_delete(space: Space, rc: int, key: bytes | str) -> bool:
-    """Finish a delete that the fast path could not do; False if the key is missing."""
-    core = space.core
-    busy = False
-    while True:
-        if rc == -1:
-            return False
-        if rc == _native.RC_OK:
-            return True
-        if rc in (_native.RC_FREEABLE, _native.RC_COMPACT):
-            space.reclaim()
-            return True
-        if rc == _native.RC_BUSY:
-            busy = _wait_busy(busy, space.path)
-        elif rc == _native.RC_NEED_BLOCK:
-            try:
-                space.new_block(may_use_reserve=True)
-            except StoreFullError as exc:
-                raise space.full("the delete was not written", exc, deletes_work=False) from exc
-        elif rc == _native.RC_NEED_JUMBO:
-            kb = _as_bytes(key)
-            try:
-                off, usable = space.alloc(
-                    _native.jumbo_size(len(kb), 0), layout.TYPE_JUMBO_BLOCK, zero=False
-                )
-            except StoreFullError as exc:
-                raise space.full("the delete was not written", exc, deletes_work=False) from exc
-            rc = space.adopt(off, core.delete_jumbo, off, usable, kb)
-            if rc == -1:  # deleted by another thread meanwhile: the block is not needed
+@dataclass(frozen=True)
+class Write:
+    """One write the core could not finish at once, as :func:`meet_needs` retries it."""
+
+    #: the core call again (after a need was met): its write code
+    retry: Callable[[], int]
+    #: the bytes of the jumbo block the write needs (on NEED_JUMBO)
+    jumbo_bytes: Callable[[], int] = _no_jumbo
+    #: the core call that writes into that block, given (offset, usable size): its code
+    into_jumbo: Callable[[int, int], int] | None = None
+    #: deletes and compaction may take the reserve for a block on a full disk; puts never
+    use_reserve: bool = False
+    #: what a full disk stops, for its StoreFullError (None: the error as raised), and what
+    #: the write did not do, for a StoreFullError that is not the disk's
+    disk_full: Message[StoreFullError] | None = None
+    not_written: str = ""
+    #: run before each need is met (reorganize() delivers signals there)
+    between: Callable[[], None] | None = None
+
+
+def meet_needs(space: Space, code: int, write: Write) -> WriteCode:
+    """Meet the need ``code`` names, retry the write, and so on until the core answers
+    ``DONE`` (or ``MISSING``), which is returned."""
+    waited = False
+    while code != WriteCode.DONE and code != WriteCode.MISSING:
+        if write.between is not None:
+            write.between()
+        if code == WriteCode.NEED_JUMBO and write.into_jumbo is not None:
+            alloc = partial(space.alloc, write.jumbo_bytes(), layout.TYPE_JUMBO_BLOCK, zero=False)
+            off, usable = _room(space, write, alloc)
+            code = space.adopt(off, write.into_jumbo, off, usable)
+            if code == WriteCode.MISSING:  # deleted by another thread meanwhile: not needed
                 space.pool.free(off)
             continue
-        rc = core.delete(key)
+        if code == WriteCode.NEED_BLOCK:
+            _room(space, write, partial(space.new_block, may_use_reserve=write.use_reserve))
+        elif code == WriteCode.NEED_WAIT:
+            waited = _wait_reorganize(waited, space.path)
+        elif code == WriteCode.NEED_RESERVE:
+            space.take_back_reserve()
+        else:  # pragma: no cover - the core answers only the codes above
+            raise error(f"unexpected write code {code} from the native core")
+        code = write.retry()
+    return WriteCode(code)
 
 
-def _wait_busy(busy: bool, path: str) -> bool:
-    """RC_BUSY: reorganize() ran in another thread; holding the lock, we waited for it.
+def _room(space: Space, write: Write, get: Callable[[], _T]) -> _T:
+    """Space for the write from ``get``; a full disk as the write's own StoreFullError."""
+    try:
+        return get()
+    except StoreFullError as exc:
+        if write.disk_full is None:
+            raise
+        if exc.errno not in _DISK_ERRNOS and exc.hint:
+            # not the disk: the address-space reservation, say, whose hint says what to do
+            raise NOT_WRITTEN_BECAUSE(
+                space.path, hint=exc.hint, what=write.not_written, cause=exc.message
+            ) from exc
+        raise write.disk_full(space.path) from exc
 
-    A second RC_BUSY under the lock means this very thread is inside reorganize() (a
+
+def finish_put(space: Space, code: int, key: bytes | str, value: bytes | str) -> None:
+    """Finish a put that answered ``code`` (Core.put), then give space back if due."""
+    core = space.core
+    meet_needs(
+        space,
+        code,
+        Write(
+            retry=lambda: core.put(key, value),
+            # from the record, not core.jumbo_need: a write of another thread (the fast path
+            # takes no lock) may have set that since
+            jumbo_bytes=lambda: _native.jumbo_size(len(_as_bytes(key)), len(_as_bytes(value))),
+            into_jumbo=lambda off, usable: core.put_jumbo(off, usable, key, value),
+            disk_full=PUT_DISK_FULL,
+            not_written=PUT_NOT_WRITTEN,
+        ),
+    )
+    reclaim_if_due(space)
+
+
+def finish_delete(space: Space, code: int, key: bytes | str) -> bool:
+    """Finish a delete that answered ``code`` (Core.delete), then give space back if due;
+    False if the key is missing."""
+    core = space.core
+    done = meet_needs(
+        space,
+        code,
+        Write(
+            retry=lambda: core.delete(key),
+            jumbo_bytes=lambda: _native.jumbo_size(len(_as_bytes(key)), 0),
+            into_jumbo=lambda off, usable: core.delete_jumbo(off, usable, key),
+            use_reserve=True,
+            disk_full=DELETE_DISK_FULL,
+            not_written=DELETE_NOT_WRITTEN,
+        ),
+    )
+    if done == WriteCode.MISSING:
+        return False
+    reclaim_if_due(space)
+    return True
+
+
+def reclaim_if_due(space: Space) -> None:
+    """A done write raised the core's reclaim_due: give space back (Space.reclaim)."""
+    if space.core.reclaim_due:
+        space.reclaim()
+
+
+def _wait_reorganize(waited: bool, path: str) -> bool:
+    """NEED_WAIT: reorganize() ran in another thread; holding the lock, we waited for it.
+
+    A second NEED_WAIT under the lock means this very thread is inside reorganize() (a
     signal handler that writes, run between two of its steps): it cannot wait for itself."""
-    if busy:
-        raise error(
-            "the store cannot be written while this thread is reorganizing it (a signal "
-            "handler that writes to the store?)",
-            filename=path,
-        )
+    if waited:
+        raise WRITE_IN_OWN_REORGANIZE(path)
     return True
 
 
