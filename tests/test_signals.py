@@ -186,6 +186,10 @@ DEFERRAL = r"""
 import os, signal, sys, threading, time
 from viperdbm._signals import Deferred
 
+# Python raises KeyboardInterrupt for SIGINT only if SIGINT was not ignored when it started,
+# and a shell without job control starts background commands (`make test &` in a script)
+# with SIGINT ignored: install the handler, or this test depends on how it was started.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 if sys.argv[1] == "threaded":
     threading.Thread(target=lambda: time.sleep(3600), daemon=True).start()
 for poll in (False, True):
