@@ -15,6 +15,7 @@ NATIVE_SOURCES = [
     "log",
     "index",
     "recovery",
+    "shared",
     "compaction",
     "format",
     "parts",

@@ -14,7 +14,7 @@ Py_ssize_t compaction_victim(Core *c, int urgent) {
         Block *b = &c->blocks[i];
         total += b->size;
         dead += b->dead_bytes;
-        if ((Py_ssize_t)i == c->active || b->type != VD_TYPE_STANDARD_BLOCK || b->old) continue;
+        if ((Py_ssize_t)i == c->active || b->type != VD_TYPE_STANDARD_BLOCK || b->old || b->retired) continue;
         if (!b->live && !b->tombstones) continue; /* already empty: waiting to be freed */
         if (b->dead_bytes * c->block_dead_den < b->size * c->block_dead_num) continue;
         if (b->dead_bytes > best_dead) {
@@ -38,6 +38,7 @@ PyObject *Core_compact_begin(Core *c, PyObject *unused) {
     for (size_t i = 0; i < c->nblocks; i++) c->blocks[i].old = 1;
     c->compact_prev_active = c->active >= 0 ? c->blocks[c->active].off : 0;
     c->active = -1;
+    shared_set_active(c);
     c->compact_cursor = 0;
     c->compacting = 1;
     return PyLong_FromUnsignedLongLong(c->next_seq);
@@ -93,8 +94,10 @@ PyObject *Core_compact_end(Core *c, PyObject *args) {
     for (size_t i = 0; i < c->nblocks; i++) c->blocks[i].old = 0;
     if (aborted && c->active < 0 && c->compact_prev_active) {
         Py_ssize_t i = block_find(c, c->compact_prev_active);
-        if (i >= 0 && c->blocks[i].off == c->compact_prev_active && c->blocks[i].type == VD_TYPE_STANDARD_BLOCK)
+        if (i >= 0 && c->blocks[i].off == c->compact_prev_active && c->blocks[i].type == VD_TYPE_STANDARD_BLOCK) {
             c->active = i;
+            shared_set_active(c);
+        }
     }
     c->compact_prev_active = 0;
     Py_RETURN_NONE;
@@ -188,7 +191,7 @@ PyObject *Core_old_blocks(Core *c, PyObject *unused) {
     PyObject *out = PyList_New(0);
     if (!out) return NULL;
     for (size_t i = 0; i < c->nblocks; i++) {
-        if (!c->blocks[i].old) continue;
+        if (!c->blocks[i].old || c->blocks[i].retired) continue; /* (a retired one is freed already) */
         if (list_append_new(out, PyLong_FromUnsignedLongLong(c->blocks[i].off)) < 0) {
             Py_DECREF(out);
             return NULL;

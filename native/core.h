@@ -233,7 +233,19 @@ typedef struct {
     uint64_t birth;      /* from the header: every record in the block is at least this (0: no bound) */
     unsigned type; /* VD_TYPE_STANDARD_BLOCK or VD_TYPE_JUMBO_BLOCK */
     int old; /* being compacted away by reorganize() */
+    int retired; /* freed by the engine, but held for readers (see shared.c): still on the media */
+    uint64_t entry_plus1; /* its entry in the readers file, plus one (0: none) */
 } Block;
+
+/* A block as a reader knows it (shared.c): how far its log has been read. */
+typedef struct {
+    uint64_t off, size, birth, pos;
+    unsigned type;
+} ReaderBlock;
+
+#define SHARED_NONE 0
+#define SHARED_WRITER 1 /* publishes to the readers file */
+#define SHARED_READER 2 /* follows the readers file */
 
 typedef struct {
     PyObject_HEAD uint8_t *base; /* NULL once closed */
@@ -275,6 +287,18 @@ typedef struct {
     int puts_refused; /* the reserve is gone: puts answer RC_NEED_RESERVE (see Space.new_block in viperdbm/_space.py) */
     int io_errno;     /* an msync of this store failed: writes are refused (see core_io_refuse) */
     uint64_t writes; /* mutation counter, for stats */
+    /* Live readers (shared.c): the readers file, mapped; the writer publishes into it, a
+     * reader follows it. */
+    int shared_role;         /* SHARED_NONE, SHARED_WRITER or SHARED_READER */
+    uint8_t *shared;         /* the mapping of the readers file (NULL: none) */
+    int shared_fd;           /* its descriptor (owned by Python): the slot locks */
+    uint64_t reader_slot;    /* a reader's slot */
+    uint64_t seen_commit, seen_gen; /* a reader: the commit and table generation it caught up to */
+    ReaderBlock *rblocks;    /* a reader: the blocks it has read, sorted by off */
+    size_t nrblocks, rblocks_cap;
+    PyObject *remap;         /* a reader: remap(needed_bytes) maps more of the pool (Python) */
+    uint64_t *free_entries;  /* the writer: entries of the readers file free for reuse */
+    size_t nfree_entries, free_entries_cap;
 } Core;
 
 #define SLOT_OFF_BITS 40
@@ -395,6 +419,32 @@ static inline int after_write(Core *c, int freeable) {
         c->reclaim_due = 1;
     return RC_DONE;
 }
+
+/* ------------------------------------------------------------------ shared.c (live readers) */
+int reader_catch_up(Core *c);
+/* A reader's every operation starts here: one load when the writer published nothing new. */
+static inline int reader_sync(Core *c) {
+    if (__builtin_expect(c->shared_role != SHARED_READER, 1)) return 0;
+    const VdReadersHeader *h = (const VdReadersHeader *)c->shared;
+    if (__atomic_load_n(&h->commit, __ATOMIC_ACQUIRE) == c->seen_commit) return 0;
+    return reader_catch_up(c);
+}
+void shared_add(Core *c, Block *b);
+void shared_publish_end(Core *c, const Block *b);
+void shared_set_active(Core *c);
+void shared_set_mapped(Core *c);
+void shared_clear(Core *c, Block *b);
+void shared_detach(Core *c);
+PyObject *Core_attach_writer(Core *c, PyObject *args);
+PyObject *Core_attach_reader(Core *c, PyObject *args);
+PyObject *Core_set_base(Core *c, PyObject *args);
+PyObject *Core_retire_blocks(Core *c, PyObject *arg);
+PyObject *Core_readers_horizon(Core *c, PyObject *arg);
+PyObject *Core_detach_shared(Core *c, PyObject *unused);
+PyObject *mod_readers_claim(PyObject *mod, PyObject *arg);
+PyObject *mod_readers_release(PyObject *mod, PyObject *args);
+PyObject *mod_readers_header(PyObject *mod, PyObject *arg);
+PyObject *mod_readers_live(PyObject *mod, PyObject *arg);
 
 /* ------------------------------------------------------------------ core_type.c */
 extern PyTypeObject CoreType;

@@ -37,6 +37,8 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
 }
 
 static void Core_dealloc(Core *c) {
+    if (c->forked) c->shared_role = SHARED_NONE; /* the parent's: publish nothing from here */
+    shared_detach(c);
     PyMem_Free(c->pending);
     slots_free(c->slots, c->cap);
     PyMem_Free(c->blocks);
@@ -48,6 +50,8 @@ static PyObject *Core_invalidate(Core *c, PyObject *args) {
     if (!PyArg_ParseTuple(args, "|p", &forked)) return NULL;
     c->base = NULL; /* after this no method touches the mapping */
     c->forked = forked;
+    if (forked) c->shared_role = SHARED_NONE; /* the parent's: publish nothing from here */
+    shared_detach(c);
     Py_RETURN_NONE;
 }
 
@@ -59,6 +63,7 @@ static PyObject *Core_set_mapped(Core *c, PyObject *arg) {
         return NULL;
     }
     c->mapped = m;
+    shared_set_mapped(c);
     Py_RETURN_NONE;
 }
 
@@ -213,6 +218,7 @@ static PyObject *Core_delete_jumbo(Core *c, PyObject *args) {
 }
 
 int64_t lookup_arg(Core *c, PyObject *key) {
+    if (reader_sync(c) < 0) return INT64_MIN;
     KeyArg k;
     if (keyarg_get(key, &k, "keys") < 0) return INT64_MIN;
     int64_t i = index_lookup(c, k.p, (uint64_t)k.n, key_hash(k.p, (uint64_t)k.n));
@@ -263,7 +269,7 @@ static PyObject *Core_contains(Core *c, PyObject *key) {
 }
 
 Py_ssize_t Core_len(Core *c) {
-    if (core_check_open(c) < 0) return -1;
+    if (core_check_open(c) < 0 || reader_sync(c) < 0) return -1;
     return (Py_ssize_t)c->count;
 }
 
@@ -275,7 +281,7 @@ static PyObject *key_of_slot(Core *c, uint64_t s) {
 
 PyObject *Core_keys(Core *c, PyObject *unused) {
     (void)unused;
-    if (core_check_open(c) < 0) return NULL;
+    if (core_check_open(c) < 0 || reader_sync(c) < 0) return NULL;
     PyObject *list = PyList_New((Py_ssize_t)c->count);
     if (!list) return NULL;
     Py_ssize_t n = 0;
@@ -299,7 +305,7 @@ static PyObject *next_key_from(Core *c, uint64_t i) {
 
 PyObject *Core_firstkey(Core *c, PyObject *unused) {
     (void)unused;
-    if (core_check_open(c) < 0) return NULL;
+    if (core_check_open(c) < 0 || reader_sync(c) < 0) return NULL;
     return next_key_from(c, 0);
 }
 
@@ -538,6 +544,16 @@ static PyMethodDef Core_methods[] = {
     {"old_blocks", (PyCFunction)Core_old_blocks, METH_NOARGS, "old_blocks() -> offsets"},
     {"stats", (PyCFunction)Core_stats, METH_NOARGS, "stats() -> dict"},
     {"blocks", (PyCFunction)Core_blocks, METH_NOARGS, "blocks() -> [(off, size, type)]"},
+    {"attach_writer", (PyCFunction)Core_attach_writer, METH_VARARGS,
+     "attach_writer(fd, pool_id, root_off): publish every write to the readers file from now on"},
+    {"attach_reader", (PyCFunction)Core_attach_reader, METH_VARARGS,
+     "attach_reader(fd, slot, remap): follow the writer through the readers file"},
+    {"detach_shared", (PyCFunction)Core_detach_shared, METH_NOARGS, "detach_shared(): stop publishing or following"},
+    {"set_base", (PyCFunction)Core_set_base, METH_VARARGS, "set_base(base, mapped): a reader's larger mapping"},
+    {"retire_blocks", (PyCFunction)Core_retire_blocks, METH_O,
+     "retire_blocks([off]) -> commit: freed, but held for readers until readers_horizon() reaches commit"},
+    {"readers_horizon", (PyCFunction)Core_readers_horizon, METH_O,
+     "readers_horizon(check_gone) -> (commit or None, live readers)"},
     {"audit", (PyCFunction)Core_audit, METH_NOARGS, "audit() -> [problem]: block counters against the index"},
     {NULL, NULL, 0, NULL},
 };

@@ -19,6 +19,9 @@ typedef struct {
 static const FieldDesc root_fields[] = {VD_ROOT_LAYOUT(FIELD){NULL, 0, 0}};
 static const FieldDesc block_header_fields[] = {VD_BLOCK_HEADER_LAYOUT(FIELD){NULL, 0, 0}};
 static const FieldDesc record_header_fields[] = {VD_RECORD_HEADER_LAYOUT(FIELD){NULL, 0, 0}};
+static const FieldDesc readers_header_fields[] = {VD_READERS_HEADER_LAYOUT(FIELD){NULL, 0, 0}};
+static const FieldDesc reader_slot_fields[] = {VD_READER_SLOT_LAYOUT(FIELD){NULL, 0, 0}};
+static const FieldDesc readers_block_fields[] = {VD_READERS_BLOCK_LAYOUT(FIELD){NULL, 0, 0}};
 
 static const struct {
     const char *name;
@@ -28,6 +31,9 @@ static const struct {
     {"VdRoot", sizeof(VdRoot), root_fields},
     {"VdBlockHeader", sizeof(VdBlockHeader), block_header_fields},
     {"VdRecordHeader", sizeof(VdRecordHeader), record_header_fields},
+    {"VdReadersHeader", sizeof(VdReadersHeader), readers_header_fields},
+    {"VdReaderSlot", sizeof(VdReaderSlot), reader_slot_fields},
+    {"VdReadersBlock", sizeof(VdReadersBlock), readers_block_fields},
 };
 
 #define CONSTANT(name) {#name, (unsigned long long)(VD_##name)}
@@ -55,6 +61,13 @@ static const struct {
     CONSTANT(KIND_PAD),
     CONSTANT(MAX_KEY),
     CONSTANT(MAX_VALUE),
+    CONSTANT(READERS_VERSION),
+    CONSTANT(READERS_HEADER_SIZE),
+    CONSTANT(READER_SLOTS),
+    CONSTANT(READERS_BLOCKS),
+    CONSTANT(READERS_SLOTS_AT),
+    CONSTANT(READERS_BLOCKS_AT),
+    CONSTANT(READERS_FILE_SIZE),
 };
 
 /* Set d[key] = value, consuming the reference to value (NULL: the error is already set). */
@@ -91,7 +104,8 @@ PyObject *format_export(void) {
         if (set_new(consts, constants[i].name, PyLong_FromUnsignedLongLong(constants[i].value)) < 0) goto fail;
     if (PyDict_SetItemString(format, "structures", structs) < 0 ||
         PyDict_SetItemString(format, "constants", consts) < 0 ||
-        set_new(format, "root_magic", PyBytes_FromStringAndSize(VD_ROOT_MAGIC, sizeof VD_ROOT_MAGIC - 1)) < 0)
+        set_new(format, "root_magic", PyBytes_FromStringAndSize(VD_ROOT_MAGIC, sizeof VD_ROOT_MAGIC - 1)) < 0 ||
+        set_new(format, "readers_magic", PyBytes_FromStringAndSize(VD_READERS_MAGIC, sizeof VD_READERS_MAGIC - 1)) < 0)
         goto fail;
     Py_DECREF(structs);
     Py_DECREF(consts);

@@ -150,6 +150,7 @@ int append_record(Core *c, unsigned kind, const uint8_t *key, uint64_t klen, con
     persist_range(c, pad_len ? pad_at : pos, (pos - (pad_len ? pad_at : pos)) + len);
     b->end = pos + alen;
     b->seq_max = c->next_seq - 1;
+    shared_publish_end(c, b);
     *out_off = pos;
     return RC_DONE;
 }
@@ -298,6 +299,8 @@ PyObject *Core_add_block(Core *c, PyObject *args) {
     Py_ssize_t i = block_insert(c, &b);
     if (i < 0) return NULL;
     c->active = i;
+    shared_add(c, &c->blocks[i]);
+    shared_set_active(c);
     /* the block we leave may already be entirely dead */
     if (prev >= 0) {
         Py_ssize_t pi = block_find(c, prev_off);
@@ -322,6 +325,9 @@ Py_ssize_t write_jumbo(Core *c, unsigned kind, uint64_t joff, uint64_t jsize, co
     Py_ssize_t bi = block_find(c, off);
     c->blocks[bi].end = off + align_up(len, VD_RECORD_ALIGN);
     c->blocks[bi].seq_max = c->blocks[bi].seq_min = c->next_seq - 1;
+    /* published whole, once its record is complete */
+    shared_add(c, &c->blocks[bi]);
+    shared_publish_end(c, &c->blocks[bi]);
     *out_off = off;
     return bi;
 }
@@ -368,7 +374,7 @@ PyObject *Core_freeable(Core *c, PyObject *unused) {
     if (!out) return NULL;
     for (size_t i = 0; i < c->nblocks; i++) {
         Block *b = &c->blocks[i];
-        if ((Py_ssize_t)i == c->active || b->live || b->tombstones) continue;
+        if ((Py_ssize_t)i == c->active || b->live || b->tombstones || b->retired) continue;
         if (list_append_new(out, Py_BuildValue("(KKK)", (unsigned long long)b->off, (unsigned long long)b->seq_max,
                                     (unsigned long long)b->size)) < 0) {
             Py_DECREF(out);
@@ -391,6 +397,7 @@ PyObject *Core_drop_block(Core *c, PyObject *arg) {
         internal_error("the active block cannot be dropped");
         return NULL;
     }
+    shared_clear(c, &c->blocks[i]);
     memmove(&c->blocks[i], &c->blocks[i + 1], (c->nblocks - (size_t)i - 1) * sizeof(Block));
     c->nblocks--;
     if (c->active > i) c->active--;

@@ -242,7 +242,7 @@ static PyObject *MapBase_get_many(MapBase *m, PyObject *const *args, Py_ssize_t 
 /* _items() / _values(): snapshots in one call, for items() and values() */
 static PyObject *map_snapshot(MapBase *m, int what) {
     Core *c = map_core(m);
-    if (!c || core_check_open(c) < 0) return NULL;
+    if (!c || core_check_open(c) < 0 || reader_sync(c) < 0) return NULL;
     PyObject *list = PyList_New((Py_ssize_t)c->count);
     if (!list) return NULL;
     Py_ssize_t n = 0;

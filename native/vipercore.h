@@ -140,6 +140,75 @@ typedef enum {
 #define VD_MAX_KEY ((uint64_t)0xFFFFFFFFu - 64u)
 #define VD_MAX_VALUE ((uint64_t)0xFFFFFFFFu - 64u)
 
+/* ------------------------------------------------------------------ the readers file
+ * `readers` in the store directory: what the writer publishes to readers in other processes
+ * (as SQLite's -shm and LMDB's lock.mdb). Mapped shared by the writer and every reader,
+ * written with plain stores in a fixed order (shared.c says which), never fsynced, never
+ * needed after a power cut: each writer rebuilds its block table at open. Unlike the pool's
+ * structures these are accessed in place (the mapping is page-aligned and every field is
+ * naturally aligned), with atomic loads and stores.
+ *
+ * The file: this header (VD_READERS_HEADER_SIZE bytes), VD_READER_SLOTS reader slots, then
+ * VD_READERS_BLOCKS block entries. A reader owns its slot while it holds an open-file-
+ * description lock (F_OFD_SETLK) on the slot's first byte: the kernel drops it when the
+ * reader dies, which is how the writer tells a reader that is gone from one that is idle. */
+#define VD_READERS_MAGIC "VDREADRS"
+#define VD_READERS_VERSION 1u
+#define VD_READERS_HEADER_SIZE 4096u
+#define VD_READER_SLOTS 1024u
+/* at least one entry per MiB of a 256 GiB pool (a jumbo block is over 1 MiB) */
+#define VD_READERS_BLOCKS 262144u
+typedef struct {
+    char magic[8];           /* VD_READERS_MAGIC, stored last when a writer makes the file */
+    uint32_t version;        /* VD_READERS_VERSION */
+    uint32_t reader_slots;   /* VD_READER_SLOTS */
+    uint64_t block_entries;  /* VD_READERS_BLOCKS */
+    uint64_t pool_id;        /* the root's created_ns: the pool this file describes */
+    uint64_t commit;         /* bumped by every change the writer publishes (never 0 once made) */
+    uint64_t max_seq;        /* every record up to this sequence number is published */
+    uint64_t table_gen;      /* bumped when an entry is added, retired or cleared, or the active block changes */
+    uint64_t table_used;     /* entries [0, table_used) may be in use */
+    uint64_t active_entry;   /* the entry of the block the writer appends to (VD_NO_ENTRY: none) */
+    uint64_t mapped;         /* bytes of the pool the writer maps: the parts a reader must map */
+    uint64_t writer_pid;     /* the writer's process id (0: no writer has the store open) */
+    uint64_t root_off;       /* pool offset of the root object (readers check pool_id there) */
+} VdReadersHeader;
+#define VD_READERS_HEADER_LAYOUT(X)                                                                   \
+    X(VdReadersHeader, magic, 0) X(VdReadersHeader, version, 8) X(VdReadersHeader, reader_slots, 12)  \
+    X(VdReadersHeader, block_entries, 16) X(VdReadersHeader, pool_id, 24)                             \
+    X(VdReadersHeader, commit, 32) X(VdReadersHeader, max_seq, 40) X(VdReadersHeader, table_gen, 48)  \
+    X(VdReadersHeader, table_used, 56) X(VdReadersHeader, active_entry, 64)                           \
+    X(VdReadersHeader, mapped, 72) X(VdReadersHeader, writer_pid, 80) X(VdReadersHeader, root_off, 88)
+#define VD_NO_ENTRY UINT64_MAX
+
+/* One reader: the commit it has caught up to. The writer frees a block it retired at commit
+ * r only once every live reader's pin is at least r. */
+typedef struct {
+    uint64_t pin; /* 0: holds everything (a reader that has not caught up yet) */
+    uint64_t pid; /* the reader's process id (0: a free slot) */
+    uint8_t zero[48]; /* a slot a cache line: readers never write a line another reads */
+} VdReaderSlot;
+#define VD_READER_SLOT_LAYOUT(X) X(VdReaderSlot, pin, 0) X(VdReaderSlot, pid, 8) X(VdReaderSlot, zero, 16)
+
+/* One block of the pool, as readers may read it. */
+typedef struct {
+    uint64_t stamp;   /* the commit that wrote this entry (0: a free entry); unchanged while it is in use */
+    uint64_t off;     /* pool offset of the block object */
+    uint64_t size;    /* bytes of the block object its log may use */
+    uint64_t birth;   /* the block header's birth: (off, birth) names one life of the space */
+    uint64_t end;     /* pool offset just past the last published record */
+    uint64_t retired; /* the commit at which the writer freed it (0: live); it is held until readers pass it */
+    uint32_t type;    /* VD_TYPE_STANDARD_BLOCK or VD_TYPE_JUMBO_BLOCK */
+    uint32_t zero;
+} VdReadersBlock;
+#define VD_READERS_BLOCK_LAYOUT(X)                                                                 \
+    X(VdReadersBlock, stamp, 0) X(VdReadersBlock, off, 8) X(VdReadersBlock, size, 16)              \
+    X(VdReadersBlock, birth, 24) X(VdReadersBlock, end, 32) X(VdReadersBlock, retired, 40)         \
+    X(VdReadersBlock, type, 48) X(VdReadersBlock, zero, 52)
+#define VD_READERS_SLOTS_AT VD_READERS_HEADER_SIZE
+#define VD_READERS_BLOCKS_AT (VD_READERS_SLOTS_AT + VD_READER_SLOTS * sizeof(VdReaderSlot))
+#define VD_READERS_FILE_SIZE (VD_READERS_BLOCKS_AT + (uint64_t)VD_READERS_BLOCKS * sizeof(VdReadersBlock))
+
 /* ------------------------------------------------------------------ the layouts, asserted
  * Every field at its offset, and each structure of its size: no padding anywhere. */
 #define VD_AT(type, field, offset) \
@@ -147,9 +216,16 @@ typedef enum {
 VD_ROOT_LAYOUT(VD_AT)
 VD_BLOCK_HEADER_LAYOUT(VD_AT)
 VD_RECORD_HEADER_LAYOUT(VD_AT)
+VD_READERS_HEADER_LAYOUT(VD_AT)
+VD_READER_SLOT_LAYOUT(VD_AT)
+VD_READERS_BLOCK_LAYOUT(VD_AT)
 _Static_assert(sizeof(VdRoot) == 56 && sizeof(VdRoot) <= VD_ROOT_OBJECT_SIZE, "root size");
 _Static_assert(sizeof(VdBlockHeader) == 64, "block header size");
 _Static_assert(sizeof(VdRecordHeader) == 16, "record header size");
+_Static_assert(sizeof(VdReadersHeader) == 96 && sizeof(VdReadersHeader) <= VD_READERS_HEADER_SIZE, "readers header size");
+_Static_assert(sizeof(VdReaderSlot) == 64, "reader slot size");
+_Static_assert(sizeof(VdReadersBlock) == 56, "readers block size");
+_Static_assert(sizeof VD_READERS_MAGIC - 1 == sizeof(((VdReadersHeader *)0)->magic), "readers magic");
 
 /* ------------------------------------------------------------------ the block constructor
  * The argument of the block constructor that pmemobj_alloc runs on a new block or reserve

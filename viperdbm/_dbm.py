@@ -25,7 +25,7 @@ _CLOSED = "DBM object has already been closed"
 _VALID_FLAGS = "Flag must be one of 'r', 'w', 'c', or 'n', optionally followed by 'f', 's' or 'u'"
 
 
-def _parse_flag(flag: str) -> OpenOptions:
+def _parse_flag(flag: str, timeout: float = 0.0) -> OpenOptions:
     if not isinstance(flag, str) or not flag or flag[0] not in "rwcn":
         raise ValueError(f"{_VALID_FLAGS}, not {flag!r}")
     modifiers = flag[1:]
@@ -38,6 +38,7 @@ def _parse_flag(flag: str) -> OpenOptions:
         truncate=base == "n",
         sync_each_write="s" in modifiers,
         lock="u" not in modifiers,
+        timeout=timeout,
     )
 
 
@@ -56,8 +57,8 @@ class Database(_native.MapBase, MutableMapping[bytes, bytes], ClosesOnExit):  # 
     implemented by the native base class, which calls the engine's core directly.
     """
 
-    def __init__(self, path: str, flag: str, mode: int) -> None:
-        options = _parse_flag(flag)
+    def __init__(self, path: str, flag: str, mode: int, timeout: float = 0.0) -> None:
+        options = _parse_flag(flag, timeout)
         self._engine: Engine | None = None
         engine = self._engine = Engine(path, options, mode)
         self._readonly = not options.writable
@@ -175,6 +176,8 @@ def open(
     file: str | os.PathLike[str] | os.PathLike[bytes] | bytes,
     flag: str = "r",
     mode: int = 0o666,
+    *,
+    timeout: float | None = None,
 ) -> Database:
     """Open the viperdbm store at ``file`` (a directory) and return a dbm-style mapping.
 
@@ -188,6 +191,13 @@ def open(
 
     ``mode`` is the permission of every file created (the umask applies); directories get
     the matching execute bits.
+
+    One writer and any number of readers may have a store open at once, in any processes:
+    every operation of a reader sees every write the writer acknowledged before it began.
+    A second writer gets ``LockError`` at once, or after waiting up to ``timeout`` seconds
+    for the writer to close (readers never wait).
     """
     path = os.fsdecode(file)
-    return Database(path, flag, mode)
+    if timeout is not None and not timeout >= 0:
+        raise ValueError(f"timeout must be a number of seconds, not {timeout!r}")
+    return Database(path, flag, mode, float(timeout or 0.0))

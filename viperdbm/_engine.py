@@ -41,9 +41,11 @@ from . import _storedir as storedir
 from . import _writepath as writepath
 from ._errors import (
     NOT_DURABLE,
+    READERS_ATTACHED,
     REORGANIZE_DISK_FULL,
     REORGANIZE_REENTERED,
     SYNC_REFUSED,
+    WRITER_NOT_PUBLISHING,
     ClosedError,
     LockError,
     ReadonlyError,
@@ -52,7 +54,7 @@ from ._errors import (
 )
 from ._pmemobj import Pool
 from ._signals import Deferred
-from ._space import RECLAIM, Space, tune_growth
+from ._space import RECLAIM, HeldBlocks, Space, tune_growth
 
 log = logging.getLogger("viperdbm")
 
@@ -69,6 +71,11 @@ def _invalidate_after_fork() -> None:
 os.register_at_fork(after_in_child=_invalidate_after_fork)
 
 
+#: seconds a reader waits for a writer that is making the store's first readers file (it
+#: recovers the store first, which at 100M records takes tens of seconds)
+WAIT_FOR_FIRST_PUBLISH = 120.0
+
+
 @dataclass(frozen=True)
 class OpenOptions:
     """What the dbm flag string asks for."""
@@ -78,6 +85,8 @@ class OpenOptions:
     truncate: bool
     sync_each_write: bool  # 's'
     lock: bool  # not 'u'
+    #: seconds a writer waits for the store's writer lock (0: LockError at once)
+    timeout: float = 0.0
 
 
 class Engine:
@@ -89,12 +98,18 @@ class Engine:
         self._lock = threading.RLock()
         self._lock_fd: int | None = None
         self._pool: Pool | None = None
-        #: (base, length) of a read-only mapping of the parts: a reader sharing the store
-        self._shared_map: tuple[int, int] | None = None
+        #: a reader's read-only mapping of the parts (a reader does not open the pool)
+        self._mapping: readers.PoolMapping | None = None
+        #: a reader's slot in the readers file (None: a reader that keeps writers out)
+        self._reader_slot: readers.ReaderSlot | None = None
+        #: the writer's descriptor of the readers file, which it publishes into
+        self._readers_fd: int | None = None
         self._root_off = 0
         self._root = layout.Root()
         #: space management of a writable store, while its pool is open
         self._space: Space | None = None
+        #: the blocks a writer freed that readers may still read
+        self._held: HeldBlocks | None = None
         self._reorganizing = False
         self.rebuild_seconds = 0.0
         self._was_forked = False
@@ -139,9 +154,10 @@ class Engine:
                 self._take_lock()
             if opts.writable or not opts.lock:
                 self._open_pool()
-            elif not self._open_shared() and not self._recover_for_readers():
-                self._open_pool()  # cannot share: hold the store alone
+            else:
+                self._open_reader()
         except BaseException:
+            self._release_reader_slot()
             self._release_lock()
             raise
 
@@ -149,26 +165,40 @@ class Engine:
         storedir.check_is_store(self.path)
 
     def _take_lock(self) -> None:
+        if not self.options.writable and self.options.lock:
+            # a reader holds a slot in the readers file instead: writers may come and go
+            self._reader_slot = readers.ReaderSlot.take(self.path)
+            if self._reader_slot is not None:
+                return
         self._lock_fd = self._lock_dir(self.path)
 
     def _lock_dir(self, directory: str) -> int | None:
         """Lock the store in ``directory`` as the options say; the descriptor, if one."""
         if not self.options.lock:
-            # 'u': hold no lock. A writer still refuses to start under readers that share
-            # the store: they read its pages directly, and a writer reusing freed space
-            # under them could hand them torn records.
+            # 'u': hold no lock. A writer still refuses to start under readers that keep
+            # writers out (those that cannot take a slot in the readers file).
             if self.options.writable:
                 storedir.probe_lock(directory, label=self.path)
             return None
         writable = self.options.writable
         try:
-            return storedir.lock(directory, exclusive=writable, label=self.path)
+            return storedir.lock(
+                directory,
+                exclusive=writable,
+                label=self.path,
+                timeout=self.options.timeout if writable else 0.0,
+            )
         except LockError:
             raise
         except error:
             if writable:
                 raise
             return None  # a read-only store or medium: libpmemobj still locks it
+
+    def _release_reader_slot(self) -> None:
+        slot, self._reader_slot = self._reader_slot, None
+        if slot is not None:
+            slot.release()
 
     def _release_lock(self) -> None:
         if self._lock_fd is not None:
@@ -183,6 +213,8 @@ class Engine:
         step, while holding the old store's lock and then the new one's."""
         if not replace_file:
             self._take_lock()  # nobody may use the old store while it is replaced
+            if readers.readers_attached(self.path):
+                raise READERS_ATTACHED(self.path)
         new_lock, old = opening.swap_in_new(self.path, mode, self._lock_dir)
         self._release_lock()
         self._lock_fd = new_lock
@@ -224,13 +256,16 @@ class Engine:
                     path=self.path,
                     sync=self._sync_locked,
                     reserve_off=reserve_off,
+                    held=self._require_held(),
                 )
                 self._space.keep_reserve()
                 storedir.point_poolset_at_parts(self.path)  # a moved or copied store
         except BaseException:
             self._space = None
+            self._held = None
             if self.core is not None:
                 self.core.invalidate()
+            self._close_readers_file()
             pool.close()
             self._pool = None
             raise
@@ -241,25 +276,74 @@ class Engine:
             self.rebuild_seconds * 1e3,
         )
 
+    def _open_reader(self) -> None:
+        """Open read-only beside the writer, if there is one, and follow it from then on.
+
+        With a writer: from what it publishes in the readers file. Without one: from the
+        blocks file its last writer wrote at close, or (after a writer that did not close)
+        by recovering the store first. A reader that cannot take a slot in the readers file
+        keeps writers out for as long as it is open, as before live readers."""
+        slot = self._reader_slot
+        if slot is None:
+            if not self._open_shared() and not self._recover_for_readers():
+                self._open_pool()  # cannot share: hold the store alone
+            return
+        deadline = time.monotonic() + WAIT_FOR_FIRST_PUBLISH
+        while True:
+            if readers.writer_is_live(self.path):
+                opened = readers.open_live(self.path, slot)
+                if opened is not None:
+                    shared, self._mapping = opened
+                    self._adopt_shared(shared)
+                    return
+                # a writer is making this store's first readers file: wait for it
+            elif self._open_shared() or self._recover_for_readers():
+                readers.follow_writer(self.require_core(), slot, self._require_mapping())
+                return
+            # a writer opened the store meanwhile: open beside it
+            if time.monotonic() > deadline:
+                raise WRITER_NOT_PUBLISHING(self.path)
+            time.sleep(0.02)
+
+    def _require_mapping(self) -> readers.PoolMapping:
+        if self._mapping is None:
+            raise self.closed_error()
+        return self._mapping
+
+    def _adopt_shared(self, shared: readers.SharedOpen) -> None:
+        self._root = shared.root
+        self.damage = shared.damage
+        self.core = shared.core
+        self.rebuild_seconds = shared.rebuild_seconds
+
     def _open_shared(self) -> bool:
         """Open read-only without libpmemobj, sharing the store with other readers (see
         :func:`viperdbm._readers.open_shared`); False if the caller must open it alone."""
         shared = readers.open_shared(self.path)
         if shared is None:
             return False
-        self._root = shared.root
-        self.damage = shared.damage
-        self.core = shared.core
-        self._shared_map = shared.mapping
-        self.rebuild_seconds = shared.rebuild_seconds
+        self._adopt_shared(shared)
+        self._mapping = readers.PoolMapping.adopt(self.path, *shared.mapping)
         return True
 
     def _recover_for_readers(self) -> bool:
         """The first reader after a writer that did not close: recover, then share (see
         :func:`viperdbm._readers.recover_for_readers`)."""
-        return readers.recover_for_readers(
-            self._lock_fd, self.path, self._open_shared, self._recover_and_write_blocks
-        )
+        if self._reader_slot is None:
+            return readers.recover_for_readers(
+                self._lock_fd, self.path, self._open_shared, self._recover_and_write_blocks
+            )
+        # a reader with a slot holds no lock: take the writer's lock for the recovery
+        try:
+            fd = storedir.lock(self.path, exclusive=False, label=self.path)
+        except LockError:
+            return False  # a writer holds it: the caller opens beside it
+        try:
+            return readers.recover_for_readers(
+                fd, self.path, self._open_shared, self._recover_and_write_blocks
+            )
+        finally:
+            os.close(fd)
 
     def _recover_and_write_blocks(self) -> bool:
         """Open the pool (recovering it), write the blocks file, close the pool again;
@@ -270,9 +354,11 @@ class Engine:
             written = self._root.directory_generation != 0
         finally:
             self._space = None
+            self._held = None
             core, self.core = self.core, None
             if core is not None:
                 core.invalidate()
+            self._close_readers_file()
             pool, self._pool = self._pool, None
             if pool is not None:
                 pool.close()
@@ -311,12 +397,38 @@ class Engine:
             writable=self.options.writable,
         )
         self.damage = found.damage
+        if self.options.writable:
+            # publish to readers from here on (before anything is freed: they may be
+            # reading what the last writer left)
+            self._attach_readers_file(core)
+            self._held = HeldBlocks(pool, core)
         if self.options.writable and (core.discarded or found.freeable or found.unused):
             # freeing removes sequence numbers: everything left must be durable first, or a
             # later recovery would see a gap in the sequence and stop there
             self._sync_locked()
-            recovery.free_leftovers(pool, core, found)
+            recovery.free_leftovers(pool, found, self._require_held())
         return found.reserve_off
+
+    def _attach_readers_file(self, core: _native.Core) -> None:
+        """The writer publishes every write in the readers file (see native/shared.c)."""
+        self._readers_fd = readers.open_for_writer(self.path)
+        if self._readers_fd is None:
+            return
+        try:
+            core.attach_writer(self._readers_fd, self._root.created_ns, self._root_off)
+        except BaseException:
+            self._close_readers_file()
+            raise
+
+    def _close_readers_file(self) -> None:
+        fd, self._readers_fd = self._readers_fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def _require_held(self) -> HeldBlocks:
+        if self._held is None:
+            raise self.closed_error()
+        return self._held
 
     def _choose_persist_mode(self) -> None:
         core = self.require_core()
@@ -400,7 +512,10 @@ class Engine:
         self._was_forked = True
         self._pool = None  # the binding has poisoned the pool itself
         self._space = None
-        self._shared_map = None  # the child's copy of the mapping goes with the child
+        self._held = None
+        self._mapping = None  # the child's copy of the mapping goes with the child
+        self._reader_slot = None  # the parent's slot: never give it back from here
+        self._readers_fd = None
         self._lock_fd = None  # the descriptor is the parent's lock: never close it here
         self._lock = threading.RLock()
 
@@ -451,7 +566,9 @@ class Engine:
                 deferred = Deferred()
                 try:
                     self._sync_locked()
-                    self._require_space().free_dead_blocks()  # the ones that waited for this
+                    space = self._require_space()
+                    space.free_dead_blocks()  # the ones that waited for this
+                    space.held.release()  # and what readers have let go of since
                 finally:
                     deferred.end()
 
@@ -521,12 +638,17 @@ class Engine:
 
     def stats(self) -> dict[str, int | float]:
         with self._lock:
-            out: dict[str, int | float] = dict(self.require_core().stats())
-            if self._shared_map is not None:
-                out["pool_bytes"] = self._shared_map[1]
+            core = self.require_core()
+            out: dict[str, int | float] = dict(core.stats())
+            if self._mapping is not None:
+                out["pool_bytes"] = self._mapping.length
             else:
                 out["pool_bytes"] = self._require_pool().mapped_size()
             out["rebuild_seconds"] = self.rebuild_seconds
+            if self._held is not None:
+                self._held.release()
+                out["readers"] = core.readers_horizon(True)[1]
+                out["held_bytes"] = self._held.held_bytes
             return out
 
     def close(self) -> None:
@@ -534,13 +656,13 @@ class Engine:
             # deferred signals: a KeyboardInterrupt cannot leave the store half closed
             deferred = Deferred()
             try:
-                if self._shared_map is not None:
+                if self._mapping is not None:
                     if self.core is not None:
                         self.core.invalidate()
                     self.core = None
-                    base, total = self._shared_map
-                    self._shared_map = None
-                    _native.core.unmap_parts(base, total)
+                    mapping, self._mapping = self._mapping, None
+                    mapping.unmap()
+                    self._release_reader_slot()
                     self._release_lock()
                     _open_engines.discard(self)
                     return
@@ -552,10 +674,13 @@ class Engine:
                     if self.options.writable and self.core is not None and not self._io_errno():
                         self._sync_locked()
                         # all of them: everything is durable now
-                        self._require_space().free_dead_blocks()
+                        space = self._require_space()
+                        space.free_dead_blocks()
+                        space.held.release()  # (those readers still hold stay allocated)
                         self._write_block_directory()
                 finally:
                     self._space = None
+                    self._held = None
                     if self.core is not None:
                         if self.core.io_errno:
                             # the core's msync failed (flag 's'), already raised: mark the
@@ -563,6 +688,7 @@ class Engine:
                             self._pool.mark_io_failed(self.core.io_errno)
                         self.core.invalidate()
                     self.core = None
+                    self._close_readers_file()
                     pool, self._pool = self._pool, None
                     pool.close()
                     self._release_lock()
@@ -572,4 +698,4 @@ class Engine:
 
     @property
     def closed(self) -> bool:
-        return self._pool is None and self._shared_map is None
+        return self._pool is None and self._mapping is None

@@ -224,3 +224,18 @@ SYNC_REFUSED: Final = Message(error, "sync() refused: " + IO_ERROR_TEXT)
 WRITES_REFUSED: Final = Message(error, "the store refuses writes: " + IO_ERROR_TEXT)
 #: an msync of the store failed
 IO_FAILED: Final = Message(error, IO_ERROR_TEXT)
+
+# The messages of live readers (viperdbm/_readers.py).
+
+#: flag 'n' (or a replacing load or copy) while readers read the store
+READERS_ATTACHED: Final = Message(
+    LockError,
+    "the store is in use by readers; it cannot be replaced while they read it",
+    "close the readers (or let them exit) and retry; the store is unchanged",
+)
+#: a reader that found a writer still making the store's first readers file
+WRITER_NOT_PUBLISHING: Final = Message(
+    LockError,
+    "the store's writer has not finished opening it",
+    "retry once the writer's open has returned (it recovers the store first)",
+)

@@ -33,6 +33,8 @@ SET_FILE = "pool.set"
 PARTS_DIR = "parts"
 LOCK_FILE = "lock"
 BLOCKS_FILE = "blocks"
+#: what the writer publishes to readers (native/vipercore.h, VdReadersHeader)
+READERS_FILE = "readers"
 
 #: The format as the native core defines it (native/vipercore.h): its structures, constants
 #: and the root's magic.
@@ -50,6 +52,8 @@ BLOCK_SIZE = _CONSTANTS["BLOCK_SIZE"]
 #: the size asked of pmemobj_root (the root's fields fill the start of it)
 ROOT_OBJECT_SIZE = _CONSTANTS["ROOT_OBJECT_SIZE"]
 ROOT_MAGIC = FORMAT["root_magic"]
+#: readers that may have a store open at once (the ``readers`` file's slots)
+READER_SLOTS = _CONSTANTS["READER_SLOTS"]
 
 #: libpmemobj's per-object header: requesting BLOCK_SIZE minus this fills whole 256 KiB chunks.
 PMEMOBJ_OBJECT_HEADER = 16

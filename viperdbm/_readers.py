@@ -1,13 +1,20 @@
-"""Readers that share a store: the ``blocks`` file, and opening without libpmemobj.
+"""Readers that share a store, alongside its writer: the ``readers`` and ``blocks`` files.
 
-libpmemobj locks a pool exclusively, so readers that share a store map its part files
-read-only themselves and find the blocks in the ``blocks`` file that the last writer wrote
-at close (:func:`write_block_directory`; the root holds its generation, which a writer zeroes
-at open, so a file that is no longer current is never trusted).
+libpmemobj locks a pool exclusively, so readers map its part files read-only themselves.
+Where the blocks are, and how far each block's log is written, comes from one of two files:
+
+- ``readers`` (native/shared.c, which owns its format): while a writer has the store open
+  it publishes every write there, and each reader catches up with it before each operation.
+  A reader holds a slot there for as long as it is open (:class:`ReaderSlot`), whatever it
+  opened from: the writer frees no block while a reader may still read it.
+- ``blocks``: written by the last writer at close (:func:`write_block_directory`; the root
+  holds its generation, which a writer zeroes at open, so a file that is no longer current
+  is never trusted), for readers of a store no writer has open.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -34,6 +41,202 @@ class SharedOpen:
     mapping: tuple[int, int]
     damage: list[tuple[int, int]]
     rebuild_seconds: float
+
+
+class ReaderSlot:
+    """This reader's slot in the ``readers`` file: taken before the reader reads anything,
+    held (an open-file-description lock the kernel drops if the process dies) until close."""
+
+    def __init__(self, fd: int, slot: int) -> None:
+        self.fd = fd
+        self.slot = slot
+
+    @classmethod
+    def take(cls, path: str) -> ReaderSlot | None:
+        """A slot in the store at ``path``; None if this user cannot write the ``readers``
+        file (a read-only store or medium: the reader then keeps writers out instead)."""
+        try:
+            mode = _readers_file_mode(path)
+            fd = os.open(
+                os.path.join(path, layout.READERS_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode
+            )
+        except (PermissionError, FileNotFoundError):
+            return None
+        except OSError as exc:
+            if exc.errno == errno.EROFS:
+                return None
+            raise storedir.os_error("cannot open the store's readers file", exc, path) from exc
+        try:
+            slot = _native.core.readers_claim(fd)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                return None
+            raise storedir.os_error("cannot take a reader's slot", exc, path) from exc
+        except BaseException:
+            os.close(fd)
+            raise
+        if slot < 0:
+            os.close(fd)
+            raise LockError(
+                f"{layout.READER_SLOTS} readers have the store open already; close one first",
+                filename=path,
+            )
+        return cls(fd, slot)
+
+    def release(self) -> None:
+        """Give the slot back (the writer then stops holding space for this reader)."""
+        fd, self.fd = self.fd, -1
+        if fd < 0:
+            return
+        try:
+            _native.core.readers_release(fd, self.slot)
+        finally:
+            os.close(fd)
+
+
+def _readers_file_mode(path: str) -> int:
+    return os.stat(os.path.join(path, layout.SET_FILE)).st_mode & 0o777
+
+
+def open_for_writer(path: str) -> int | None:
+    """The writer's descriptor of the readers file (made if missing, with the store's
+    mode); None if the store's directory is not writable for it (no reader can follow then,
+    and readers keep the writer out instead, as before live readers)."""
+    try:
+        fd = os.open(
+            os.path.join(path, layout.READERS_FILE),
+            os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+            _readers_file_mode(path),
+        )
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            log.warning("%s: cannot write the readers file (%s); readers cannot follow", path, exc)
+            return None
+        raise storedir.os_error("cannot open the store's readers file", exc, path) from exc
+    return fd
+
+
+def readers_attached(path: str) -> bool:
+    """Does a live reader hold a slot in the store at ``path``?"""
+    try:
+        fd = os.open(os.path.join(path, layout.READERS_FILE), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return _native.core.readers_live(fd)
+    finally:
+        os.close(fd)
+
+
+def writer_is_live(path: str) -> bool:
+    """Does a writer hold the store now? (a test of its lock, which readers never take)"""
+    try:
+        fd = os.open(os.path.join(path, layout.LOCK_FILE), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        storedir.flock(fd, exclusive=False, label=path)
+        return False
+    except LockError:
+        return True
+    finally:
+        os.close(fd)  # (drops the shared lock just taken, if it was)
+
+
+class PoolMapping:
+    """A reader's read-only mapping of the part files; it grows when the writer's pool does."""
+
+    def __init__(self, path: str, needed: int) -> None:
+        self.path = path
+        self.base, self.length = self._map(needed) if needed else (0, 0)
+
+    @classmethod
+    def adopt(cls, path: str, base: int, length: int) -> PoolMapping:
+        """A mapping made already (by :func:`open_shared`)."""
+        mapping = cls(path, 0)
+        mapping.base, mapping.length = base, length
+        return mapping
+
+    def _map(self, needed: int) -> tuple[int, int]:
+        path = self.path
+        try:
+            parts = storedir.scan_parts(os.path.join(path, layout.PARTS_DIR)).mapped()
+            taken, total = [], 0
+            for part in parts:
+                if total >= needed:
+                    break  # a part that a growth is still making: not in use yet
+                taken.append(part)
+                total += part[1]
+            if total < needed:
+                raise CorruptedError(
+                    f"the store's parts hold {total} bytes but its writer uses {needed}; "
+                    "run 'viperdbm check' on it",
+                    filename=path,
+                )
+            return _native.core.map_parts(taken)
+        except OSError as exc:
+            if isinstance(exc, CorruptedError):
+                raise
+            raise storedir.os_error("cannot read the store's parts", exc, path) from exc
+
+    def grow(self, core: _native.Core, needed: int) -> None:
+        """Map at least ``needed`` bytes and hand them to ``core`` (it calls this itself
+        when the writer publishes a larger pool, between two of its operations)."""
+        base, length = self._map(needed)
+        try:
+            core.set_base(base, length)
+        except BaseException:
+            _native.core.unmap_parts(base, length)
+            raise
+        old = (self.base, self.length)
+        self.base, self.length = base, length
+        _native.core.unmap_parts(*old)
+
+    def unmap(self) -> None:
+        if self.length:
+            base, length = self.base, self.length
+            self.length = 0
+            _native.core.unmap_parts(base, length)
+
+
+def follow_writer(core: _native.Core, slot: ReaderSlot, mapping: PoolMapping) -> None:
+    """From now on ``core`` catches up with the store's writer before each operation."""
+    core.attach_reader(slot.fd, slot.slot, lambda needed: mapping.grow(core, needed))
+
+
+def open_live(path: str, slot: ReaderSlot) -> tuple[SharedOpen, PoolMapping] | None:
+    """Open read-only alongside a live writer, from what it publishes in the ``readers``
+    file; None when that holds nothing yet (its writer is still recovering the store)."""
+    header = _native.core.readers_header(slot.fd)
+    if header is None:
+        return None
+    pool_id, root_off, mapped, _writer_pid = header
+    mapping = PoolMapping(path, mapped)
+    started = time.perf_counter()
+    try:
+        try:
+            root = layout.Root.unpack(
+                _native.core.peek(mapping.base, mapping.length, root_off, layout.Root.SIZE)
+            )
+        except (ValueError, CorruptedError):
+            root = None
+        if root is None or root.magic != layout.ROOT_MAGIC or root.created_ns != pool_id:
+            mapping.unmap()
+            return None  # not this pool's (a copied directory?): the caller opens otherwise
+        core = _native.Core(mapping.base, mapping.length, 0)
+        follow_writer(core, slot, mapping)
+    except BaseException:
+        mapping.unmap()
+        raise
+    rebuild_seconds = time.perf_counter() - started
+    log.debug(
+        "opened %s read-only beside its writer: %d records, index built in %.1f ms",
+        path,
+        len(core),
+        rebuild_seconds * 1e3,
+    )
+    return SharedOpen(core, root, (mapping.base, mapping.length), [], rebuild_seconds), mapping
 
 
 def open_shared(path: str) -> SharedOpen | None:

@@ -11,11 +11,15 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from . import _layout as layout
 from . import _native
 from ._errors import CorruptedError, NotAStoreError, VersionMismatchError
 from ._pmemobj import Pool
+
+if TYPE_CHECKING:
+    from ._space import HeldBlocks
 
 log = logging.getLogger("viperdbm")
 
@@ -136,17 +140,18 @@ def scan(
     return Recovered(reserve_off, unused, freeable, damage)
 
 
-def free_leftovers(pool: Pool, core: _native.Core, found: Recovered) -> None:
+def free_leftovers(pool: Pool, found: Recovered, held: HeldBlocks) -> None:
     """Free what the scan found unneeded. Freeing removes sequence numbers: the caller has
     made everything left durable first, or a later recovery would see a gap in the
-    sequence and stop there."""
-    for off in found.unused:
+    sequence and stop there. Dead blocks go through ``held``: readers that were reading
+    what the last writer left may still read them."""
+    for off in found.unused:  # never published to a reader (no valid header)
         pool.free(off)
         _native.crash_point("recovery: unused object freed")
-    for off in found.freeable:
-        pool.free(off)
-        _native.crash_point("recovery: dead block freed, not yet dropped")
-        core.drop_block(off)
+    if found.freeable:
+        sizes = {off: size for off, size, _ in held.core.blocks()}
+        held.free([(off, sizes[off]) for off in found.freeable])
+        _native.crash_point("recovery: dead blocks freed")
 
 
 def block_types(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -76,6 +77,54 @@ def tune_growth(pool: Pool) -> None:
     pool.set_heap_granularity(size & ~((1 << 20) - 1))
 
 
+class HeldBlocks:
+    """Blocks the engine has freed that readers in other processes may still be reading.
+
+    A freed block is retired in the ``readers`` file at once (native/shared.c) and given back
+    to libpmemobj once every live reader has caught up past its retirement; with no reader
+    attached that is at once. Meanwhile it stays on the media and in the core's registry, so
+    that recovery and compaction see it as what it is: still there. Oldest first, never out of
+    order: a delete in a block retired later may hide a put in one retired earlier, for
+    recovery as for readers.
+    """
+
+    def __init__(self, pool: Pool, core: _native.Core) -> None:
+        self.pool = pool
+        self.core = core
+        #: (the commit it was retired at, offset, size), oldest first
+        self._held: deque[tuple[int, int, int]] = deque()
+
+    @property
+    def held_bytes(self) -> int:
+        return sum(size for _, _, size in self._held)
+
+    def free(self, blocks: list[tuple[int, int]]) -> None:
+        """Free these blocks, given as (offset, size), together: once readers allow."""
+        if not blocks:
+            return
+        commit = self.core.retire_blocks([off for off, _ in blocks])
+        self._held.extend((commit, off, size) for off, size in blocks)
+        self.release()
+
+    def release(self) -> None:
+        """Give back every held block that no reader can read any more."""
+        if not self._held:
+            return
+        horizon, _ = self.core.readers_horizon(False)
+        if horizon is not None and horizon < self._held[0][0]:
+            # held back: look whether the readers holding it are still alive (a system
+            # call per reader, so only here)
+            horizon, _ = self.core.readers_horizon(True)
+        held, core, pool = self._held, self.core, self.pool
+        while held and (horizon is None or held[0][0] <= horizon):
+            _, off, _ = held.popleft()
+            # forget, then free: stopped in between (a failed free, or a signal where it is
+            # not deferred) the block is only leaked until the next open, never freed while
+            # the core or a reader still reads it
+            core.drop_block(off)
+            pool.free(off)  # atomic in libpmemobj; a crash here leaves only a dead block
+
+
 class Space:
     """The space of one open writable store.
 
@@ -92,9 +141,12 @@ class Space:
         path: str,
         sync: Callable[[], None],
         reserve_off: int | None,
+        held: HeldBlocks,
     ) -> None:
         self.pool = pool
         self.core = core
+        #: freed blocks that readers may still read
+        self.held = held
         self.path = path
         self._root = root
         self._sync = sync
@@ -206,6 +258,7 @@ class Space:
         that finds no space stops; it resumes at a later call."""
         core = self.core
         core.reclaim_due = False
+        self.held.release()  # readers may have caught up since
         urgent = urgent or self.reserve_off is None
         free = self.free_dead_now if urgent else self.free_dead_blocks
         free()
@@ -254,20 +307,13 @@ class Space:
             if sum(size for _, _, size in dead) < RECLAIM.free_after_sync:
                 return
             self._sync()
-        pool = self.pool
-        for off, _, _ in dead:
-            # forget, then free: stopped in between (a failed free, or a signal where it
-            # is not deferred) the block is only leaked until the next open, never freed
-            # while the core still appends to or reads it
-            core.drop_block(off)
-            pool.free(off)  # atomic in libpmemobj; a crash here leaves only a dead block
+        self.held.free([(off, size) for off, _, size in dead])
 
     # ------------------------------------------------------------------ reorganize
     def copy_forward(self, deferred: Deferred, raise_floor: Callable[[int], None]) -> None:
         """The body of reorganize(): copy every live record forward, then free every older
         block. ``raise_floor`` makes the copies durable, then the new sequence floor."""
         core = self.core
-        pool = self.pool
         self.free_dead_now()  # room for the copies
         done = False
         try:
@@ -287,9 +333,8 @@ class Space:
             # durable before the floor that makes the originals dead
             raise_floor(floor)
             done = True
-            for off in core.old_blocks():
-                core.drop_block(off)  # (forget, then free: see free_dead_blocks)
-                pool.free(off)
+            sizes = {off: size for off, size, _ in core.blocks()}
+            self.held.free([(off, sizes[off]) for off in core.old_blocks()])
         finally:
             core.compact_end(not done)
         self.keep_reserve()

@@ -37,6 +37,7 @@ import logging
 import os
 import re
 import stat
+import time
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, NamedTuple
 
@@ -239,15 +240,24 @@ def flock(fd: int, *, exclusive: bool, label: str, wait: bool = False) -> None:
         raise LockError(_IN_USE, filename=label) from None
 
 
-def lock(directory: str, *, exclusive: bool, label: str) -> int:
-    """Lock the store in ``directory`` (a shared lock for readers, exclusive for a
-    writer); the descriptor, which holds the lock until it is closed."""
+def lock(directory: str, *, exclusive: bool, label: str, timeout: float = 0.0) -> int:
+    """Lock the store in ``directory`` (exclusive for a writer; shared for a reader that
+    keeps writers out); the descriptor, which holds the lock until it is closed. LockError
+    if another holds it ``timeout`` seconds from now (0: at once)."""
     try:
         fd = _open_lock_file(directory, create=True)
     except OSError as exc:
         raise os_error("cannot open the store's lock file", exc, label) from exc
     try:
-        flock(fd, exclusive=exclusive, label=label)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                flock(fd, exclusive=exclusive, label=label)
+                break
+            except LockError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(min(0.05, max(0.001, deadline - time.monotonic())))
     except BaseException:
         os.close(fd)
         raise

@@ -1,0 +1,620 @@
+/* Live readers: the readers file (vipercore.h, VdReadersHeader), which the writer publishes
+ * into and readers in other processes follow, so that readers and the writer run at the same
+ * time (as LMDB's reader table and SQLite's wal-index let them).
+ *
+ * What the writer publishes, in this order (each a plain store, release ordered):
+ *   - a new block: its entry's fields, then its stamp, then table_used and table_gen;
+ *   - a record: its bytes and its checksum (log.c), then its block entry's end, then
+ *     max_seq, then commit. A record is acknowledged only after that, so every acknowledged
+ *     write is visible to a reader that loads commit afterwards;
+ *   - a freed block: its entry's retired = the next commit, then commit. The block stays in
+ *     the pool (and in the core's blocks, so that recovery and compaction see it as on the
+ *     media) until every live reader's pin is at least that commit; then its entry is
+ *     cleared and the engine frees it (viperdbm/_space.py, HeldBlocks).
+ *
+ * What a reader does before each operation (reader_sync in core.h): load commit; if it
+ * changed, catch up: load max_seq (M) and table_gen; read every entry (or, if table_gen did
+ * not change, only the active one) from where it last stopped up to the entry's end,
+ * applying the records up to M in any order (the newest sequence number of a key wins;
+ * deletes are kept as tombstones until the end of the catch-up, so an older put read later
+ * loses to them); then store the commit it started from as its pin. Every record up to M
+ * was published before M, so the reader sees all of them. It skips blocks retired at or
+ * before that commit: whatever they held was superseded by records up to M. And the blocks
+ * it read cannot be freed meanwhile: its pin is older than their retirement.
+ *
+ * Everything read from the file is bounds-checked before use, and every record is verified
+ * (lengths, checksum) as recovery verifies it: a damaged or hostile readers file can make a
+ * reader miss records, never read outside its mapping.
+ */
+#include "core.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define LOAD(field) __atomic_load_n(&(field), __ATOMIC_ACQUIRE)
+#define STORE(field, value) __atomic_store_n(&(field), (value), __ATOMIC_RELEASE)
+
+static inline VdReadersHeader *header_of(uint8_t *m) { return (VdReadersHeader *)m; }
+static inline VdReaderSlot *slot_of(uint8_t *m, uint64_t i) {
+    return (VdReaderSlot *)(m + VD_READERS_SLOTS_AT + i * sizeof(VdReaderSlot));
+}
+static inline VdReadersBlock *entry_of(uint8_t *m, uint64_t i) {
+    return (VdReadersBlock *)(m + VD_READERS_BLOCKS_AT + i * sizeof(VdReadersBlock));
+}
+static inline uint64_t slot_file_offset(uint64_t i) { return VD_READERS_SLOTS_AT + i * sizeof(VdReaderSlot); }
+
+/* ------------------------------------------------------------------ the file */
+
+/* Grow the file to its full size (sparse: only the pages touched take space). */
+static int readers_file_size(int fd) {
+    struct stat st;
+    if (fstat(fd, &st) != 0) return -1;
+    if ((uint64_t)st.st_size < VD_READERS_FILE_SIZE && ftruncate(fd, (off_t)VD_READERS_FILE_SIZE) != 0) return -1;
+    return 0;
+}
+
+static uint8_t *readers_map(int fd) {
+    if (readers_file_size(fd) != 0) return NULL;
+    void *m = mmap(NULL, VD_READERS_FILE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    return m == MAP_FAILED ? NULL : (uint8_t *)m;
+}
+
+static int header_valid(const VdReadersHeader *h, uint64_t pool_id) {
+    return memcmp(h->magic, VD_READERS_MAGIC, sizeof h->magic) == 0 && h->version == VD_READERS_VERSION &&
+           h->reader_slots == VD_READER_SLOTS && h->block_entries == VD_READERS_BLOCKS &&
+           (pool_id == 0 || h->pool_id == pool_id);
+}
+
+/* An open-file-description lock on a slot's first byte: cmd F_OFD_SETLK (type F_WRLCK or
+ * F_UNLCK) or F_OFD_GETLK. The kernel releases it when the last descriptor of that open
+ * file goes, so a reader that dies frees its slot however it dies. */
+static int slot_lock(int fd, uint64_t slot, int cmd, short type, struct flock *out) {
+    struct flock fl;
+    memset(&fl, 0, sizeof fl);
+    fl.l_type = type;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = (off_t)slot_file_offset(slot);
+    fl.l_len = 1;
+    int rc = fcntl(fd, cmd, &fl);
+    if (out) *out = fl;
+    return rc;
+}
+
+/* readers_claim(fd) -> slot: a free reader slot, locked by this open file; its pin is 0 (it
+ * holds every block) until the reader's first catch-up. */
+PyObject *mod_readers_claim(PyObject *mod, PyObject *arg) {
+    (void)mod;
+    int fd;
+    if (!PyArg_Parse(arg, "i", &fd)) return NULL;
+    if (readers_file_size(fd) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    for (uint64_t i = 0; i < VD_READER_SLOTS; i++) {
+        if (slot_lock(fd, i, F_OFD_SETLK, F_WRLCK, NULL) != 0) {
+            if (errno == EAGAIN || errno == EACCES) continue; /* a live reader's */
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        VdReaderSlot s;
+        memset(&s, 0, sizeof s);
+        s.pid = (uint64_t)getpid();
+        /* pwrite is coherent with every mapping of the file, and a system call: the writer
+         * sees the slot before this reader reads anything it could free */
+        if (pwrite(fd, &s, sizeof s, (off_t)slot_file_offset(i)) != (ssize_t)sizeof s) {
+            int saved = errno;
+            slot_lock(fd, i, F_OFD_SETLK, F_UNLCK, NULL);
+            errno = saved ? saved : EIO;
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        return PyLong_FromUnsignedLongLong(i);
+    }
+    return PyLong_FromLong(-1); /* every slot is taken */
+}
+
+/* readers_release(fd, slot): free the slot (the caller then closes fd, which drops the lock) */
+PyObject *mod_readers_release(PyObject *mod, PyObject *args) {
+    (void)mod;
+    int fd;
+    unsigned long long slot;
+    if (!PyArg_ParseTuple(args, "iK", &fd, &slot)) return NULL;
+    if (slot >= VD_READER_SLOTS) return PyErr_Format(PyExc_ValueError, "no reader slot %llu", slot);
+    VdReaderSlot s;
+    memset(&s, 0, sizeof s);
+    if (pwrite(fd, &s, sizeof s, (off_t)slot_file_offset(slot)) != (ssize_t)sizeof s)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    slot_lock(fd, slot, F_OFD_SETLK, F_UNLCK, NULL);
+    Py_RETURN_NONE;
+}
+
+/* readers_header(fd) -> None, or (pool_id, root_off, mapped, writer_pid) of a valid header */
+PyObject *mod_readers_header(PyObject *mod, PyObject *arg) {
+    (void)mod;
+    int fd;
+    if (!PyArg_Parse(arg, "i", &fd)) return NULL;
+    VdReadersHeader h;
+    ssize_t n = pread(fd, &h, sizeof h, 0);
+    if (n < 0) return PyErr_SetFromErrno(PyExc_OSError);
+    if (n != (ssize_t)sizeof h || !header_valid(&h, 0)) Py_RETURN_NONE;
+    return Py_BuildValue("(KKKK)", (unsigned long long)h.pool_id, (unsigned long long)h.root_off,
+                         (unsigned long long)h.mapped, (unsigned long long)h.writer_pid);
+}
+
+/* readers_live(fd) -> bool: does any live reader hold a slot? (one lock test over them all) */
+PyObject *mod_readers_live(PyObject *mod, PyObject *arg) {
+    (void)mod;
+    int fd;
+    if (!PyArg_Parse(arg, "i", &fd)) return NULL;
+    struct flock fl;
+    memset(&fl, 0, sizeof fl);
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = (off_t)VD_READERS_SLOTS_AT;
+    fl.l_len = (off_t)(VD_READER_SLOTS * sizeof(VdReaderSlot));
+    if (fcntl(fd, F_OFD_GETLK, &fl) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    return PyBool_FromLong(fl.l_type != F_UNLCK);
+}
+
+/* ------------------------------------------------------------------ the writer */
+
+static void bump(uint64_t *field) { STORE(*field, *field + 1); }
+
+static int free_entry_push(Core *c, uint64_t e) {
+    if (c->nfree_entries == c->free_entries_cap) {
+        size_t ncap = c->free_entries_cap ? c->free_entries_cap * 2 : 256;
+        uint64_t *n = PyMem_Realloc(c->free_entries, ncap * sizeof *n);
+        if (!n) return -1;
+        c->free_entries = n;
+        c->free_entries_cap = ncap;
+    }
+    c->free_entries[c->nfree_entries++] = e;
+    return 0;
+}
+
+/* Publish a block the core has just registered (its entry holds its current end). A table
+ * that is full publishes nothing more: readers then miss the block's records, so the engine
+ * never lets it fill (VD_READERS_BLOCKS is far above any pool's block count). */
+void shared_add(Core *c, Block *b) {
+    if (c->shared_role != SHARED_WRITER || b->entry_plus1) return;
+    VdReadersHeader *h = header_of(c->shared);
+    uint64_t e;
+    if (c->nfree_entries)
+        e = c->free_entries[--c->nfree_entries];
+    else if (h->table_used < VD_READERS_BLOCKS)
+        e = h->table_used;
+    else
+        return;
+    VdReadersBlock *en = entry_of(c->shared, e);
+    uint64_t stamp = h->commit + 1;
+    STORE(en->stamp, 0);
+    en->off = b->off;
+    en->size = b->size;
+    en->birth = b->birth;
+    en->type = b->type;
+    en->retired = 0;
+    STORE(en->end, b->end);
+    STORE(en->stamp, stamp);
+    if (e >= h->table_used) STORE(h->table_used, e + 1);
+    b->entry_plus1 = e + 1;
+    bump(&h->table_gen);
+    STORE(h->commit, stamp);
+}
+
+/* After a record was appended to b (and made as durable as the store promises). */
+void shared_publish_end(Core *c, const Block *b) {
+    if (c->shared_role != SHARED_WRITER || !b->entry_plus1) return;
+    VdReadersHeader *h = header_of(c->shared);
+    STORE(entry_of(c->shared, b->entry_plus1 - 1)->end, b->end);
+    STORE(h->max_seq, c->next_seq - 1);
+    bump(&h->commit);
+}
+
+/* The active block changed: a reader that only follows the active block must look again. */
+void shared_set_active(Core *c) {
+    if (c->shared_role != SHARED_WRITER) return;
+    VdReadersHeader *h = header_of(c->shared);
+    uint64_t e = c->active >= 0 && c->blocks[c->active].entry_plus1 ? c->blocks[c->active].entry_plus1 - 1
+                                                                       : VD_NO_ENTRY;
+    STORE(h->active_entry, e);
+    bump(&h->table_gen);
+    bump(&h->commit);
+}
+
+void shared_set_mapped(Core *c) {
+    if (c->shared_role != SHARED_WRITER) return;
+    VdReadersHeader *h = header_of(c->shared);
+    STORE(h->mapped, c->mapped);
+    bump(&h->commit);
+}
+
+/* The block is about to be freed (every reader is past its retirement): clear its entry. */
+void shared_clear(Core *c, Block *b) {
+    if (c->shared_role != SHARED_WRITER || !b->entry_plus1) return;
+    VdReadersHeader *h = header_of(c->shared);
+    uint64_t e = b->entry_plus1 - 1;
+    STORE(entry_of(c->shared, e)->stamp, 0);
+    b->entry_plus1 = 0;
+    if (free_entry_push(c, e) < 0) PyErr_Clear(); /* the entry is lost for reuse, nothing else */
+    bump(&h->table_gen);
+    bump(&h->commit);
+}
+
+void shared_detach(Core *c) {
+    if (c->shared_role == SHARED_WRITER) STORE(header_of(c->shared)->writer_pid, 0);
+    if (c->shared) munmap(c->shared, VD_READERS_FILE_SIZE);
+    c->shared = NULL;
+    c->shared_role = SHARED_NONE;
+    c->shared_fd = -1;
+    Py_CLEAR(c->remap);
+    PyMem_Free(c->rblocks);
+    c->rblocks = NULL;
+    c->nrblocks = c->rblocks_cap = 0;
+    PyMem_Free(c->free_entries);
+    c->free_entries = NULL;
+    c->nfree_entries = c->free_entries_cap = 0;
+}
+
+/* attach_writer(fd, pool_id, root_off): publish into the readers file from now on. Called after the
+ * recovery scan. A valid file (the previous writer's, whose readers may still be reading)
+ * is adopted: entries of blocks the recovery found keep their place (a reader goes on from
+ * where it stopped in them), the others are cleared, new blocks are added. Anything else is
+ * made anew, its commit above every pin a reader could hold. */
+PyObject *Core_attach_writer(Core *c, PyObject *args) {
+    int fd;
+    unsigned long long pool_id, root_off;
+    if (!PyArg_ParseTuple(args, "iKK", &fd, &pool_id, &root_off)) return NULL;
+    if (core_check_open(c) < 0) return NULL;
+    if (c->shared) return internal_error("the readers file is attached already"), NULL;
+    uint8_t *m = readers_map(fd);
+    if (!m) return PyErr_SetFromErrno(PyExc_OSError);
+    VdReadersHeader *h = header_of(m);
+    if (!header_valid(h, pool_id)) {
+        uint64_t top = 0;
+        for (uint64_t i = 0; i < VD_READER_SLOTS; i++) {
+            uint64_t pin = LOAD(slot_of(m, i)->pin);
+            if (pin > top) top = pin;
+        }
+        memset(h->magic, 0, sizeof h->magic);
+        /* zero the block table without writing it: a hole takes no space (and reads as
+         * zeros in every mapping at once); where holes are not supported, zero the part
+         * that may have been used */
+        if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)VD_READERS_BLOCKS_AT,
+                      (off_t)(VD_READERS_FILE_SIZE - VD_READERS_BLOCKS_AT)) != 0) {
+            uint64_t used = h->table_used < VD_READERS_BLOCKS ? h->table_used : VD_READERS_BLOCKS;
+            memset(m + VD_READERS_BLOCKS_AT, 0, (size_t)(used * sizeof(VdReadersBlock)));
+        }
+        h->version = VD_READERS_VERSION;
+        h->reader_slots = VD_READER_SLOTS;
+        h->block_entries = VD_READERS_BLOCKS;
+        h->pool_id = pool_id;
+        h->table_used = 0;
+        h->max_seq = 0;
+        h->table_gen = top + 1;
+        STORE(h->commit, top + 1);
+        memcpy(h->magic, VD_READERS_MAGIC, sizeof h->magic);
+    }
+    c->shared = m;
+    c->shared_fd = fd;
+    c->shared_role = SHARED_WRITER;
+    /* adopt what still names a block the recovery found (by offset, birth and size) */
+    uint64_t used = h->table_used < VD_READERS_BLOCKS ? h->table_used : VD_READERS_BLOCKS;
+    for (uint64_t e = 0; e < used; e++) {
+        VdReadersBlock *en = entry_of(m, e);
+        Py_ssize_t bi = en->stamp ? block_find(c, en->off) : -1;
+        Block *b = bi >= 0 ? &c->blocks[bi] : NULL;
+        if (b && b->off == en->off && b->birth == en->birth && b->size == en->size && b->type == en->type &&
+            !b->entry_plus1) {
+            b->entry_plus1 = e + 1;
+            if (b->end > LOAD(en->end)) STORE(en->end, b->end);
+            continue;
+        }
+        if (en->stamp) STORE(en->stamp, 0);
+        if (free_entry_push(c, e) < 0) {
+            shared_detach(c);
+            return PyErr_NoMemory();
+        }
+    }
+    STORE(h->table_used, used);
+    /* the free list is a stack: hand out the lowest entries first */
+    for (size_t i = 0, j = c->nfree_entries; i < j / 2; i++) {
+        uint64_t t = c->free_entries[i];
+        c->free_entries[i] = c->free_entries[j - 1 - i];
+        c->free_entries[j - 1 - i] = t;
+    }
+    for (size_t i = 0; i < c->nblocks; i++) shared_add(c, &c->blocks[i]);
+    STORE(h->mapped, c->mapped);
+    STORE(h->max_seq, c->next_seq - 1);
+    STORE(h->root_off, root_off);
+    STORE(h->writer_pid, (uint64_t)getpid());
+    shared_set_active(c);
+    Py_RETURN_NONE;
+}
+
+/* retire_blocks([off, ...]) -> commit: the engine frees these blocks, together; readers
+ * may still read them, so they stay on the media until readers_horizon() is at least the
+ * returned commit. Compaction and recovery keep counting them (they are still there for
+ * them), nothing appends to them. One commit for all: a reader never sees some of the
+ * blocks of a reorganize() gone and others not (the deletes in one may hide puts in
+ * another). */
+PyObject *Core_retire_blocks(Core *c, PyObject *arg) {
+    if (core_check_open(c) < 0) return NULL;
+    PyObject *seq = PySequence_Fast(arg, "retire_blocks() takes a list of offsets");
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    for (Py_ssize_t k = 0; k < n; k++) { /* check them all before retiring any */
+        unsigned long long off = PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(seq, k));
+        Py_ssize_t i = PyErr_Occurred() ? -1 : block_find(c, off);
+        if (i < 0 || c->blocks[i].off != off || i == c->active || c->blocks[i].retired) {
+            Py_DECREF(seq);
+            if (!PyErr_Occurred()) internal_error("no block to retire there");
+            return NULL;
+        }
+    }
+    int shared = c->shared_role == SHARED_WRITER;
+    VdReadersHeader *h = shared ? header_of(c->shared) : NULL;
+    uint64_t commit = shared ? h->commit + 1 : 0;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        Block *b = &c->blocks[block_find(c, PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(seq, k)))];
+        b->retired = 1;
+        if (shared && b->entry_plus1) STORE(entry_of(c->shared, b->entry_plus1 - 1)->retired, commit);
+    }
+    Py_DECREF(seq);
+    if (shared) {
+        bump(&h->table_gen);
+        STORE(h->commit, commit);
+    }
+    /* the retirement before the look at the pins: a reader that registers meanwhile either
+     * is seen here or sees the retirement (and then never reads the block) */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    return PyLong_FromUnsignedLongLong(commit);
+}
+
+/* readers_horizon(check_gone) -> (horizon, readers): every block retired at a commit up to
+ * horizon may be freed (None: no reader holds anything); readers: the live readers. With
+ * check_gone, the slots of readers that died (no lock on them) are freed first (a system
+ * call per reader). */
+PyObject *Core_readers_horizon(Core *c, PyObject *arg) {
+    int check_gone = PyObject_IsTrue(arg);
+    if (check_gone < 0) return NULL;
+    if (c->shared_role != SHARED_WRITER) return Py_BuildValue("(Oi)", Py_None, 0);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    uint64_t horizon = UINT64_MAX;
+    int live = 0;
+    for (uint64_t i = 0; i < VD_READER_SLOTS; i++) {
+        VdReaderSlot *s = slot_of(c->shared, i);
+        if (!LOAD(s->pid)) continue;
+        if (check_gone && slot_lock(c->shared_fd, i, F_OFD_SETLK, F_WRLCK, NULL) == 0) {
+            /* nobody holds it: its reader is gone. Clear it under the lock, so that a reader
+             * claiming it now waits for this one */
+            STORE(s->pin, 0);
+            STORE(s->pid, 0);
+            slot_lock(c->shared_fd, i, F_OFD_SETLK, F_UNLCK, NULL);
+            continue;
+        }
+        live++;
+        uint64_t pin = LOAD(s->pin);
+        if (pin < horizon) horizon = pin;
+    }
+    if (horizon == UINT64_MAX) return Py_BuildValue("(Oi)", Py_None, live);
+    return Py_BuildValue("(Ki)", (unsigned long long)horizon, live);
+}
+
+/* ------------------------------------------------------------------ the reader */
+
+/* attach_reader(fd, slot, remap): follow the readers file from now on, from the blocks this
+ * core scanned at open (each read up to its end). remap(needed) must map at least needed
+ * bytes of the pool and hand them over with set_base(). */
+PyObject *Core_attach_reader(Core *c, PyObject *args) {
+    int fd;
+    unsigned long long slot;
+    PyObject *remap;
+    if (!PyArg_ParseTuple(args, "iKO", &fd, &slot, &remap)) return NULL;
+    if (core_check_open(c) < 0) return NULL;
+    if (c->shared) return internal_error("the readers file is attached already"), NULL;
+    if (slot >= VD_READER_SLOTS) return PyErr_Format(PyExc_ValueError, "no reader slot %llu", slot);
+    ReaderBlock *rb = c->nblocks ? PyMem_Calloc(c->nblocks, sizeof *rb) : NULL;
+    if (c->nblocks && !rb) return PyErr_NoMemory();
+    uint8_t *m = readers_map(fd);
+    if (!m) {
+        PyMem_Free(rb);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    for (size_t i = 0; i < c->nblocks; i++) {
+        const Block *b = &c->blocks[i];
+        rb[i] = (ReaderBlock){.off = b->off, .size = b->size, .birth = b->birth, .pos = b->end, .type = b->type};
+    }
+    c->rblocks = rb;
+    c->nrblocks = c->rblocks_cap = c->nblocks;
+    c->shared = m;
+    c->shared_fd = fd;
+    c->reader_slot = slot;
+    c->seen_commit = c->seen_gen = 0;
+    Py_INCREF(remap);
+    c->remap = remap;
+    c->shared_role = SHARED_READER;
+    if (reader_sync(c) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* set_base(base, mapped): a reader's new mapping of the pool (the old one is the caller's
+ * to unmap once this returns: nothing here points into it between two operations). */
+PyObject *Core_set_base(Core *c, PyObject *args) {
+    unsigned long long base, mapped;
+    if (!PyArg_ParseTuple(args, "KK", &base, &mapped)) return NULL;
+    if (core_check_open(c) < 0) return NULL;
+    if (!base || base % os_page || mapped < c->mapped) return internal_error("a reader's mapping only grows"), NULL;
+    c->base = (uint8_t *)(uintptr_t)base;
+    c->mapped = mapped;
+    Py_RETURN_NONE;
+}
+
+PyObject *Core_detach_shared(Core *c, PyObject *unused) {
+    (void)unused;
+    shared_detach(c);
+    Py_RETURN_NONE;
+}
+
+/* The reader's block at exactly off, or NULL. */
+static ReaderBlock *rblock_find(Core *c, uint64_t off) {
+    size_t lo = 0, hi = c->nrblocks;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (c->rblocks[mid].off < off)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < c->nrblocks && c->rblocks[lo].off == off ? &c->rblocks[lo] : NULL;
+}
+
+/* A block new to this reader: every block it knew in that space is gone (its space was
+ * freed, so every reader had passed its retirement). */
+static ReaderBlock *rblock_new(Core *c, const ReaderBlock *nb) {
+    size_t w = 0;
+    for (size_t i = 0; i < c->nrblocks; i++) {
+        ReaderBlock *b = &c->rblocks[i];
+        if (b->off < nb->off + nb->size && nb->off < b->off + b->size) continue;
+        c->rblocks[w++] = *b;
+    }
+    c->nrblocks = w;
+    if (c->nrblocks == c->rblocks_cap) {
+        size_t ncap = c->rblocks_cap ? c->rblocks_cap * 2 : 64;
+        ReaderBlock *n = PyMem_Realloc(c->rblocks, ncap * sizeof *n);
+        if (!n) return PyErr_NoMemory(), NULL;
+        c->rblocks = n;
+        c->rblocks_cap = ncap;
+    }
+    size_t i = 0;
+    while (i < c->nrblocks && c->rblocks[i].off < nb->off) i++;
+    memmove(&c->rblocks[i + 1], &c->rblocks[i], (c->nrblocks - i) * sizeof *nb);
+    c->rblocks[i] = *nb;
+    c->nrblocks++;
+    return &c->rblocks[i];
+}
+
+/* The deletes applied in one catch-up: removed from the index at its end. */
+typedef struct {
+    uint64_t *offs;
+    size_t n, cap;
+} Tombs;
+
+/* Apply a verified record to the reader's index: the newest sequence number of a key wins. */
+static int reader_apply(Core *c, uint64_t off, const Rec *r, Tombs *t) {
+    const uint8_t *key = c->base + off + r->hlen;
+    uint64_t h = key_hash(key, r->klen);
+    if (index_reserve(c) < 0) return -1;
+    int64_t i = index_lookup(c, key, r->klen, h);
+    if (i >= 0) {
+        Rec o;
+        rec_parse(c->base + slot_off(c->slots[i]), &o);
+        if (o.seq >= r->seq) return 0;
+        c->slots[i] = slot_make(h, off);
+    } else {
+        c->slots[-i - 1] = slot_make(h, off);
+        c->count++;
+    }
+    if (r->kind != VD_KIND_DEL) return 0;
+    if (t->n == t->cap) {
+        size_t ncap = t->cap ? t->cap * 2 : 64;
+        uint64_t *n = PyMem_Realloc(t->offs, ncap * sizeof *n);
+        if (!n) return PyErr_NoMemory(), -1;
+        t->offs = n;
+        t->cap = ncap;
+    }
+    t->offs[t->n++] = off;
+    return 0;
+}
+
+/* Read one entry's block from where this reader stopped up to its published end, applying
+ * the records up to max_seq. */
+static int reader_follow(Core *c, uint64_t e, uint64_t commit, uint64_t max_seq, Tombs *t) {
+    VdReadersBlock *en = entry_of(c->shared, e);
+    uint64_t stamp = LOAD(en->stamp);
+    if (!stamp) return 0;
+    uint64_t retired = LOAD(en->retired);
+    if (retired && retired <= commit) return 0; /* superseded by what this catch-up reads */
+    ReaderBlock nb = {.off = LOAD(en->off), .size = LOAD(en->size), .birth = LOAD(en->birth), .type = LOAD(en->type)};
+    uint64_t end = LOAD(en->end);
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    if (LOAD(en->stamp) != stamp) return 0; /* reused while read: a block every reader is past */
+    if ((nb.type != VD_TYPE_STANDARD_BLOCK && nb.type != VD_TYPE_JUMBO_BLOCK) || !nb.off || nb.off % 8 ||
+        nb.size < VD_BLOCK_HEADER_SIZE + VD_RECORD_HEADER_SIZE || nb.off > c->mapped || nb.size > c->mapped - nb.off ||
+        end > nb.off + nb.size)
+        return 0; /* not a block this reader can read */
+    ReaderBlock *b = rblock_find(c, nb.off);
+    if (!b || b->birth != nb.birth || b->size != nb.size || b->type != nb.type) {
+        VdBlockHeader bh;
+        if (!header_read(c->base + nb.off, &bh) || bh.version != VD_FORMAT_VERSION || bh.birth != nb.birth ||
+            !header_fits(&bh, nb.size, nb.type))
+            return 0;
+        nb.size = bh.size < nb.size ? bh.size : nb.size;
+        nb.pos = nb.off + bh.log_start;
+        if (!(b = rblock_new(c, &nb))) return -1;
+    }
+    uint64_t pos = b->pos;
+    while (pos + VD_RECORD_HEADER_SIZE <= end) {
+        uint64_t room = VD_PAGE_SIZE - pos % VD_PAGE_SIZE;
+        if (b->type == VD_TYPE_STANDARD_BLOCK && room < VD_RECORD_HEADER_SIZE) {
+            pos += room;
+            continue;
+        }
+        const uint8_t *r = c->base + pos;
+        if (rec_header_is_zero(r)) break;
+        uint64_t meta = rec_meta(r);
+        unsigned kind = meta_kind(meta);
+        if (kind < VD_KIND_PUT || kind > VD_KIND_PAD || pos + meta_header_len(meta) > end) break;
+        Rec rec;
+        rec_parse(r, &rec);
+        if (rec.total > end - pos) break;
+        if (kind != VD_KIND_PAD && (rec.seq == 0 || rec.seq > max_seq)) break; /* not published yet */
+        if (record_crc(r, rec.total) != rec_crc(r)) break;
+        if (kind != VD_KIND_PAD && reader_apply(c, pos, &rec, t) < 0) return -1;
+        pos += align_up(rec.total, VD_RECORD_ALIGN);
+        if (b->type == VD_TYPE_JUMBO_BLOCK) break;
+    }
+    b->pos = pos;
+    return 0;
+}
+
+/* Ask Python to map at least needed bytes of the pool (the writer grew it). */
+static int reader_remap(Core *c, uint64_t needed) {
+    PyObject *r = PyObject_CallFunction(c->remap, "K", (unsigned long long)needed);
+    if (!r) return -1;
+    Py_DECREF(r);
+    if (c->mapped < needed) return internal_error("the pool could not be mapped far enough");
+    return 0;
+}
+
+int reader_catch_up(Core *c) {
+    VdReadersHeader *h = header_of(c->shared);
+    uint64_t commit = LOAD(h->commit);
+    if (!header_valid(h, 0)) return 0; /* no writer has published here yet */
+    uint64_t max_seq = LOAD(h->max_seq), gen = LOAD(h->table_gen), mapped = LOAD(h->mapped);
+    if (mapped > c->mapped && reader_remap(c, mapped) < 0) return -1;
+    uint64_t used = LOAD(h->table_used);
+    if (used > VD_READERS_BLOCKS) used = VD_READERS_BLOCKS;
+    Tombs t = {0};
+    int rc = 0;
+    if (gen != c->seen_gen) {
+        for (uint64_t e = 0; e < used && rc == 0; e++) rc = reader_follow(c, e, commit, max_seq, &t);
+    } else {
+        uint64_t active = LOAD(h->active_entry);
+        if (active < used) rc = reader_follow(c, active, commit, max_seq, &t);
+    }
+    /* the deletes have done their work (hiding older puts read in the same catch-up) */
+    for (size_t i = 0; i < t.n; i++) {
+        Rec r;
+        const uint8_t *key = rec_key(c, t.offs[i], &r);
+        int64_t s = index_lookup(c, key, r.klen, key_hash(key, r.klen));
+        if (s >= 0 && slot_off(c->slots[s]) == t.offs[i]) {
+            index_remove_at(c, (uint64_t)s);
+            c->count--;
+        }
+    }
+    PyMem_Free(t.offs);
+    if (rc < 0) return -1;
+    c->seen_commit = commit;
+    c->seen_gen = gen;
+    STORE(slot_of(c->shared, c->reader_slot)->pin, commit);
+    return 0;
+}
