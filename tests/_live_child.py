@@ -74,16 +74,20 @@ def decode_value(key: int, value: bytes) -> tuple[int, int] | str:
     return version, size
 
 
+#: (share of the puts, smallest, largest): mostly small values, some tens of KiB, some
+#: hundreds, a few jumbo ones (over 1 MiB)
+SIZE_CLASSES = [
+    (0.55, 0, 300),
+    (0.25, 10_000, 70_000),
+    (0.15, 100_000, 600_000),
+    (0.05, JUMBO_MIN, JUMBO_MIN + 600_000),
+]
+
+
 def value_size(rng: random.Random) -> int:
-    """Mostly small values, some tens of KiB, some hundreds, a few jumbo (over 1 MiB)."""
-    r = rng.random()
-    if r < 0.55:
-        return rng.randint(0, 300)
-    if r < 0.80:
-        return rng.randint(10_000, 70_000)
-    if r < 0.95:
-        return rng.randint(100_000, 600_000)
-    return rng.randint(JUMBO_MIN, JUMBO_MIN + 600_000)
+    shares, classes = [c[0] for c in SIZE_CLASSES], [c[1:] for c in SIZE_CLASSES]
+    smallest, largest = rng.choices(classes, weights=shares)[0]
+    return rng.randint(smallest, largest)
 
 
 # --------------------------------------------------------------------------- logs

@@ -53,7 +53,7 @@ from _live_child import (
     make_value,
     observation_line,
 )
-from _vdbtools import HERE, child_env
+from _vdbtools import HERE, child_env, env_seed
 from test_cli import run as run_cli
 
 import viperdbm
@@ -67,15 +67,6 @@ POLL = 0.005
 #: writes the writer may make after the last reader is gone before it must hold nothing
 RELEASE_WITHIN_WRITES = 3000
 CHILD = str(HERE / "_live_child.py")
-
-
-def live_seed() -> int:
-    env = os.environ.get("VIPERDBM_LIVE_SEED")
-    if env:
-        return int(env)
-    if os.environ.get("VIPERDBM_FRESH_SEEDS") == "1":
-        return random.SystemRandom().randrange(2**31)
-    return CI_LIVE_SEED
 
 
 def writer_kills() -> int:
@@ -683,7 +674,13 @@ def test_readers_follow_a_writer_linearizably(
     """One writer, three readers, SIGKILLs of both; the rule checked on the logs."""
     fs = request.node.callspec.params["store_dir"]
     logdir = Path(tempfile.mkdtemp(prefix=f"viperdbm-live-logs-{fs}-"))
-    run_live(store_dir / "store", logdir, fs, live_seed(), writer_kills())
+    run_live(
+        store_dir / "store",
+        logdir,
+        fs,
+        env_seed("VIPERDBM_LIVE_SEED", CI_LIVE_SEED),
+        writer_kills(),
+    )
     shutil.rmtree(logdir, ignore_errors=True)  # kept when the run failed
 
 
