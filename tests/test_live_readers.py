@@ -570,6 +570,21 @@ class LiveRun:
             f"still says (version readers held_bytes): {last}"
         )
 
+    def check_reader_counts(self) -> None:
+        """The writer's ``stats()['readers']`` counts live readers: never more than run at
+        once (a killed one is waited for before its successor starts), and all of them for
+        most of the run."""
+        counts = [
+            int(fields[1])
+            for _, fields in log_lines((self.logdir / "writer-stats").read_bytes())
+            if len(fields) == 3
+        ]
+        if any(c > READERS or c < 0 for c in counts) or READERS not in counts:
+            self.violations.append(
+                f"stats()['readers'] is not the number of live readers (0 to {READERS}): "
+                f"{sorted(set(counts))}"
+            )
+
     # ---- the check -----------------------------------------------------------------
     def final_observation(self) -> list[Observation]:
         """Every key read by a new reader after the writer closed."""
@@ -633,6 +648,7 @@ def run_live(store: Path, logdir: Path, fs: str, seed: int, kills: int) -> None:
             live.violations.append(f"reader {last.name} failed to close: {last.stderr()}")
         last.killed = True  # it is gone on purpose
         live.wait_until_nothing_is_held()
+        live.check_reader_counts()
         assert live.writer is not None
         (logdir / "stop-writer").touch()
         if live.writer.finish() != 0:
