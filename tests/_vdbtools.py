@@ -49,6 +49,18 @@ TYPE_STANDARD, TYPE_JUMBO = 1, 2
 SEQ_MASK = (1 << 48) - 1
 
 
+# --------------------------------------------------------------------------- seeds
+def env_seed(variable: str, ci_seed: int) -> int:
+    """The seed of a randomized test: the environment variable ``variable`` replays one, CI
+    runs ``ci_seed`` (repeatable), ``VIPERDBM_FRESH_SEEDS=1`` draws a new one."""
+    env = os.environ.get(variable)
+    if env:
+        return int(env)
+    if os.environ.get("VIPERDBM_FRESH_SEEDS") == "1":
+        return random.SystemRandom().randrange(2**31)
+    return ci_seed
+
+
 # --------------------------------------------------------------------------- values
 def value_for(seed: int | str, index: int, size: int) -> bytes:
     """The value written by operation ``index`` of stream ``seed``: any byte values."""

@@ -340,10 +340,16 @@ def test_user_errors_are_one_line_without_traceback(tmp_path: Path, store: Path)
     assert_user_error(run(), 2, "required")
 
 
-def test_a_locked_store_is_reported_not_waited_for(store: Path) -> None:
-    with viperdbm.open(store, "w"):
-        for args in (("stats", store), ("check", store), ("set", store, "k", "v")):
+def test_a_second_writer_is_reported_not_waited_for(store: Path) -> None:
+    """Commands that write need the writer's lock: refused at once while a writer holds it;
+    the read-only ones work alongside it (issue 12; more in tests/test_live_readers.py)."""
+    with viperdbm.open(store, "w") as db:
+        db[b"delta"] = b"4"
+        for args in (("set", store, "k", "v"), ("delete", store, "alpha"), ("reorganize", store)):
             assert_user_error(run(*args), 1, "in use")
+        assert json.loads(ok("stats", "--json", store))["records"] == 4
+        assert json.loads(ok("check", "--json", store))["ok"] is True
+        assert ok("get", store, "delta") == b"4\n"
 
 
 def test_output_to_a_closed_pipe_is_quiet(tmp_path: Path) -> None:

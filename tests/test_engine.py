@@ -309,7 +309,9 @@ os._exit(0)
 
 
 class TestReaders:
-    def test_readers_share_a_store_and_keep_writers_out(self, store_path: Path) -> None:
+    def test_readers_share_a_store_and_a_writer_joins_them(self, store_path: Path) -> None:
+        """Readers in this process and another, and a writer opening under them (issue 12:
+        live readers); the readers see its writes."""
         with viperdbm.open(store_path, "c") as db:
             for i in range(1000):
                 db[b"%d" % i] = b"v%d" % i
@@ -326,8 +328,10 @@ class TestReaders:
             )
             assert out.stdout.strip() == "999", out.stderr
             assert len(r1) == len(r2) == 999 and r2[b"7"] == b"v7" and b"5" not in r1
-            with pytest.raises(viperdbm.LockError):
-                viperdbm.open(store_path, "w")
+            with viperdbm.open(store_path, "w") as db:
+                db[b"5"] = b"back"
+                del db[b"7"]
+                assert r1[b"5"] == b"back" and b"7" not in r2 and len(r1) == len(r2) == 999
         finally:
             r1.close()
             r2.close()

@@ -75,7 +75,7 @@ from typing import Any
 import pytest
 from _powerfail_child import SCENARIOS
 from _strace import strace_problem
-from _vdbtools import HERE, Prober, ProbeResult, child_env, describe, digest, value_for
+from _vdbtools import HERE, Prober, ProbeResult, child_env, describe, digest, env_seed, value_for
 
 PAGE = 4096
 CI_IMAGES = 10
@@ -95,12 +95,7 @@ def images_per_scenario() -> int:
 
 @functools.cache
 def run_seed() -> int:
-    env = os.environ.get("VIPERDBM_POWERFAIL_SEED")
-    if env:
-        return int(env)
-    if os.environ.get("VIPERDBM_FRESH_SEEDS") == "1":
-        return random.SystemRandom().randrange(2**31)
-    return CI_SEED
+    return env_seed("VIPERDBM_POWERFAIL_SEED", CI_SEED)
 
 
 # --------------------------------------------------------------------------- the run

@@ -52,7 +52,7 @@ from _torture_child import (
     grow_key,
     operation,
 )
-from _vdbtools import HERE, child_env, describe, digest, value_for
+from _vdbtools import HERE, child_env, describe, digest, env_seed, value_for
 from conftest import FILESYSTEMS
 
 import viperdbm
@@ -76,12 +76,7 @@ CI_TORTURE_SEED = 2026
 
 
 def base_seed() -> int:
-    env = os.environ.get("VIPERDBM_TORTURE_SEED")
-    if env:
-        return int(env)
-    if os.environ.get("VIPERDBM_FRESH_SEEDS") == "1":
-        return random.SystemRandom().randrange(2**31)
-    return CI_TORTURE_SEED
+    return env_seed("VIPERDBM_TORTURE_SEED", CI_TORTURE_SEED)
 
 
 # --------------------------------------------------------------------------- the child
