@@ -294,6 +294,7 @@ typedef struct {
     int shared_fd;           /* its descriptor (owned by Python): the slot locks */
     uint64_t reader_slot;    /* a reader's slot */
     uint64_t seen_commit, seen_gen; /* a reader: the commit and table generation it caught up to */
+    uint64_t applied_seq;    /* a reader: every record up to this one is applied or superseded */
     ReaderBlock *rblocks;    /* a reader: the blocks it has read, sorted by off */
     size_t nrblocks, rblocks_cap;
     PyObject *remap;         /* a reader: remap(needed_bytes) maps more of the pool (Python) */
@@ -433,6 +434,7 @@ void shared_add(Core *c, Block *b);
 void shared_publish_end(Core *c, const Block *b);
 void shared_set_active(Core *c);
 void shared_set_mapped(Core *c);
+void shared_set_floor(Core *c);
 void shared_clear(Core *c, Block *b);
 void shared_detach(Core *c);
 PyObject *Core_attach_writer(Core *c, PyObject *args);

@@ -341,6 +341,7 @@ static PyObject *set_switch(int *field, PyObject *arg) {
 static PyObject *Core_set_floor(Core *c, PyObject *arg) {
     if (seq_arg(arg, &c->floor) < 0) return NULL;
     if (c->next_seq < c->floor) c->next_seq = c->floor;
+    shared_set_floor(c);
     Py_RETURN_NONE;
 }
 

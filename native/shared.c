@@ -220,6 +220,16 @@ void shared_set_active(Core *c) {
     bump(&h->commit);
 }
 
+/* reorganize() moved the floor: every older record is dead, and the deletes among them are
+ * not copied forward, so a reader must drop what it holds below the floor itself. Published
+ * before the old blocks are retired. */
+void shared_set_floor(Core *c) {
+    if (c->shared_role != SHARED_WRITER) return;
+    VdReadersHeader *h = header_of(c->shared);
+    STORE(h->seq_floor, c->floor);
+    bump(&h->commit);
+}
+
 void shared_set_mapped(Core *c) {
     if (c->shared_role != SHARED_WRITER) return;
     VdReadersHeader *h = header_of(c->shared);
@@ -305,7 +315,11 @@ PyObject *Core_attach_writer(Core *c, PyObject *args) {
         if (b && b->off == en->off && b->birth == en->birth && b->size == en->size && b->type == en->type &&
             !b->entry_plus1) {
             b->entry_plus1 = e + 1;
-            if (b->end > LOAD(en->end)) STORE(en->end, b->end);
+            /* as this writer found it: its end (a reader never reads past what it had been
+             * published, and applies nothing twice), and live (the last writer may have
+             * retired it, and this one may append to it now) */
+            STORE(en->end, b->end);
+            if (en->retired) STORE(en->retired, 0);
             continue;
         }
         if (en->stamp) STORE(en->stamp, 0);
@@ -325,6 +339,7 @@ PyObject *Core_attach_writer(Core *c, PyObject *args) {
     STORE(h->mapped, c->mapped);
     STORE(h->max_seq, c->next_seq - 1);
     STORE(h->root_off, root_off);
+    STORE(h->seq_floor, c->floor);
     STORE(h->writer_pid, (uint64_t)getpid());
     shared_set_active(c);
     Py_RETURN_NONE;
@@ -429,6 +444,7 @@ PyObject *Core_attach_reader(Core *c, PyObject *args) {
     c->shared_fd = fd;
     c->reader_slot = slot;
     c->seen_commit = c->seen_gen = 0;
+    c->applied_seq = c->max_seq_seen; /* the scan at open applied everything it found */
     Py_INCREF(remap);
     c->remap = remap;
     c->shared_role = SHARED_READER;
@@ -527,7 +543,7 @@ static int reader_apply(Core *c, uint64_t off, const Rec *r, Tombs *t) {
 
 /* Read one entry's block from where this reader stopped up to its published end, applying
  * the records up to max_seq. */
-static int reader_follow(Core *c, uint64_t e, uint64_t commit, uint64_t max_seq, Tombs *t) {
+static int reader_follow(Core *c, uint64_t e, uint64_t commit, uint64_t max_seq, uint64_t floor, Tombs *t) {
     VdReadersBlock *en = entry_of(c->shared, e);
     uint64_t stamp = LOAD(en->stamp);
     if (!stamp) return 0;
@@ -568,7 +584,13 @@ static int reader_follow(Core *c, uint64_t e, uint64_t commit, uint64_t max_seq,
         if (rec.total > end - pos) break;
         if (kind != VD_KIND_PAD && (rec.seq == 0 || rec.seq > max_seq)) break; /* not published yet */
         if (record_crc(r, rec.total) != rec_crc(r)) break;
-        if (kind != VD_KIND_PAD && reader_apply(c, pos, &rec, t) < 0) return -1;
+        /* a record at or below applied_seq was applied, or superseded, by an earlier catch-up
+         * (the writer publishes in sequence order): applying it again could bring back a key
+         * deleted since (a block read anew after a writer's restart, say); one below the
+         * floor is dead */
+        if (kind != VD_KIND_PAD && rec.seq > c->applied_seq && rec.seq >= floor &&
+            reader_apply(c, pos, &rec, t) < 0)
+            return -1;
         pos += align_up(rec.total, VD_RECORD_ALIGN);
         if (b->type == VD_TYPE_JUMBO_BLOCK) break;
     }
@@ -590,16 +612,17 @@ int reader_catch_up(Core *c) {
     uint64_t commit = LOAD(h->commit);
     if (!header_valid(h, 0)) return 0; /* no writer has published here yet */
     uint64_t max_seq = LOAD(h->max_seq), gen = LOAD(h->table_gen), mapped = LOAD(h->mapped);
+    uint64_t floor = LOAD(h->seq_floor);
     if (mapped > c->mapped && reader_remap(c, mapped) < 0) return -1;
     uint64_t used = LOAD(h->table_used);
     if (used > VD_READERS_BLOCKS) used = VD_READERS_BLOCKS;
     Tombs t = {0};
     int rc = 0;
     if (gen != c->seen_gen) {
-        for (uint64_t e = 0; e < used && rc == 0; e++) rc = reader_follow(c, e, commit, max_seq, &t);
+        for (uint64_t e = 0; e < used && rc == 0; e++) rc = reader_follow(c, e, commit, max_seq, floor, &t);
     } else {
         uint64_t active = LOAD(h->active_entry);
-        if (active < used) rc = reader_follow(c, active, commit, max_seq, &t);
+        if (active < used) rc = reader_follow(c, active, commit, max_seq, floor, &t);
     }
     /* the deletes have done their work (hiding older puts read in the same catch-up) */
     for (size_t i = 0; i < t.n; i++) {
@@ -613,8 +636,29 @@ int reader_catch_up(Core *c) {
     }
     PyMem_Free(t.offs);
     if (rc < 0) return -1;
+    if (floor > c->floor) {
+        /* a reorganize(): what is older than its floor is dead, deletes included (they were
+         * not copied forward, so no newer record says so). Once per reorganize(). */
+        for (uint64_t i = 0; i < c->cap;) {
+            uint64_t s = c->slots[i];
+            if (s) {
+                Rec r;
+                rec_parse(c->base + slot_off(s), &r);
+                if (r.seq < floor) {
+                    index_remove_at(c, i);
+                    c->count--;
+                    continue; /* a later entry may have shifted into slot i */
+                }
+            }
+            i++;
+        }
+        c->floor = floor;
+    }
     c->seen_commit = commit;
     c->seen_gen = gen;
+    /* every record up to max_seq was published before it: this catch-up applied it, or
+     * skipped it in a retired block because a record it applied supersedes it */
+    if (max_seq > c->applied_seq) c->applied_seq = max_seq;
     STORE(slot_of(c->shared, c->reader_slot)->pin, commit);
     return 0;
 }
