@@ -295,6 +295,7 @@ typedef struct {
     uint64_t reader_slot;    /* a reader's slot */
     uint64_t seen_commit, seen_gen; /* a reader: the commit and table generation it caught up to */
     uint64_t applied_seq;    /* a reader: every record up to this one is applied or superseded */
+    int snapshot_depth;      /* a reader inside Database.snapshot(): no catch-up */
     ReaderBlock *rblocks;    /* a reader: the blocks it has read, sorted by off */
     size_t nrblocks, rblocks_cap;
     PyObject *remap;         /* a reader: remap(needed_bytes) maps more of the pool (Python) */
@@ -425,7 +426,7 @@ static inline int after_write(Core *c, int freeable) {
 int reader_catch_up(Core *c);
 /* A reader's every operation starts here: one load when the writer published nothing new. */
 static inline int reader_sync(Core *c) {
-    if (__builtin_expect(c->shared_role != SHARED_READER, 1)) return 0;
+    if (__builtin_expect(c->shared_role != SHARED_READER || c->snapshot_depth, 1)) return 0;
     const VdReadersHeader *h = (const VdReadersHeader *)c->shared;
     if (__atomic_load_n(&h->commit, __ATOMIC_ACQUIRE) == c->seen_commit) return 0;
     return reader_catch_up(c);
@@ -443,6 +444,7 @@ PyObject *Core_set_base(Core *c, PyObject *args);
 PyObject *Core_retire_blocks(Core *c, PyObject *arg);
 PyObject *Core_readers_horizon(Core *c, PyObject *arg);
 PyObject *Core_detach_shared(Core *c, PyObject *unused);
+PyObject *Core_hold_snapshot(Core *c, PyObject *arg);
 PyObject *mod_readers_claim(PyObject *mod, PyObject *arg);
 PyObject *mod_readers_release(PyObject *mod, PyObject *args);
 PyObject *mod_readers_header(PyObject *mod, PyObject *arg);

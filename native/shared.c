@@ -127,7 +127,8 @@ PyObject *mod_readers_release(PyObject *mod, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* readers_header(fd) -> None, or (pool_id, root_off, mapped, writer_pid) of a valid header */
+/* readers_header(fd) -> None, or (pool_id, root_off, mapped, writer_pid, commit, table_gen) of
+ * a valid header */
 PyObject *mod_readers_header(PyObject *mod, PyObject *arg) {
     (void)mod;
     int fd;
@@ -136,8 +137,9 @@ PyObject *mod_readers_header(PyObject *mod, PyObject *arg) {
     ssize_t n = pread(fd, &h, sizeof h, 0);
     if (n < 0) return PyErr_SetFromErrno(PyExc_OSError);
     if (n != (ssize_t)sizeof h || !header_valid(&h, 0)) Py_RETURN_NONE;
-    return Py_BuildValue("(KKKK)", (unsigned long long)h.pool_id, (unsigned long long)h.root_off,
-                         (unsigned long long)h.mapped, (unsigned long long)h.writer_pid);
+    return Py_BuildValue("(KKKKKK)", (unsigned long long)h.pool_id, (unsigned long long)h.root_off,
+                         (unsigned long long)h.mapped, (unsigned long long)h.writer_pid,
+                         (unsigned long long)h.commit, (unsigned long long)h.table_gen);
 }
 
 /* readers_live(fd) -> bool: does any live reader hold a slot? (one lock test over them all) */
@@ -306,6 +308,11 @@ PyObject *Core_attach_writer(Core *c, PyObject *args) {
     c->shared = m;
     c->shared_fd = fd;
     c->shared_role = SHARED_WRITER;
+    /* what this writer's recovery found, before the first commit makes a reader look: the
+     * last writer's may have been higher (records a power cut lost), and a reader takes
+     * whatever it sees as read */
+    STORE(h->max_seq, c->next_seq - 1);
+    STORE(h->seq_floor, c->floor);
     /* adopt what still names a block the recovery found (by offset, birth and size) */
     uint64_t used = h->table_used < VD_READERS_BLOCKS ? h->table_used : VD_READERS_BLOCKS;
     for (uint64_t e = 0; e < used; e++) {
@@ -337,9 +344,7 @@ PyObject *Core_attach_writer(Core *c, PyObject *args) {
     }
     for (size_t i = 0; i < c->nblocks; i++) shared_add(c, &c->blocks[i]);
     STORE(h->mapped, c->mapped);
-    STORE(h->max_seq, c->next_seq - 1);
     STORE(h->root_off, root_off);
-    STORE(h->seq_floor, c->floor);
     STORE(h->writer_pid, (uint64_t)getpid());
     shared_set_active(c);
     Py_RETURN_NONE;
@@ -416,14 +421,17 @@ PyObject *Core_readers_horizon(Core *c, PyObject *arg) {
 
 /* ------------------------------------------------------------------ the reader */
 
-/* attach_reader(fd, slot, remap): follow the readers file from now on, from the blocks this
- * core scanned at open (each read up to its end). remap(needed) must map at least needed
- * bytes of the pool and hand them over with set_base(). */
+/* attach_reader(fd, slot, remap, commit=0, table_gen=0): follow the readers file from now on,
+ * from the blocks this core scanned at open (each read up to its end). remap(needed) must map
+ * at least needed bytes of the pool and hand them over with set_base(). commit and
+ * table_gen: the file's before this reader scanned the store without a writer (what a
+ * writer that did not close left there is not the store's state after a power cut: only
+ * what a later writer publishes is followed). */
 PyObject *Core_attach_reader(Core *c, PyObject *args) {
     int fd;
-    unsigned long long slot;
+    unsigned long long slot, seen_commit = 0, seen_gen = 0;
     PyObject *remap;
-    if (!PyArg_ParseTuple(args, "iKO", &fd, &slot, &remap)) return NULL;
+    if (!PyArg_ParseTuple(args, "iKO|KK", &fd, &slot, &remap, &seen_commit, &seen_gen)) return NULL;
     if (core_check_open(c) < 0) return NULL;
     if (c->shared) return internal_error("the readers file is attached already"), NULL;
     if (slot >= VD_READER_SLOTS) return PyErr_Format(PyExc_ValueError, "no reader slot %llu", slot);
@@ -443,7 +451,8 @@ PyObject *Core_attach_reader(Core *c, PyObject *args) {
     c->shared = m;
     c->shared_fd = fd;
     c->reader_slot = slot;
-    c->seen_commit = c->seen_gen = 0;
+    c->seen_commit = seen_commit;
+    c->seen_gen = seen_gen;
     c->applied_seq = c->max_seq_seen; /* the scan at open applied everything it found */
     Py_INCREF(remap);
     c->remap = remap;
@@ -461,6 +470,20 @@ PyObject *Core_set_base(Core *c, PyObject *args) {
     if (!base || base % os_page || mapped < c->mapped) return internal_error("a reader's mapping only grows"), NULL;
     c->base = (uint8_t *)(uintptr_t)base;
     c->mapped = mapped;
+    Py_RETURN_NONE;
+}
+
+/* hold_snapshot(on): while held (nested), a reader does not catch up: every read sees the
+ * store as it was when the first hold began, and the writer keeps what that state needs. */
+PyObject *Core_hold_snapshot(Core *c, PyObject *arg) {
+    int on = PyObject_IsTrue(arg);
+    if (on < 0 || core_check_open(c) < 0) return NULL;
+    if (on) {
+        if (reader_sync(c) < 0) return NULL; /* everything acknowledged before it began */
+        c->snapshot_depth++;
+    } else if (c->snapshot_depth > 0) {
+        c->snapshot_depth--;
+    }
     Py_RETURN_NONE;
 }
 

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 from . import _layout as layout
 from . import _pmemobj
+from . import _readers as readers
 from . import _storedir as storedir
 from ._dbm import Database
 from ._dbm import open as _open_db
@@ -139,6 +140,11 @@ def _pmemobj_check(path: str, report: CheckReport) -> None:
 
 
 def _check_open_store(db: Database, report: CheckReport, progress: Progress | None) -> None:
+    with db.snapshot():  # one state, if a writer writes meanwhile
+        _check_state(db, report, progress)
+
+
+def _check_state(db: Database, report: CheckReport, progress: Progress | None) -> None:
     counter: dict[str, int] = {}
     report.damage = db.damage
     for block, at in report.damage:
@@ -216,10 +222,18 @@ def check(path: str | os.PathLike[str], *, progress: Progress | None = None) -> 
     storedir.check_is_store(apath, hint="check the path")
     report = CheckReport(path=apath)
     if _check_poolset(apath, report):
-        # Hold the store exclusively (no writer, no reader) for the whole check, and open
-        # it with 'u' so that the open goes through libpmemobj and the full recovery scan of
-        # every object in the pool, not through the readers' shared path.
-        lock_fd: int | None = storedir.lock(apath, exclusive=True, label=apath)
+        # Hold the store exclusively (no writer) for the whole check, and open it with 'u' so
+        # that the open goes through libpmemobj and the full recovery scan of every object
+        # in the pool, not through the readers' shared path. Under a live writer, check the
+        # data as a reader sees it instead.
+        try:
+            lock_fd: int | None = storedir.lock(apath, exclusive=True, label=apath)
+        except LockError:
+            if not readers.writer_is_live(apath):
+                raise
+            _check_as_reader(apath, report, progress, beside_writer=True)
+            report.seconds = time.perf_counter() - started
+            return report
         try:
             try:
                 db = _open_db(apath, "ru")
@@ -248,7 +262,9 @@ def check(path: str | os.PathLike[str], *, progress: Progress | None = None) -> 
     return report
 
 
-def _check_as_reader(path: str, report: CheckReport, progress: Progress | None) -> None:
+def _check_as_reader(
+    path: str, report: CheckReport, progress: Progress | None, *, beside_writer: bool = False
+) -> None:
     try:
         db = _open_db(path, "r")
     except LockError:
@@ -259,6 +275,13 @@ def _check_as_reader(path: str, report: CheckReport, progress: Progress | None) 
         report.opened = True
         with db:
             _check_open_store(db, report, progress)
+    if beside_writer:
+        report.pool_check = "not run (a writer has the store open)"
+        report.notes.append(
+            "a writer has the store open: checked every record it had published, as a reader "
+            "reads them; libpmemobj's own check was not run (close the writer for it)"
+        )
+        return
     _pool_check_not_run_for_readers(report)
 
 

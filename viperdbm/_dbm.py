@@ -111,6 +111,21 @@ class Database(_native.MapBase, MutableMapping[bytes, bytes], ClosesOnExit):  # 
         """Counters of the store: records, live and dead bytes, blocks, pool size, rebuild time."""
         return self._require_engine().stats()
 
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[Database]:
+        """Within ``with db.snapshot():`` every read sees the store as it was on entering
+        (a read transaction, as LMDB's): for a reader beside a live writer, whose every
+        other operation sees the writer's latest acknowledged writes. A writer's own reads
+        see its writes anyway. While a reader holds a snapshot, the writer keeps the space
+        it needs (blocks freed meanwhile are given back once it ends)."""
+        core = self._require_engine().require_core()
+        core.hold_snapshot(True)
+        try:
+            yield self
+        finally:
+            if core.is_open:
+                core.hold_snapshot(False)
+
     @property
     def damage(self) -> list[tuple[int, int]]:
         """What the open found damaged: ``(block offset, offset of the first unreadable

@@ -30,10 +30,11 @@ import os
 from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
+from . import _readers as readers
 from . import _storedir as storedir
 from ._dbm import Database
 from ._dbm import open as _open_db
-from ._errors import error
+from ._errors import READERS_ATTACHED, error
 from ._progress import Progress
 
 __all__ = ["FORMAT_VERSION", "DumpError", "copy", "dump", "load", "read_dump"]
@@ -83,7 +84,15 @@ def header_line(records: int, extra: dict[str, Any] | None = None) -> bytes:
 
 
 def _dump_db(db: Mapping[bytes, bytes], out: IO[bytes], progress: Progress | None) -> int:
-    keys = sorted(db.keys())  # a list for a store (a snapshot), a view for a dict
+    if isinstance(db, Database):
+        with db.snapshot():  # one state of a store a writer writes meanwhile
+            return _dump_keys(db, sorted(db.keys()), out, progress)
+    return _dump_keys(db, sorted(db.keys()), out, progress)
+
+
+def _dump_keys(
+    db: Mapping[bytes, bytes], keys: list[bytes], out: IO[bytes], progress: Progress | None
+) -> int:
     if progress is not None and progress.total is None:
         progress.total = len(keys)
     out.write(header_line(len(keys)))
@@ -91,7 +100,7 @@ def _dump_db(db: Mapping[bytes, bytes], out: IO[bytes], progress: Progress | Non
     count = 0
     for key in keys:
         value = db.get(key)
-        if value is None:  # pragma: no cover - the store is held exclusively while dumped
+        if value is None:  # pragma: no cover - a snapshot is read
             continue
         line = _b64(key) + b":" + _b64(value) + b"\n"
         digest.update(line)
@@ -250,7 +259,11 @@ def read_dump(
 def _hold_store_lock(path: str) -> int:
     """Lock the existing store at ``path`` exclusively (it is about to be replaced)."""
     storedir.check_is_store(path, hint="remove it yourself or choose another destination")
-    return storedir.lock(path, exclusive=True, label=path)
+    fd = storedir.lock(path, exclusive=True, label=path)
+    if readers.readers_attached(path):
+        os.close(fd)
+        raise READERS_ATTACHED(path)
+    return fd
 
 
 @contextlib.contextmanager
@@ -345,7 +358,7 @@ def copy(
     The copy holds only live records (it is compact) and appears at ``destination`` only
     when complete. Returns the number of records copied.
     """
-    with _open_db(source, "r") as src:
+    with _open_db(source, "r") as src, src.snapshot():  # one state, whatever a writer does
         keys = src.keys()
         if progress is not None:
             progress.total = len(keys)

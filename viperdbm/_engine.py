@@ -290,15 +290,21 @@ class Engine:
             return
         deadline = time.monotonic() + WAIT_FOR_FIRST_PUBLISH
         while True:
+            since = readers.published_before(slot)
             if readers.writer_is_live(self.path):
                 opened = readers.open_live(self.path, slot)
                 if opened is not None:
                     shared, self._mapping = opened
                     self._adopt_shared(shared)
                     return
-                # a writer is making this store's first readers file: wait for it
+                # the writer has not published yet (it recovers the store first): wait
             elif self._open_shared() or self._recover_for_readers():
-                readers.follow_writer(self.require_core(), slot, self._require_mapping())
+                readers.follow_writer(self.require_core(), slot, self._require_mapping(), since)
+                return
+            elif not readers.writer_is_live(self.path):
+                # the blocks file cannot be written: hold the store alone (writers wait)
+                self._release_reader_slot()
+                self._open_pool()
                 return
             # a writer opened the store meanwhile: open beside it
             if time.monotonic() > deadline:

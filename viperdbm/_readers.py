@@ -129,6 +129,16 @@ def readers_attached(path: str) -> bool:
         os.close(fd)
 
 
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
+
+
 def writer_is_live(path: str) -> bool:
     """Does a writer hold the store now? (a test of its lock, which readers never take)"""
     try:
@@ -200,9 +210,22 @@ class PoolMapping:
             _native.core.unmap_parts(base, length)
 
 
-def follow_writer(core: _native.Core, slot: ReaderSlot, mapping: PoolMapping) -> None:
-    """From now on ``core`` catches up with the store's writer before each operation."""
-    core.attach_reader(slot.fd, slot.slot, lambda needed: mapping.grow(core, needed))
+def published_before(slot: ReaderSlot) -> tuple[int, int]:
+    """The readers file's (commit, table generation) now, before a reader scans the store
+    without a writer: it then follows only what later writers publish."""
+    header = _native.core.readers_header(slot.fd)
+    return (0, 0) if header is None else (header[4], header[5])
+
+
+def follow_writer(
+    core: _native.Core,
+    slot: ReaderSlot,
+    mapping: PoolMapping,
+    since: tuple[int, int] = (0, 0),
+) -> None:
+    """From now on ``core`` catches up with the store's writer before each operation (with
+    everything published in the readers file, or only since ``since``)."""
+    core.attach_reader(slot.fd, slot.slot, lambda needed: mapping.grow(core, needed), *since)
 
 
 def open_live(path: str, slot: ReaderSlot) -> tuple[SharedOpen, PoolMapping] | None:
@@ -211,7 +234,11 @@ def open_live(path: str, slot: ReaderSlot) -> tuple[SharedOpen, PoolMapping] | N
     header = _native.core.readers_header(slot.fd)
     if header is None:
         return None
-    pool_id, root_off, mapped, _writer_pid = header
+    pool_id, root_off, mapped, writer_pid, _commit, _gen = header
+    if writer_pid and not _process_exists(writer_pid):
+        # a writer that did not close left this: after a power cut it may name records the
+        # store lost. Wait for the live writer to publish what its recovery found.
+        return None
     mapping = PoolMapping(path, mapped)
     started = time.perf_counter()
     try:
