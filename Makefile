@@ -7,7 +7,7 @@ PY := .venv/bin/python
 # make test PYTEST_ARGS=
 PYTEST_ARGS ?= -n 2
 
-.PHONY: setup demo test lint check bench clean
+.PHONY: setup demo test lint check bench bench-readers clean
 
 setup:
 	./scripts/setup.sh
@@ -39,3 +39,11 @@ bench: setup
 	    $$S apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$S apt-get install -y -qq python3-gdbm >/dev/null; }
 	.venv/bin/pip install -q -e ".[bench]" --config-settings editable_mode=strict
 	$(PY) benchmarks/run.py --full --fs both --out benchmarks/results
+
+# Readers alongside a writer (issue 12; benchmarks/live_readers.py): a reader's get rate and
+# open time under a live writer, the writer's insert rate with three readers following, each
+# reader's memory; N = 1M on /dev/shm, ~1 min; writes benchmarks/results/live-readers-<date>.*
+# make bench-readers READERS_ARGS="--n 100000" for a smaller run.
+READERS_ARGS ?=
+bench-readers: setup
+	$(PY) benchmarks/live_readers.py $(READERS_ARGS)
