@@ -74,7 +74,7 @@ class LockError(error):
     default_errno = _errno.EAGAIN
     default_hint = (
         "close the other handle or wait for the other process to finish; "
-        "a store has one writer, or any number of readers"
+        "a store has one writer at a time (readers may read beside it)"
     )
 
 
