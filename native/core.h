@@ -301,6 +301,7 @@ typedef struct {
     PyObject *remap;         /* a reader: remap(needed_bytes) maps more of the pool (Python) */
     uint64_t *free_entries;  /* the writer: entries of the readers file free for reuse */
     size_t nfree_entries, free_entries_cap;
+    PyObject *weakrefs; /* a reader's core is held weakly by the idle catch-up (_readers.py) */
 } Core;
 
 #define SLOT_OFF_BITS 40
@@ -445,6 +446,7 @@ PyObject *Core_retire_blocks(Core *c, PyObject *arg);
 PyObject *Core_readers_horizon(Core *c, PyObject *arg);
 PyObject *Core_detach_shared(Core *c, PyObject *unused);
 PyObject *Core_hold_snapshot(Core *c, PyObject *arg);
+PyObject *Core_catch_up(Core *c, PyObject *unused);
 PyObject *mod_readers_claim(PyObject *mod, PyObject *arg);
 PyObject *mod_readers_release(PyObject *mod, PyObject *args);
 PyObject *mod_readers_header(PyObject *mod, PyObject *arg);

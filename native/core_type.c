@@ -37,6 +37,7 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
 }
 
 static void Core_dealloc(Core *c) {
+    if (c->weakrefs) PyObject_ClearWeakRefs((PyObject *)c);
     if (c->forked) c->shared_role = SHARED_NONE; /* the parent's: publish nothing from here */
     shared_detach(c);
     PyMem_Free(c->pending);
@@ -550,6 +551,7 @@ static PyMethodDef Core_methods[] = {
     {"attach_reader", (PyCFunction)Core_attach_reader, METH_VARARGS,
      "attach_reader(fd, slot, remap, commit=0, table_gen=0): follow the writer through the readers file"},
     {"detach_shared", (PyCFunction)Core_detach_shared, METH_NOARGS, "detach_shared(): stop publishing or following"},
+    {"catch_up", (PyCFunction)Core_catch_up, METH_NOARGS, "catch_up(): a reader catches up with the writer now"},
     {"hold_snapshot", (PyCFunction)Core_hold_snapshot, METH_O, "hold_snapshot(on): a reader stops (or resumes) catching up"},
     {"set_base", (PyCFunction)Core_set_base, METH_VARARGS, "set_base(base, mapped): a reader's larger mapping"},
     {"retire_blocks", (PyCFunction)Core_retire_blocks, METH_O,
@@ -582,6 +584,7 @@ static PySequenceMethods Core_as_sequence = {
 PyTypeObject CoreType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "viperdbm._vipercore.Core",
     .tp_basicsize = sizeof(Core),
+    .tp_weaklistoffset = offsetof(Core, weakrefs),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "The record log, the DRAM index and the recovery scan of one open store.",
     .tp_new = Core_new,

@@ -487,6 +487,13 @@ PyObject *Core_hold_snapshot(Core *c, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+/* catch_up(): what every operation of a reader does first, alone (an idle reader's pin moves) */
+PyObject *Core_catch_up(Core *c, PyObject *unused) {
+    (void)unused;
+    if (core_check_open(c) < 0 || reader_sync(c) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
 PyObject *Core_detach_shared(Core *c, PyObject *unused) {
     (void)unused;
     shared_detach(c);
@@ -632,11 +639,17 @@ static int reader_remap(Core *c, uint64_t needed) {
 
 int reader_catch_up(Core *c) {
     VdReadersHeader *h = header_of(c->shared);
+again:;
     uint64_t commit = LOAD(h->commit);
     if (!header_valid(h, 0)) return 0; /* no writer has published here yet */
     uint64_t max_seq = LOAD(h->max_seq), gen = LOAD(h->table_gen), mapped = LOAD(h->mapped);
     uint64_t floor = LOAD(h->seq_floor);
-    if (mapped > c->mapped && reader_remap(c, mapped) < 0) return -1;
+    if (mapped > c->mapped) {
+        /* Python code runs in remap(), so another thread (the idle catch-up, or the user's)
+         * may have caught this core up meanwhile: start again from what is published now */
+        if (reader_remap(c, mapped) < 0) return -1;
+        goto again;
+    }
     uint64_t used = LOAD(h->table_used);
     if (used > VD_READERS_BLOCKS) used = VD_READERS_BLOCKS;
     Tombs t = {0};

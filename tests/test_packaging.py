@@ -146,6 +146,7 @@ def test_sdist_and_wheel_install_and_pass_the_tests(
     for name in INSTALLED_HELPERS + INSTALLED_SUITE:
         shutil.copy(ROOT / "tests" / name, suite)
     shutil.copytree(ROOT / "docs", work / "docs")
+    shutil.copy(ROOT / "README.md", work)  # the docs link to it
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIPERDBM_")}
     env.pop("PYTHONPATH", None)
     out = _run([py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], cwd=work, env=env)

@@ -17,8 +17,10 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -60,7 +62,7 @@ class ReaderSlot:
             fd = os.open(
                 os.path.join(path, layout.READERS_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode
             )
-        except (PermissionError, FileNotFoundError):
+        except (PermissionError, FileNotFoundError, IsADirectoryError):
             return None
         except OSError as exc:
             if exc.errno == errno.EROFS:
@@ -70,7 +72,7 @@ class ReaderSlot:
             slot = _native.core.readers_claim(fd)
         except OSError as exc:
             os.close(fd)
-            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR):
                 return None
             raise storedir.os_error("cannot take a reader's slot", exc, path) from exc
         except BaseException:
@@ -110,7 +112,7 @@ def open_for_writer(path: str) -> int | None:
             _readers_file_mode(path),
         )
     except OSError as exc:
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR):
             log.warning("%s: cannot write the readers file (%s); readers cannot follow", path, exc)
             return None
         raise storedir.os_error("cannot open the store's readers file", exc, path) from exc
@@ -159,6 +161,7 @@ class PoolMapping:
 
     def __init__(self, path: str, needed: int) -> None:
         self.path = path
+        self._growing = threading.Lock()
         self.base, self.length = self._map(needed) if needed else (0, 0)
 
     @classmethod
@@ -192,16 +195,21 @@ class PoolMapping:
 
     def grow(self, core: _native.Core, needed: int) -> None:
         """Map at least ``needed`` bytes and hand them to ``core`` (it calls this itself
-        when the writer publishes a larger pool, between two of its operations)."""
-        base, length = self._map(needed)
-        try:
-            core.set_base(base, length)
-        except BaseException:
-            _native.core.unmap_parts(base, length)
-            raise
-        old = (self.base, self.length)
-        self.base, self.length = base, length
-        _native.core.unmap_parts(*old)
+        when the writer publishes a larger pool, between two of its operations). Two threads
+        may catch one reader up (the idle catch-up and the user's): one grows at a time, and
+        the second finds the mapping large enough."""
+        with self._growing:
+            if self.length >= needed:
+                return
+            base, length = self._map(needed)
+            try:
+                core.set_base(base, length)
+            except BaseException:
+                _native.core.unmap_parts(base, length)
+                raise
+            old = (self.base, self.length)
+            self.base, self.length = base, length
+            _native.core.unmap_parts(*old)
 
     def unmap(self) -> None:
         if self.length:
@@ -217,6 +225,50 @@ def published_before(slot: ReaderSlot) -> tuple[int, int]:
     return (0, 0) if header is None else (header[4], header[5])
 
 
+#: seconds between two catch-ups of an idle reader (IdleCatchUp)
+IDLE_CATCH_UP_SECONDS = 0.5
+
+
+class IdleCatchUp:
+    """Catches every open reader of this process up with its writer twice a second, from one
+    daemon thread: a reader that does nothing then holds at most what its writer freed in the
+    last half second (a reader catches up at each of its operations anyway). A catch-up runs
+    under the GIL as every operation of the core does; where it calls back into Python (to
+    map more of a grown pool), the core starts it again afterwards."""
+
+    def __init__(self) -> None:
+        self._cores: weakref.WeakSet[_native.Core] = weakref.WeakSet()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._guard = threading.Lock()
+
+    def add(self, core: _native.Core) -> None:
+        with self._guard:
+            self._cores.add(core)
+            if self._thread is None or self._pid != os.getpid():  # (none after a fork)
+                self._pid = os.getpid()
+                self._thread = threading.Thread(
+                    target=self._run, name="viperdbm-readers", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(IDLE_CATCH_UP_SECONDS)
+            for core in list(self._cores):
+                if not core.is_open:
+                    self._cores.discard(core)
+                    continue
+                try:
+                    core.catch_up()
+                except Exception as exc:  # the reader's next operation raises it
+                    log.debug("idle catch-up: %s", exc)
+
+
+#: the one idle catch-up of this process
+idle_catch_up = IdleCatchUp()
+
+
 def follow_writer(
     core: _native.Core,
     slot: ReaderSlot,
@@ -226,6 +278,7 @@ def follow_writer(
     """From now on ``core`` catches up with the store's writer before each operation (with
     everything published in the readers file, or only since ``since``)."""
     core.attach_reader(slot.fd, slot.slot, lambda needed: mapping.grow(core, needed), *since)
+    idle_catch_up.add(core)
 
 
 def open_live(path: str, slot: ReaderSlot) -> tuple[SharedOpen, PoolMapping] | None:
