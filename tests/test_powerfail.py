@@ -51,6 +51,12 @@ Every image is opened (with 'w', as after a reboot, then again with 'r') in a ch
   must hold exactly the state after every operation, for a pool that grew after D, for a
   store made after D, and for one that flag ``'n'`` replaced after D.
 
+A few images of each scenario (``IMAGES_FOR_READERS``, copied before that probe) are opened
+by a reader first, as a reader would after the reboot, before any writer: their ``readers``
+file is what the power cut left of the crashed writer's (torn page by page, or missing). The
+reader must read exactly what the writer's recovery found in the same image, nothing the
+power cut lost; then a writer opens beside it and writes, and the reader must see that.
+
 ``VIPERDBM_POWERFAIL_IMAGES=N`` builds N random images per scenario (default 10). CI uses a
 fixed seed; ``VIPERDBM_FRESH_SEEDS=1`` draws a new one and ``VIPERDBM_POWERFAIL_SEED``
 replays a run (a failure names it). Images that fail are kept under /tmp.

@@ -311,10 +311,16 @@ def test_a_hostile_readers_file_never_crashes_a_reader_or_a_writer(
     writer = held_open(fs_store, "w") if with_writer else None
     reader = held_open(fs_store, "r")
     fuzz.damage = Damage(fs_store / layout.READERS_FILE, rng)
-    opened = [reader]
+    opened = [reader, *([writer] if writer else [])]
     try:
         for fuzz.round in range(rounds()):
             fuzz.damage.round()
+            if writer is not None and fuzz.round % 50 == 49:
+                # kill -9 and a new writer, which adopts the damaged file under the reader
+                writer.kill()
+                writer = Remote(fs_store, "w")
+                opened.append(writer)
+                assert not writer.open_error, f"{fuzz.ctx()}: a new writer: {writer.open_error}"
             if writer is not None:
                 fuzz.writer_step(writer, rng)
             if not reader.open_error:
@@ -335,7 +341,7 @@ def test_a_hostile_readers_file_never_crashes_a_reader_or_a_writer(
             writer.close()
     finally:
         fuzz.damage.close()
-        for remote in [*opened, *([writer] if writer else [])]:
+        for remote in opened:
             remote.__exit__(None, None, None)  # killed if still running, pipes closed
     print(f"reader answers under damage: {dict(fuzz.answers)}")
     check_store_intact(fuzz)

@@ -20,6 +20,11 @@ in-flight operation either old or new, no key that was never written, and len/ke
 iteration/in/get/firstkey-nextkey agreeing. A store that no longer opens is a violation
 (the broken store is kept under /tmp for a reproducer, and the run continues on a new one).
 
+With a reader attached (``test_sigkill_torture_with_a_reader_attached``), one reader process
+stays open across every kill and restart of the writer, reading while it runs; after each
+kill it must list every acknowledged write (the in-flight operation old or new) and it must
+never raise.
+
 ``VIPERDBM_TORTURE_ROUNDS=N`` runs N rounds per filesystem (default: a bounded number for
 CI); ``VIPERDBM_TORTURE_SEED=S`` replays a run (the seed is in every failure message), CI
 runs a fixed one and ``VIPERDBM_FRESH_SEEDS=1`` draws a new one. A
