@@ -66,7 +66,7 @@ import viperdbm
 
 CI_ROUNDS = 12
 CI_GROWTH_ROUNDS = 6
-CI_READER_ROUNDS = 5
+CI_READER_ROUNDS = 4
 READER_PAUSE = 0.05  # seconds between two reads of the attached reader while the writer runs
 GROW_ROUNDS_PER_STORE = 8
 STREAM_LENGTH = 400
