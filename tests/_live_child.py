@@ -247,10 +247,12 @@ def serve(store: str, flag: str, timeout: float | None) -> None:
     """A store held open in this process and driven from stdin. Commands (JSON lists):
     ``["put", key_b64, value_b64]``, ``["put_made", key, version, size]``,
     ``["delete", key_b64]``, ``["get", key_b64]``, ``["contains", key_b64]``, ``["len"]``,
-    ``["keys"]``, ``["stats"]``, ``["reorganize"]``, ``["close"]``, ``["close_after",
-    seconds]`` (answers at once, then closes after that long and exits). Answers:
+    ``["keys"]``, ``["digests"]``, ``["stats"]``, ``["reorganize"]``, ``["close"]``,
+    ``["close_after", seconds]`` (answers at once, then closes after that long and exits). Answers:
     ``{"ok": result}`` or ``{"error": class name, "message": text}``; the first answer says
     whether the open succeeded."""
+    from _vdbtools import digest
+
     import viperdbm
 
     def answer(payload: dict[str, Any]) -> None:
@@ -285,6 +287,8 @@ def serve(store: str, flag: str, timeout: float | None) -> None:
                 result = len(db)
             elif name == "keys":
                 result = sorted(base64.b64encode(k).decode() for k in db)
+            elif name == "digests":  # the store as one snapshot: key digest -> value digest
+                result = {digest(k): digest(v) for k, v in db.items()}
             elif name == "stats":
                 result = db.stats()
             elif name == "reorganize":

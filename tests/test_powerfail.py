@@ -51,6 +51,12 @@ Every image is opened (with 'w', as after a reboot, then again with 'r') in a ch
   must hold exactly the state after every operation, for a pool that grew after D, for a
   store made after D, and for one that flag ``'n'`` replaced after D.
 
+A few images of each scenario (``IMAGES_FOR_READERS``, copied before that probe) are opened
+by a reader first, as a reader would after the reboot, before any writer: their ``readers``
+file is what the power cut left of the crashed writer's (torn page by page, or missing). The
+reader must read exactly what the writer's recovery found in the same image, nothing the
+power cut lost; then a writer opens beside it and writes, and the reader must see that.
+
 ``VIPERDBM_POWERFAIL_IMAGES=N`` builds N random images per scenario (default 10). CI uses a
 fixed seed; ``VIPERDBM_FRESH_SEEDS=1`` draws a new one and ``VIPERDBM_POWERFAIL_SEED``
 replays a run (a failure names it). Images that fail are kept under /tmp.
@@ -58,6 +64,7 @@ replays a run (a failure names it). Images that fail are kept under /tmp.
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import os
@@ -76,9 +83,12 @@ import pytest
 from _powerfail_child import SCENARIOS
 from _strace import strace_problem
 from _vdbtools import HERE, Prober, ProbeResult, child_env, describe, digest, env_seed, value_for
+from test_live_readers import held_open
 
 PAGE = 4096
 CI_IMAGES = 10
+#: the images a reader opens first, after the reboot, before a writer opens beside it
+IMAGES_FOR_READERS = ("all-D", "all-F", "random-0", "random-1")
 CI_SEED = 7
 #: what the child is traced for: page flushes, the markers, and every call that makes,
 #: renames or removes a name, or makes names or data durable
@@ -104,6 +114,8 @@ class Image:
     name: str
     path: Path
     result: ProbeResult | None = None
+    #: an untouched copy of the image (the probe opens ``path`` writable, which changes it)
+    pristine: Path | None = None
 
 
 @dataclass
@@ -484,6 +496,10 @@ def scenario_run(name: str) -> Scenario:
     shutil.rmtree(home)
     _build_images(sc, home, out, msynced, trace, images_per_scenario())
     shutil.rmtree(out)
+    for img in sc.images:
+        if img.name in IMAGES_FOR_READERS:
+            img.pristine = img.path.with_name(f"{img.path.name}-pristine")
+            shutil.copytree(img.path, img.pristine, symlinks=True)
     with Prober(watchdog=300) as prober:
         for img in sc.images:
             img.result = prober.probe(img.path / "store", "w", reopen=True)
@@ -589,6 +605,61 @@ def test_crash_images_are_a_prefix_of_the_writes_since_the_sync(name: str) -> No
     sc = scenario_run(name)
     failures = [(img, text) for img in sc.images if (text := prefix_violation(sc, img))]
     assert not failures, report(sc, failures)
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_a_reader_opens_the_image_first_and_follows_a_new_writer(name: str) -> None:
+    """After the reboot a reader opens the crash image before any writer (its readers file
+    is whatever the power cut left of the crashed writer's, torn as the pages fell): it
+    reads exactly what the store recovered, nothing the power cut lost; then a writer opens
+    beside it, and the reader sees the writer's new writes."""
+    sc = scenario_run(name)
+    failures: list[tuple[Image, str]] = []
+    for img in sc.images:
+        if img.pristine is None or img.result is None or img.result.status != "ok":
+            continue  # an image that does not open is reported by the tests above
+        recovered = {digest(key): value for key, value in img.result.state.items()}
+        problem = _reader_then_writer(img.pristine / "store", recovered)
+        if problem:
+            failures.append((img, problem))
+    assert not failures, report(sc, failures)
+
+
+def _reader_then_writer(store: Path, recovered: dict[str, str]) -> str | None:
+    """What went wrong when a reader opens ``store`` first and a writer then writes beside
+    it (``recovered``: the state a writer's recovery found, key digest -> value digest)."""
+    with held_open(store, "r") as reader:
+        seen = reader.call("digests")
+        if seen != recovered:
+            return f"the reader, alone, reads {_difference(seen, recovered)}"
+        with held_open(store, "w") as writer:
+            want = dict(recovered)
+            for i, size in enumerate((64, 8192, (1 << 20) + 1000)):  # new keys, a jumbo too
+                value = value_for("after the reboot", i, size)
+                writer.put(b"after-reboot-%d" % i, value)
+                want[digest(b"after-reboot-%d" % i)] = digest(value)
+            keys = list(writer.call("keys"))[:2]  # an overwrite and a delete
+            if keys:
+                value = value_for("after the reboot", 9, 300)
+                writer.put(base64.b64decode(keys[0]), value)
+                want[digest(base64.b64decode(keys[0]))] = digest(value)
+            if len(keys) > 1:
+                writer.delete(base64.b64decode(keys[1]))
+                del want[digest(base64.b64decode(keys[1]))]
+            seen = reader.call("digests")
+            if seen != want:
+                return f"beside the new writer, the reader reads {_difference(seen, want)}"
+            writer.close()
+        reader.close()
+    return None
+
+
+def _difference(got: dict[str, str], want: dict[str, str]) -> str:
+    differ = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+    return (
+        f"{len(got)} keys where {len(want)} are wanted; {len(differ)} differ, e.g. "
+        f"{[(k[:12], describe(got.get(k)), describe(want.get(k))) for k in differ[:3]]}"
+    )
 
 
 @pytest.fixture(scope="module", autouse=True)

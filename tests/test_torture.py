@@ -20,6 +20,11 @@ in-flight operation either old or new, no key that was never written, and len/ke
 iteration/in/get/firstkey-nextkey agreeing. A store that no longer opens is a violation
 (the broken store is kept under /tmp for a reproducer, and the run continues on a new one).
 
+With a reader attached (``test_sigkill_torture_with_a_reader_attached``), one reader process
+stays open across every kill and restart of the writer, reading while it runs; after each
+kill it must list every acknowledged write (the in-flight operation old or new) and it must
+never raise.
+
 ``VIPERDBM_TORTURE_ROUNDS=N`` runs N rounds per filesystem (default: a bounded number for
 CI); ``VIPERDBM_TORTURE_SEED=S`` replays a run (the seed is in every failure message), CI
 runs a fixed one and ``VIPERDBM_FRESH_SEEDS=1`` draws a new one. A
@@ -40,6 +45,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,11 +60,14 @@ from _torture_child import (
 )
 from _vdbtools import HERE, child_env, describe, digest, env_seed, value_for
 from conftest import FILESYSTEMS
+from test_live_readers import Remote, RemoteError
 
 import viperdbm
 
 CI_ROUNDS = 12
 CI_GROWTH_ROUNDS = 6
+CI_READER_ROUNDS = 4
+READER_PAUSE = 0.05  # seconds between two reads of the attached reader while the writer runs
 GROW_ROUNDS_PER_STORE = 8
 STREAM_LENGTH = 400
 WATCHDOG = 300.0  # seconds without a report line: the child is hung (not a timing assertion)
@@ -154,6 +163,79 @@ class Child:
             return ""
 
 
+# --------------------------------------------------------------------------- a reader
+class LiveReader:
+    """A reader in a process of its own (``_live_child.py serve``) that stays open on the
+    store across every kill of the writer: after each round it must see every write
+    acknowledged before the kill, and never raise."""
+
+    def __init__(self, store: Path) -> None:
+        self.store = store
+        self.remote: Remote | None = None
+        self.fresh_stores = 0
+        self.checks = 0
+
+    @contextlib.contextmanager
+    def reading(self, torture: Torture, ctx: str) -> Iterator[None]:
+        """The reader reads (len) over and over while the writer runs and dies: it must
+        never raise, and it holds only what was freed since its last read."""
+        stop = threading.Event()
+
+        def read_on() -> None:
+            while self.remote is not None and not stop.wait(READER_PAUSE):
+                try:
+                    self.remote.call("len")
+                except RemoteError as exc:
+                    torture.violation(f"{ctx} (the reader, while the writer ran)", str(exc))
+                    return
+
+        thread = threading.Thread(target=read_on, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def check(self, torture: Torture, ctx: str) -> None:
+        ctx = f"{ctx} (the reader, after the kill)"
+        if self.remote is not None and self.fresh_stores != torture.stats.fresh_stores:
+            self.remote.kill()  # its store was replaced: a new reader on the new one
+            self.remote = None
+        self.fresh_stores = torture.stats.fresh_stores
+        if self.remote is None:
+            if not self.store.exists():
+                return  # killed before it made the store
+            self.remote = Remote(self.store, "r")
+            if self.remote.open_error:
+                torture.violation(ctx, f"a reader's open raised {self.remote.open_error}")
+                self.remote = None
+                return
+        try:
+            found = self.remote.call("digests")
+        except RemoteError as exc:
+            torture.violation(ctx, f"the reader raised {exc}")
+            self.remote.kill()
+            self.remote = None
+            return
+        torture.compare(found, ctx)
+        self.checks += 1
+
+    def close(self, torture: Torture, ctx: str) -> None:
+        if self.remote is None:
+            return
+        try:
+            self.check(torture, ctx)
+            if self.remote is not None:
+                self.remote.close()
+        except (RemoteError, AssertionError) as exc:
+            torture.violation(f"{ctx} (the reader)", f"does not close cleanly: {exc}")
+        finally:
+            if self.remote is not None:
+                self.remote.__exit__(None, None, None)
+            self.remote = None
+
+
 # --------------------------------------------------------------------------- the model
 @dataclass
 class Model:
@@ -189,12 +271,22 @@ class Torture:
     seed_of_round: int = 0
     import_failures: int = 0
     len_trusted: bool = True
+    #: a reader process that stays open across every kill (None: no reader attached)
+    reader: LiveReader | None = None
 
     # ---- verification ------------------------------------------------------------
     def violation(self, ctx: str, text: str) -> None:
         self.stats.violations.append(f"[{ctx}] {text}")
 
     def verify_dump(self, found_raw: dict[str, str], ctx: str) -> None:
+        """Check a state read back by the next writer against the model, then continue from
+        it (the in-flight operation resolved)."""
+        self.model.state = self.compare(found_raw, ctx)
+        self.model.pending = None
+
+    def compare(self, found_raw: dict[str, str], ctx: str) -> dict[bytes, str]:
+        """Report every difference of a state (key digest -> value digest) from the
+        model; the state, by key."""
         found: dict[bytes, str] = {}
         for kd, vd in found_raw.items():
             key = self.keys_by_digest.get(kd)
@@ -218,8 +310,7 @@ class Torture:
                 self.violation(
                     ctx, f"{key[:20]!r} ({what}) is {describe(got)}, want {describe(want)}"
                 )
-        model.state = found
-        model.pending = None
+        return found
 
     def apply(self, op: Op, result: str, length: int, ctx: str) -> None:
         state = self.model.state
@@ -300,8 +391,10 @@ class Torture:
         ctx = f"VIPERDBM_TORTURE_SEED={self.seed} fs={self.fs} round {number} kill={strategy}"
         log = Path(f"/tmp/viperdbm-torture-child-{os.getpid()}.log")
         child = Child(self.store, seed, STREAM_LENGTH, self.mode, log)
-        self.aim_and_kill(child, strategy, rng)
-        code = child.finish()
+        reading = self.reader.reading(self, ctx) if self.reader else contextlib.nullcontext()
+        with reading:
+            self.aim_and_kill(child, strategy, rng)
+            code = child.finish()
         if (
             code != 0
             and not child.killed
@@ -317,6 +410,8 @@ class Torture:
             self.violation(ctx, f"the child hung (no report for {WATCHDOG} s): {child.stderr()}")
         self.learn(child)
         self.process(child, code, strategy, ctx)
+        if self.reader is not None:
+            self.reader.check(self, ctx)
 
     def aim_and_kill(self, child: Child, strategy: str, rng: random.Random) -> None:
         if strategy == "open":
@@ -414,6 +509,8 @@ class Torture:
         ctx = f"VIPERDBM_TORTURE_SEED={self.seed} fs={self.fs} final"
         if not self.store.exists():
             return
+        if self.reader is not None:
+            self.reader.close(self, ctx)
         try:
             with viperdbm.open(self.store, "r") as db:
                 keys = db.keys()
@@ -484,6 +581,22 @@ def test_sigkill_torture(fs_store: tuple[str, Path]) -> None:
     """Random kills, all strategies, state kept across rounds (the issue's torture)."""
     fs, store = fs_store
     run_torture(Torture(store, fs, base_seed()), rounds(CI_ROUNDS))
+
+
+def test_sigkill_torture_with_a_reader_attached(fs_store: tuple[str, Path]) -> None:
+    """One reader stays open across every kill and restart of the writer: it never raises,
+    and after each kill it sees every acknowledged write (the in-flight one old or new)."""
+    fs, store = fs_store
+    torture = Torture(store, fs, base_seed() + 1, reader=LiveReader(store))
+    try:
+        run_torture(torture, rounds(CI_READER_ROUNDS))
+    finally:
+        assert torture.reader is not None
+        torture.reader.close(torture, "teardown")
+    print(
+        f"the reader checked the store {torture.reader.checks} times, {torture.stats.rounds} kills"
+    )
+    assert torture.reader.checks >= torture.stats.rounds // 2, "the reader checked too little"
 
 
 def test_sigkill_while_the_pool_grows(fs_store: tuple[str, Path]) -> None:
