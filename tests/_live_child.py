@@ -27,6 +27,7 @@ answer a line on stdout (see :func:`serve`).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -247,7 +248,8 @@ def serve(store: str, flag: str, timeout: float | None) -> None:
     """A store held open in this process and driven from stdin. Commands (JSON lists):
     ``["put", key_b64, value_b64]``, ``["put_made", key, version, size]``,
     ``["delete", key_b64]``, ``["get", key_b64]``, ``["contains", key_b64]``, ``["len"]``,
-    ``["keys"]``, ``["digests"]``, ``["stats"]``, ``["reorganize"]``, ``["close"]``,
+    ``["keys"]``, ``["digests"]``, ``["stats"]``, ``["reorganize"]``, ``["snapshot"]``,
+    ``["end_snapshot"]`` (enter and leave ``db.snapshot()``), ``["close"]``,
     ``["close_after", seconds]`` (answers at once, then closes after that long and exits). Answers:
     ``{"ok": result}`` or ``{"error": class name, "message": text}``; the first answer says
     whether the open succeeded."""
@@ -267,6 +269,7 @@ def serve(store: str, flag: str, timeout: float | None) -> None:
         answer({"error": type(exc).__name__, "message": str(exc)})
         return
     answer({"ok": "opened"})
+    snapshots = contextlib.ExitStack()
     for line in sys.stdin:
         command = json.loads(line)
         name, args = command[0], command[1:]
@@ -293,6 +296,10 @@ def serve(store: str, flag: str, timeout: float | None) -> None:
                 result = db.stats()
             elif name == "reorganize":
                 db.reorganize()
+            elif name == "snapshot":
+                snapshots.enter_context(db.snapshot())
+            elif name == "end_snapshot":
+                snapshots.close()
             elif name == "close":
                 db.close()
                 answer({"ok": None})

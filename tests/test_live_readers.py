@@ -869,7 +869,9 @@ def test_a_killed_reader_does_not_hold_space(empty_store: Path) -> None:
         assert [r.length() for r in readers] == [40, 40]  # both caught up
         stats = db.stats()
         assert stats["readers"] == 2 and stats["held_bytes"] == 0, stats
-        for i in range(40):  # the readers idle while blocks are freed
+        for r in readers:  # (an idle reader would be caught up within half a second)
+            r.call("snapshot")
+        for i in range(40):  # the readers hold their snapshots while blocks are freed
             db[KEYS[i]] = make_value(i, 1, 150_000)
         db.reorganize()
         assert db.stats()["held_bytes"] > 0, "freed blocks were not held for idle readers"
@@ -881,6 +883,26 @@ def test_a_killed_reader_does_not_hold_space(empty_store: Path) -> None:
                 break
             db[KEYS[version % 40]] = make_value(version % 40, version, 100_000)
         assert stats["readers"] == 0 and stats["held_bytes"] == 0, stats
+
+
+def test_an_idle_reader_lets_go_of_freed_space(empty_store: Path) -> None:
+    with viperdbm.open(empty_store, "w") as db, held_open(empty_store, "r") as reader:
+        for i in range(40):
+            db[KEYS[i]] = make_value(i, 0, 200_000)
+        assert reader.length() == 40
+        reader.call("snapshot")  # held: what the writer frees now stays allocated
+        for i in range(40):
+            db[KEYS[i]] = make_value(i, 1, 150_000)
+        db.reorganize()
+        held = db.stats()["held_bytes"]
+        assert held > 0, "freed blocks were not held for a reader's snapshot"
+        reader.call("end_snapshot")  # from now on the reader does nothing at all
+        deadline = time.monotonic() + 30
+        while db.stats()["held_bytes"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stats = db.stats()
+        assert stats["held_bytes"] == 0 and stats["readers"] == 1, (held, stats)
+        assert reader.length() == 40  # and it still reads the writer's latest state
 
 
 def test_readers_are_counted_and_a_closed_reader_lets_go(empty_store: Path) -> None:
