@@ -119,16 +119,21 @@ def open_for_writer(path: str) -> int | None:
     return fd
 
 
-def readers_attached(path: str) -> bool:
-    """Does a live reader hold a slot in the store at ``path``?"""
+def _probe_file(path: str, name: str, probe: Callable[[int], bool]) -> bool:
+    """``probe`` of a read-only descriptor of the store's file ``name``; False if missing."""
     try:
-        fd = os.open(os.path.join(path, layout.READERS_FILE), os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(os.path.join(path, name), os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return False
     try:
-        return _native.core.readers_live(fd)
+        return probe(fd)
     finally:
-        os.close(fd)
+        os.close(fd)  # (drops a lock the probe took)
+
+
+def readers_attached(path: str) -> bool:
+    """Does a live reader hold a slot in the store at ``path``?"""
+    return _probe_file(path, layout.READERS_FILE, _native.core.readers_live)
 
 
 def _process_exists(pid: int) -> bool:
@@ -141,19 +146,17 @@ def _process_exists(pid: int) -> bool:
     return True
 
 
-def writer_is_live(path: str) -> bool:
-    """Does a writer hold the store now? (a test of its lock, which readers never take)"""
+def _lock_is_taken(fd: int, label: str) -> bool:
     try:
-        fd = os.open(os.path.join(path, layout.LOCK_FILE), os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        storedir.flock(fd, exclusive=False, label=path)
+        storedir.flock(fd, exclusive=False, label=label)
         return False
     except LockError:
         return True
-    finally:
-        os.close(fd)  # (drops the shared lock just taken, if it was)
+
+
+def writer_is_live(path: str) -> bool:
+    """Does a writer hold the store now? (a test of its lock, which readers never take)"""
+    return _probe_file(path, layout.LOCK_FILE, lambda fd: _lock_is_taken(fd, path))
 
 
 class PoolMapping:
