@@ -111,8 +111,18 @@ class History:
             if intent.key >= 0:
                 self.intents[intent.key, intent.version] = intent
                 self.by_key[intent.key].append(intent)
-        for versions in self.by_key.values():
+        # per (key, kind): its versions and where their lines end, both ascending (a writer
+        # takes versions in the order it logs them), for a bisection per question
+        self.kind_versions: dict[tuple[int, str], list[int]] = {}
+        self.kind_ends: dict[tuple[int, str], list[int]] = {}
+        for key, versions in self.by_key.items():
             versions.sort(key=lambda i: i.version)
+            for kind in "pd":
+                of_kind = [i for i in versions if i.kind == kind]
+                ends = [i.end for i in of_kind]
+                assert ends == sorted(ends), f"key {key}: versions out of the intent log's order"
+                self.kind_versions[key, kind] = [i.version for i in of_kind]
+                self.kind_ends[key, kind] = ends
         # per key: the ack lines' end offsets and the highest version acknowledged up to each
         self.ack_ends: dict[int, list[int]] = {k: [] for k in range(KEY_COUNT)}
         self.ack_highest: dict[int, list[int]] = {k: [] for k in range(KEY_COUNT)}
@@ -136,16 +146,17 @@ class History:
         n = bisect.bisect_right(self.ack_ends[key], prefix)
         return self.ack_highest[key][n - 1] if n else INITIAL
 
-    def candidates(self, key: int, kind: str, lowest: int, intents_prefix: int) -> list[int]:
-        """Versions of ``key`` of ``kind`` ('p' present, 'd' absent), at least ``lowest``,
-        intended within the first ``intents_prefix`` bytes of the intent log."""
-        found = [INITIAL] if kind == "d" and lowest <= INITIAL else []
-        found += [
-            i.version
-            for i in self.by_key[key]
-            if i.kind == kind and i.version >= lowest and i.end <= intents_prefix
-        ]
-        return found
+    def first_candidate(self, key: int, kind: str, lowest: int, intents_prefix: int) -> int | None:
+        """The oldest version of ``key`` of ``kind`` ('p' present, 'd' absent), at least
+        ``lowest``, intended within the first ``intents_prefix`` bytes of the intent log;
+        None if there is none (the initial state counts as an absent version)."""
+        if kind == "d" and lowest <= INITIAL:
+            return INITIAL
+        versions = self.kind_versions[key, kind]
+        n = bisect.bisect_left(versions, lowest)
+        if n < len(versions) and self.kind_ends[key, kind][n] <= intents_prefix:
+            return versions[n]
+        return None
 
 
 def parse_observations(reader: str, data: bytes) -> list[Observation]:
@@ -217,21 +228,21 @@ class Checker:
         if kind is None:
             self.violation(obs, "an observation this checker does not know", key)
             return
-        versions = self.history.candidates(key, kind, lowest, obs.intents_after)
-        if not versions:
+        oldest = self.history.first_candidate(key, kind, lowest, obs.intents_after)
+        if oldest is None:
             state = "present" if kind == "p" else "absent"
             self.violation(obs, f"the key {state} but it was not at or after {lowest}", key)
         else:
-            self.floors[obs.reader, key] = min(versions)
+            self.floors[obs.reader, key] = oldest
 
     def check_len(self, obs: Observation, length: int) -> None:
         surely, maybe = 0, 0
         for key in range(KEY_COUNT):
             lowest = self.lowest(obs, key)
-            present = self.history.candidates(key, "p", lowest, obs.intents_after)
-            absent = self.history.candidates(key, "d", lowest, obs.intents_after)
-            maybe += bool(present)
-            surely += bool(present) and not absent
+            present = self.history.first_candidate(key, "p", lowest, obs.intents_after)
+            absent = self.history.first_candidate(key, "d", lowest, obs.intents_after)
+            maybe += present is not None
+            surely += present is not None and absent is None
         if not surely <= length <= maybe:
             self.violation(obs, f"len() outside [{surely}, {maybe}]")
 
