@@ -386,6 +386,10 @@ static inline int64_t index_lookup(Core *c, const uint8_t *key, uint64_t klen, u
 int index_alloc(Core *c, uint64_t cap);
 void slots_free(uint64_t *slots, uint64_t cap);
 int index_reserve(Core *c);
+int index_presize(Core *c, uint64_t expected);
+/* how many records a scan prefetches the index slots of ahead of the one it applies */
+#define SCAN_PREFETCH_DISTANCE 8
+uint64_t prefetch_records(Core *c, uint64_t at, uint64_t end, int n);
 void index_remove_at(Core *c, uint64_t i);
 
 /* ------------------------------------------------------------------ log.c */

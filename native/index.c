@@ -72,6 +72,14 @@ static int index_resize(Core *c, uint64_t ncap) {
     return 0;
 }
 
+/* make room for about expected entries at once (a reader's first catch-up, which would
+ * otherwise double the table its way up to the store's size) */
+int index_presize(Core *c, uint64_t expected) {
+    uint64_t cap = c->cap;
+    while (cap * 3 < expected * 4 + 4) cap *= 2;
+    return cap > c->cap ? index_resize(c, cap) : 0;
+}
+
 /* make room for one more entry before anything is written */
 int index_reserve(Core *c) {
     if ((c->count + 1) * 4 > c->cap * 3) return index_resize(c, c->cap * 2);

@@ -102,9 +102,9 @@ static int record_at(Core *c, uint64_t pos, uint64_t end, uint64_t prev_seq, uin
  * no CRC) and prefetch the home slot of each key, so that the index's cache misses of the
  * records ahead overlap with the work on the current one (at millions of keys the index is
  * far larger than the caches). A hint only: it never changes what the scan finds. Returns
- * the position after the n-th record, or 0 where it met anything but a record. */
-#define SCAN_PREFETCH_DISTANCE 8
-static uint64_t prefetch_records(Core *c, uint64_t at, uint64_t end, int n) {
+ * the position after the n-th record, or 0 where it met anything but a record. A reader's
+ * catch-up (shared.c) looks ahead the same way. */
+uint64_t prefetch_records(Core *c, uint64_t at, uint64_t end, int n) {
     unsigned bits = log2u64(c->cap);
     while (n > 0) {
         uint64_t room = VD_PAGE_SIZE - at % VD_PAGE_SIZE;

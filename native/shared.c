@@ -421,6 +421,22 @@ PyObject *Core_readers_horizon(Core *c, PyObject *arg) {
 
 /* ------------------------------------------------------------------ the reader */
 
+/* A reader that opens from the readers file alone: size its index for the live blocks
+ * published there at once (about one record per 128 bytes, as the scan at open assumes).
+ * Only a hint, read while the writer writes, and never beyond what this reader maps. */
+static int presize_for_readers_file(Core *c) {
+    const VdReadersHeader *h = header_of(c->shared);
+    if (!header_valid(h, 0)) return 0;
+    uint64_t used = LOAD(h->table_used), bytes = 0;
+    if (used > VD_READERS_BLOCKS) used = VD_READERS_BLOCKS;
+    for (uint64_t e = 0; e < used && bytes < c->mapped; e++) {
+        VdReadersBlock *en = entry_of(c->shared, e);
+        uint64_t size = LOAD(en->size); /* (each term at most mapped: no overflow) */
+        if (LOAD(en->stamp) && !LOAD(en->retired)) bytes += size < c->mapped ? size : c->mapped;
+    }
+    return index_presize(c, (bytes < c->mapped ? bytes : c->mapped) / 128);
+}
+
 /* attach_reader(fd, slot, remap, commit=0, table_gen=0): follow the readers file from now on,
  * from the blocks this core scanned at open (each read up to its end). remap(needed) must map
  * at least needed bytes of the pool and hand them over with set_base(). commit and
@@ -457,6 +473,7 @@ PyObject *Core_attach_reader(Core *c, PyObject *args) {
     Py_INCREF(remap);
     c->remap = remap;
     c->shared_role = SHARED_READER;
+    if (!c->count && presize_for_readers_file(c) < 0) return NULL;
     if (reader_sync(c) < 0) return NULL;
     Py_RETURN_NONE;
 }
@@ -598,6 +615,7 @@ static int reader_follow(Core *c, uint64_t e, uint64_t commit, uint64_t max_seq,
         if (!(b = rblock_new(c, &nb))) return -1;
     }
     uint64_t pos = b->pos;
+    uint64_t ahead = 0; /* the next record the lookahead prefetches for (0: stopped) */
     while (pos + VD_RECORD_HEADER_SIZE <= end) {
         uint64_t room = VD_PAGE_SIZE - pos % VD_PAGE_SIZE;
         if (b->type == VD_TYPE_STANDARD_BLOCK && room < VD_RECORD_HEADER_SIZE) {
@@ -614,6 +632,12 @@ static int reader_follow(Core *c, uint64_t e, uint64_t commit, uint64_t max_seq,
         if (rec.total > end - pos) break;
         if (kind != VD_KIND_PAD && (rec.seq == 0 || rec.seq > max_seq)) break; /* not published yet */
         if (record_crc(r, rec.total) != rec_crc(r)) break;
+        /* the index slots of the records ahead, as the scan at open does */
+        if (kind != VD_KIND_PAD && b->type == VD_TYPE_STANDARD_BLOCK) {
+            uint64_t next = pos + align_up(rec.total, VD_RECORD_ALIGN);
+            ahead = ahead > next ? prefetch_records(c, ahead, end, 1)
+                                 : prefetch_records(c, next, end, SCAN_PREFETCH_DISTANCE);
+        }
         /* a record at or below applied_seq was applied, or superseded, by an earlier catch-up
          * (the writer publishes in sequence order): applying it again could bring back a key
          * deleted since (a block read anew after a writer's restart, say); one below the
