@@ -497,7 +497,8 @@ PyObject *format_export(void);
 
 /* ------------------------------------------------------------------ module functions */
 PyObject *mod_crc32c(PyObject *mod, PyObject *args);
-PyObject *mod_map_parts(PyObject *mod, PyObject *arg);
+PyObject *mod_map_parts(PyObject *mod, PyObject *args);
+PyObject *mod_map_parts_at(PyObject *mod, PyObject *args);
 PyObject *mod_peek(PyObject *mod, PyObject *args);
 PyObject *mod_unmap_parts(PyObject *mod, PyObject *args);
 PyObject *mod_sigblock(PyObject *mod, PyObject *unused);

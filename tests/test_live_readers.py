@@ -896,6 +896,25 @@ def test_a_killed_reader_does_not_hold_space(empty_store: Path) -> None:
         assert stats["readers"] == 0 and stats["held_bytes"] == 0, stats
 
 
+def test_a_reader_maps_the_writers_new_parts_after_its_old_ones(empty_store: Path) -> None:
+    """Pool growth under a reader: each growth maps only the new parts, in the space the
+    reader reserved (mapping the whole pool again would fault every page in again)."""
+    with viperdbm.open(empty_store, "w") as db, viperdbm.open(empty_store, "r") as reader:
+        engine = reader._engine
+        assert engine is not None and engine._mapping is not None
+        mapping = engine._mapping
+        base, first = mapping.base, mapping.length
+        values = {}
+        for i in range(120):  # about 72 MiB: the pool grows part by part
+            values[b"k%03d" % i] = make_value(i % KEY_COUNT, i, 600_000)
+            db[b"k%03d" % i] = values[b"k%03d" % i]
+            assert reader[b"k%03d" % i] == values[b"k%03d" % i]
+        assert mapping.length > first, "the writer's pool did not grow under the reader"
+        assert mapping.base == base, "the pool was mapped anew within the reserved space"
+        assert dict(reader.items()) == values
+        assert reader.stats()["pool_bytes"] == mapping.length <= mapping.reserved
+
+
 def test_an_idle_reader_lets_go_of_freed_space(empty_store: Path) -> None:
     with viperdbm.open(empty_store, "w") as db, held_open(empty_store, "r") as reader:
         for i in range(40):

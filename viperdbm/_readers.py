@@ -32,6 +32,9 @@ from ._pmemobj import Pool
 
 log = logging.getLogger("viperdbm")
 
+#: address space a reader reserves beyond its pool's mapping at least (PoolMapping)
+RESERVE_AHEAD = 1 << 30
+
 
 @dataclass
 class SharedOpen:
@@ -160,41 +163,74 @@ def writer_is_live(path: str) -> bool:
 
 
 class PoolMapping:
-    """A reader's read-only mapping of the part files; it grows when the writer's pool does."""
+    """A reader's read-only mapping of the part files; it grows when the writer's pool does.
+
+    Address space is reserved ahead (twice the pool, at least a GiB more), so that a growth
+    maps only the writer's new parts after the others: the pages of the old ones stay
+    mapped (mapping the whole pool again would fault every page in again, at every growth
+    of the writer's pool). Past the reservation, the pool is mapped anew, elsewhere."""
 
     def __init__(self, path: str, needed: int) -> None:
         self.path = path
         self._growing = threading.Lock()
-        self.base, self.length = self._map(needed) if needed else (0, 0)
+        self.base = self.length = self.reserved = 0
+        if needed:
+            self.base, self.length, self.reserved = self._map_all(needed)
 
     @classmethod
     def adopt(cls, path: str, base: int, length: int) -> PoolMapping:
-        """A mapping made already (by :func:`open_shared`)."""
+        """A mapping made already (by :func:`open_shared`), with no room reserved."""
         mapping = cls(path, 0)
-        mapping.base, mapping.length = base, length
+        mapping.base, mapping.length, mapping.reserved = base, length, length
         return mapping
 
-    def _map(self, needed: int) -> tuple[int, int]:
-        path = self.path
+    def _parts(self, needed: int) -> list[tuple[str, int]]:
+        """The first parts of the pool, enough for ``needed`` bytes."""
+        parts = storedir.scan_parts(os.path.join(self.path, layout.PARTS_DIR)).mapped()
+        taken, total = [], 0
+        for part in parts:
+            if total >= needed:
+                break  # a part that a growth is still making: not in use yet
+            taken.append(part)
+            total += part[1]
+        if total < needed:
+            raise CorruptedError(
+                f"the store's parts hold {total} bytes but its writer uses {needed}; "
+                "run 'viperdbm check' on it",
+                filename=self.path,
+            )
+        return taken
+
+    def _map_all(self, needed: int) -> tuple[int, int, int]:
+        """(base, length, reserved) of a new mapping of at least ``needed`` bytes."""
         try:
-            parts = storedir.scan_parts(os.path.join(path, layout.PARTS_DIR)).mapped()
-            taken, total = [], 0
-            for part in parts:
-                if total >= needed:
-                    break  # a part that a growth is still making: not in use yet
-                taken.append(part)
-                total += part[1]
-            if total < needed:
-                raise CorruptedError(
-                    f"the store's parts hold {total} bytes but its writer uses {needed}; "
-                    "run 'viperdbm check' on it",
-                    filename=path,
-                )
-            return _native.core.map_parts(taken)
+            taken = self._parts(needed)
+            total = sum(size for _, size in taken)
+            reserve = max(2 * total, total + RESERVE_AHEAD)
+            base, length = _native.core.map_parts(taken, reserve)
+            return base, length, reserve
         except OSError as exc:
             if isinstance(exc, CorruptedError):
                 raise
-            raise storedir.os_error("cannot read the store's parts", exc, path) from exc
+            raise storedir.os_error("cannot read the store's parts", exc, self.path) from exc
+
+    def _map_more(self, needed: int) -> int | None:
+        """Map the parts after those mapped already, in the reserved space; their new
+        length, or None if they do not fit there."""
+        try:
+            mapped, new = 0, []
+            for part in self._parts(needed):
+                if mapped < self.length:
+                    mapped += part[1]  # the pool grows at its end: these are mapped
+                else:
+                    new.append(part)
+            if mapped != self.length or self.length + sum(s for _, s in new) > self.reserved:
+                return None
+            return _native.core.map_parts_at(self.base, self.length, self.reserved, new)
+        except OSError as exc:
+            if isinstance(exc, CorruptedError):
+                raise
+            raise storedir.os_error("cannot read the store's parts", exc, self.path) from exc
 
     def grow(self, core: _native.Core, needed: int) -> None:
         """Map at least ``needed`` bytes and hand them to ``core`` (it calls this itself
@@ -204,21 +240,27 @@ class PoolMapping:
         with self._growing:
             if self.length >= needed:
                 return
-            base, length = self._map(needed)
+            length = self._map_more(needed) if self.length else None
+            if length is not None:
+                core.set_base(self.base, length)  # the same base, more of it
+                self.length = length
+                return
+            base, length, reserved = self._map_all(needed)
             try:
                 core.set_base(base, length)
             except BaseException:
-                _native.core.unmap_parts(base, length)
+                _native.core.unmap_parts(base, reserved)
                 raise
-            old = (self.base, self.length)
-            self.base, self.length = base, length
-            _native.core.unmap_parts(*old)
+            old = (self.base, self.reserved)
+            self.base, self.length, self.reserved = base, length, reserved
+            if old[1]:
+                _native.core.unmap_parts(*old)
 
     def unmap(self) -> None:
-        if self.length:
-            base, length = self.base, self.length
-            self.length = 0
-            _native.core.unmap_parts(base, length)
+        if self.reserved:
+            base, reserved = self.base, self.reserved
+            self.length = self.reserved = 0
+            _native.core.unmap_parts(base, reserved)
 
 
 def published_before(slot: ReaderSlot) -> tuple[int, int]:
