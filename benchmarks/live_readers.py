@@ -15,11 +15,13 @@ One run, every role in its own process (multiprocessing, spawn), the store on tm
   live open         the same open under a live, idle writer
   reader idle       a reader's get rate (the same G keys) while the writer is idle
   reader busy       gets of the same keys in a loop, timed over exactly the writer's insert
-                    of N new keys at full speed (the writer is never idle meanwhile)
-  insert alone      the writer inserts I new keys, nobody else attached
+                    of N new keys at full speed (the writer is never idle meanwhile); the
+                    median of 3 rounds
+  insert alone      the writer inserts I new keys, nobody else attached (the median of
+                    --rounds phases before the readers attach and --rounds after)
   insert + 3        the same I keys (deleted again in between, untimed) with three reader
-                    processes following, each doing gets in a loop (on fewer than 4 cores
-                    this measures CPU sharing as much as the engine)
+                    processes following, each doing gets in a loop (median of --rounds;
+                    on fewer than 4 cores this measures CPU sharing as much as the engine)
   insert + 3 paced  the same with the three readers each doing one get per millisecond:
                     each still catches up with every write, without taking the writer's core
   memory            each reader's anonymous RSS (/proc/self/status RssAnon) after its open
@@ -64,6 +66,7 @@ SEED = 42
 DISTINCT_VALUES = 1024  # values are drawn from a pool: their content costs the engine nothing
 CHUNK = 1024  # operations between two looks at the parent's "stop"
 FOLLOWERS = 3
+BUSY_ROUNDS = 3  # rounds of the reader's gets beside an inserting writer
 PACED_PAUSE = 0.001  # seconds between two gets of a paced follower
 UNSUPPORTED = "live readers not supported by this build"
 
@@ -454,10 +457,18 @@ class Bench:
             reader.call("prepare", count=a.gets, seed=SEED + 2)
             res["reader_get_idle"] = reader.call("gets", count=a.gets, seed=SEED + 2)
             say(f"reader: get {res['reader_get_idle']['rate']:,.0f}/s (writer idle)")
-            # timed over exactly the writer's inserts (N fresh keys): it is never idle meanwhile
-            reader.begin("follow", seed=SEED + 2)
-            res["writer_insert_busy"] = busy = writer.call("insert", count=a.n)
-            res["reader_get_busy"] = reader.end()
+            # timed over exactly the writer's inserts (N fresh keys): it is never idle
+            # meanwhile; the median of a few rounds (how much of the machine each of the two
+            # gets varies from one to the next: the reader replays what the writer writes)
+            busy_rounds, reader_rounds = [], []
+            for round_ in range(BUSY_ROUNDS):
+                if round_:
+                    writer.call("delete_fresh", count=a.n)
+                reader.begin("follow", seed=SEED + 2)
+                busy_rounds.append(writer.call("insert", count=a.n))
+                reader_rounds.append(reader.end())
+            res["writer_insert_busy"] = busy = median_of(busy_rounds) | {"inserted": a.n}
+            res["reader_get_busy"] = median_of(reader_rounds)
             say(
                 f"reader: get {res['reader_get_busy']['rate']:,.0f}/s while the writer "
                 f"inserted {busy['inserted']:,} keys ({busy['rate']:,.0f}/s)"
@@ -474,45 +485,70 @@ class Bench:
             reader.close()
 
     def inserts(self, writer: Child) -> None:
-        """The writer's insert rate alone and with three readers following."""
+        """The writer's insert rate alone and with three readers following, each the median
+        of --rounds phases (one phase takes a fraction of a second: alone, the rate varies
+        by 20% from one to the next on a shared machine); alone before and after."""
         a, res = self.a, self.results
         count = a.insert_keys
-        # once untimed: the pool and the index grow to what N + count needs, so that neither
-        # timed phase pays a growth the other does not
-        writer.call("insert", count=count)
-        writer.call("delete_fresh", count=count)
-        res["insert_alone"] = writer.call("insert", count=count)
-        writer.call("delete_fresh", count=count)
-        say(f"writer: insert {res['insert_alone']['rate']:,.0f}/s alone")
+
+        def insert() -> Reply:
+            reply = writer.call("insert", count=count)
+            writer.call("delete_fresh", count=count)
+            return reply
+
+        # once untimed: the pool and the index grow to what N + count needs, so that no
+        # timed phase pays a growth the others do not
+        insert()
+        alone = [insert() for _ in range(a.rounds)]
         if self.unsupported:
+            res["insert_alone"] = median_of(alone)
+            say(f"writer: insert {res['insert_alone']['rate']:,.0f}/s alone")
             return
         followers = [Child(f"follower {i + 1}", a.n, a.timeout) for i in range(FOLLOWERS)]
+        busy, paced = [], []
         try:
-            for i, f in enumerate(followers):
+            for f in followers:
                 opened = f.call("open", path=self.path, flag="r", probe_key=self.probe_key)
                 res["reader_memory"].append(anon(opened))
-                f.begin("follow", seed=SEED + 10 + i)
-            res["insert_followed"] = writer.call("insert", count=count)
-            res["writer_stats_followed"] = writer.call("stats")
-            res["followers"] = [f.end() for f in followers]
-            writer.call("delete_fresh", count=count)
-            # the same readers, each reading once a millisecond: what following costs the
-            # writer when the readers do not take its core
-            for i, f in enumerate(followers):
-                f.begin("follow", seed=SEED + 10 + i, pause=PACED_PAUSE)
-            res["insert_followed_paced"] = writer.call("insert", count=count)
-            res["followers_paced"] = [f.end() for f in followers]
+            for _ in range(a.rounds):
+                for i, f in enumerate(followers):
+                    f.begin("follow", seed=SEED + 10 + i)
+                busy.append(writer.call("insert", count=count))
+                res["writer_stats_followed"] = writer.call("stats")
+                res["followers"] = [f.end() for f in followers]
+                writer.call("delete_fresh", count=count)
+                # the same readers, each reading once a millisecond: what following costs
+                # the writer when the readers do not take its core
+                for i, f in enumerate(followers):
+                    f.begin("follow", seed=SEED + 10 + i, pause=PACED_PAUSE)
+                paced.append(writer.call("insert", count=count))
+                res["followers_paced"] = [f.end() for f in followers]
+                writer.call("delete_fresh", count=count)
             for f in followers:
                 f.call("close")
         finally:
             for f in followers:
                 f.close()
-        writer.call("delete_fresh", count=count)
+        alone += [insert() for _ in range(a.rounds)]
+        res["insert_alone"] = median_of(alone)
+        res["insert_followed"] = median_of(busy)
+        res["insert_followed_paced"] = median_of(paced)
+        say(f"writer: insert {res['insert_alone']['rate']:,.0f}/s alone (median)")
         rates = ", ".join(f"{f['rate']:,.0f}" for f in res["followers"])
         say(
             f"writer: insert {res['insert_followed']['rate']:,.0f}/s with {FOLLOWERS} readers "
-            f"following (their gets/s: {rates})"
+            f"following (median; their gets/s in the last round: {rates}), "
+            f"{res['insert_followed_paced']['rate']:,.0f}/s with them at one get per ms"
         )
+
+
+def median_of(replies: list[Reply]) -> Reply:
+    """The median rate of several timed phases, with every phase's rate beside it."""
+    rates = [float(r["rate"]) for r in replies]
+    out: Reply = {"rate": statistics.median(rates), "runs": rates}
+    if all("misses" in r for r in replies):  # gets of keys that are there: all of them
+        out["misses"] = sum(r["misses"] for r in replies)
+    return out
 
 
 # --------------------------------------------------------------------------- the report
@@ -579,7 +615,7 @@ def build_rows(b: Bench, cores: int) -> list[Row]:
     if busy:
         rows.append(Row("writer insert meanwhile (1 reader)", k_per_s(rate(busy))))
     alone = rate(res.get("insert_alone"))
-    rows.append(Row("writer insert alone", k_per_s(alone)))
+    rows.append(Row(f"writer insert alone (median of {2 * b.a.rounds})", k_per_s(alone)))
     crowded = ""
     if cores < FOLLOWERS + 1:
         crowded = (
@@ -700,6 +736,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gets", type=int, help="gets per measured get run (default: N)")
     p.add_argument("--insert-keys", type=int, help="keys per timed insert phase (default: N/4)")
     p.add_argument("--open-repeats", type=int, default=5, help="opens per open series")
+    p.add_argument("--rounds", type=int, default=5, help="timed phases per insert figure")
     p.add_argument("--dir", default="/dev/shm", help="where the store goes (tmpfs)")
     p.add_argument("--out", type=Path, default=HERE / "results", help="results directory")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per child command")
