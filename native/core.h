@@ -280,6 +280,7 @@ typedef struct {
     uint64_t compact_min_dead;            /* bytes: never compact for less dead space */
     uint64_t store_dead_num, store_dead_den; /* ... nor before this fraction of all block space is dead */
     uint64_t block_dead_num, block_dead_den; /* a victim has at least this fraction of its bytes dead */
+    uint64_t compact_min_tombs; /* deletes in blocks, and more than live records: rewrite the oldest */
     uint64_t jumbo_need; /* bytes of the jumbo block that the last RC_NEED_JUMBO asked for */
     int forked;       /* invalidated in a child process after fork() */
     uint64_t block_cursor_off, block_cursor_pos; /* where compact_block() resumes */

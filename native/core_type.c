@@ -363,11 +363,11 @@ static PyObject *Core_set_io_error(Core *c, PyObject *arg) {
 static PyObject *Core_set_puts_refused(Core *c, PyObject *arg) { return set_switch(&c->puts_refused, arg); }
 
 /* set_reclaim_policy(check_every, min_dead, store_dead_num, store_dead_den, block_dead_num,
- * block_dead_den): the numbers of the reclamation policy (viperdbm/_space.py defines and
+ * block_dead_den, min_tombstones): the numbers of the reclamation policy (viperdbm/_space.py defines and
  * explains them) and, from now on, the check of the dead space every check_every writes */
 static PyObject *Core_set_reclaim_policy(Core *c, PyObject *args) {
-    unsigned long long every, min_dead, snum, sden, bnum, bden;
-    if (!PyArg_ParseTuple(args, "KKKKKK", &every, &min_dead, &snum, &sden, &bnum, &bden)) return NULL;
+    unsigned long long every, min_dead, snum, sden, bnum, bden, min_tombs;
+    if (!PyArg_ParseTuple(args, "KKKKKKK", &every, &min_dead, &snum, &sden, &bnum, &bden, &min_tombs)) return NULL;
     if (every == 0 || (every & (every - 1)) || sden == 0 || bden == 0 || snum > sden || bnum > bden) {
         internal_error("a reclamation policy needs a power-of-two check interval and fractions up to 1");
         return NULL;
@@ -378,6 +378,7 @@ static PyObject *Core_set_reclaim_policy(Core *c, PyObject *args) {
     c->store_dead_den = sden;
     c->block_dead_num = bnum;
     c->block_dead_den = bden;
+    c->compact_min_tombs = min_tombs;
     c->auto_compact = 1;
     Py_RETURN_NONE;
 }
@@ -541,7 +542,8 @@ static PyMethodDef Core_methods[] = {
     {"set_puts_refused", (PyCFunction)Core_set_puts_refused, METH_O, "set_puts_refused(on): puts answer RC_NEED_RESERVE"},
     {"compact_block", (PyCFunction)Core_compact_block, METH_O, "compact_block(off) -> write code"},
     {"set_reclaim_policy", (PyCFunction)Core_set_reclaim_policy, METH_VARARGS,
-     "set_reclaim_policy(check_every, min_dead, store_dead_num, store_dead_den, block_dead_num, block_dead_den)"},
+     "set_reclaim_policy(check_every, min_dead, store_dead_num, store_dead_den, block_dead_num, block_dead_den, "
+     "min_tombstones)"},
     {"set_io_error", (PyCFunction)Core_set_io_error, METH_O, "set_io_error(errno): refuse writes from now on"},
     {"old_blocks", (PyCFunction)Core_old_blocks, METH_NOARGS, "old_blocks() -> offsets"},
     {"stats", (PyCFunction)Core_stats, METH_NOARGS, "stats() -> dict"},

@@ -97,9 +97,9 @@ def test_the_core_refuses_a_reclamation_policy_it_cannot_check(workdir: Path) ->
     with viperdbm.open(workdir / "s.vdb", "c") as db:
         core = core_of(db)
         with pytest.raises(viperdbm.error):
-            core.set_reclaim_policy(4095, 8 << 20, 2, 3, 1, 2)  # not a power of two
+            core.set_reclaim_policy(4095, 8 << 20, 2, 3, 1, 2, 1)  # not a power of two
         with pytest.raises(viperdbm.error):
-            core.set_reclaim_policy(4096, 8 << 20, 3, 2, 1, 2)  # more than all of it
+            core.set_reclaim_policy(4096, 8 << 20, 3, 2, 1, 2, 1)  # more than all of it
 
 
 def test_each_message_of_the_write_path_is_written_once() -> None:

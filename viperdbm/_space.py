@@ -52,6 +52,10 @@ class ReclaimPolicy:
     #: a block is compacted only when at least this fraction of it is dead (copying it
     #: would cost more than it frees); on a full disk this is the only condition
     block_dead: tuple[int, int] = (1, 2)
+    #: deletes kept in blocks from which, once they outnumber the live records, the oldest
+    #: block is compacted first (native/compaction.c says why: a delete stays while any
+    #: older block does); fewer are not worth a pass over the store
+    min_tombstones: int = 65536
     #: blocks compacted at most per call of Space.reclaim, so that no single write waits long
     victims_per_call: int = 2
     #: bytes of dead blocks that may wait for the next sync() before freeing forces one (on
@@ -60,7 +64,9 @@ class ReclaimPolicy:
 
     def hand_to(self, core: _native.Core) -> None:
         """Give the core the thresholds it checks (a writable store, at open)."""
-        core.set_reclaim_policy(self.check_every, self.min_dead, *self.store_dead, *self.block_dead)
+        core.set_reclaim_policy(
+            self.check_every, self.min_dead, *self.store_dead, *self.block_dead, self.min_tombstones
+        )
 
 
 #: the reclamation policy of every writable store

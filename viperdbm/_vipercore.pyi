@@ -102,6 +102,7 @@ class Core:
         store_dead_den: int,
         block_dead_num: int,
         block_dead_den: int,
+        min_tombstones: int,
         /,
     ) -> None: ...
     def set_io_error(self, errno: int, /) -> None: ...
