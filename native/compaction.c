@@ -7,7 +7,7 @@
  * space and its minimum; -1 otherwise (and without a policy). The numbers and their reasons
  * are in viperdbm/_space.py (RECLAIM), handed over by set_reclaim_policy(). */
 Py_ssize_t compaction_victim(Core *c, int urgent) {
-    uint64_t dead = 0, total = 0, best_dead = 0, live = 0, tombs = 0, oldest_seq = UINT64_MAX;
+    uint64_t dead = 0, total = 0, best_dead = 0, live = 0, tombs = 0, oldest_seq = UINT64_MAX, min_seq = UINT64_MAX;
     Py_ssize_t best = -1, oldest = -1;
     if (!c->auto_compact) return -1;
     for (size_t i = 0; i < c->nblocks; i++) {
@@ -16,6 +16,10 @@ Py_ssize_t compaction_victim(Core *c, int urgent) {
         dead += b->dead_bytes;
         live += b->live;
         tombs += b->tombstones;
+        /* (an empty block waiting for a sync to be freed, or one held for readers, goes
+         * away by itself) */
+        if (b->seq_min && (b->live || b->tombstones) && !b->retired && !b->old && b->seq_min < min_seq)
+            min_seq = b->seq_min;
         if ((Py_ssize_t)i == c->active || b->type != VD_TYPE_STANDARD_BLOCK || b->old || b->retired) continue;
         if (!b->live && !b->tombstones) continue; /* already empty: waiting to be freed */
         if (b->seq_min && b->seq_min < oldest_seq) {
@@ -34,8 +38,11 @@ Py_ssize_t compaction_victim(Core *c, int urgent) {
      * ever made, and compacting them over and over slowed writes tenfold at 5.5M deletes
      * over 1M records. Rewriting the oldest block lets the deletes older than what is left
      * go at their block's next compaction; a pass over the store per as many deletes as
-     * there are live records. */
-    if (!urgent && tombs > live && tombs >= c->compact_min_tombs && oldest >= 0) return oldest;
+     * there are live records. Only while the oldest block that holds anything is one
+     * compaction can rewrite (an older jumbo block would hold the deletes anyway: rewriting
+     * the others again and again would free nothing). */
+    if (!urgent && tombs > live && tombs >= c->compact_min_tombs && oldest >= 0 && oldest_seq == min_seq)
+        return oldest;
     /* urgent (a full disk): any block dead enough is worth copying out, whatever the total */
     if (!urgent && (dead < c->compact_min_dead || dead * c->store_dead_den < total * c->store_dead_num)) return -1;
     return best;

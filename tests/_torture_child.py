@@ -15,8 +15,9 @@ Report lines (stdout, one ``write`` each, flushed):
   ``P`` line before the ``A`` when the engine's block counters disagree with its index);
 * ``DONE`` after the stream and ``close()``.
 
-Usage: ``_torture_child.py PATH SEED LENGTH [MODE]``; MODE ``mixed`` (default) or ``grow``
-(only puts of about 1 MiB to new keys: the pool must grow).
+Usage: ``_torture_child.py PATH SEED LENGTH [MODE]``; MODE ``mixed`` (default), ``grow``
+(only puts of about 1 MiB to new keys: the pool must grow) or ``churn`` (keys that come and
+go beside a base that stays, under a reclamation policy that rewrites old blocks for them).
 """
 
 from __future__ import annotations
@@ -91,6 +92,8 @@ def operation(seed: int, index: int, mode: str = "mixed") -> Op:
     rng = random.Random(f"op/{seed}/{mode}/{index}")
     if mode == "grow":
         return Op(index, "put", grow_key(seed, index), rng.randint(900_000, 1_100_000))
+    if mode == "churn":
+        return _churn(rng, index)
     burst = random.Random(f"phase/{seed}/{index // 32}").random() < 0.2
     if burst:  # many ~1 MiB values: new 4 MiB blocks, jumbo blocks, pool growth
         key = rng.choice(BIG_KEYS)
@@ -117,6 +120,34 @@ def operation(seed: int, index: int, mode: str = "mixed") -> Op:
     if r < 0.985:
         return Op(index, "reorganize")
     return Op(index, "get", rng.choice(NEVER_WRITTEN))
+
+
+#: churn mode: the first keys are a base written once per stream, the others come and go
+CHURN_BASE = SMALL_KEYS[:60]
+CHURN_KEYS = SMALL_KEYS[60:]
+
+
+def _churn(rng: random.Random, index: int) -> Op:
+    """Keys that come and go beside a base that stays: deletes pile up until compaction
+    rewrites the oldest blocks (a policy the child sets low, see CHURN_MIN_TOMBSTONES)."""
+    if index < len(CHURN_BASE):
+        return Op(index, "put", CHURN_BASE[index], rng.randint(20_000, 40_000))
+    r = rng.random()
+    if r < 0.45:
+        return Op(index, "put", rng.choice(CHURN_KEYS), rng.randint(20_000, 40_000))
+    if r < 0.9:
+        return Op(index, "delete", rng.choice(CHURN_KEYS))
+    if r < 0.95:
+        return Op(index, "sync")
+    if r < 0.97:
+        return Op(index, "reopen")
+    return Op(index, "get", rng.choice(CHURN_BASE))
+
+
+#: churn mode's reclamation: a check every 64 writes and the oldest block rewritten from 16
+#: deletes on, so that a short stream compacts for deletes many times
+CHURN_CHECK_EVERY = 64
+CHURN_MIN_TOMBSTONES = 16
 
 
 # --------------------------------------------------------------------------- the child
@@ -157,6 +188,14 @@ def _audit(db: Any) -> list[str]:
 def main(path: str, seed: int, length: int, mode: str) -> None:
     import viperdbm
 
+    if mode == "churn":
+        import dataclasses
+
+        from viperdbm import _space
+
+        _space.RECLAIM = dataclasses.replace(
+            _space.RECLAIM, check_every=CHURN_CHECK_EVERY, min_tombstones=CHURN_MIN_TOMBSTONES
+        )
     _out("IMPORTED")
     db = viperdbm.open(path, "c")
     _out("OPENED")

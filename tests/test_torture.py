@@ -67,6 +67,7 @@ import viperdbm
 CI_ROUNDS = 12
 CI_GROWTH_ROUNDS = 6
 CI_READER_ROUNDS = 4
+CI_CHURN_ROUNDS = 6
 READER_PAUSE = 0.05  # seconds between two reads of the attached reader while the writer runs
 GROW_ROUNDS_PER_STORE = 8
 STREAM_LENGTH = 400
@@ -597,6 +598,14 @@ def test_sigkill_torture_with_a_reader_attached(fs_store: tuple[str, Path]) -> N
         f"the reader checked the store {torture.reader.checks} times, {torture.stats.rounds} kills"
     )
     assert torture.reader.checks >= torture.stats.rounds // 2, "the reader checked too little"
+
+
+def test_sigkill_torture_while_deletes_pile_up(fs_store: tuple[str, Path]) -> None:
+    """Keys that come and go beside a base that stays, with a policy that compacts the
+    oldest block for their deletes every few writes: random kills lose nothing acknowledged
+    and bring back no deleted key."""
+    fs, store = fs_store
+    run_torture(Torture(store, fs, base_seed() + 2, mode="churn"), rounds(CI_CHURN_ROUNDS))
 
 
 def test_sigkill_while_the_pool_grows(fs_store: tuple[str, Path]) -> None:

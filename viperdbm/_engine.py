@@ -33,7 +33,7 @@ import weakref
 from dataclasses import dataclass
 
 from . import _layout as layout
-from . import _native
+from . import _native, _space
 from . import _opening as opening
 from . import _readers as readers
 from . import _recovery as recovery
@@ -54,7 +54,7 @@ from ._errors import (
 )
 from ._pmemobj import Pool
 from ._signals import Deferred
-from ._space import RECLAIM, HeldBlocks, Space, tune_growth
+from ._space import HeldBlocks, Space, tune_growth
 
 log = logging.getLogger("viperdbm")
 
@@ -248,7 +248,7 @@ class Engine:
             if self.options.writable:
                 tune_growth(pool)
                 core = self.require_core()
-                RECLAIM.hand_to(core)
+                _space.RECLAIM.hand_to(core)  # (read at each open: a test may set its own)
                 self._space = Space(
                     pool,
                     core,
