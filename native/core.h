@@ -96,6 +96,7 @@ typedef enum {
     ERR_NO_PARTS,        /* CorruptedError */
     ERR_PEEK_OUTSIDE,    /* CorruptedError */
     ERR_TOO_LARGE,       /* ValueError: the caller's key or value is over the limit */
+    ERR_INDEX_HELD,      /* viperdbm.error: a write needs the index to grow during keys()/items() */
 } ErrKind;
 
 /* Raise the exception of kind, its message formatted (PyUnicode_FromFormat) with the
@@ -297,6 +298,7 @@ typedef struct {
     uint64_t seen_commit, seen_gen; /* a reader: the commit and table generation it caught up to */
     uint64_t applied_seq;    /* a reader: every record up to this one is applied or superseded */
     int snapshot_depth;      /* a reader inside Database.snapshot(): no catch-up */
+    int listing;             /* a list is being made from the index: it must not grow (index_hold) */
     ReaderBlock *rblocks;    /* a reader: the blocks it has read, sorted by off */
     size_t nrblocks, rblocks_cap;
     PyObject *remap;         /* a reader: remap(needed_bytes) maps more of the pool (Python) */
@@ -436,6 +438,19 @@ static inline int reader_sync(Core *c) {
     const VdReadersHeader *h = (const VdReadersHeader *)c->shared;
     if (__atomic_load_n(&h->commit, __ATOMIC_ACQUIRE) == c->seen_commit) return 0;
     return reader_catch_up(c);
+}
+/* The index must not move while a list is made from it: an allocation there may run
+ * Python code (a collection's finalizers), and that code or another thread (the idle
+ * catch-up, the user's) may then use the store. Held, a reader does not catch up (until
+ * its next operation) and the index does not grow (a write that needs it to fails). */
+static inline void index_hold(Core *c, int on) {
+    if (on) {
+        c->snapshot_depth++;
+        c->listing++;
+    } else {
+        if (c->snapshot_depth > 0) c->snapshot_depth--;
+        if (c->listing > 0) c->listing--;
+    }
 }
 void shared_add(Core *c, Block *b);
 void shared_publish_end(Core *c, const Block *b);

@@ -280,13 +280,23 @@ static PyObject *key_of_slot(Core *c, uint64_t s) {
     return PyBytes_FromStringAndSize((const char *)k, (Py_ssize_t)r.klen);
 }
 
+static PyObject *keys_list(Core *c);
+
 PyObject *Core_keys(Core *c, PyObject *unused) {
     (void)unused;
     if (core_check_open(c) < 0 || reader_sync(c) < 0) return NULL;
-    PyObject *list = PyList_New((Py_ssize_t)c->count);
+    index_hold(c, 1);
+    PyObject *list = keys_list(c);
+    index_hold(c, 0);
+    return list;
+}
+
+static PyObject *keys_list(Core *c) {
+    Py_ssize_t size = (Py_ssize_t)c->count; /* (a finalizer may write while the list is made) */
+    PyObject *list = PyList_New(size);
     if (!list) return NULL;
     Py_ssize_t n = 0;
-    for (uint64_t i = 0; i < c->cap && n < (Py_ssize_t)c->count; i++) {
+    for (uint64_t i = 0; i < c->cap && n < size; i++) {
         if (!c->slots[i]) continue;
         PyObject *k = key_of_slot(c, c->slots[i]);
         if (!k) {
@@ -295,6 +305,7 @@ PyObject *Core_keys(Core *c, PyObject *unused) {
         }
         PyList_SET_ITEM(list, n++, k);
     }
+    if (n < size) Py_SET_SIZE(list, n); /* deleted meanwhile (the slots past n are NULL) */
     return list;
 }
 

@@ -82,7 +82,7 @@ int index_presize(Core *c, uint64_t expected) {
 
 /* make room for one more entry before anything is written */
 int index_reserve(Core *c) {
-    if ((c->count + 1) * 4 > c->cap * 3) return index_resize(c, c->cap * 2);
+    if ((c->count + 1) * 4 > c->cap * 3) return c->listing ? core_error(ERR_INDEX_HELD) : index_resize(c, c->cap * 2);
     return 0;
 }
 

@@ -240,13 +240,23 @@ static PyObject *MapBase_get_many(MapBase *m, PyObject *const *args, Py_ssize_t 
 }
 
 /* _items() / _values(): snapshots in one call, for items() and values() */
+static PyObject *snapshot_list(Core *c, int what);
+
 static PyObject *map_snapshot(MapBase *m, int what) {
     Core *c = map_core(m);
     if (!c || core_check_open(c) < 0 || reader_sync(c) < 0) return NULL;
-    PyObject *list = PyList_New((Py_ssize_t)c->count);
+    index_hold(c, 1);
+    PyObject *list = snapshot_list(c, what);
+    index_hold(c, 0);
+    return list;
+}
+
+static PyObject *snapshot_list(Core *c, int what) {
+    Py_ssize_t size = (Py_ssize_t)c->count; /* (a finalizer may write while the list is made) */
+    PyObject *list = PyList_New(size);
     if (!list) return NULL;
     Py_ssize_t n = 0;
-    for (uint64_t i = 0; i < c->cap && n < (Py_ssize_t)c->count; i++) {
+    for (uint64_t i = 0; i < c->cap && n < size; i++) {
         if (!c->slots[i]) continue;
         Rec r;
         const uint8_t *k = rec_key(c, slot_off(c->slots[i]), &r);
@@ -269,6 +279,7 @@ static PyObject *map_snapshot(MapBase *m, int what) {
         }
         PyList_SET_ITEM(list, n++, item);
     }
+    if (n < size) Py_SET_SIZE(list, n); /* deleted meanwhile (the slots past n are NULL) */
     return list;
 }
 

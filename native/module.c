@@ -51,6 +51,9 @@ static const struct {
     [ERR_NO_PARTS] = {CLS_CORRUPTED, "the store has no part files to map"},
     [ERR_PEEK_OUTSIDE] = {CLS_CORRUPTED, "offset outside the pool"},
     [ERR_TOO_LARGE] = {CLS_VALUE, "key or value too large for viperdbm (limit 4 GiB)"},
+    [ERR_INDEX_HELD] = {CLS_STORE,
+                        "the store cannot take this write while keys() or items() of it is being "
+                        "listed (from a finalizer or another thread): write it again afterwards"},
 };
 
 static PyObject *error_class(ErrKind kind) {

@@ -448,6 +448,42 @@ class TestGrowth:
             subprocess.run(["rm", "-rf", str(path)], check=False)
 
 
+_WRITE_INSIDE_ITEMS = r"""
+import gc, sys, viperdbm
+db = viperdbm.open(sys.argv[1], "c")
+for i in range(1000):
+    db[b"base%04d" % i] = b"v" * 50
+refused, written = [], []
+
+class Finalizer:
+    def __init__(self):
+        self.me = self  # a cycle: only a collection frees it
+    def __del__(self):
+        try:
+            for i in range(100_000):  # enough for the index to need to grow
+                db[b"more%06d" % i] = b"w" * 20
+                written.append(i)
+        except viperdbm.error as exc:
+            refused.append(str(exc))
+
+make_items = db._items_list  # what iterating items() calls: nothing allocated before it
+for _ in range(50):
+    Finalizer()
+gc.set_threshold(1)
+items = make_items()
+gc.set_threshold(700)
+gc.collect()
+assert refused and "write it again afterwards" in refused[0], refused[:1]
+assert len({k for k, _ in items}) == len(items) >= 1000
+assert all(v == b"v" * 50 for k, v in items if k.startswith(b"base"))
+for i in range(100_000):  # afterwards the same writes go through
+    db[b"more%06d" % i] = b"w" * 20
+assert len(db) == 101_000 and db[b"base0999"] == b"v" * 50
+db.close()
+print("ok", len(items), len(written))
+"""
+
+
 class TestConcurrency:
     def test_threads_write_and_read_one_store(self, store_path: Path) -> None:
         errors: list[BaseException] = []
@@ -483,6 +519,25 @@ class TestConcurrency:
                 for i in range(3000):
                     expected = None if i % 7 == 0 else b"%d" % i * 20
                     assert db.get(b"t%d-%d" % (t, i)) == expected
+
+    def test_a_write_from_a_finalizer_during_items_is_refused_not_a_crash(
+        self, store_path: Path
+    ) -> None:
+        # items() makes tuples, which may start a collection whose finalizers run Python
+        # code; one that writes to the store (as another thread could meanwhile) must not
+        # move the index the list is made from (it did: a segfault)
+        result = subprocess.run(
+            [sys.executable, "-c", _WRITE_INSIDE_ITEMS, str(store_path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0 and result.stdout.startswith("ok"), (
+            result.returncode,
+            result.stdout,
+            result.stderr[-3000:],
+        )
 
     def test_a_forked_child_cannot_use_the_parents_store(self, store_path: Path) -> None:
         db = viperdbm.open(store_path, "c")

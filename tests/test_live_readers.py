@@ -935,6 +935,64 @@ def test_an_idle_reader_lets_go_of_freed_space(empty_store: Path) -> None:
         assert reader.length() == 40  # and it still reads the writer's latest state
 
 
+_CATCH_UP_INSIDE_ITEMS = r"""
+import gc, sys, viperdbm
+path = sys.argv[1]
+writer = viperdbm.open(path, "w")
+reader = viperdbm.open(path, "r")
+for i in range(1000):
+    writer[b"base%04d" % i] = b"v" * 50
+assert len(reader) == 1000
+calls = []
+
+class Finalizer:
+    # A user's finalizer that writes and reads the store: the reader catches up in it,
+    # in the middle of items(), whose tuples may start a collection.
+    def __init__(self):
+        self.me = self  # a cycle: only a collection frees it
+    def __del__(self):
+        if not calls:
+            for i in range(100_000):  # enough for the reader's index to grow
+                writer[b"more%06d" % i] = b"w" * 20
+        calls.append(reader.get(b"more000000"))
+
+make_items = reader._items_list  # what iterating items() calls: nothing allocated before it
+for _ in range(50):
+    Finalizer()
+gc.set_threshold(1)
+items = make_items()
+gc.set_threshold(700)
+gc.collect()
+assert calls, "no finalizer ran"
+assert all(v == b"v" * 50 for k, v in items if k.startswith(b"base")), "a torn item"
+assert len({k for k, _ in items}) == len(items), "a key twice"
+assert len(items) in (1000, 101000), len(items)
+assert len(reader) == 101000 and reader[b"more099999"] == b"w" * 20
+print("ok", len(items), len(calls))
+"""
+
+
+def test_a_reader_caught_up_from_a_finalizer_inside_items_stays_whole(
+    empty_store: Path,
+) -> None:
+    """items() makes tuples, which may start a collection whose finalizers run Python code:
+    a finalizer (or, meanwhile, another thread: the idle catch-up) that makes the reader
+    catch up must not change the index the list is made from."""
+    result = subprocess.run(
+        [sys.executable, "-c", _CATCH_UP_INSIDE_ITEMS, str(empty_store)],
+        capture_output=True,
+        text=True,
+        timeout=WATCHDOG,
+        env=child_env(),
+        check=False,
+    )
+    assert result.returncode == 0 and result.stdout.startswith("ok"), (
+        result.returncode,
+        result.stdout,
+        result.stderr[-3000:],
+    )
+
+
 def test_readers_are_counted_and_a_closed_reader_lets_go(empty_store: Path) -> None:
     with viperdbm.open(empty_store, "w") as db:
         db[b"k"] = b"v"
