@@ -106,6 +106,25 @@ def child_env() -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- another user
+def run_script_ok(code: str, *args: str, timeout: float = 120) -> str:
+    """Run ``python -c code args`` in a child process (a crash there is a return code, not
+    the end of the suite); it must exit 0 and print a line starting with "ok"."""
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=child_env(),
+        check=False,
+    )
+    assert result.returncode == 0 and result.stdout.startswith("ok"), (
+        result.returncode,
+        result.stdout,
+        result.stderr[-3000:],
+    )
+    return result.stdout
+
+
 def as_nobody(purpose: str) -> list[str]:
     """The command prefix that runs a program as the user nobody (no groups); the test is
     skipped, saying it needed that to ``purpose``, unless it runs as root with setpriv."""

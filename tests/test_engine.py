@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from _vdbtools import run_script_ok
 
 import viperdbm
 from viperdbm import _layout as layout
@@ -526,18 +527,7 @@ class TestConcurrency:
         # items() makes tuples, which may start a collection whose finalizers run Python
         # code; one that writes to the store (as another thread could meanwhile) must not
         # move the index the list is made from (it did: a segfault)
-        result = subprocess.run(
-            [sys.executable, "-c", _WRITE_INSIDE_ITEMS, str(store_path)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert result.returncode == 0 and result.stdout.startswith("ok"), (
-            result.returncode,
-            result.stdout,
-            result.stderr[-3000:],
-        )
+        run_script_ok(_WRITE_INSIDE_ITEMS, str(store_path))
 
     def test_a_forked_child_cannot_use_the_parents_store(self, store_path: Path) -> None:
         db = viperdbm.open(store_path, "c")

@@ -53,7 +53,7 @@ from _live_child import (
     make_value,
     observation_line,
 )
-from _vdbtools import HERE, child_env, env_seed
+from _vdbtools import HERE, child_env, env_seed, run_script_ok
 from test_cli import run as run_cli
 
 import viperdbm
@@ -978,19 +978,7 @@ def test_a_reader_caught_up_from_a_finalizer_inside_items_stays_whole(
     """items() makes tuples, which may start a collection whose finalizers run Python code:
     a finalizer (or, meanwhile, another thread: the idle catch-up) that makes the reader
     catch up must not change the index the list is made from."""
-    result = subprocess.run(
-        [sys.executable, "-c", _CATCH_UP_INSIDE_ITEMS, str(empty_store)],
-        capture_output=True,
-        text=True,
-        timeout=WATCHDOG,
-        env=child_env(),
-        check=False,
-    )
-    assert result.returncode == 0 and result.stdout.startswith("ok"), (
-        result.returncode,
-        result.stdout,
-        result.stderr[-3000:],
-    )
+    run_script_ok(_CATCH_UP_INSIDE_ITEMS, str(empty_store), timeout=WATCHDOG)
 
 
 def test_readers_are_counted_and_a_closed_reader_lets_go(empty_store: Path) -> None:
