@@ -246,8 +246,8 @@ class Worker:
 
     def do_reorganize(self) -> Reply:
         """Untimed, between phases: every delete of the phases before leaves a tombstone,
-        and millions of them slow the writer down for a reason of its own (see the notes
-        in benchmarks/README.md), which no phase here means to measure."""
+        and the compaction that drops them costs the writer for a reason of its own (see
+        benchmarks/README.md), which no phase here means to measure."""
         self.db.reorganize()
         return {}
 

@@ -106,6 +106,22 @@ def child_env() -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- another user
+def list_items_while_collecting(handle: str) -> str:
+    """Script lines: ``items`` made by ``handle``'s native items list while collections run
+    at every allocation, freeing the ``Finalizer`` cycles the script made before (its
+    finalizers then run Python code in the middle of the list)."""
+    return (
+        # what iterating items() calls, taken first: nothing is allocated before the list
+        f"make_items = {handle}._items_list\n"
+        "for _ in range(50):\n"
+        "    Finalizer()\n"
+        "gc.set_threshold(1)\n"
+        "items = make_items()\n"
+        "gc.set_threshold(700)\n"
+        "gc.collect()\n"
+    )
+
+
 def run_script_ok(code: str, *args: str, timeout: float = 120) -> str:
     """Run ``python -c code args`` in a child process (a crash there is a return code, not
     the end of the suite); it must exit 0 and print a line starting with "ok"."""

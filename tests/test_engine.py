@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from _vdbtools import run_script_ok
+from _vdbtools import list_items_while_collecting, run_script_ok
 
 import viperdbm
 from viperdbm import _layout as layout
@@ -449,7 +449,8 @@ class TestGrowth:
             subprocess.run(["rm", "-rf", str(path)], check=False)
 
 
-_WRITE_INSIDE_ITEMS = r"""
+_WRITE_INSIDE_ITEMS = (
+    r"""
 import gc, sys, viperdbm
 db = viperdbm.open(sys.argv[1], "c")
 for i in range(1000):
@@ -466,14 +467,9 @@ class Finalizer:
                 written.append(i)
         except viperdbm.error as exc:
             refused.append(str(exc))
-
-make_items = db._items_list  # what iterating items() calls: nothing allocated before it
-for _ in range(50):
-    Finalizer()
-gc.set_threshold(1)
-items = make_items()
-gc.set_threshold(700)
-gc.collect()
+"""
+    + list_items_while_collecting("db")
+    + r"""
 assert refused and "write it again afterwards" in refused[0], refused[:1]
 assert len({k for k, _ in items}) == len(items) >= 1000
 assert all(v == b"v" * 50 for k, v in items if k.startswith(b"base"))
@@ -483,6 +479,7 @@ assert len(db) == 101_000 and db[b"base0999"] == b"v" * 50
 db.close()
 print("ok", len(items), len(written))
 """
+)
 
 
 class TestConcurrency:

@@ -53,7 +53,7 @@ from _live_child import (
     make_value,
     observation_line,
 )
-from _vdbtools import HERE, child_env, env_seed, run_script_ok
+from _vdbtools import HERE, child_env, env_seed, list_items_while_collecting, run_script_ok
 from test_cli import run as run_cli
 
 import viperdbm
@@ -935,7 +935,8 @@ def test_an_idle_reader_lets_go_of_freed_space(empty_store: Path) -> None:
         assert reader.length() == 40  # and it still reads the writer's latest state
 
 
-_CATCH_UP_INSIDE_ITEMS = r"""
+_CATCH_UP_INSIDE_ITEMS = (
+    r"""
 import gc, sys, viperdbm
 path = sys.argv[1]
 writer = viperdbm.open(path, "w")
@@ -955,14 +956,9 @@ class Finalizer:
             for i in range(100_000):  # enough for the reader's index to grow
                 writer[b"more%06d" % i] = b"w" * 20
         calls.append(reader.get(b"more000000"))
-
-make_items = reader._items_list  # what iterating items() calls: nothing allocated before it
-for _ in range(50):
-    Finalizer()
-gc.set_threshold(1)
-items = make_items()
-gc.set_threshold(700)
-gc.collect()
+"""
+    + list_items_while_collecting("reader")
+    + r"""
 assert calls, "no finalizer ran"
 assert all(v == b"v" * 50 for k, v in items if k.startswith(b"base")), "a torn item"
 assert len({k for k, _ in items}) == len(items), "a key twice"
@@ -970,6 +966,7 @@ assert len(items) in (1000, 101000), len(items)
 assert len(reader) == 101000 and reader[b"more099999"] == b"w" * 20
 print("ok", len(items), len(calls))
 """
+)
 
 
 def test_a_reader_caught_up_from_a_finalizer_inside_items_stays_whole(

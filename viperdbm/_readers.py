@@ -14,6 +14,7 @@ Where the blocks are, and how far each block's log is written, comes from one of
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -21,7 +22,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from . import _layout as layout
@@ -201,23 +202,29 @@ class PoolMapping:
             )
         return taken
 
+    @contextlib.contextmanager
+    def _reading_parts(self) -> Iterator[None]:
+        """An OSError of listing or mapping the parts, in the user's terms."""
+        try:
+            yield
+        except CorruptedError:
+            raise
+        except OSError as exc:
+            raise storedir.os_error("cannot read the store's parts", exc, self.path) from exc
+
     def _map_all(self, needed: int) -> tuple[int, int, int]:
         """(base, length, reserved) of a new mapping of at least ``needed`` bytes."""
-        try:
+        with self._reading_parts():
             taken = self._parts(needed)
             total = sum(size for _, size in taken)
             reserve = max(2 * total, total + RESERVE_AHEAD)
             base, length = _native.core.map_parts(taken, reserve)
             return base, length, reserve
-        except OSError as exc:
-            if isinstance(exc, CorruptedError):
-                raise
-            raise storedir.os_error("cannot read the store's parts", exc, self.path) from exc
 
     def _map_more(self, needed: int) -> int | None:
         """Map the parts after those mapped already, in the reserved space; their new
         length, or None if they do not fit there."""
-        try:
+        with self._reading_parts():
             mapped, new = 0, []
             for part in self._parts(needed):
                 if mapped < self.length:
@@ -227,10 +234,6 @@ class PoolMapping:
             if mapped != self.length or self.length + sum(s for _, s in new) > self.reserved:
                 return None
             return _native.core.map_parts_at(self.base, self.length, self.reserved, new)
-        except OSError as exc:
-            if isinstance(exc, CorruptedError):
-                raise
-            raise storedir.os_error("cannot read the store's parts", exc, self.path) from exc
 
     def grow(self, core: _native.Core, needed: int) -> None:
         """Map at least ``needed`` bytes and hand them to ``core`` (it calls this itself
