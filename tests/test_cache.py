@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import pickle
+import random
 import subprocess
 import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from _vdbtools import child_env, env_seed, run_script_ok
 
 import viperdbm
-from viperdbm.cache import Cache, encode_key, memoize
+from viperdbm.cache import (
+    CULL_PER_WRITE,
+    ENTRY_HEADER_SIZE,
+    ENTRY_TAG,
+    Cache,
+    CacheStats,
+    encode_key,
+    memoize,
+)
 
 
 def test_cache_round_trips_objects_and_persists(tmp_path: Path) -> None:
@@ -32,9 +45,24 @@ def test_cache_round_trips_objects_and_persists(tmp_path: Path) -> None:
             cache["missing"]
         with pytest.raises(viperdbm.ReadonlyError):
             cache["x"] = 1
-    # the values are plain pickles in an ordinary store
+    # the values are entries in an ordinary store: a header, then the pickle
     with viperdbm.open(path) as db:
-        assert pickle.loads(db[b"obj"]) == value
+        raw = db[b"obj"]
+        assert raw[0] == ENTRY_TAG and pickle.loads(raw[ENTRY_HEADER_SIZE:]) == value
+
+
+def test_plain_pickles_stored_before_expiry_existed_still_read(tmp_path: Path) -> None:
+    # viperdbm 0.1's Cache stored bare pickles: they read as items that never expire
+    path = tmp_path / "old.vdb"
+    with viperdbm.open(path, "c") as db:
+        for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+            db[b"p%d" % protocol] = pickle.dumps({"protocol": protocol}, protocol)
+    with Cache(path, expire=10, size_limit=10_000) as cache:
+        for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+            key = b"p%d" % protocol
+            assert cache[key] == {"protocol": protocol}
+            assert cache.expire_time(key) is None
+        assert cache.volume() == sum(len(k) + len(v) for k, v in cache.db.items())
 
 
 def test_delete_and_mutation_needs_a_store_again(tmp_path: Path) -> None:
@@ -55,7 +83,7 @@ def test_delete_and_mutation_needs_a_store_again(tmp_path: Path) -> None:
 def test_protocol_is_used(tmp_path: Path) -> None:
     with Cache(tmp_path / "c.vdb", protocol=2) as cache:
         cache["x"] = [1]
-        assert cache.db[b"x"][:2] == b"\x80\x02"
+        assert cache.db[b"x"][ENTRY_HEADER_SIZE:][:2] == b"\x80\x02"
 
 
 def test_encode_key_is_canonical_and_injective() -> None:
@@ -169,3 +197,297 @@ def test_the_trust_boundary_is_stated() -> None:
         assert doc is not None and "unpickling runs code" in " ".join(doc.lower().split())
     text = (Path(__file__).parent.parent / "docs" / "cache.md").read_text(encoding="utf-8")
     assert "unpickling runs code" in " ".join(text.lower().split())
+
+
+# ---------------------------------------------------------------------------- expiry
+class Clock:
+    """``time.time`` under the test's control (the cache reads the wall clock)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+        monkeypatch.setattr(time, "time", lambda: self.now)
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_items_expire_for_every_reader_and_across_reopen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock(monkeypatch)
+    path = tmp_path / "e.vdb"
+    with Cache(path, expire=60) as cache:
+        cache["default"] = "a"
+        assert cache.set("short", "b", expire=10)
+        assert cache.set("forever", "c", expire=None)
+        assert not cache.set("gone", "d", expire=0) and b"gone" not in cache
+        assert cache.expire_time("short") == clock.now + 10
+        assert cache.expire_time("forever") is None
+        clock.advance(10)
+        assert b"short" not in cache and cache.get("short", "miss") == "miss"
+        assert cache["default"] == "a"
+    clock.advance(40)  # 50 s in: 'default' has 10 s left, after a reopen as before
+    with Cache(path) as cache:
+        assert cache["default"] == "a" and cache["forever"] == "c"
+        clock.advance(10)
+        with pytest.raises(KeyError):
+            cache["default"]
+        assert cache["forever"] == "c"
+        # the reads found them expired, and the writer removed them
+        assert sorted(cache) == [b"forever"]
+
+
+def test_a_reader_beside_the_writer_misses_what_expired(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock(monkeypatch)
+    path = tmp_path / "e.vdb"
+    with Cache(path) as writer:
+        writer.set("k", "v", expire=5)
+        reader = Cache(path, "r")
+        try:
+            assert reader["k"] == "v"
+            clock.advance(5)
+            assert reader.get("k") is None and b"k" not in reader
+            assert writer.get("k") is None
+            with pytest.raises(viperdbm.ReadonlyError, match="read-only"):
+                reader.expire()
+        finally:
+            reader.close()
+    # another process, 10 s in: the expiry time is in the store (the written item was
+    # stored at 5 s, to expire at 6 s)
+    with Cache(path, "w") as cache:
+        cache.set("k", "v", expire=3600)
+        cache.set("old", "v", expire=1)
+    out = run_script_ok(
+        "import sys, time\n"
+        "from viperdbm.cache import Cache\n"
+        "with Cache(sys.argv[1], 'r') as c:\n"
+        "    time.time = lambda: 1_800_000_000.0 + 10\n"
+        "    print('ok', c.get('k'), c.get('old'))\n",
+        str(path),
+    )
+    assert out.split() == ["ok", "v", "None"]
+
+
+def test_expire_removes_every_expired_item_and_writes_cull_a_few(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock(monkeypatch)
+    with Cache(tmp_path / "e.vdb") as cache:
+        for i in range(100):
+            cache.set(f"k{i}", i, expire=1 + i % 2)  # half expire after 1 s, half after 2 s
+        cache.set("keep", 0, expire=None)
+        cache.set("k0", "stored again", expire=100)  # its old expiry no longer counts
+        clock.advance(1)
+        assert len(cache) == 101
+        cache["w"] = 1  # a write removes a few expired items on its way
+        assert len(cache) == 102 - CULL_PER_WRITE
+        assert cache.expire() == 50 - 1 - CULL_PER_WRITE
+        assert cache.expire() == 0
+        clock.advance(1)
+        assert cache.expire() == 50
+        assert sorted(cache) == [b"k0", b"keep", b"w"]
+
+
+def test_add_touch_and_incr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock(monkeypatch)
+    with Cache(tmp_path / "e.vdb", expire=30) as cache:
+        assert cache.add("a", 1) and not cache.add("a", 2) and cache["a"] == 1
+        assert not cache.touch("missing")
+        cache.set("t", "x", expire=5)
+        clock.advance(4)
+        assert cache.touch("t", expire=10) and cache.expire_time("t") == clock.now + 10
+        clock.advance(9)
+        assert cache["t"] == "x"
+        clock.advance(1)
+        assert not cache.touch("t") and cache.add("t", "new") and cache["t"] == "new"
+        assert cache.incr("n") == 1 and cache.incr("n", 10) == 11
+        assert cache.expire_time("n") == clock.now + 30
+        cache.set("m", 5, expire=3)
+        at = cache.expire_time("m")
+        assert cache.incr("m", -2) == 3 and cache.expire_time("m") == at  # keeps its expiry
+        with pytest.raises(KeyError):
+            cache.incr("absent", default=None)
+        with pytest.raises(ValueError, match="expire"):
+            Cache(tmp_path / "bad.vdb", expire=0)
+        with pytest.raises(TypeError, match="expire"):
+            cache.set("x", 1, expire="soon")  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------- bounds
+def stored_volume(cache: Cache) -> int:
+    """The volume counted from the store itself, not from the cache's ledger."""
+    return sum(len(key) + len(raw) for key, raw in cache.db.items())
+
+
+def test_eviction_keeps_the_bound_under_random_mixed_sizes(tmp_path: Path) -> None:
+    seed = env_seed("VIPERDBM_CACHE_SEED", 1407)
+    rng = random.Random(seed)
+    limit = 200_000
+    path = tmp_path / "b.vdb"
+    stored: list[bytes] = []  # keys in the order they were last stored, but not deleted
+    with Cache(path, size_limit=limit) as cache:
+        for step in range(3000):
+            key = b"k%d" % rng.randrange(400)
+            op = rng.random()
+            if op < 0.8:
+                size = rng.choice((10, 100, 1000, 10_000, 60_000))
+                if key in stored:
+                    stored.remove(key)
+                if cache.set(key, rng.randbytes(size)):
+                    stored.append(key)
+            elif op < 0.9:
+                cache.delete(key)
+                if key in stored:
+                    stored.remove(key)
+            else:
+                cache.get(key)
+            volume = cache.volume()
+            assert volume <= limit, (seed, step)
+            if step % 100 == 0:
+                assert volume == stored_volume(cache), (seed, step)
+                # what is left is what was stored last: the least recently stored went first
+                alive = set(cache)
+                assert set(stored[len(stored) - len(alive) :]) == alive, (seed, step)
+                stored = [k for k in stored if k in alive]
+        assert not cache.set("huge", b"x" * limit) and b"huge" not in cache
+        volume = cache.volume()
+    with Cache(path, size_limit=limit) as cache:
+        assert cache.volume() == volume == stored_volume(cache)
+    with Cache(path, size_limit=limit // 4) as cache:  # a smaller bound evicts at open
+        assert cache.volume() <= limit // 4 and cache.volume() == stored_volume(cache)
+
+
+def test_a_killed_writer_leaves_a_cache_that_reopens_within_its_bound(tmp_path: Path) -> None:
+    path = tmp_path / "k.vdb"
+    limit = 50_000
+    code = (
+        "import sys, itertools\n"
+        "from viperdbm.cache import Cache\n"
+        "with Cache(sys.argv[1], size_limit=int(sys.argv[2]), expire=3600) as c:\n"
+        "    for i in itertools.count():\n"
+        "        c.set(b'k%d' % (i % 500), bytes(i % 3000), expire=1 + i % 7)\n"
+        "        if i == 2000:\n"
+        "            print('ready', flush=True)\n"
+    )
+    for round_ in range(3):
+        child = subprocess.Popen(
+            [sys.executable, "-c", code, str(path), str(limit)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=child_env(),
+        )
+        try:
+            assert child.stdout is not None and child.stdout.readline() == "ready\n"
+            time.sleep(0.05 * round_)
+        finally:
+            child.kill()
+            child.wait()
+        with Cache(path, size_limit=limit) as cache:
+            assert cache.volume() <= limit and cache.volume() == stored_volume(cache)
+            for key in cache:
+                value = cache.get(key)
+                assert value is None or isinstance(value, bytes)
+
+
+# ---------------------------------------------------------------------------- stats
+def test_stats_count_hits_and_misses_and_reset(tmp_path: Path) -> None:
+    with Cache(tmp_path / "s.vdb") as cache:
+        cache["a"] = 1
+        assert cache.get("a") == 1 and cache["a"] == 1
+        assert cache.get("b") is None
+        with pytest.raises(KeyError):
+            cache["b"]
+
+        @memoize(cache)
+        def f(x: int) -> int:
+            return x
+
+        f(1), f(1)
+        assert cache.stats() == CacheStats(hits=3, misses=3)
+        assert cache.stats(reset=True) == (3, 3)
+        assert cache.stats() == (0, 0)
+
+
+# ---------------------------------------------------------------------------- stampedes
+def test_memoize_computes_each_key_once_however_many_threads_ask(tmp_path: Path) -> None:
+    calls: list[int] = []
+    gate = threading.Barrier(8)
+    with Cache(tmp_path / "m.vdb") as cache:
+
+        @memoize(cache)
+        def slow(x: int) -> int:
+            calls.append(x)
+            time.sleep(0.05)
+            return x * x
+
+        def worker() -> list[int]:
+            gate.wait()
+            return [slow(x) for x in range(10)]
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda _: worker(), range(8)))
+        assert results == [[x * x for x in range(10)]] * 8
+        assert sorted(calls) == list(range(10))
+
+
+def test_memoize_waits_per_key_and_shares_an_exception(tmp_path: Path) -> None:
+    started = {1: threading.Event(), 2: threading.Event()}
+    release = threading.Event()
+    with Cache(tmp_path / "m.vdb") as cache:
+
+        @memoize(cache)
+        def f(x: int) -> int:
+            started[x].set()
+            if x == 1:
+                # key 1 waits for key 2 to start: with one global lock this never happens
+                assert started[2].wait(10)
+                assert release.wait(10)
+                raise RuntimeError("boom")
+            return x
+
+        with ThreadPoolExecutor(3) as pool:
+            first = pool.submit(f, 1)
+            assert started[1].wait(10)
+            waiter = pool.submit(f, 1)  # waits for the first call of f(1)
+            assert pool.submit(f, 2).result(10) == 2
+            time.sleep(0.05)
+            release.set()
+            for future in (first, waiter):
+                with pytest.raises(RuntimeError, match="boom"):
+                    future.result(10)
+        assert f.cache_key(1) not in cache
+
+
+def test_memoize_in_a_reader_computes_and_stores_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "m.vdb"
+    calls: list[int] = []
+    with Cache(path) as writer:
+
+        @memoize(writer, prefix="sq:")
+        def square(x: int) -> int:
+            calls.append(x)
+            return x * x
+
+        square(3)
+        with Cache(path, "r") as reader:
+
+            @memoize(reader, prefix="sq:")
+            def square_read(x: int) -> int:
+                calls.append(x)
+                return x * x
+
+            assert square_read(3) == 9 and calls == [3]  # what the writer computed
+            assert square_read(4) == 16 and calls == [3, 4]
+            assert square.cache_key(4) not in writer
+
+
+def test_memoize_recursing_into_the_same_call_does_not_hang(tmp_path: Path) -> None:
+    with Cache(tmp_path / "m.vdb") as cache:
+
+        @memoize(cache)
+        def f(depth: int, once: bool) -> int:
+            return f(depth, False) + 1 if once else depth
+
+        assert f(5, True) == 6

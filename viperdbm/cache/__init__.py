@@ -1,0 +1,802 @@
+"""Object caches over viperdbm: a pickle-backed :class:`Cache` and a :func:`memoize` decorator.
+
+A :class:`Cache` maps keys to picklable objects, with an optional time to live per item
+(``expire``) and an optional bound on its size (``size_limit``), evicting the least
+recently stored items first. :func:`memoize` keeps a function's results in one, computing
+each missing result once however many threads ask for it at the same time.
+``viperdbm.cache.dogpile`` and ``viperdbm.cache.django`` plug a cache into those
+frameworks. The user's guide is ``docs/cache.md``.
+
+**Trust boundary.** Values are stored with :mod:`pickle`, and unpickling runs code chosen
+by whoever wrote the data. Open a cache only if nobody you do not trust can write to its
+directory: a cache file that someone else can write is a way for them to run their code in
+your process. Keys are never pickled (see below), so listing or dumping a cache runs no
+code; reading a value does.
+
+**Keys.** A cache's keys are ``bytes`` or ``str`` (stored as UTF-8), exactly as in the
+store underneath. Keys are not pickled, because equal objects do not always pickle to
+equal bytes (two equal dicts built in different orders, ``1`` and ``1.0`` and ``True``,
+sets), and a key that encodes differently is a silent cache miss. For composite keys use
+:func:`encode_key`, a canonical encoding of ``None``, ``bool``, ``int``, ``float``,
+``str``, ``bytes`` and tuples, lists, dicts, sets and frozensets of them: equal inputs of
+the same types always give the same bytes, different inputs different bytes.
+
+>>> import os, tempfile
+>>> from viperdbm.cache import Cache, encode_key, memoize
+>>> path = os.path.join(tempfile.mkdtemp(), "objects.vdb")
+>>> with Cache(path, expire=3600, size_limit=64 * 2**20) as cache:
+...     cache["config"] = {"retries": 3}                # lives an hour (the default)
+...     cache.set(encode_key(("user", 42)), ["Ada", 1815], expire=None)   # never expires
+...     cache["config"], cache[encode_key(("user", 42))]
+True
+({'retries': 3}, ['Ada', 1815])
+>>> cache = Cache(path)
+>>> @memoize(cache, expire=60)
+... def square(x: int) -> int:
+...     print("computing")
+...     return x * x
+>>> square(12)
+computing
+144
+>>> square(12)
+144
+>>> cache.stats()
+CacheStats(hits=1, misses=1)
+>>> cache.close()
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import heapq
+import itertools
+import math
+import os
+import pickle
+import struct
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator, MutableMapping
+from typing import Any, Final, Generic, NamedTuple, ParamSpec, TypeVar
+
+from .._closing import ClosesOnExit
+from .._dbm import Database
+from .._dbm import open as _open_db
+from .._errors import ReadonlyError
+
+__all__ = [
+    "DEFAULT_EXPIRE",
+    "Cache",
+    "CacheStats",
+    "Memoized",
+    "encode_key",
+    "memoize",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+Key = bytes | str
+
+
+def _encode(obj: object, out: list[bytes]) -> None:
+    # Every item is a one-byte tag, then either a length-prefixed body or items with a
+    # closing tag, so the encoding is injective (no two values share one).
+    if obj is None:
+        out.append(b"N")
+    elif obj is True:
+        out.append(b"T")
+    elif obj is False:
+        out.append(b"F")
+    elif type(obj) is int:
+        out.append(b"i%d;" % obj)
+    elif type(obj) is float:
+        out.append(b"f" + obj.hex().encode() + b";")
+    elif type(obj) is str:
+        raw = obj.encode("utf-8", "surrogatepass")
+        out.append(b"s%d:" % len(raw) + raw)
+    elif type(obj) in (bytes, bytearray, memoryview):
+        raw = bytes(obj)  # type: ignore[call-overload]
+        out.append(b"b%d:" % len(raw) + raw)
+    elif type(obj) is tuple:
+        out.append(b"(")
+        for item in obj:
+            _encode(item, out)
+        out.append(b")")
+    elif type(obj) is list:
+        out.append(b"[")
+        for item in obj:
+            _encode(item, out)
+        out.append(b"]")
+    elif type(obj) is dict:
+        pairs = sorted(encode_key(k) + encode_key(v) for k, v in obj.items())
+        out.append(b"{" + b"".join(b"%d:" % len(p) + p for p in pairs) + b"}")
+    elif type(obj) in (set, frozenset):
+        items = sorted(encode_key(i) for i in obj)  # type: ignore[attr-defined]
+        tag = b"<" if type(obj) is set else b"|"
+        out.append(tag + b"".join(b"%d:" % len(i) + i for i in items) + b">")
+    else:
+        raise TypeError(
+            f"encode_key() cannot encode {type(obj).__name__!r} objects canonically; "
+            "convert them to str, bytes, int, float, bool, None or containers of these"
+        )
+
+
+def encode_key(obj: object) -> bytes:
+    """A canonical ``bytes`` encoding of ``obj``, for use as a cache or store key.
+
+    Supported: ``None``, ``bool``, ``int``, ``float`` (exact, via :meth:`float.hex`),
+    ``str``, ``bytes``, and tuples, lists, dicts, sets and frozensets of these, nested.
+    Types are part of the key (``1``, ``1.0`` and ``True`` are three keys; a tuple is not a
+    list). Dicts and sets are sorted, so their order does not matter. Subclasses of these
+    types, and anything else, raise ``TypeError``: define their key yourself.
+
+    >>> encode_key(("user", 42))
+    b'(s4:useri42;)'
+    >>> encode_key({"b": 1, "a": 2}) == encode_key({"a": 2, "b": 1})
+    True
+    """
+    out: list[bytes] = []
+    _encode(obj, out)
+    return b"".join(out)
+
+
+# ---------------------------------------------------------------------------- the entry
+# How a cache stores one item: the key as given, and as the value a fixed header, then the
+# pickle. This is the only place that defines it (docs/cache.md describes it).
+#
+#   tag        u8       ENTRY_TAG: no pickle starts with this byte (pickle opcodes are
+#                       printable ASCII or >= 0x80), so values stored by viperdbm 0.1's
+#                       Cache, plain pickles, still read: as items that never expire
+#   expire_at  f64 LE   wall-clock second (time.time()) at which it expires; 0.0: never
+#   stored_at  f64 LE   wall-clock second of the store: orders eviction after a reopen
+#   pickle     ...
+ENTRY_TAG: Final = 0x01
+_HEADER: Final = struct.Struct("<Bdd")
+ENTRY_HEADER_SIZE: Final = _HEADER.size
+_EXPIRE_AT: Final = struct.Struct("<d")
+NEVER: Final = 0.0
+_EXPIRED: Final = -1.0  # an expire_at that has passed (before the epoch): never stored
+_NO_QUEUE: Final = -1.0  # an expiry that joins no queue of _Expiries (the heap)
+
+
+def _pack(expire_at: float, stored_at: float, pickled: bytes) -> bytes:
+    return _HEADER.pack(ENTRY_TAG, expire_at, stored_at) + pickled
+
+
+def _expiry_of(raw: bytes) -> float:
+    """When the entry ``raw`` expires (:data:`NEVER` for a plain pickle)."""
+    expire_at: float = _EXPIRE_AT.unpack_from(raw, 1)[0] if raw[0] == ENTRY_TAG else NEVER
+    return expire_at
+
+
+def _header(raw: bytes) -> tuple[float, float, int]:
+    """``(expire_at, stored_at, offset of the pickle)`` of the entry ``raw``."""
+    if raw[0] == ENTRY_TAG:
+        _, expire_at, stored_at = _HEADER.unpack_from(raw)
+        return expire_at, stored_at, ENTRY_HEADER_SIZE
+    return NEVER, 0.0, 0  # a plain pickle: never expires, and is the oldest
+
+
+def _pickled(raw: bytes) -> bytes:
+    return raw[ENTRY_HEADER_SIZE:] if raw[0] == ENTRY_TAG else raw
+
+
+def _count_of(counter: itertools.count[int]) -> int:
+    """How many times ``next()`` was called on ``counter``, without calling it."""
+    return int(repr(counter)[len("count(") : -1])
+
+
+def _is_expired(expire_at: float, now: float) -> bool:
+    return expire_at != NEVER and expire_at <= now
+
+
+class _Default(enum.Enum):
+    EXPIRE = "the cache's default"
+
+
+DEFAULT_EXPIRE: Final = _Default.EXPIRE
+"""``expire=DEFAULT_EXPIRE`` (the default of every method) means the cache's own ``expire``."""
+
+Expire = float | None | _Default
+
+# How many expired items a write removes on its way (as diskcache's cull_limit): enough to
+# keep ahead of items that expire at the rate they are stored, without making one write slow.
+CULL_PER_WRITE: Final = 10
+
+
+class CacheStats(NamedTuple):
+    """Hits and misses of a :class:`Cache` in this process since it opened (or the last reset)."""
+
+    hits: int
+    misses: int
+
+
+def _key_bytes(key: Key) -> bytes:
+    if type(key) is bytes:
+        return key
+    if isinstance(key, str):
+        return key.encode("utf-8")
+    if isinstance(key, bytes | bytearray | memoryview):
+        return bytes(key)
+    raise TypeError(f"cache keys are bytes or str, not {type(key).__name__}")
+
+
+class _Sizes:
+    """The size of every item, in store order (least recently stored first: the eviction
+    order), and their total: what a bounded cache's writer keeps so that a write never
+    scans. Built by one scan at open, kept by every write; a crash loses it, and the next
+    open builds it again."""
+
+    def __init__(self) -> None:
+        self.of: OrderedDict[bytes, int] = OrderedDict()
+        self.volume = 0
+
+    def record(self, key: bytes, size: int) -> None:
+        self.volume += size - self.of.pop(key, 0)
+        self.of[key] = size
+
+    def forget(self, key: bytes) -> None:
+        self.volume -= self.of.pop(key, 0)
+
+    def oldest(self) -> bytes:
+        return next(iter(self.of))
+
+
+# Queues of _Expiries kept per time to live; beyond this many distinct ones, a heap
+_MOST_QUEUES: Final = 16
+
+
+class _Expiries:
+    """The keys of items that expire, in the order they expire, for the writer to remove
+    them a few at a time without a scan.
+
+    Items stored with the same time to live expire in the order they were stored, so each
+    time to live (rounded to the millisecond) has a FIFO queue: O(1) a write, where a heap
+    costs O(log n). Other expiry times (more distinct times to live than ``_MOST_QUEUES``,
+    or an ``incr`` that keeps an item's expiry) go to one heap. An item stored again or
+    deleted leaves its old entry behind: ``expire_of`` tells, and the entries are sifted
+    when they outnumber the items twice.
+    """
+
+    def __init__(self) -> None:
+        self.expire_of: dict[bytes, float] = {}
+        self.queues: dict[float, deque[tuple[float, bytes]]] = {}
+        self.heap: list[tuple[float, bytes]] = []
+        self.queued = 0
+        self.soonest = math.inf  # at most the earliest queued expiry
+
+    def record(self, key: bytes, expire_at: float, ttl: float) -> None:
+        """``key``'s item, stored for ``ttl`` seconds (the queue's name; -1: none), expires
+        at ``expire_at``."""
+        self.expire_of[key] = expire_at
+        queue = self.queues.get(ttl)
+        if queue is None and ttl > 0 and len(self.queues) < _MOST_QUEUES:
+            queue = self.queues[ttl] = deque()
+        if queue is not None and (not queue or queue[-1][0] <= expire_at):
+            queue.append((expire_at, key))
+        else:  # no queue, or out of its order (the clock went back)
+            heapq.heappush(self.heap, (expire_at, key))
+        if expire_at < self.soonest:
+            self.soonest = expire_at
+        self.queued += 1
+        if self.queued > 2 * len(self.expire_of) + 1024:
+            self._sift()
+
+    def forget(self, key: bytes) -> None:
+        self.expire_of.pop(key, None)
+
+    def take_due(self, now: float, most: int) -> list[bytes]:
+        """Up to ``most`` keys whose items expired by ``now``, forgotten here."""
+        due: list[bytes] = []
+        sources: list[deque[tuple[float, bytes]] | list[tuple[float, bytes]]] = [
+            *self.queues.values(),
+            self.heap,
+        ]
+        for source in sources:
+            while source and source[0][0] <= now and len(due) < most:
+                if isinstance(source, deque):
+                    expire_at, key = source.popleft()
+                else:
+                    expire_at, key = heapq.heappop(source)
+                self.queued -= 1
+                if self.expire_of.get(key) == expire_at:
+                    del self.expire_of[key]
+                    due.append(key)
+        self.soonest = min((source[0][0] for source in sources if source), default=math.inf)
+        return due
+
+    def _sift(self) -> None:
+        live = self.expire_of
+        for ttl, queue in self.queues.items():
+            self.queues[ttl] = deque(e for e in queue if live.get(e[1]) == e[0])
+        self.heap = [e for e in self.heap if live.get(e[1]) == e[0]]
+        heapq.heapify(self.heap)
+        self.queued = sum(map(len, self.queues.values())) + len(self.heap)
+
+
+def _scan(db: Database) -> list[tuple[float, bytes, int, float]]:
+    """``(stored_at, key, size, expire_at)`` of every item, oldest first: one read each."""
+    found: list[tuple[float, bytes, int, float]] = []
+    listed = db.keys()  # a list, taken at once
+    for key in listed:
+        raw = db.get(key)
+        if raw is not None:
+            expire_at, stored_at, _ = _header(raw)
+            found.append((stored_at, key, len(key) + len(raw), expire_at))
+    found.sort()
+    return found
+
+
+class Cache(MutableMapping[bytes, Any], ClosesOnExit):
+    """A persistent mapping from ``bytes``/``str`` keys to picklable objects, with expiry
+    and a size bound.
+
+    ``Cache(path, flag='c', mode=0o666, *, expire=None, size_limit=None,
+    protocol=pickle.HIGHEST_PROTOCOL)`` opens (or creates) a viperdbm store; ``flag``,
+    ``mode`` and ``timeout`` are :func:`viperdbm.open`'s.
+
+    - ``expire``: the default time to live of an item, in seconds (None: items never
+      expire). :meth:`set`, :meth:`add`, :meth:`touch` and :func:`memoize` take their own.
+      An expired item is a miss for every process at once (the expiry time is stored with
+      the item, in wall-clock time, so it survives a reopen). It is removed by the writer
+      when a read finds it, a few at each write, or all at once by :meth:`expire`.
+    - ``size_limit``: a bound in bytes on :meth:`volume`, the keys and stored values of
+      all items. After each write the cache is within it: writes evict the least recently
+      stored items first (an expired item before any). A get writes nothing.
+
+    Each value is pickled on write and unpickled on every read (there is no in-memory
+    copy: mutate a value, then store it again). Iteration and ``len`` include expired items
+    not yet removed; ``in``, ``[]`` and :meth:`get` do not. One process writes (flag
+    ``'c'``, ``'w'`` or ``'n'``); others may read at the same time (flag ``'r'``).
+    Threads may share a cache.
+
+    Unpickling runs code chosen by whoever wrote the store: see the module's
+    documentation for the trust boundary.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        flag: str = "c",
+        mode: int = 0o666,
+        *,
+        expire: float | None = None,
+        size_limit: int | None = None,
+        protocol: int = pickle.HIGHEST_PROTOCOL,
+        timeout: float = 0.0,
+    ) -> None:
+        if expire is not None and not expire > 0:
+            raise ValueError(f"expire must be a positive number of seconds or None, not {expire!r}")
+        if size_limit is not None and size_limit < 0:
+            raise ValueError(f"size_limit must be a number of bytes or None, not {size_limit!r}")
+        self.protocol = protocol
+        self.expire_default = None if expire is None else float(expire)
+        self.size_limit = size_limit
+        self.readonly = flag[:1] == "r"
+        # one writer at a time among this process's threads: a write, what it records and
+        # what it evicts are one step for the others
+        self._writing = threading.RLock()
+        # next() on an itertools.count is one C call, so threads never lose a count and a
+        # get pays no lock for it; reading one is _count_of()
+        self._hits = itertools.count()
+        self._misses = itertools.count()
+        self._path = os.fspath(path)
+        self.db: Database = _open_db(self._path, flag, mode, timeout=timeout)
+        # what the writer keeps to bound the cache and expire items without a scan (from
+        # one scan at open): sizes only for a bounded cache, expiries once items expire
+        self._sizes: _Sizes | None = None
+        self._expiries: _Expiries | None = None
+        if not self.readonly and (expire is not None or size_limit is not None):
+            try:
+                with self._writing:
+                    self._track(sizes=size_limit is not None)
+                    self._cull(time.time())  # the store may have been filled under another bound
+            except BaseException:
+                self.db.close()
+                raise
+
+    # ------------------------------------------------------------------ reading
+    def get(self, key: Key, default: Any = None) -> Any:
+        """The object stored under ``key``, or ``default`` if it is missing or expired."""
+        # the hot path, written out: every call here costs as much as the store's own get
+        raw = self.db.get(key)
+        if raw is not None:
+            if raw[0] != ENTRY_TAG:
+                next(self._hits)
+                return pickle.loads(raw)
+            expire_at = _EXPIRE_AT.unpack_from(raw, 1)[0]
+            if not expire_at or expire_at > time.time():
+                next(self._hits)
+                return pickle.loads(raw[ENTRY_HEADER_SIZE:])
+            self._drop_expired(key, raw)
+        next(self._misses)
+        return default
+
+    def _peek(self, key: Key) -> Any:
+        """:meth:`get` without counting a hit or a miss: ``_MISSING`` for a miss."""
+        raw = self.db.get(key)
+        if raw is None or _is_expired(_expiry_of(raw), time.time()):
+            return _MISSING
+        return pickle.loads(_pickled(raw))
+
+    def __getitem__(self, key: Key) -> Any:
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, bytes | str):
+            return False
+        raw = self.db.get(key)
+        return raw is not None and not _is_expired(_expiry_of(raw), time.time())
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.db)
+
+    def __len__(self) -> int:
+        return len(self.db)
+
+    def expire_time(self, key: Key) -> float | None:
+        """When the item under ``key`` expires (``time.time()`` seconds), None if never;
+        KeyError if it is missing or expired."""
+        raw = self.db.get(key)
+        if raw is None or _is_expired(expire_at := _expiry_of(raw), time.time()):
+            raise KeyError(key)
+        return None if expire_at == NEVER else expire_at
+
+    # ------------------------------------------------------------------ writing
+    def set(self, key: Key, value: Any, expire: Expire = DEFAULT_EXPIRE) -> bool:
+        """Store ``value`` under ``key`` for ``expire`` seconds (None: for good; the default:
+        the cache's ``expire``). An ``expire`` of 0 or less, or an item bigger than
+        ``size_limit`` on its own, stores nothing and removes the key's old item: False."""
+        now = time.time()
+        ttl = self.expire_default if expire is DEFAULT_EXPIRE else expire
+        if ttl is None:
+            expire_at = NEVER
+        elif type(ttl) is float and ttl > 0:  # the usual case, checked first
+            expire_at = now + ttl
+        else:
+            expire_at = self._deadline(ttl, now)
+        pickled = pickle.dumps(value, self.protocol)
+        return self._store(key, pickled, expire_at, now, ttl)
+
+    def __setitem__(self, key: Key, value: Any) -> None:
+        self.set(key, value)
+
+    def add(self, key: Key, value: Any, expire: Expire = DEFAULT_EXPIRE) -> bool:
+        """Store ``value`` only if ``key`` holds no item (or an expired one): True if stored."""
+        pickled = pickle.dumps(value, self.protocol)
+        with self._writing:
+            if key in self:
+                return False
+            now = time.time()
+            ttl = self.expire_default if expire is DEFAULT_EXPIRE else expire
+            return self._store(key, pickled, self._deadline(ttl, now), now, ttl)
+
+    def touch(self, key: Key, expire: Expire = DEFAULT_EXPIRE) -> bool:
+        """Give the item under ``key`` a new time to live from now: False if there is none."""
+        with self._writing:
+            raw = self.db.get(key)
+            now = time.time()
+            if raw is None or _is_expired(_expiry_of(raw), now):
+                return False
+            ttl = self.expire_default if expire is DEFAULT_EXPIRE else expire
+            return self._store(key, _pickled(raw), self._deadline(ttl, now), now, ttl)
+
+    def incr(self, key: Key, delta: int = 1, default: int | None = 0) -> int:
+        """Add ``delta`` to the number under ``key`` and return the sum, keeping its expiry.
+        A missing (or expired) key starts from ``default``, with the cache's default expiry;
+        KeyError if ``default`` is None."""
+        kb = _key_bytes(key)
+        with self._writing:
+            now = time.time()
+            raw = self.db.get(kb)
+            if raw is None or _is_expired(_expiry_of(raw), now):
+                if default is None:
+                    raise KeyError(key)
+                value, expire_at = default, self._deadline(self.expire_default, now)
+            else:
+                value, expire_at = pickle.loads(_pickled(raw)), _expiry_of(raw)
+            value += delta
+            self._store(kb, pickle.dumps(value, self.protocol), expire_at, now, _NO_QUEUE)
+            return value
+
+    def delete(self, key: Key) -> bool:
+        """Remove the item under ``key`` (expired or not): False if there was none."""
+        kb = _key_bytes(key)
+        with self._writing:
+            return self._remove(kb)
+
+    def __delitem__(self, key: Key) -> None:
+        if not self.delete(key):
+            raise KeyError(key)
+
+    def clear(self) -> None:
+        """Remove every item."""
+        with self._writing:
+            self.db.clear()
+            if self._sizes is not None:
+                self._sizes = _Sizes()
+            if self._expiries is not None:
+                self._expiries = _Expiries()
+
+    def expire(self) -> int:
+        """Remove every expired item now; how many there were. The first call (when the
+        cache has neither ``expire`` nor ``size_limit``) reads every item once; later ones
+        only the expired."""
+        self._refuse_if_readonly()
+        with self._writing:
+            expiries = self._expiries or self._track(sizes=False)
+            assert expiries is not None
+            removed = 0
+            now = time.time()
+            for key in expiries.take_due(now, most=len(expiries.expire_of)):
+                removed += self._remove_if_expired(key, now)
+            return removed
+
+    def volume(self) -> int:
+        """The bytes of every item's key and stored value (expired items included until they
+        are removed): the figure ``size_limit`` bounds. The store on disk is larger: it also
+        holds record headers, space not yet reclaimed and what a live reader still reads.
+        Only a bounded cache's writer knows it without reading every item."""
+        with self._writing:
+            if self._sizes is not None:
+                return self._sizes.volume
+            return sum(size for _, _, size, _ in _scan(self.db))
+
+    def stats(self, reset: bool = False) -> CacheStats:
+        """Hits and misses of :meth:`get` (and ``[]``, and :func:`memoize`) in this process
+        since the cache opened or since the last ``stats(reset=True)``, which returns the
+        counts it clears."""
+        with self._writing:
+            hits, misses = self._hits, self._misses
+            if reset:
+                self._hits, self._misses = itertools.count(), itertools.count()
+        # a get that took the old counter before the reset is counted in what it returns
+        return CacheStats(_count_of(hits), _count_of(misses))
+
+    def sync(self) -> None:
+        """Make every write so far power-fail durable (see :meth:`viperdbm.Database.sync`)."""
+        self.db.sync()
+
+    def close(self) -> None:
+        """Close the store underneath (idempotent)."""
+        self.db.close()
+
+    def __repr__(self) -> str:
+        return f"<viperdbm.cache.Cache over {self.db!r}>"
+
+    # ------------------------------------------------------------------ helpers
+    def _deadline(self, ttl: float | None, now: float) -> float:
+        """When an item stored at ``now`` for ``ttl`` seconds expires."""
+        if ttl is None:
+            return NEVER
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float):
+            raise TypeError(f"expire is a number of seconds or None, not {type(ttl).__name__}")
+        return now + ttl if ttl > 0 else _EXPIRED
+
+    def _store(
+        self, key: Key, pickled: bytes, expire_at: float, now: float, ttl: float | None
+    ) -> bool:
+        """Store the item; ``ttl`` names the expiry queue it joins (None or ``_NO_QUEUE``:
+        none)."""
+        raw = _HEADER.pack(ENTRY_TAG, expire_at, now) + pickled
+        expiries = self._expiries
+        if expiries is not None and expire_at > now and self._sizes is None:
+            # The usual case with expiry on, written out, and without the lock: two threads
+            # storing one key at once may leave expire_of with the expiry of the one whose
+            # value lost, and _cull reads the item before it removes it, so that costs at
+            # most a late removal of an item that reads as expired anyway.
+            self.db[key] = raw
+            kb = key if type(key) is bytes else _key_bytes(key)
+            expiries.record(kb, expire_at, _NO_QUEUE if ttl is None else ttl)
+            if expiries.soonest <= now:
+                with self._writing:
+                    self._cull(now)
+            return True
+        with self._writing:
+            if expire_at == NEVER and self._sizes is None:  # the usual case without
+                self.db[key] = raw
+                if self._expiries is not None:
+                    self._expiries.forget(_key_bytes(key))
+                    if self._expiries.soonest <= now:
+                        self._cull(now)
+                return True
+            kb = _key_bytes(key)
+            size = len(kb) + len(raw)
+            limit = self.size_limit
+            if _is_expired(expire_at, now) or (limit is not None and size > limit):
+                self._remove(kb)
+                return False
+            if expiries is None and expire_at != NEVER and not self.readonly:
+                expiries = self._track(sizes=False)  # items expire from now on
+            self.db[kb] = raw
+            if expiries is not None:
+                if expire_at == NEVER:
+                    expiries.forget(kb)
+                else:
+                    expiries.record(kb, expire_at, _NO_QUEUE if ttl is None else ttl)
+            sizes = self._sizes
+            if sizes is not None:
+                sizes.record(kb, size)
+            if (expiries is not None and expiries.soonest <= now) or (
+                sizes is not None and limit is not None and sizes.volume > limit
+            ):
+                self._cull(now)
+            return True
+
+    def _track(self, *, sizes: bool) -> _Expiries:
+        """Start keeping expiries (and sizes, if ``sizes``) from one scan of the store."""
+        found = _scan(self.db)
+        expiries = self._expiries = _Expiries()
+        for stored_at, key, _, expire_at in found:
+            if expire_at != NEVER:  # the queue of the time to live it was stored for
+                expiries.record(key, expire_at, round(expire_at - stored_at, 3))
+        if sizes:
+            self._sizes = _Sizes()
+            for _, key, size, _ in found:
+                self._sizes.record(key, size)
+        return expiries
+
+    def _cull(self, now: float) -> None:
+        """Remove a few expired items, then the least recently stored while over the bound."""
+        if self._expiries is not None:
+            for key in self._expiries.take_due(now, CULL_PER_WRITE):
+                self._remove_if_expired(key, now)
+        sizes, limit = self._sizes, self.size_limit
+        if sizes is not None and limit is not None:
+            while sizes.volume > limit and sizes.of:
+                self._remove(sizes.oldest())
+
+    def _drop_expired(self, key: Key, raw: bytes) -> None:
+        """A read found ``raw`` expired: the writer removes it, unless another thread has
+        stored the key again meanwhile."""
+        if self.readonly:
+            return
+        with self._writing:
+            if self.db.get(key) == raw:
+                self._remove(_key_bytes(key))
+
+    def _remove_if_expired(self, key: bytes, now: float) -> bool:
+        """Remove ``key``'s item if the store holds it expired (the books said so)."""
+        raw = self.db.get(key)
+        return raw is not None and _is_expired(_expiry_of(raw), now) and self._remove(key)
+
+    def _remove(self, key: bytes) -> bool:
+        try:
+            del self.db[key]
+        except KeyError:
+            return False
+        finally:
+            if self._sizes is not None:
+                self._sizes.forget(key)
+            if self._expiries is not None:
+                self._expiries.forget(key)
+        return True
+
+    def _refuse_if_readonly(self) -> None:
+        if self.readonly:
+            raise ReadonlyError(
+                "the cache was opened read-only (flag 'r'): its writer removes expired items",
+                filename=self._path,
+            )
+
+
+_MISSING: Final = object()
+
+
+class _Flight:
+    """One computation of a memoized call that other threads wait for."""
+
+    __slots__ = ("done", "error", "leader", "result")
+
+    def __init__(self) -> None:
+        self.leader = threading.get_ident()
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class Memoized(Generic[P, R]):
+    """A function whose results are kept in a :class:`Cache` (made by :func:`memoize`)."""
+
+    __name__: str
+    __qualname__: str
+
+    def __init__(
+        self, func: Callable[P, R], cache: Cache, prefix: bytes, expire: Expire = DEFAULT_EXPIRE
+    ) -> None:
+        self.__wrapped__ = func
+        self.cache = cache
+        self.prefix = prefix
+        self.expire = expire
+        # calls being computed, by key: the threads that ask for one of them meanwhile wait
+        # for its result instead of computing it again (a stampede)
+        self._flights: dict[bytes, _Flight] = {}
+        self._flights_lock = threading.Lock()
+        functools.update_wrapper(self, func)
+
+    def cache_key(self, *args: P.args, **kwargs: P.kwargs) -> bytes:
+        """The key under which the result of ``func(*args, **kwargs)`` is kept."""
+        return self.prefix + encode_key((args, kwargs))
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        key = self.cache_key(*args, **kwargs)
+        result = self.cache.get(key, _MISSING)
+        if result is not _MISSING:
+            return result  # type: ignore[no-any-return]
+        with self._flights_lock:
+            flight = self._flights.get(key)
+            leading = flight is None
+            if flight is None:
+                flight = self._flights[key] = _Flight()
+        if leading:
+            return self._lead(flight, key, *args, **kwargs)
+        if flight.leader == threading.get_ident():
+            # the call recursed into itself: waiting for ourselves would never end
+            return self.__wrapped__(*args, **kwargs)
+        flight.done.wait()
+        if flight.error is not None:
+            raise flight.error
+        return flight.result  # type: ignore[no-any-return]
+
+    def _lead(self, flight: _Flight, key: bytes, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Compute the call for every thread waiting on ``flight``, and store it."""
+        try:
+            # a flight that ended between our miss and our lead may have stored it (not
+            # counted: the call's miss is)
+            result = self.cache._peek(key)
+            if result is _MISSING:
+                result = self.__wrapped__(*args, **kwargs)
+                if not self.cache.readonly:  # a reader computes, and leaves storing to the writer
+                    self.cache.set(key, result, self.expire)
+            flight.result = result
+            return result  # type: ignore[no-any-return]
+        except BaseException as error:
+            flight.error = error
+            raise
+        finally:
+            with self._flights_lock:
+                del self._flights[key]
+            flight.done.set()
+
+    def forget(self, *args: P.args, **kwargs: P.kwargs) -> bool:
+        """Drop the kept result of ``func(*args, **kwargs)``; False if there was none."""
+        return self.cache.delete(self.cache_key(*args, **kwargs))
+
+
+def memoize(
+    cache: Cache, *, prefix: str | bytes | None = None, expire: Expire = DEFAULT_EXPIRE
+) -> Callable[[Callable[P, R]], Memoized[P, R]]:
+    """Keep the results of a function in ``cache``, keyed by its arguments, for ``expire``
+    seconds (the default: the cache's ``expire``; None: for good).
+
+    The key is ``prefix`` (default: the function's ``module.qualname`` and a colon)
+    followed by :func:`encode_key` of ``(args, kwargs)``, so the arguments must be of the
+    types :func:`encode_key` accepts; anything else raises ``TypeError`` rather than risk a
+    wrong hit. Results are pickled. ``None`` is a result like any other. Exceptions are not
+    cached.
+
+    **Stampedes.** A missing or expired result is computed once: threads of this process
+    that call with the same arguments meanwhile wait for it and get the same result (or the
+    same exception); calls with other arguments do not wait. Across processes: a store has
+    one writer, and the processes that open the cache read-only (flag ``'r'``, beside a
+    live writer) read what the writer computed; on a miss they compute for themselves
+    and store nothing.
+
+    Unpickling runs code chosen by whoever wrote the cache: only memoize into a store that
+    nobody untrusted can write (see the module's documentation).
+    """
+
+    def decorate(func: Callable[P, R]) -> Memoized[P, R]:
+        if prefix is None:
+            name = f"{func.__module__}.{func.__qualname__}:".encode()
+        else:
+            name = prefix.encode() if isinstance(prefix, str) else bytes(prefix)
+        return Memoized(func, cache, name, expire)
+
+    return decorate
