@@ -32,6 +32,8 @@ INSTALLED_SUITE = [
     "test_cli.py",
     "test_dump.py",
     "test_cache.py",
+    "test_cache_dogpile.py",
+    "test_cache_django.py",
     "test_viper_api.py",
     "test_ecosystem.py",
 ]
@@ -115,9 +117,17 @@ def test_sdist_and_wheel_install_and_pass_the_tests(
     with zipfile.ZipFile(wheels[0]) as whl:
         wnames = whl.namelist()
         entry_points = next(n for n in wnames if n.endswith("entry_points.txt"))
-        assert "viperdbm = viperdbm._cli:main" in whl.read(entry_points).decode()
+        declared = whl.read(entry_points).decode()
+        assert "viperdbm = viperdbm._cli:main" in declared
+        assert "viperdbm = viperdbm.cache.dogpile:ViperBackend" in declared
     assert any(n.startswith("viperdbm/_vipercore") and n.endswith(".so") for n in wnames)
-    for needed in ("viperdbm/py.typed", "viperdbm/_vipercore.pyi", "viperdbm/cache.py"):
+    for needed in (
+        "viperdbm/py.typed",
+        "viperdbm/_vipercore.pyi",
+        "viperdbm/cache/__init__.py",
+        "viperdbm/cache/dogpile.py",
+        "viperdbm/cache/django.py",
+    ):
         assert needed in wnames
 
     # not under pytest's own temporary directory, which only root may enter: the installed
