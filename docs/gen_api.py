@@ -5,7 +5,8 @@
     python docs/gen_api.py --check  # exit 1 if docs/api.md is out of date (tests run this)
 
 The page lists every name in ``viperdbm.__all__`` and the public names of the submodules
-``viperdbm.cache``, ``viperdbm.compat``, ``viperdbm.shelve`` and ``viperdbm.viper``, with
+``viperdbm.cache`` (and its framework backends ``viperdbm.cache.dogpile`` and
+``viperdbm.cache.django``), ``viperdbm.compat``, ``viperdbm.shelve`` and ``viperdbm.viper``, with
 their signatures and docstrings. Doctest examples in the docstrings become ``pycon`` code
 blocks; the test suite runs them (tests/test_ecosystem.py).
 """
@@ -22,7 +23,15 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 TARGET = HERE / "api.md"
-MODULES = ("viperdbm", "viperdbm.cache", "viperdbm.compat", "viperdbm.shelve", "viperdbm.viper")
+MODULES = (
+    "viperdbm",
+    "viperdbm.cache",
+    "viperdbm.cache.dogpile",
+    "viperdbm.cache.django",
+    "viperdbm.compat",
+    "viperdbm.shelve",
+    "viperdbm.viper",
+)
 # names that the top-level section already covers, listed once
 SKIP_IN_SUBMODULES = {"viperdbm.viper": {"Viper", "ViperClient", "ViperReadOnlyClient"}}
 
@@ -63,11 +72,14 @@ def _annotation(ann: Any) -> str:
     return getattr(ann, "__name__", repr(ann))
 
 
-def _default(name: str, value: Any) -> str:
+def _default(name: str, value: Any, owner: Any) -> str:
     if name == "mode" and isinstance(value, int):
         return oct(value)
     if isinstance(value, type):
         return value.__name__
+    if type(value) is object:  # a sentinel (Django's DEFAULT_TIMEOUT): its name, not its address
+        scope = getattr(inspect.unwrap(owner), "__globals__", {})
+        return next((k for k, v in scope.items() if v is value), "<sentinel>")
     return repr(value)
 
 
@@ -94,7 +106,7 @@ def _signature(obj: Any) -> str:
         if p.annotation is not p.empty:
             text += f": {_annotation(p.annotation)}"
         if p.default is not p.empty:
-            text += f" = {_default(p.name, p.default)}"
+            text += f" = {_default(p.name, p.default, obj)}"
         parts.append(text)
         if p.kind is p.POSITIONAL_ONLY and (
             p is params[-1] or params[params.index(p) + 1].kind is not p.POSITIONAL_ONLY
