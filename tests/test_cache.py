@@ -491,3 +491,36 @@ def test_memoize_recursing_into_the_same_call_does_not_hang(tmp_path: Path) -> N
             return f(depth, False) + 1 if once else depth
 
         assert f(5, True) == 6
+
+
+def test_threads_writing_at_once_keep_the_books_exact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock(monkeypatch)
+    seed = env_seed("VIPERDBM_CACHE_SEED", 1408)
+    limit = 100_000
+    with Cache(tmp_path / "t.vdb", expire=5, size_limit=limit) as cache:
+
+        def worker(index: int) -> None:
+            rng = random.Random(f"{seed}/{index}")
+            for _ in range(1500):
+                key = b"k%d" % rng.randrange(300)
+                op = rng.random()
+                if op < 0.6:
+                    cache.set(key, rng.randbytes(rng.choice((10, 500, 3000))), rng.choice((2, 5)))
+                elif op < 0.7:
+                    cache.delete(key)
+                elif op < 0.75:
+                    cache.incr(b"n%d" % index)
+                else:
+                    cache.get(key)
+                if rng.random() < 0.01:
+                    clock.advance(1)  # items expire while others are stored
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(worker, range(8)))
+        assert cache.volume() == stored_volume(cache) <= limit, seed
+        assert sum(cache.get(b"n%d" % i, 0) for i in range(8)) > 0
+        clock.advance(10)
+        cache.expire()
+        assert len(cache) == 0, seed

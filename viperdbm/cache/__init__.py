@@ -585,20 +585,16 @@ class Cache(MutableMapping[bytes, Any], ClosesOnExit):
         """Store the item; ``ttl`` names the expiry queue it joins (None or ``_NO_QUEUE``:
         none)."""
         raw = _HEADER.pack(ENTRY_TAG, expire_at, now) + pickled
-        expiries = self._expiries
-        if expiries is not None and expire_at > now and self._sizes is None:
-            # The usual case with expiry on, written out, and without the lock: two threads
-            # storing one key at once may leave expire_of with the expiry of the one whose
-            # value lost, and _cull reads the item before it removes it, so that costs at
-            # most a late removal of an item that reads as expired anyway.
-            self.db[key] = raw
-            kb = key if type(key) is bytes else _key_bytes(key)
-            expiries.record(kb, expire_at, _NO_QUEUE if ttl is None else ttl)
-            if expiries.soonest <= now:
-                with self._writing:
-                    self._cull(now)
-            return True
         with self._writing:
+            expiries = self._expiries
+            if expiries is not None and expire_at > now and self._sizes is None:
+                # the usual case with expiry on, written out
+                self.db[key] = raw
+                kb = key if type(key) is bytes else _key_bytes(key)
+                expiries.record(kb, expire_at, _NO_QUEUE if ttl is None else ttl)
+                if expiries.soonest <= now:
+                    self._cull(now)
+                return True
             if expire_at == NEVER and self._sizes is None:  # the usual case without
                 self.db[key] = raw
                 if self._expiries is not None:
@@ -662,7 +658,8 @@ class Cache(MutableMapping[bytes, Any], ClosesOnExit):
                 self._remove(_key_bytes(key))
 
     def _remove_if_expired(self, key: bytes, now: float) -> bool:
-        """Remove ``key``'s item if the store holds it expired (the books said so)."""
+        """Remove ``key``'s item if the store holds it expired (the books said so; a write
+        through ``self.db`` may have changed it behind them)."""
         raw = self.db.get(key)
         return raw is not None and _is_expired(_expiry_of(raw), now) and self._remove(key)
 
