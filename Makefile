@@ -7,7 +7,7 @@ PY := .venv/bin/python
 # make test PYTEST_ARGS=
 PYTEST_ARGS ?= -n 2
 
-.PHONY: setup demo test lint check bench bench-readers clean
+.PHONY: setup demo test lint check bench bench-readers bench-cache clean
 
 setup:
 	./scripts/setup.sh
@@ -47,3 +47,13 @@ bench: setup
 READERS_ARGS ?=
 bench-readers: setup
 	$(PY) benchmarks/live_readers.py $(READERS_ARGS)
+
+# viperdbm.cache.Cache against diskcache.Cache (benchmarks/cache.py): per-op latency of
+# get/set/delete, 1 and 8 threads, expiry on, 1 KiB pickled values; tmpfs, then /tmp (ext4
+# here); ~4 min; writes benchmarks/results/cache-<date>.* and cache-<date>-ext4.*
+# make bench-cache CACHE_ARGS=--quick for a smoke run.
+CACHE_ARGS ?=
+bench-cache: setup
+	.venv/bin/pip install -q -e ".[bench]" --config-settings editable_mode=strict
+	$(PY) benchmarks/cache.py $(CACHE_ARGS)
+	$(PY) benchmarks/cache.py --dir /tmp $(CACHE_ARGS)

@@ -343,10 +343,11 @@ def test_eviction_keeps_the_bound_under_random_mixed_sizes(tmp_path: Path) -> No
                     stored.remove(key)
             else:
                 cache.get(key)
-            volume = cache.volume()
-            assert volume <= limit, (seed, step)
+            # the slack: bytes stored since the books were last filed, at most 1/64 of it
+            assert stored_volume(cache) <= limit + limit // 64, (seed, step)
             if step % 100 == 0:
-                assert volume == stored_volume(cache), (seed, step)
+                volume = cache.volume()  # files the books: within the bound itself
+                assert volume == stored_volume(cache) <= limit, (seed, step)
                 # what is left is what was stored last: the least recently stored went first
                 alive = set(cache)
                 assert set(stored[len(stored) - len(alive) :]) == alive, (seed, step)
@@ -493,12 +494,13 @@ def test_memoize_recursing_into_the_same_call_does_not_hang(tmp_path: Path) -> N
         assert f(5, True) == 6
 
 
+@pytest.mark.parametrize("limit", [None, 100_000], ids=["unbounded", "bounded"])
 def test_threads_writing_at_once_keep_the_books_exact(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int | None
 ) -> None:
+    # unbounded, a write with an expiry takes no lock (_Expiries' inbox); bounded, it does
     clock = Clock(monkeypatch)
     seed = env_seed("VIPERDBM_CACHE_SEED", 1408)
-    limit = 100_000
     with Cache(tmp_path / "t.vdb", expire=5, size_limit=limit) as cache:
 
         def worker(index: int) -> None:
@@ -517,10 +519,31 @@ def test_threads_writing_at_once_keep_the_books_exact(
                 if rng.random() < 0.01:
                     clock.advance(1)  # items expire while others are stored
 
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(worker, range(8)))
-        assert cache.volume() == stored_volume(cache) <= limit, seed
-        assert sum(cache.get(b"n%d" % i, 0) for i in range(8)) > 0
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)  # threads switch inside every step, not every 5 ms
+        try:
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(worker, range(8)))
+        finally:
+            sys.setswitchinterval(interval)
+        assert cache.volume() == stored_volume(cache) <= (limit or stored_volume(cache)), seed
         clock.advance(10)
-        cache.expire()
+        cache.expire()  # every item expired: the books lost none of them
         assert len(cache) == 0, seed
+
+
+def test_books_that_disagree_with_the_store_are_put_right(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two threads storing one key at once may note their expiries in the other order than
+    # they stored; a write through cache.db does the same deterministically.
+    clock = Clock(monkeypatch)
+    with Cache(tmp_path / "d.vdb") as cache:
+        cache.set("k", "long", expire=100)
+        long_lived = cache.db[b"k"]
+        cache.set("k", "short", expire=1)
+        cache.db[b"k"] = long_lived  # the books say 1 s, the store 100 s
+        clock.advance(2)
+        assert cache.expire() == 0 and cache["k"] == "long"  # not removed early
+        clock.advance(100)
+        assert cache.expire() == 1 and b"k" not in cache.db  # nor forgotten

@@ -228,11 +228,32 @@ class _Sizes:
     """The size of every item, in store order (least recently stored first: the eviction
     order), and their total: what a bounded cache's writer keeps so that a write never
     scans. Built by one scan at open, kept by every write; a crash loses it, and the next
-    open builds it again."""
+    open builds it again.
+
+    As with :class:`_Expiries`, a write only appends its key to ``inbox`` (no lock), and
+    whoever holds the cache's lock files the inbox (:meth:`file_inbox`), taking each size
+    from the store itself: so two threads storing one key at once cannot leave the books
+    with the size of the value that lost."""
 
     def __init__(self) -> None:
         self.of: OrderedDict[bytes, int] = OrderedDict()
         self.volume = 0
+        self.inbox: deque[bytes] = deque()  # keys stored since the last filing
+        # bytes stored since the last filing: the bound's slack (a race between two threads
+        # may lose an addition, which only makes a filing later by that much)
+        self.unfiled = 0
+
+    def file_inbox(self, db: Database) -> None:
+        """File what writers noted (the caller holds the cache's lock)."""
+        inbox, of = self.inbox, self.of
+        self.unfiled = 0
+        while inbox:
+            key = inbox.popleft()
+            raw = db.get(key)
+            size = 0 if raw is None else len(key) + len(raw)
+            self.volume += size - of.pop(key, 0)
+            if raw is not None:
+                of[key] = size
 
     def record(self, key: bytes, size: int) -> None:
         self.volume += size - self.of.pop(key, 0)
@@ -247,6 +268,8 @@ class _Sizes:
 
 # Queues of _Expiries kept per time to live; beyond this many distinct ones, a heap
 _MOST_QUEUES: Final = 16
+# Writes noted in _Expiries.inbox before a writer takes the lock to file them
+_FILE_EVERY: Final = 64
 
 
 class _Expiries:
@@ -254,67 +277,103 @@ class _Expiries:
     them a few at a time without a scan.
 
     Items stored with the same time to live expire in the order they were stored, so each
-    time to live (rounded to the millisecond) has a FIFO queue: O(1) a write, where a heap
-    costs O(log n). Other expiry times (more distinct times to live than ``_MOST_QUEUES``,
-    or an ``incr`` that keeps an item's expiry) go to one heap. An item stored again or
-    deleted leaves its old entry behind: ``expire_of`` tells, and the entries are sifted
-    when they outnumber the items twice.
+    time to live has a queue: an ordered dict from key to expiry, where storing a key again
+    moves it to the end, O(1) a write (a heap costs O(log n)) and never a stale entry.
+    Other expiry times (more distinct times to live than ``_MOST_QUEUES``, an ``incr`` that
+    keeps an item's expiry) go to a heap, whose stale entries are sifted out when they
+    outnumber the live ones.
+
+    Writers only append to ``inbox`` (thread-safe without a lock: one C call); whoever
+    holds the cache's lock files the inbox into the queues (:meth:`file_inbox`). So a write
+    takes no lock, and threads storing at once never queue up behind one that the GIL has
+    paused while it holds the lock.
     """
 
     def __init__(self) -> None:
-        self.expire_of: dict[bytes, float] = {}
-        self.queues: dict[float, deque[tuple[float, bytes]]] = {}
+        #: (key, expire_at or NEVER to forget it, time to live naming its queue or _NO_QUEUE)
+        self.inbox: deque[tuple[bytes, float, float]] = deque()
+        self.queues: dict[float, OrderedDict[bytes, float]] = {}
+        self.queue_of: dict[bytes, float] = {}  # key -> its queue's time to live, or _NO_QUEUE
         self.heap: list[tuple[float, bytes]] = []
-        self.queued = 0
-        self.soonest = math.inf  # at most the earliest queued expiry
+        self.heap_expiry: dict[bytes, float] = {}  # the live entry of the heap, per key
+        self.soonest = math.inf  # at most the earliest expiry filed
 
-    def record(self, key: bytes, expire_at: float, ttl: float) -> None:
-        """``key``'s item, stored for ``ttl`` seconds (the queue's name; -1: none), expires
-        at ``expire_at``."""
-        self.expire_of[key] = expire_at
-        queue = self.queues.get(ttl)
-        if queue is None and ttl > 0 and len(self.queues) < _MOST_QUEUES:
-            queue = self.queues[ttl] = deque()
-        if queue is not None and (not queue or queue[-1][0] <= expire_at):
-            queue.append((expire_at, key))
-        else:  # no queue, or out of its order (the clock went back)
-            heapq.heappush(self.heap, (expire_at, key))
-        if expire_at < self.soonest:
-            self.soonest = expire_at
-        self.queued += 1
-        if self.queued > 2 * len(self.expire_of) + 1024:
-            self._sift()
+    def note(self, key: bytes, expire_at: float, ttl: float) -> None:
+        """``key``'s item now expires at ``expire_at`` (NEVER: it does not, or is gone);
+        ``ttl`` names its queue. Safe without the lock."""
+        self.inbox.append((key, expire_at, ttl))
 
-    def forget(self, key: bytes) -> None:
-        self.expire_of.pop(key, None)
-
-    def take_due(self, now: float, most: int) -> list[bytes]:
-        """Up to ``most`` keys whose items expired by ``now``, forgotten here."""
-        due: list[bytes] = []
-        sources: list[deque[tuple[float, bytes]] | list[tuple[float, bytes]]] = [
-            *self.queues.values(),
-            self.heap,
-        ]
-        for source in sources:
-            while source and source[0][0] <= now and len(due) < most:
-                if isinstance(source, deque):
-                    expire_at, key = source.popleft()
+    def file_inbox(self) -> None:
+        """File what writers noted (the caller holds the cache's lock). Written out: every
+        write with an expiry passes here once."""
+        inbox, queues, queue_of = self.inbox, self.queues, self.queue_of
+        while inbox:
+            key, expire_at, ttl = inbox.popleft()
+            filed = queue_of.pop(key, None)
+            if filed is not None:
+                if filed == _NO_QUEUE:
+                    del self.heap_expiry[key]  # its heap entry goes stale
                 else:
-                    expire_at, key = heapq.heappop(source)
-                self.queued -= 1
-                if self.expire_of.get(key) == expire_at:
-                    del self.expire_of[key]
-                    due.append(key)
-        self.soonest = min((source[0][0] for source in sources if source), default=math.inf)
+                    del queues[filed][key]
+            if expire_at == NEVER:
+                continue
+            queue = queues.get(ttl)
+            if queue is None and ttl > 0 and len(queues) < _MOST_QUEUES:
+                queue = queues[ttl] = OrderedDict()
+            if queue is not None:
+                # in expiry order, but for a clock set back meanwhile: then an item of this
+                # queue may be removed late by the size of the jump (it reads as expired)
+                queue[key] = expire_at
+                queue_of[key] = ttl
+            else:
+                self._file_in_heap(key, expire_at)
+            if expire_at < self.soonest:
+                self.soonest = expire_at
+
+    def _file_in_heap(self, key: bytes, expire_at: float) -> None:
+        heapq.heappush(self.heap, (expire_at, key))
+        self.heap_expiry[key] = expire_at
+        self.queue_of[key] = _NO_QUEUE
+        if len(self.heap) > 2 * len(self.heap_expiry) + 1024:  # sift out the stale entries
+            self.heap = [(at, k) for k, at in self.heap_expiry.items()]
+            heapq.heapify(self.heap)
+
+    def take_due(self, now: float, most: int) -> list[tuple[bytes, float]]:
+        """Up to ``most`` ``(key, expire_at)`` of items that expired by ``now``, unfiled
+        (the caller holds the cache's lock)."""
+        self.file_inbox()
+        due: list[tuple[bytes, float]] = []
+        for queue in self.queues.values():
+            while queue and len(due) < most:
+                key, expire_at = next(iter(queue.items()))
+                if expire_at > now:
+                    break
+                del queue[key]
+                del self.queue_of[key]
+                due.append((key, expire_at))
+        heap = self.heap
+        while heap and heap[0][0] <= now and len(due) < most:
+            expire_at, key = heapq.heappop(heap)
+            if self.heap_expiry.get(key) == expire_at:
+                del self.heap_expiry[key]
+                del self.queue_of[key]
+                due.append((key, expire_at))
+        heads = [next(iter(queue.values())) for queue in self.queues.values() if queue]
+        self.soonest = min([*heads, heap[0][0]] if heap else heads, default=math.inf)
         return due
 
-    def _sift(self) -> None:
-        live = self.expire_of
-        for ttl, queue in self.queues.items():
-            self.queues[ttl] = deque(e for e in queue if live.get(e[1]) == e[0])
-        self.heap = [e for e in self.heap if live.get(e[1]) == e[0]]
-        heapq.heapify(self.heap)
-        self.queued = sum(map(len, self.queues.values())) + len(self.heap)
+    def __len__(self) -> int:
+        return len(self.queue_of) + len(self.inbox)
+
+    def clear(self) -> None:
+        """Forget what was filed (the store was emptied). The inbox stays: a writer may be
+        noting into it at this moment, and what it notes of keys now gone comes due to find
+        nothing."""
+        self.queues.clear()
+        self.queue_of.clear()
+        self.heap.clear()
+        self.heap_expiry.clear()
+        self.soonest = math.inf
 
 
 def _scan(db: Database) -> list[tuple[float, bytes, int, float]]:
@@ -344,8 +403,10 @@ class Cache(MutableMapping[bytes, Any], ClosesOnExit):
       the item, in wall-clock time, so it survives a reopen). It is removed by the writer
       when a read finds it, a few at each write, or all at once by :meth:`expire`.
     - ``size_limit``: a bound in bytes on :meth:`volume`, the keys and stored values of
-      all items. After each write the cache is within it: writes evict the least recently
-      stored items first (an expired item before any). A get writes nothing.
+      all items. Writes evict the least recently stored items first (an expired item
+      before any); the store holds at most ``size_limit + size_limit // 64`` (the writes
+      since the books were last filed; :meth:`volume` files them and is within the bound).
+      A get writes nothing.
 
     Each value is pickled on write and unpickled on every read (there is no in-memory
     copy: mutate a value, then store it again). Iteration and ``len`` include expired items
@@ -522,7 +583,7 @@ class Cache(MutableMapping[bytes, Any], ClosesOnExit):
             if self._sizes is not None:
                 self._sizes = _Sizes()
             if self._expiries is not None:
-                self._expiries = _Expiries()
+                self._expiries.clear()
 
     def expire(self) -> int:
         """Remove every expired item now; how many there were. The first call (when the
@@ -530,13 +591,14 @@ class Cache(MutableMapping[bytes, Any], ClosesOnExit):
         only the expired."""
         self._refuse_if_readonly()
         with self._writing:
-            expiries = self._expiries or self._track(sizes=False)
-            assert expiries is not None
-            removed = 0
+            expiries = self._expiries
+            if expiries is None:
+                expiries = self._track(sizes=False)
             now = time.time()
-            for key in expiries.take_due(now, most=len(expiries.expire_of)):
-                removed += self._remove_if_expired(key, now)
-            return removed
+            return sum(
+                self._remove_if_expired(key, expire_at, now)
+                for key, expire_at in expiries.take_due(now, most=len(expiries))
+            )
 
     def volume(self) -> int:
         """The bytes of every item's key and stored value (expired items included until they
@@ -545,6 +607,7 @@ class Cache(MutableMapping[bytes, Any], ClosesOnExit):
         Only a bounded cache's writer knows it without reading every item."""
         with self._writing:
             if self._sizes is not None:
+                self._cull(time.time())
                 return self._sizes.volume
             return sum(size for _, _, size, _ in _scan(self.db))
 
@@ -584,46 +647,49 @@ class Cache(MutableMapping[bytes, Any], ClosesOnExit):
     ) -> bool:
         """Store the item; ``ttl`` names the expiry queue it joins (None or ``_NO_QUEUE``:
         none)."""
+        if ttl is None:
+            ttl = _NO_QUEUE
         raw = _HEADER.pack(ENTRY_TAG, expire_at, now) + pickled
-        with self._writing:
-            expiries = self._expiries
-            if expiries is not None and expire_at > now and self._sizes is None:
-                # the usual case with expiry on, written out
-                self.db[key] = raw
-                kb = key if type(key) is bytes else _key_bytes(key)
-                expiries.record(kb, expire_at, _NO_QUEUE if ttl is None else ttl)
-                if expiries.soonest <= now:
-                    self._cull(now)
+        expiries = self._expiries
+        if expiries is None:
+            if expire_at == NEVER and self._sizes is None:
+                self.db[key] = raw  # no books kept: nothing else to do
                 return True
-            if expire_at == NEVER and self._sizes is None:  # the usual case without
-                self.db[key] = raw
-                if self._expiries is not None:
-                    self._expiries.forget(_key_bytes(key))
-                    if self._expiries.soonest <= now:
-                        self._cull(now)
-                return True
-            kb = _key_bytes(key)
+        elif expire_at > now or expire_at == NEVER:
+            # The usual case with books kept, written out, and without the lock (see
+            # _Expiries): two threads storing one key at once may note their expiries in the
+            # other order than they stored, which _remove_if_expired puts right; sizes are
+            # read from the store when they are filed.
+            kb = key if type(key) is bytes else _key_bytes(key)
+            sizes = self._sizes
+            limit = self.size_limit or 0  # a number whenever sizes are kept
             size = len(kb) + len(raw)
-            limit = self.size_limit
-            if _is_expired(expire_at, now) or (limit is not None and size > limit):
+            if sizes is None or size <= limit:
+                self.db[kb] = raw
+                expiries.note(kb, expire_at, ttl)
+                due = expiries.soonest <= now or len(expiries.inbox) >= _FILE_EVERY
+                if sizes is not None:
+                    sizes.inbox.append(kb)
+                    sizes.unfiled += size
+                    due = due or sizes.unfiled > limit // _FILE_EVERY
+                # whoever files does it for all: the others do not wait
+                if due and self._writing.acquire(blocking=False):
+                    try:
+                        self._cull(now)
+                    finally:
+                        self._writing.release()
+                return True
+        with self._writing:  # expired at once, too big for the bound, or books to start
+            kb = _key_bytes(key)
+            bound = self.size_limit
+            if _is_expired(expire_at, now) or (bound is not None and len(kb) + len(raw) > bound):
                 self._remove(kb)
                 return False
-            if expiries is None and expire_at != NEVER and not self.readonly:
-                expiries = self._track(sizes=False)  # items expire from now on
-            self.db[kb] = raw
-            if expiries is not None:
-                if expire_at == NEVER:
-                    expiries.forget(kb)
-                else:
-                    expiries.record(kb, expire_at, _NO_QUEUE if ttl is None else ttl)
-            sizes = self._sizes
-            if sizes is not None:
-                sizes.record(kb, size)
-            if (expiries is not None and expiries.soonest <= now) or (
-                sizes is not None and limit is not None and sizes.volume > limit
-            ):
-                self._cull(now)
-            return True
+            if self.readonly:
+                self.db[kb] = raw  # raises the store's own ReadonlyError
+            if self._expiries is None:
+                self._track(sizes=False)  # items expire from now on
+            return self._store(kb, pickled, expire_at, now, ttl)  # now on the books' path
 
     def _track(self, *, sizes: bool) -> _Expiries:
         """Start keeping expiries (and sizes, if ``sizes``) from one scan of the store."""
@@ -631,7 +697,8 @@ class Cache(MutableMapping[bytes, Any], ClosesOnExit):
         expiries = self._expiries = _Expiries()
         for stored_at, key, _, expire_at in found:
             if expire_at != NEVER:  # the queue of the time to live it was stored for
-                expiries.record(key, expire_at, round(expire_at - stored_at, 3))
+                expiries.note(key, expire_at, round(expire_at - stored_at, 3))
+        expiries.file_inbox()
         if sizes:
             self._sizes = _Sizes()
             for _, key, size, _ in found:
@@ -639,10 +706,13 @@ class Cache(MutableMapping[bytes, Any], ClosesOnExit):
         return expiries
 
     def _cull(self, now: float) -> None:
-        """Remove a few expired items, then the least recently stored while over the bound."""
+        """File the books; remove a few expired items, then the least recently stored while
+        over the bound (the caller holds the lock)."""
+        if self._sizes is not None:
+            self._sizes.file_inbox(self.db)
         if self._expiries is not None:
-            for key in self._expiries.take_due(now, CULL_PER_WRITE):
-                self._remove_if_expired(key, now)
+            for key, expire_at in self._expiries.take_due(now, CULL_PER_WRITE):
+                self._remove_if_expired(key, expire_at, now)
         sizes, limit = self._sizes, self.size_limit
         if sizes is not None and limit is not None:
             while sizes.volume > limit and sizes.of:
@@ -657,11 +727,20 @@ class Cache(MutableMapping[bytes, Any], ClosesOnExit):
             if self.db.get(key) == raw:
                 self._remove(_key_bytes(key))
 
-    def _remove_if_expired(self, key: bytes, now: float) -> bool:
-        """Remove ``key``'s item if the store holds it expired (the books said so; a write
-        through ``self.db`` may have changed it behind them)."""
+    def _remove_if_expired(self, key: bytes, expire_at: float, now: float) -> bool:
+        """The books say ``key``'s item expired at ``expire_at``: remove it if the store
+        agrees. Where it does not (two threads stored the key at once and noted their
+        expiries in the other order, or a write went through ``self.db``), file what the
+        store says instead."""
         raw = self.db.get(key)
-        return raw is not None and _is_expired(_expiry_of(raw), now) and self._remove(key)
+        if raw is None:
+            return False
+        stored_expiry = _expiry_of(raw)
+        if _is_expired(stored_expiry, now):
+            return self._remove(key)
+        if stored_expiry != NEVER and self._expiries is not None:
+            self._expiries.note(key, stored_expiry, _NO_QUEUE)
+        return False
 
     def _remove(self, key: bytes) -> bool:
         try:
@@ -672,7 +751,7 @@ class Cache(MutableMapping[bytes, Any], ClosesOnExit):
             if self._sizes is not None:
                 self._sizes.forget(key)
             if self._expiries is not None:
-                self._expiries.forget(key)
+                self._expiries.note(key, NEVER, _NO_QUEUE)
         return True
 
     def _refuse_if_readonly(self) -> None:
