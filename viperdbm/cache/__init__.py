@@ -412,7 +412,9 @@ class Cache(MutableMapping[bytes, Any], ClosesOnExit):
     copy: mutate a value, then store it again). Iteration and ``len`` include expired items
     not yet removed; ``in``, ``[]`` and :meth:`get` do not. One process writes (flag
     ``'c'``, ``'w'`` or ``'n'``); others may read at the same time (flag ``'r'``).
-    Threads may share a cache.
+    Threads may share a cache: :meth:`set` and :meth:`delete` take no lock (``add``,
+    ``touch`` and ``incr`` are atomic among themselves, not against a concurrent ``set``
+    of the same key).
 
     Unpickling runs code chosen by whoever wrote the store: see the module's
     documentation for the trust boundary.
@@ -569,8 +571,15 @@ class Cache(MutableMapping[bytes, Any], ClosesOnExit):
     def delete(self, key: Key) -> bool:
         """Remove the item under ``key`` (expired or not): False if there was none."""
         kb = _key_bytes(key)
-        with self._writing:
-            return self._remove(kb)
+        try:
+            del self.db[kb]  # no lock, as a set: the books hear of it at the next filing
+        except KeyError:
+            return False
+        if self._expiries is not None:
+            self._expiries.note(kb, NEVER, _NO_QUEUE)
+        if self._sizes is not None:
+            self._sizes.inbox.append(kb)  # filed as gone: the store no longer has it
+        return True
 
     def __delitem__(self, key: Key) -> None:
         if not self.delete(key):
@@ -720,18 +729,25 @@ class Cache(MutableMapping[bytes, Any], ClosesOnExit):
 
     def _drop_expired(self, key: Key, raw: bytes) -> None:
         """A read found ``raw`` expired: the writer removes it, unless another thread has
-        stored the key again meanwhile."""
-        if self.readonly:
+        stored the key again meanwhile (or holds the lock: then a later cull removes it).
+
+        Writes take no lock, so a set of this key by another thread between the check and
+        the removal is removed with it: a later miss, as an eviction would give. (A
+        compare-and-delete in the native core would close that window.)"""
+        if self.readonly or not self._writing.acquire(blocking=False):
             return
-        with self._writing:
+        try:
             if self.db.get(key) == raw:
                 self._remove(_key_bytes(key))
+        finally:
+            self._writing.release()
 
     def _remove_if_expired(self, key: bytes, expire_at: float, now: float) -> bool:
         """The books say ``key``'s item expired at ``expire_at``: remove it if the store
         agrees. Where it does not (two threads stored the key at once and noted their
         expiries in the other order, or a write went through ``self.db``), file what the
-        store says instead."""
+        store says instead. (A set of the key by another thread between the read and the
+        removal is removed with it, as in :meth:`_drop_expired`.)"""
         raw = self.db.get(key)
         if raw is None:
             return False
