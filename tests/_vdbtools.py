@@ -61,6 +61,21 @@ def env_seed(variable: str, ci_seed: int) -> int:
     return ci_seed
 
 
+# --------------------------------------------------------------------------- time
+class FrozenClock:
+    """A wall clock that moves only when told to: it stands in for ``time.time`` where
+    cached items expire (``now`` starts at the real time unless given)."""
+
+    def __init__(self, start: float | None = None) -> None:
+        self.now = time.time() if start is None else start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 # --------------------------------------------------------------------------- values
 def value_for(seed: int | str, index: int, size: int) -> bytes:
     """The value written by operation ``index`` of stream ``seed``: any byte values."""

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from _vdbtools import child_env, env_seed, run_script_ok
+from _vdbtools import FrozenClock, child_env, env_seed, run_script_ok
 
 import viperdbm
 from viperdbm.cache import (
@@ -200,21 +200,17 @@ def test_the_trust_boundary_is_stated() -> None:
 
 
 # ---------------------------------------------------------------------------- expiry
-class Clock:
+def freeze_clock(monkeypatch: pytest.MonkeyPatch) -> FrozenClock:
     """``time.time`` under the test's control (the cache reads the wall clock)."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, start: float = 1_800_000_000.0) -> None:
-        self.now = start
-        monkeypatch.setattr(time, "time", lambda: self.now)
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+    clock = FrozenClock(1_800_000_000.0)
+    monkeypatch.setattr(time, "time", clock)
+    return clock
 
 
 def test_items_expire_for_every_reader_and_across_reopen(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clock = Clock(monkeypatch)
+    clock = freeze_clock(monkeypatch)
     path = tmp_path / "e.vdb"
     with Cache(path, expire=60) as cache:
         cache["default"] = "a"
@@ -240,7 +236,7 @@ def test_items_expire_for_every_reader_and_across_reopen(
 def test_a_reader_beside_the_writer_misses_what_expired(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clock = Clock(monkeypatch)
+    clock = freeze_clock(monkeypatch)
     path = tmp_path / "e.vdb"
     with Cache(path) as writer:
         writer.set("k", "v", expire=5)
@@ -273,7 +269,7 @@ def test_a_reader_beside_the_writer_misses_what_expired(
 def test_expire_removes_every_expired_item_and_writes_cull_a_few(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clock = Clock(monkeypatch)
+    clock = freeze_clock(monkeypatch)
     with Cache(tmp_path / "e.vdb") as cache:
         for i in range(100):
             cache.set(f"k{i}", i, expire=1 + i % 2)  # half expire after 1 s, half after 2 s
@@ -291,7 +287,7 @@ def test_expire_removes_every_expired_item_and_writes_cull_a_few(
 
 
 def test_add_touch_and_incr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = Clock(monkeypatch)
+    clock = freeze_clock(monkeypatch)
     with Cache(tmp_path / "e.vdb", expire=30) as cache:
         assert cache.add("a", 1) and not cache.add("a", 2) and cache["a"] == 1
         assert not cache.touch("missing")
@@ -499,7 +495,7 @@ def test_threads_writing_at_once_keep_the_books_exact(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int | None
 ) -> None:
     # unbounded, a write with an expiry takes no lock (_Expiries' inbox); bounded, it does
-    clock = Clock(monkeypatch)
+    clock = freeze_clock(monkeypatch)
     seed = env_seed("VIPERDBM_CACHE_SEED", 1408)
     with Cache(tmp_path / "t.vdb", expire=5, size_limit=limit) as cache:
 
@@ -537,7 +533,7 @@ def test_books_that_disagree_with_the_store_are_put_right(
 ) -> None:
     # Two threads storing one key at once may note their expiries in the other order than
     # they stored; a write through cache.db does the same deterministically.
-    clock = Clock(monkeypatch)
+    clock = freeze_clock(monkeypatch)
     with Cache(tmp_path / "d.vdb") as cache:
         cache.set("k", "long", expire=100)
         long_lived = cache.db[b"k"]

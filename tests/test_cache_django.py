@@ -32,7 +32,7 @@ from typing import Any
 
 import django
 import pytest
-from _vdbtools import child_env, kill_quietly, run_script_ok
+from _vdbtools import FrozenClock, child_env, kill_quietly, run_script_ok
 from django.conf import settings
 
 if not settings.configured:
@@ -67,29 +67,18 @@ KNOWN_DIFFERENCES = {
 
 
 # ---------------------------------------------------------------------------- fixtures
-class Clock:
-    """A frozen ``time.time()``, for the modules that read it to expire items."""
-
-    MODULES = (django_base, locmem, filebased, viperdbm.cache)
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def time(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+# the modules that read time.time() to expire items, each given a frozen clock
+CLOCKED_MODULES = (django_base, locmem, filebased, viperdbm.cache)
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    frozen = Clock()
+def clock(monkeypatch: pytest.MonkeyPatch) -> FrozenClock:
+    frozen = FrozenClock()
     fake = types.SimpleNamespace(
         **{name: getattr(time, name) for name in dir(time) if not name.startswith("_")}
     )
-    fake.time = frozen.time
-    for module in Clock.MODULES:
+    fake.time = frozen
+    for module in CLOCKED_MODULES:
         assert module.time is time, module  # each reads time.time() through its module
         monkeypatch.setattr(module, "time", fake)
     return frozen
@@ -126,7 +115,7 @@ class Factory:
 
 
 @pytest.fixture(params=KINDS)
-def make(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> Iterator[Factory]:
+def make(request: pytest.FixtureRequest, tmp_path: Path, clock: FrozenClock) -> Iterator[Factory]:
     kind: str = request.param
     reason = KNOWN_DIFFERENCES.get((kind, request.node.originalname))
     if reason is not None:
@@ -143,7 +132,7 @@ def cache(make: Factory) -> BaseCache:
 
 
 @pytest.fixture
-def viper(tmp_path: Path, clock: Clock) -> Iterator[Callable[..., ViperCache]]:
+def viper(tmp_path: Path, clock: FrozenClock) -> Iterator[Callable[..., ViperCache]]:
     """Makes ViperCache backends over one store, closed and removed after the test."""
     made: list[ViperCache] = []
     location = tmp_path / "store.vdb"
@@ -199,7 +188,7 @@ def test_add(cache: BaseCache) -> None:
     assert cache.get("addkey1") == "value"
 
 
-def test_add_over_expired(cache: BaseCache, clock: Clock) -> None:
+def test_add_over_expired(cache: BaseCache, clock: FrozenClock) -> None:
     cache.set("expired", "old", 1)
     clock.advance(1.5)
     assert cache.add("expired", "new") is True
@@ -228,7 +217,7 @@ def test_set_many(cache: BaseCache) -> None:
     assert cache.get("key2") == "eggs"
 
 
-def test_set_many_with_timeout(cache: BaseCache, clock: Clock) -> None:
+def test_set_many_with_timeout(cache: BaseCache, clock: FrozenClock) -> None:
     cache.set_many({"key1": "spam", "key2": "eggs"}, 1)
     clock.advance(0.5)
     assert cache.get_many(["key1", "key2"]) == {"key1": "spam", "key2": "eggs"}
@@ -281,7 +270,7 @@ def test_incr_decr(cache: BaseCache) -> None:
     assert cache.get("answer") == 40
 
 
-def test_incr_decr_of_missing_raise_value_error(cache: BaseCache, clock: Clock) -> None:
+def test_incr_decr_of_missing_raise_value_error(cache: BaseCache, clock: FrozenClock) -> None:
     with pytest.raises(ValueError):
         cache.incr("does_not_exist")
     with pytest.raises(ValueError):
@@ -302,7 +291,7 @@ def test_incr_of_none_raises_type_error(cache: BaseCache) -> None:
     assert cache.get("null", "default") is None
 
 
-def test_incr_keeps_expiry(cache: BaseCache, clock: Clock) -> None:
+def test_incr_keeps_expiry(cache: BaseCache, clock: FrozenClock) -> None:
     cache.set("counter", 1, 10)
     clock.advance(5)
     assert cache.incr("counter") == 2
@@ -392,7 +381,7 @@ def test_unpicklable_value_raises_and_keeps_the_old(cache: BaseCache) -> None:
     assert cache.get("fresh") is None
 
 
-def test_expiration(cache: BaseCache, clock: Clock) -> None:
+def test_expiration(cache: BaseCache, clock: FrozenClock) -> None:
     cache.set("expire1", "very quickly", 1)
     cache.set("expire2", "very quickly", 1)
     cache.set("expire3", "very quickly", 1)
@@ -406,7 +395,7 @@ def test_expiration(cache: BaseCache, clock: Clock) -> None:
     assert cache.get_many(["expire1", "expire3"]) == {}
 
 
-def test_float_timeout(cache: BaseCache, clock: Clock) -> None:
+def test_float_timeout(cache: BaseCache, clock: FrozenClock) -> None:
     cache.set("key", "value", 1.5)
     clock.advance(1)
     assert cache.get("key") == "value"
@@ -414,7 +403,7 @@ def test_float_timeout(cache: BaseCache, clock: Clock) -> None:
     assert cache.get("key") is None
 
 
-def test_default_timeout(make: Factory, clock: Clock) -> None:
+def test_default_timeout(make: Factory, clock: FrozenClock) -> None:
     short = make(TIMEOUT=1)
     assert short.default_timeout == 1
     short.set("key", "value")
@@ -426,21 +415,21 @@ def test_default_timeout(make: Factory, clock: Clock) -> None:
     assert short.get("added") is None
 
 
-def test_default_timeout_none_is_forever(make: Factory, clock: Clock) -> None:
+def test_default_timeout_none_is_forever(make: Factory, clock: FrozenClock) -> None:
     forever = make(TIMEOUT=None)
     forever.set("key", "value")
     clock.advance(10 * 365 * 24 * 3600)
     assert forever.get("key") == "value"
 
 
-def test_default_timeout_zero_caches_nothing(make: Factory, clock: Clock) -> None:
+def test_default_timeout_zero_caches_nothing(make: Factory, clock: FrozenClock) -> None:
     nothing = make(TIMEOUT=0)
     nothing.set("key", "value")
     clock.advance(0.001)  # (FileBasedCache's item expires after its instant, not at it)
     assert nothing.get("key") is None
 
 
-def test_forever_timeout(cache: BaseCache, clock: Clock) -> None:
+def test_forever_timeout(cache: BaseCache, clock: FrozenClock) -> None:
     cache.set("key1", "eggs", None)
     assert cache.add("key2", "ham", None) is True
     cache.set_many({"key3": "sausage", "key4": "lobster bisque"}, None)
@@ -478,7 +467,7 @@ def test_negative_timeout(cache: BaseCache) -> None:
     assert cache.get("key3") is None
 
 
-def test_long_timeout(cache: BaseCache, clock: Clock) -> None:
+def test_long_timeout(cache: BaseCache, clock: FrozenClock) -> None:
     # Memcached reads a timeout over 30 days as a timestamp; Django's backends must not
     long = 60 * 60 * 24 * 30 + 1
     cache.set("key1", "eggs", long)
@@ -494,7 +483,7 @@ def test_long_timeout(cache: BaseCache, clock: Clock) -> None:
     assert cache.get_many(["key1", "key2", "key3"]) == {}
 
 
-def test_touch(cache: BaseCache, clock: Clock) -> None:
+def test_touch(cache: BaseCache, clock: FrozenClock) -> None:
     cache.set("expire1", "very quickly", timeout=1)
     assert cache.touch("expire1", timeout=4) is True
     clock.advance(2)
@@ -508,14 +497,14 @@ def test_touch(cache: BaseCache, clock: Clock) -> None:
     assert cache.touch("nonexistent") is False
 
 
-def test_touch_expired(cache: BaseCache, clock: Clock) -> None:
+def test_touch_expired(cache: BaseCache, clock: FrozenClock) -> None:
     cache.set("expired", "x", timeout=1)
     clock.advance(2)
     assert cache.touch("expired") is False  # nothing to touch
     assert cache.get("expired") is None
 
 
-def test_touch_default_and_zero_timeout(make: Factory, clock: Clock) -> None:
+def test_touch_default_and_zero_timeout(make: Factory, clock: FrozenClock) -> None:
     cache = make(TIMEOUT=10)
     cache.set("key", "value", None)
     assert cache.touch("key") is True  # from never to the default, 10 s
@@ -551,7 +540,7 @@ def test_get_or_set(cache: BaseCache) -> None:
     assert cache.get("brian", version=2) == 1979
 
 
-def test_get_or_set_with_timeout(cache: BaseCache, clock: Clock) -> None:
+def test_get_or_set_with_timeout(cache: BaseCache, clock: FrozenClock) -> None:
     assert cache.get_or_set("key", "first", 1) == "first"
     clock.advance(1.5)
     assert cache.get_or_set("key", "second", 1) == "second"
@@ -754,7 +743,9 @@ def test_threads_share_one_writer(tmp_path: Path) -> None:
         shutil.rmtree(tmp_path / "store.vdb", ignore_errors=True)
 
 
-def test_data_and_expiry_survive_reopening(viper: Callable[..., ViperCache], clock: Clock) -> None:
+def test_data_and_expiry_survive_reopening(
+    viper: Callable[..., ViperCache], clock: FrozenClock
+) -> None:
     first = viper()
     first.set("forever", {"answer": 42}, None)
     first.set("ten-seconds", "soon gone", 10)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol, cast
 
 import pytest
+from _vdbtools import FrozenClock
 from dogpile.cache import CacheRegion, make_region
 from dogpile.cache.api import NO_VALUE, CacheBackend, CachedValue, KeyType
 from dogpile.cache.proxy import ProxyBackend
@@ -41,22 +42,9 @@ from viperdbm.cache.dogpile import ViperBackend
 BACKENDS = ("dogpile.cache.memory", "dogpile.cache.dbm", "viperdbm")
 
 
-class Clock:
-    """A stand-in for ``time.time``: it moves only when told to."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    fake = Clock()
+def clock(monkeypatch: pytest.MonkeyPatch) -> FrozenClock:
+    fake = FrozenClock()
     monkeypatch.setattr(time, "time", fake)
     return fake
 
@@ -154,7 +142,7 @@ def test_miss_is_no_value_and_none_is_a_value(make: MakeRegion) -> None:
     assert creator.calls == 0
 
 
-def test_value_metadata_round_trips(make: MakeRegion, clock: Clock) -> None:
+def test_value_metadata_round_trips(make: MakeRegion, clock: FrozenClock) -> None:
     region = make()
     stored_at = clock.now
     region.set("k", [1, 2])
@@ -177,7 +165,9 @@ def test_get_or_create_calls_the_creator_once(make: MakeRegion) -> None:
     assert region.get_or_create("k2", creator, creator_args=((), {})) == "value 2"
 
 
-def test_get_or_create_after_the_region_expiration_time(make: MakeRegion, clock: Clock) -> None:
+def test_get_or_create_after_the_region_expiration_time(
+    make: MakeRegion, clock: FrozenClock
+) -> None:
     region = make(expiration_time=10)
     creator = Counter()
     assert region.get_or_create("k", creator) == "value 1"
@@ -193,7 +183,7 @@ def test_get_or_create_after_the_region_expiration_time(make: MakeRegion, clock:
     assert region.get("k") == "value 2"
 
 
-def test_expiration_time_of_one_call(make: MakeRegion, clock: Clock) -> None:
+def test_expiration_time_of_one_call(make: MakeRegion, clock: FrozenClock) -> None:
     region = make(expiration_time=10)
     creator = Counter()
     region.get_or_create("k", creator)
@@ -267,7 +257,7 @@ def test_get_or_create_multi_should_cache_fn(make: MakeRegion) -> None:
     assert region.get("skip") is NO_VALUE
 
 
-def test_hard_invalidate(make: MakeRegion, clock: Clock) -> None:
+def test_hard_invalidate(make: MakeRegion, clock: FrozenClock) -> None:
     region = make()
     creator = Counter()
     region.get_or_create("k", creator)
@@ -282,7 +272,7 @@ def test_hard_invalidate(make: MakeRegion, clock: Clock) -> None:
     assert creator.calls == 2
 
 
-def test_soft_invalidate(make: MakeRegion, clock: Clock) -> None:
+def test_soft_invalidate(make: MakeRegion, clock: FrozenClock) -> None:
     region = make(expiration_time=60)
     creator = Counter()
     region.get_or_create("k", creator)
@@ -296,7 +286,7 @@ def test_soft_invalidate(make: MakeRegion, clock: Clock) -> None:
     assert creator.calls == 2
 
 
-def test_soft_invalidate_needs_an_expiration_time(make: MakeRegion, clock: Clock) -> None:
+def test_soft_invalidate_needs_an_expiration_time(make: MakeRegion, clock: FrozenClock) -> None:
     from dogpile.cache.exception import DogpileCacheException
 
     region = make()  # no expiration_time
@@ -514,7 +504,7 @@ def test_values_survive_a_new_region(tmp_path: Path, regions: list[CacheRegion])
 
 
 def test_store_expire_removes_items(
-    tmp_path: Path, clock: Clock, regions: list[CacheRegion]
+    tmp_path: Path, clock: FrozenClock, regions: list[CacheRegion]
 ) -> None:
     # the region never expires anything; the store's own expire does
     region = viper_region(tmp_path / "r.vdb", expire=30)
