@@ -172,14 +172,6 @@ def _expiry_of(raw: bytes) -> float:
     return expire_at
 
 
-def _header(raw: bytes) -> tuple[float, float, int]:
-    """``(expire_at, stored_at, offset of the pickle)`` of the entry ``raw``."""
-    if raw[0] == ENTRY_TAG:
-        _, expire_at, stored_at = _HEADER.unpack_from(raw)
-        return expire_at, stored_at, ENTRY_HEADER_SIZE
-    return NEVER, 0.0, 0  # a plain pickle: never expires, and is the oldest
-
-
 def _pickled(raw: bytes) -> bytes:
     return raw[ENTRY_HEADER_SIZE:] if raw[0] == ENTRY_TAG else raw
 
@@ -377,16 +369,26 @@ class _Expiries:
 
 
 def _scan(db: Database) -> list[tuple[float, bytes, int, float]]:
-    """``(stored_at, key, size, expire_at)`` of every item, oldest first: one read each."""
+    """``(stored_at, key, size, expire_at)`` of every item, oldest first: one read each
+    (written out: a cache with books pays it at open)."""
     found: list[tuple[float, bytes, int, float]] = []
+    append, get, unpack = found.append, db.get, _HEADER.unpack_from
     listed = db.keys()  # a list, taken at once
     for key in listed:
-        raw = db.get(key)
-        if raw is not None:
-            expire_at, stored_at, _ = _header(raw)
-            found.append((stored_at, key, len(key) + len(raw), expire_at))
-    found.sort()
+        raw = get(key)
+        if raw is None:
+            continue
+        if raw[0] == ENTRY_TAG:
+            _, expire_at, stored_at = unpack(raw)
+        else:  # a plain pickle: never expires, and is the oldest
+            expire_at = stored_at = 0.0
+        append((stored_at, key, len(key) + len(raw), expire_at))
+    found.sort(key=_stored_at)
     return found
+
+
+def _stored_at(item: tuple[float, bytes, int, float]) -> float:
+    return item[0]
 
 
 class Cache(MutableMapping[bytes, Any], ClosesOnExit):
@@ -704,14 +706,16 @@ class Cache(MutableMapping[bytes, Any], ClosesOnExit):
         """Start keeping expiries (and sizes, if ``sizes``) from one scan of the store."""
         found = _scan(self.db)
         expiries = self._expiries = _Expiries()
-        for stored_at, key, _, expire_at in found:
-            if expire_at != NEVER:  # the queue of the time to live it was stored for
-                expiries.note(key, expire_at, round(expire_at - stored_at, 3))
+        expiries.inbox.extend(  # each in the queue of the time to live it was stored for
+            (key, expire_at, round(expire_at - stored_at, 3))
+            for stored_at, key, _, expire_at in found
+            if expire_at != NEVER
+        )
         expiries.file_inbox()
         if sizes:
-            self._sizes = _Sizes()
-            for _, key, size, _ in found:
-                self._sizes.record(key, size)
+            books = self._sizes = _Sizes()
+            books.of.update((key, size) for _, key, size, _ in found)
+            books.volume = sum(books.of.values())
         return expiries
 
     def _cull(self, now: float) -> None:
