@@ -7,7 +7,7 @@ PY := .venv/bin/python
 # make test PYTEST_ARGS=
 PYTEST_ARGS ?= -n 2
 
-.PHONY: setup demo test lint check bench bench-readers bench-cache clean
+.PHONY: setup demo test lint check bench bench-readers bench-cache bench-scale clean
 
 setup:
 	./scripts/setup.sh
@@ -57,3 +57,14 @@ bench-cache: setup
 	.venv/bin/pip install -q -e ".[bench]" --config-settings editable_mode=strict
 	$(PY) benchmarks/cache.py $(CACHE_ARGS)
 	$(PY) benchmarks/cache.py --dir /tmp $(CACHE_ARGS)
+
+# viperdbm at 100M records beside 1M (issue 13; benchmarks/scale.py): batched and single
+# inserts with per-put latency, gets, misses, updates, deletes, reopen (cores used), index
+# bytes per key, RssAnon, and durable writes against lmdb (sync=True) and SQLite (WAL, FULL);
+# stores on /tmp (ext4 here; needs ~17 GiB free disk and ~4 GiB RAM, checked first);
+# ~7-30 min; writes benchmarks/results/scale-<date>.*
+# make bench-scale SCALE_ARGS="--n 10000000" for a smaller run, SCALE_ARGS=--quick to smoke-test.
+SCALE_ARGS ?=
+bench-scale: setup
+	.venv/bin/pip install -q -e ".[bench]" --config-settings editable_mode=strict
+	$(PY) benchmarks/scale.py $(SCALE_ARGS)

@@ -156,6 +156,25 @@ def run_script_ok(code: str, *args: str, timeout: float = 120) -> str:
     return result.stdout
 
 
+def run_benchmark(script: str, scratch: Path, *args: str) -> dict[str, Any]:
+    """Run ``benchmarks/<script>`` with its stores in ``scratch`` and ``args``; it must exit
+    0 and write one ``.json`` report and its ``.md``: the report, parsed."""
+    out = scratch / "out"
+    command = [sys.executable, str(ROOT / "benchmarks" / script), "--dir", str(scratch)]
+    result = subprocess.run(
+        [*command, "--out", str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (report,) = out.glob("*.json")
+    assert report.with_suffix(".md").exists()
+    doc: dict[str, Any] = json.loads(report.read_text())
+    return doc
+
+
 def as_nobody(purpose: str) -> list[str]:
     """The command prefix that runs a program as the user nobody (no groups); the test is
     skipped, saying it needed that to ``purpose``, unless it runs as root with setpriv."""

@@ -7,36 +7,13 @@ verdicts name each target of the issue."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from _vdbtools import run_benchmark
 
 
 def test_cache_benchmark_runs_every_store_and_every_get_finds_its_key(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "cache.py"),
-            "--quick",
-            "--dir",
-            str(tmp_path),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    (report,) = out.glob("cache-*.json")
-    assert report.with_suffix(".md").exists()
-    doc: dict[str, Any] = json.loads(report.read_text())
+    doc = run_benchmark("cache.py", tmp_path, "--quick")
     assert doc["problems"] == []
     stores = {(r["store"], r["threads"]) for r in doc["results"]}
     for store in ("viperdbm", "viperdbm+limit", "diskcache"):
