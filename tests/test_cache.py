@@ -519,7 +519,10 @@ def test_threads_writing_at_once_keep_the_books_exact(
         sys.setswitchinterval(1e-6)  # threads switch inside every step, not every 5 ms
         try:
             with ThreadPoolExecutor(8) as pool:
-                list(pool.map(worker, range(8)))
+                try:
+                    list(pool.map(worker, range(8)))
+                except Exception as error:  # say the seed that replays it
+                    raise AssertionError(f"VIPERDBM_CACHE_SEED={seed}") from error
         finally:
             sys.setswitchinterval(interval)
         assert cache.volume() == stored_volume(cache) <= (limit or stored_volume(cache)), seed

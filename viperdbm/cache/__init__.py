@@ -162,10 +162,6 @@ _EXPIRED: Final = -1.0  # an expire_at that has passed (before the epoch): never
 _NO_QUEUE: Final = -1.0  # an expiry that joins no queue of _Expiries (the heap)
 
 
-def _pack(expire_at: float, stored_at: float, pickled: bytes) -> bytes:
-    return _HEADER.pack(ENTRY_TAG, expire_at, stored_at) + pickled
-
-
 def _expiry_of(raw: bytes) -> float:
     """When the entry ``raw`` expires (:data:`NEVER` for a plain pickle)."""
     expire_at: float = _EXPIRE_AT.unpack_from(raw, 1)[0] if raw[0] == ENTRY_TAG else NEVER
@@ -246,10 +242,6 @@ class _Sizes:
             self.volume += size - of.pop(key, 0)
             if raw is not None:
                 of[key] = size
-
-    def record(self, key: bytes, size: int) -> None:
-        self.volume += size - self.of.pop(key, 0)
-        self.of[key] = size
 
     def forget(self, key: bytes) -> None:
         self.volume -= self.of.pop(key, 0)
@@ -368,9 +360,9 @@ class _Expiries:
         self.soonest = math.inf
 
 
-def _scan(db: Database) -> list[tuple[float, bytes, int, float]]:
-    """``(stored_at, key, size, expire_at)`` of every item, oldest first: one read each
-    (written out: a cache with books pays it at open)."""
+def _scan(db: Database, *, oldest_first: bool = True) -> list[tuple[float, bytes, int, float]]:
+    """``(stored_at, key, size, expire_at)`` of every item (oldest first unless told not
+    to): one read each (written out: a cache with books pays it at open)."""
     found: list[tuple[float, bytes, int, float]] = []
     append, get, unpack = found.append, db.get, _HEADER.unpack_from
     listed = db.keys()  # a list, taken at once
@@ -383,7 +375,8 @@ def _scan(db: Database) -> list[tuple[float, bytes, int, float]]:
         else:  # a plain pickle: never expires, and is the oldest
             expire_at = stored_at = 0.0
         append((stored_at, key, len(key) + len(raw), expire_at))
-    found.sort(key=_stored_at)
+    if oldest_first:
+        found.sort(key=_stored_at)
     return found
 
 
@@ -480,12 +473,15 @@ class Cache(MutableMapping[bytes, Any], ClosesOnExit):
         next(self._misses)
         return default
 
+    def _live(self, key: Key, now: float) -> bytes | None:
+        """The entry under ``key`` unless it is missing or expired by ``now``."""
+        raw = self.db.get(key)
+        return None if raw is None or _is_expired(_expiry_of(raw), now) else raw
+
     def _peek(self, key: Key) -> Any:
         """:meth:`get` without counting a hit or a miss: ``_MISSING`` for a miss."""
-        raw = self.db.get(key)
-        if raw is None or _is_expired(_expiry_of(raw), time.time()):
-            return _MISSING
-        return pickle.loads(_pickled(raw))
+        raw = self._live(key, time.time())
+        return _MISSING if raw is None else pickle.loads(_pickled(raw))
 
     def __getitem__(self, key: Key) -> Any:
         value = self.get(key, _MISSING)
@@ -494,10 +490,7 @@ class Cache(MutableMapping[bytes, Any], ClosesOnExit):
         return value
 
     def __contains__(self, key: object) -> bool:
-        if not isinstance(key, bytes | str):
-            return False
-        raw = self.db.get(key)
-        return raw is not None and not _is_expired(_expiry_of(raw), time.time())
+        return isinstance(key, bytes | str) and self._live(key, time.time()) is not None
 
     def __iter__(self) -> Iterator[bytes]:
         return iter(self.db)
@@ -508,9 +501,10 @@ class Cache(MutableMapping[bytes, Any], ClosesOnExit):
     def expire_time(self, key: Key) -> float | None:
         """When the item under ``key`` expires (``time.time()`` seconds), None if never;
         KeyError if it is missing or expired."""
-        raw = self.db.get(key)
-        if raw is None or _is_expired(expire_at := _expiry_of(raw), time.time()):
+        raw = self._live(key, time.time())
+        if raw is None:
             raise KeyError(key)
+        expire_at = _expiry_of(raw)
         return None if expire_at == NEVER else expire_at
 
     # ------------------------------------------------------------------ writing
@@ -545,9 +539,9 @@ class Cache(MutableMapping[bytes, Any], ClosesOnExit):
     def touch(self, key: Key, expire: Expire = DEFAULT_EXPIRE) -> bool:
         """Give the item under ``key`` a new time to live from now: False if there is none."""
         with self._writing:
-            raw = self.db.get(key)
             now = time.time()
-            if raw is None or _is_expired(_expiry_of(raw), now):
+            raw = self._live(key, now)
+            if raw is None:
                 return False
             ttl = self.expire_default if expire is DEFAULT_EXPIRE else expire
             return self._store(key, _pickled(raw), self._deadline(ttl, now), now, ttl)
@@ -559,8 +553,8 @@ class Cache(MutableMapping[bytes, Any], ClosesOnExit):
         kb = _key_bytes(key)
         with self._writing:
             now = time.time()
-            raw = self.db.get(kb)
-            if raw is None or _is_expired(_expiry_of(raw), now):
+            raw = self._live(kb, now)
+            if raw is None:
                 if default is None:
                     raise KeyError(key)
                 value, expire_at = default, self._deadline(self.expire_default, now)
@@ -620,7 +614,7 @@ class Cache(MutableMapping[bytes, Any], ClosesOnExit):
             if self._sizes is not None:
                 self._cull(time.time())
                 return self._sizes.volume
-            return sum(size for _, _, size, _ in _scan(self.db))
+            return sum(size for _, _, size, _ in _scan(self.db, oldest_first=False))
 
     def stats(self, reset: bool = False) -> CacheStats:
         """Hits and misses of :meth:`get` (and ``[]``, and :func:`memoize`) in this process
