@@ -227,3 +227,42 @@ def test_a_deferred_signal_waits_for_the_end_of_the_section(threads: str) -> Non
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split("\n")[:2] == ["at the end", "at poll()"], proc.stdout
+
+
+ENGINE_THREADS = r"""
+import signal, sys, threading
+import viperdbm
+from viperdbm._progress import Ticker
+
+def blocked(thread):
+    with open(f"/proc/self/task/{thread.native_id}/status") as status:
+        mask = int(next(ln for ln in status if ln.startswith("SigBlk:")).split()[1], 16)
+    return [sig.name for sig in (signal.SIGINT, signal.SIGTERM) if mask & (1 << (sig - 1))]
+
+path = sys.argv[1]
+with viperdbm.open(path, "c") as db:
+    db[b"k"] = b"v"
+with viperdbm.open(path, "r") as db, Ticker("waiting", enabled=True):
+    for thread in threading.enumerate():
+        if thread.name.startswith("viperdbm-"):
+            print(thread.name, *blocked(thread))
+"""
+
+
+def test_the_engines_own_threads_take_no_signals(store_dir: Path) -> None:
+    """The reader's idle catch-up and the progress ticker block SIGINT and SIGTERM: a
+    signal the kernel gave one of them while the main thread deferred it would run its
+    handler late, at whatever the main thread does once that thread is scheduled (CI saw a
+    KeyboardInterrupt land after the put it was sent in had returned)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", ENGINE_THREADS, str(store_dir / "store")],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(proc.stdout.splitlines()) == [
+        "viperdbm-readers SIGINT SIGTERM",
+        "viperdbm-ticker SIGINT SIGTERM",
+    ], proc.stdout

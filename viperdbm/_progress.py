@@ -14,6 +14,7 @@ import time
 from typing import TextIO
 
 from ._closing import ClosesOnExit
+from ._signals import quiet_thread
 
 __all__ = ["Progress", "Ticker", "wanted"]
 
@@ -123,6 +124,7 @@ class Ticker(Progress):
         self._stream.flush()
 
     def _run(self) -> None:
+        quiet_thread()
         while not self._stop.wait(_INTERVAL * 2):
             self._draw(time.monotonic())
 

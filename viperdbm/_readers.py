@@ -30,6 +30,7 @@ from . import _native
 from . import _storedir as storedir
 from ._errors import CorruptedError, LockError
 from ._pmemobj import Pool
+from ._signals import quiet_thread
 
 log = logging.getLogger("viperdbm")
 
@@ -301,6 +302,7 @@ class IdleCatchUp:
                 self._thread.start()
 
     def _run(self) -> None:
+        quiet_thread()
         while True:
             time.sleep(IDLE_CATCH_UP_SECONDS)
             for core in list(self._cores):

@@ -14,6 +14,11 @@ of the engine that would tear a multi-step change, so each one runs inside a
   So when other threads exist, the Python-level handlers of the signals programs usually
   handle are swapped, for the section, for one that only records the signal; it is raised
   again at the end, where the real handler runs.
+
+The engine's own threads block those signals for their whole life (:func:`quiet_thread`), so
+the kernel never hands them one of the program's signals: its C handler would then run when
+that thread is next scheduled, which on a busy machine can be after the section ended, and
+the ``KeyboardInterrupt`` would land late, at whatever the main thread does by then.
 """
 
 from __future__ import annotations
@@ -34,6 +39,12 @@ _SWAPPED = tuple(
 )
 
 _Handler = Callable[[int, FrameType | None], Any]
+
+
+def quiet_thread() -> None:
+    """Block, in the calling thread (one of the engine's own), the signals programs handle:
+    the kernel delivers each to a thread that does not block it, the main thread above all."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _SWAPPED)
 
 
 class Deferred:
