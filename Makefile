@@ -20,8 +20,8 @@ test: setup
 
 # stubtest: the stub of the C extension lists exactly what the extension has.
 lint: setup
-	$(PY) -m ruff check viperdbm tests benchmarks docs/gen_api.py
-	$(PY) -m ruff format --check viperdbm tests benchmarks docs/gen_api.py
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .  # Python, and the Python in the docs
 	$(PY) -m mypy
 	$(PY) -m mypy.stubtest viperdbm._vipercore
 

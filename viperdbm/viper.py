@@ -13,11 +13,11 @@ Here, line by line:
 >>> import os, tempfile
 >>> from viperdbm import Viper
 >>> path = os.path.join(tempfile.mkdtemp(), "viper")
->>> initial_size = 1 << 30                                    # accepted; the store grows by itself
+>>> initial_size = 1 << 30  # accepted; the store grows by itself
 >>> viper_db = Viper.create(path, initial_size, key_type=int, value_type=int)
 >>> v_client = viper_db.get_client()
 >>> for key in range(10):
-...     inserted = v_client.put(key, key + 10)                 # True: a new key
+...     inserted = v_client.put(key, key + 10)  # True: a new key
 >>> v_client.get(3)
 13
 >>> v_client.remove(3), v_client.get(3)

@@ -25,8 +25,8 @@ the same types always give the same bytes, different inputs different bytes.
 >>> from viperdbm.cache import Cache, encode_key, memoize
 >>> path = os.path.join(tempfile.mkdtemp(), "objects.vdb")
 >>> with Cache(path, expire=3600, size_limit=64 * 2**20) as cache:
-...     cache["config"] = {"retries": 3}                # lives an hour (the default)
-...     cache.set(encode_key(("user", 42)), ["Ada", 1815], expire=None)   # never expires
+...     cache["config"] = {"retries": 3}  # lives an hour (the default)
+...     cache.set(encode_key(("user", 42)), ["Ada", 1815], expire=None)  # never expires
 ...     cache["config"], cache[encode_key(("user", 42))]
 True
 ({'retries': 3}, ['Ada', 1815])
