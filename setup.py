@@ -13,6 +13,7 @@ NATIVE_SOURCES = [
     "core_type",
     "map_type",
     "log",
+    "batch",
     "index",
     "recovery",
     "shared",

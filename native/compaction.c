@@ -157,17 +157,27 @@ PyObject *Core_compact_block(Core *c, PyObject *arg) {
         if ((Py_ssize_t)i != vi && c->blocks[i].seq_min && c->blocks[i].seq_min < oldest_elsewhere)
             oldest_elsewhere = c->blocks[i].seq_min;
     uint64_t pos = c->block_cursor_off == off ? c->block_cursor_pos : c->blocks[vi].log_start;
+    /* inside a batch: where it ends (its records are back to back, not placed in pages) */
+    uint64_t batch_end = c->block_cursor_off == off ? c->block_cursor_batch_end : 0;
     for (;;) {
         Block *v = &c->blocks[vi];
-        if (pos + VD_RECORD_HEADER_SIZE > v->end) break;
-        uint64_t room = VD_PAGE_SIZE - pos % VD_PAGE_SIZE;
-        if (room < VD_RECORD_HEADER_SIZE) {
-            pos += room;
-            continue;
+        if (batch_end && pos >= batch_end) batch_end = 0;
+        if (!batch_end) {
+            if (pos + VD_RECORD_HEADER_SIZE > v->end) break;
+            uint64_t room = VD_PAGE_SIZE - pos % VD_PAGE_SIZE;
+            if (room < VD_RECORD_HEADER_SIZE) {
+                pos += room;
+                continue;
+            }
         }
         Rec r;
         const uint8_t *k = rec_key(c, pos, &r);
         uint64_t alen = align_up(r.total, VD_RECORD_ALIGN), noff;
+        if (r.kind == VD_KIND_BATCH) { /* its records are copied one by one, as any record */
+            batch_end = pos + alen;
+            pos += r.hlen;
+            continue;
+        }
         if (r.kind == VD_KIND_PUT) {
             uint64_t h = key_hash(k, r.klen);
             int64_t i = index_lookup(c, k, r.klen, h);
@@ -176,6 +186,7 @@ PyObject *Core_compact_block(Core *c, PyObject *arg) {
                 if (rc != RC_DONE) {
                     c->block_cursor_off = off;
                     c->block_cursor_pos = pos;
+                    c->block_cursor_batch_end = batch_end;
                     return PyLong_FromLong(rc);
                 }
                 vi = block_find(c, off); /* (blocks[] does not move here, but stay exact) */
@@ -192,6 +203,7 @@ PyObject *Core_compact_block(Core *c, PyObject *arg) {
                 if (rc != RC_DONE) {
                     c->block_cursor_off = off;
                     c->block_cursor_pos = pos;
+                    c->block_cursor_batch_end = batch_end;
                     return PyLong_FromLong(rc);
                 }
                 c->blocks[c->active].tombstones++;
@@ -202,7 +214,7 @@ PyObject *Core_compact_block(Core *c, PyObject *arg) {
         pos += alen;
     }
     c->blocks[vi].tombstones = 0; /* every delete that still mattered has a newer copy */
-    c->block_cursor_off = c->block_cursor_pos = 0;
+    c->block_cursor_off = c->block_cursor_pos = c->block_cursor_batch_end = 0;
     return PyLong_FromLong(RC_DONE);
 }
 

@@ -18,6 +18,7 @@
  *   index.c      the DRAM hash index: allocation, growth, deletion (lookup is inline below)
  *   log.c        blocks and records: placing, writing and persisting a record, the block
  *                constructor, block headers, the blocks registry, put
+ *   batch.c      atomic batches: many puts and deletes written as one record
  *   recovery.c   the scan of the blocks at open, the power-fail rule, damage
  *   compaction.c reorganize() and the compaction of single blocks
  *   parts.c      read-only mapping of a store's part files for shared readers
@@ -190,7 +191,12 @@ static inline uint64_t meta_make(uint64_t seq, unsigned kind, uint64_t klen) {
     uint64_t kfield = klen > VD_KLEN_SHORT_MAX ? VD_KLEN_LONG : klen;
     return (seq & VD_SEQ_MASK) | ((uint64_t)kind << VD_KIND_SHIFT) | (kfield << VD_KLEN_SHIFT);
 }
-static inline unsigned meta_kind(uint64_t meta) { return (unsigned)((meta >> VD_KIND_SHIFT) & VD_KIND_MASK); }
+/* The kind field as stored (a put or delete in a batch has VD_KIND_IN_BATCH set) */
+static inline unsigned meta_kind_raw(uint64_t meta) { return (unsigned)((meta >> VD_KIND_SHIFT) & VD_KIND_MASK); }
+/* The kind, without the in-batch flag: what a record does */
+static inline unsigned meta_kind(uint64_t meta) { return meta_kind_raw(meta) & ~VD_KIND_IN_BATCH; }
+/* Can a record of this stored kind stand in a log by itself (not inside a batch)? */
+static inline int kind_is_top_level(unsigned raw) { return raw >= VD_KIND_PUT && raw <= VD_KIND_BATCH; }
 static inline int meta_long_key(uint64_t meta) { return (meta >> VD_KLEN_SHIFT) == VD_KLEN_LONG; }
 /* The length of a record's header: a long key's u32 length follows the fixed part. */
 static inline uint64_t meta_header_len(uint64_t meta) {
@@ -219,6 +225,52 @@ static inline void rec_parse(const uint8_t *r, Rec *out) {
     out->hlen = meta_header_len(meta);
     out->klen = meta_long_key(meta) ? rd32(r + VD_RECORD_HEADER_SIZE) : meta >> VD_KLEN_SHIFT;
     out->total = out->hlen + out->klen + out->vlen;
+}
+
+/* ------------------------------------------------------------------ batches
+ * The records inside a batch record (VD_KIND_BATCH; vipercore.h, docs/format.md). A walk
+ * over a batch whose CRC verified, checking every length against the batch's end before a
+ * byte it covers is read: a hostile file can make a batch unreadable, never make a walk
+ * read outside it. */
+typedef struct {
+    uint64_t pos, end, seq; /* the next record, the batch's end, the next record's seq */
+} BatchWalk;
+
+static inline void batch_walk_start(BatchWalk *w, uint64_t off, const Rec *batch) {
+    w->pos = off + batch->hlen + batch->klen;
+    w->end = off + batch->total;
+    w->seq = batch->seq;
+}
+
+/* 1: *sub is the next record of the batch, at *at; 0: the batch is done; -1: malformed */
+static inline int batch_walk_next(const uint8_t *base, BatchWalk *w, Rec *sub, uint64_t *at) {
+    if (w->pos == w->end) return 0;
+    if (w->pos > w->end || w->end - w->pos < VD_RECORD_HEADER_SIZE) return -1;
+    const uint8_t *r = base + w->pos;
+    uint64_t meta = rec_meta(r);
+    unsigned raw = meta_kind_raw(meta);
+    if (raw != (VD_KIND_PUT | VD_KIND_IN_BATCH) && raw != (VD_KIND_DEL | VD_KIND_IN_BATCH)) return -1;
+    if (meta_header_len(meta) > w->end - w->pos) return -1;
+    rec_parse(r, sub);
+    if (sub->total > w->end - w->pos || sub->seq != w->seq || (sub->kind == VD_KIND_DEL && sub->vlen)) return -1;
+    *at = w->pos;
+    w->pos += align_up(sub->total, VD_RECORD_ALIGN);
+    w->seq++;
+    return 1;
+}
+
+/* 1 if every record of the batch (at off, its CRC verified) is well formed and there is at
+ * least one; *last: the sequence number of the last */
+static inline int batch_is_valid(const uint8_t *base, uint64_t off, const Rec *batch, uint64_t *last) {
+    if (batch->klen || batch->seq == 0) return 0;
+    BatchWalk w;
+    batch_walk_start(&w, off, batch);
+    Rec sub;
+    uint64_t at;
+    int v, n = 0;
+    while ((v = batch_walk_next(base, &w, &sub, &at)) == 1) n++;
+    *last = w.seq - 1;
+    return v == 0 && n > 0;
 }
 
 /* ------------------------------------------------------------------ the Core object */
@@ -263,6 +315,7 @@ typedef struct {
      * finish_recovery() only as far as they form a gap-free run (the power-fail rule) */
     struct Pending {
         uint64_t seq, off, alen;
+        uint64_t at; /* where it starts in its block's log: off, or its batch's offset */
     } *pending;
     size_t npending, pending_cap;
     uint64_t discarded; /* records dropped by the power-fail rule at the last recovery */
@@ -285,6 +338,7 @@ typedef struct {
     uint64_t jumbo_need; /* bytes of the jumbo block that the last RC_NEED_JUMBO asked for */
     int forked;       /* invalidated in a child process after fork() */
     uint64_t block_cursor_off, block_cursor_pos; /* where compact_block() resumes */
+    uint64_t block_cursor_batch_end;             /* ... inside a batch that ends here (0: none) */
     uint64_t compact_prev_active; /* offset of the active block when compact_begin() ran (0: none) */
     int puts_refused; /* the reserve is gone: puts answer RC_NEED_RESERVE (see Space.new_block in viperdbm/_space.py) */
     int io_errno;     /* an msync of this store failed: writes are refused (see core_io_refuse) */
@@ -414,6 +468,11 @@ Py_ssize_t write_jumbo(Core *c, unsigned kind, uint64_t joff, uint64_t jsize, co
                        const uint8_t *val, uint64_t vlen, uint64_t *out_off);
 int do_put(Core *c, const uint8_t *key, uint64_t klen, const uint8_t *val, uint64_t vlen, uint64_t jumbo_off,
            uint64_t jumbo_size);
+uint64_t place_record(Core *c, Block *b, uint64_t len, uint64_t *pad_at, uint64_t *pad_len);
+void write_pad(Core *c, uint64_t at, uint64_t len);
+
+/* ------------------------------------------------------------------ batch.c */
+PyObject *Core_put_batch(Core *c, PyObject *args);
 
 /* ------------------------------------------------------------------ compaction.c */
 Py_ssize_t compaction_victim(Core *c, int urgent);

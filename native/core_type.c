@@ -533,6 +533,8 @@ static PyMethodDef Core_methods[] = {
      "block_header(off, usable) -> (type, birth), or None without a valid block header"},
     {"put", (PyCFunction)(void (*)(void))Core_put, METH_FASTCALL, "put(key, value) -> write code"},
     {"put_jumbo", (PyCFunction)Core_put_jumbo, METH_VARARGS, "put_jumbo(off, usable, key, value) -> write code"},
+    {"put_batch", (PyCFunction)Core_put_batch, METH_VARARGS,
+     "put_batch(pairs[, off, usable]) -> write code: (key, value or None) pairs, written atomically"},
     {"delete", (PyCFunction)(void (*)(void))Core_delete, METH_FASTCALL, "delete(key) -> write code"},
     {"delete_jumbo", (PyCFunction)Core_delete_jumbo, METH_VARARGS, "delete_jumbo(off, usable, key) -> write code"},
     {"get", (PyCFunction)(void (*)(void))Core_get, METH_FASTCALL, "get(key, default=None)"},

@@ -42,6 +42,7 @@ static const struct {
     unsigned long long value;
 } constants[] = {
     CONSTANT(FORMAT_VERSION),
+    CONSTANT(BATCH_FORMAT_VERSION),
     CONSTANT(PAGE_SIZE),
     CONSTANT(BLOCK_SIZE),
     CONSTANT(INLINE_MAX),
@@ -59,6 +60,8 @@ static const struct {
     CONSTANT(KIND_PUT),
     CONSTANT(KIND_DEL),
     CONSTANT(KIND_PAD),
+    CONSTANT(KIND_BATCH),
+    CONSTANT(KIND_IN_BATCH),
     CONSTANT(MAX_KEY),
     CONSTANT(MAX_VALUE),
     CONSTANT(READERS_VERSION),

@@ -109,7 +109,7 @@ void write_record(Core *c, uint64_t off, unsigned kind, uint64_t seq, const uint
 
 /* Where in the active block a record of len bytes goes (padding to the next page when it
  * does not fit in the rest of this one); 0 if the block has no room. */
-static uint64_t place_record(Core *c, Block *b, uint64_t len, uint64_t *pad_at, uint64_t *pad_len) {
+uint64_t place_record(Core *c, Block *b, uint64_t len, uint64_t *pad_at, uint64_t *pad_len) {
     uint64_t pos = b->end, block_end = b->off + b->size;
     *pad_len = 0;
     uint64_t in_page = pos % VD_PAGE_SIZE, room = VD_PAGE_SIZE - in_page;
@@ -125,7 +125,7 @@ static uint64_t place_record(Core *c, Block *b, uint64_t len, uint64_t *pad_at, 
 
 /* A pad carries the sequence number of the record that follows it: not unique, but at least
  * the block's birth, so that a pad a previous life of the space left is not taken for one. */
-static void write_pad(Core *c, uint64_t at, uint64_t len) {
+void write_pad(Core *c, uint64_t at, uint64_t len) {
     if (len < VD_RECORD_HEADER_SIZE) return; /* recovery skips a page tail shorter than a header */
     write_record(c, at, VD_KIND_PAD, c->next_seq, NULL, 0, NULL, len - VD_RECORD_HEADER_SIZE);
 }

@@ -7,7 +7,7 @@
 /* Apply one valid record found by the scan: the newest version of each key wins.
  * During recovery the index also holds tombstones (a delete must beat an older put found
  * later in the scan); count includes them and tombs_in_index counts them. */
-static int recover_record(Core *c, uint64_t off, const Rec *r, uint64_t alen, Block *b, int deferred) {
+static int recover_record(Core *c, uint64_t off, const Rec *r, uint64_t alen, Block *b, int deferred, uint64_t log_at) {
     const uint8_t *key = c->base + off + r->hlen;
     if (r->seq > c->max_seq_seen) c->max_seq_seen = r->seq;
     if (r->seq < c->floor) { /* superseded wholesale by a reorganize() */
@@ -28,6 +28,7 @@ static int recover_record(Core *c, uint64_t off, const Rec *r, uint64_t alen, Bl
         c->pending[c->npending].seq = r->seq;
         c->pending[c->npending].off = off;
         c->pending[c->npending].alen = alen;
+        c->pending[c->npending].at = log_at;
         c->npending++;
         return 0;
     }
@@ -80,8 +81,7 @@ static int record_at(Core *c, uint64_t pos, uint64_t end, uint64_t prev_seq, uin
     rec->total = 0;
     if (rec_header_is_zero(r)) return 0;
     uint64_t meta = rec_meta(r);
-    unsigned rk = meta_kind(meta);
-    if (rk < VD_KIND_PUT || rk > VD_KIND_PAD) return -1;
+    if (!kind_is_top_level(meta_kind_raw(meta))) return -1;
     if (pos + meta_header_len(meta) > end) return -1;
     rec_parse(r, rec);
     if (rec->total > end - pos) {
@@ -95,6 +95,8 @@ static int record_at(Core *c, uint64_t pos, uint64_t end, uint64_t prev_seq, uin
     if (rec->kind != VD_KIND_PAD && (rec->seq <= prev_seq || rec->seq == 0 || rec->seq > seq_limit(c))) return -1;
     if (rec->kind == VD_KIND_PAD && rec->seq < birth) return -1; /* a previous life's pad */
     if (record_crc(r, rec->total) != rec_crc(r)) return -1;
+    uint64_t last;
+    if (rec->kind == VD_KIND_BATCH && (!batch_is_valid(c->base, pos, rec, &last) || last > seq_limit(c))) return -1;
     return 1;
 }
 
@@ -112,13 +114,13 @@ uint64_t prefetch_records(Core *c, uint64_t at, uint64_t end, int n) {
         if (at + VD_RECORD_HEADER_SIZE > end) return 0;
         const uint8_t *r = c->base + at;
         uint64_t meta = rec_meta(r);
-        unsigned rk = meta_kind(meta);
-        if (rk < VD_KIND_PUT || rk > VD_KIND_PAD) return 0;
+        unsigned rk = meta_kind_raw(meta);
+        if (!kind_is_top_level(rk)) return 0;
         if (at + meta_header_len(meta) > end) return 0;
         Rec rec;
         rec_parse(r, &rec);
         if (rec.total > end - at) return 0;
-        if (rk != VD_KIND_PAD) {
+        if (rk != VD_KIND_PAD && rk != VD_KIND_BATCH) { /* (a batch's records: not looked ahead at) */
             uint64_t h = key_hash(r + rec.hlen, rec.klen);
             __builtin_prefetch(&c->slots[h >> (64 - bits)]);
             n--;
@@ -199,8 +201,23 @@ PyObject *Core_scan_block(Core *c, PyObject *args) {
             if (type == VD_TYPE_STANDARD_BLOCK)
                 ahead = ahead > pos ? prefetch_records(c, ahead, end, 1)
                                     : prefetch_records(c, pos, end, SCAN_PREFETCH_DISTANCE);
-            if (recover_record(c, pos - alen, &rec, alen, b, 0) < 0) return NULL;
-            nrec++;
+            if (rec.kind == VD_KIND_BATCH) {
+                /* its records, each applied as a record of the block (record_at checked them) */
+                BatchWalk w;
+                batch_walk_start(&w, pos - alen, &rec);
+                Rec sub;
+                uint64_t at;
+                while (batch_walk_next(c->base, &w, &sub, &at) == 1) {
+                    if (recover_record(c, at, &sub, align_up(sub.total, VD_RECORD_ALIGN), b, 0, pos - alen) < 0)
+                        return NULL;
+                    prev_seq = sub.seq;
+                    nrec++;
+                }
+                b->dead_bytes += rec.hlen;
+            } else {
+                if (recover_record(c, pos - alen, &rec, alen, b, 0, pos - alen) < 0) return NULL;
+                nrec++;
+            }
             last_end = pos;
             if (type == VD_TYPE_JUMBO_BLOCK) break; /* a jumbo block holds one record */
             continue;
@@ -285,7 +302,7 @@ static int apply_pending(Core *c, int writable) {
         }
         Rec r;
         rec_parse(c->base + p->off, &r);
-        if (recover_record(c, p->off, &r, p->alen, &c->blocks[bi], 1) < 0) return -1;
+        if (recover_record(c, p->off, &r, p->alen, &c->blocks[bi], 1, p->at) < 0) return -1;
         expected++;
     }
     c->discarded = c->npending - i;
@@ -296,9 +313,9 @@ static int apply_pending(Core *c, int writable) {
         if (bi < 0) continue;
         Block *b = &c->blocks[bi];
         /* the block's log now ends before this record (records after it in the block are
-         * newer, so they are dropped too) */
-        if (p->off < b->end) {
-            b->end = p->off;
+         * newer, so they are dropped too; a record of a batch: from the batch on) */
+        if (p->at < b->end) {
+            b->end = p->at;
             b->damaged_at = 0;
             b->seq_max = p->seq - 1; /* an upper bound of what the block still holds */
         }
@@ -306,8 +323,8 @@ static int apply_pending(Core *c, int writable) {
     for (size_t j = i; writable && j < c->npending; j++) {
         /* every one of them: the scan looks past zeros for records further on */
         struct Pending *p = &c->pending[j];
-        memset(c->base + p->off, 0, VD_RECORD_HEADER_SIZE);
-        persist_range(c, p->off, VD_RECORD_HEADER_SIZE);
+        memset(c->base + p->at, 0, VD_RECORD_HEADER_SIZE);
+        persist_range(c, p->at, VD_RECORD_HEADER_SIZE);
         crash_point("apply_pending: dropped record erased");
     }
     PyMem_Free(c->pending);

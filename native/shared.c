@@ -625,13 +625,27 @@ static int reader_follow(Core *c, uint64_t e, uint64_t commit, uint64_t max_seq,
         const uint8_t *r = c->base + pos;
         if (rec_header_is_zero(r)) break;
         uint64_t meta = rec_meta(r);
-        unsigned kind = meta_kind(meta);
-        if (kind < VD_KIND_PUT || kind > VD_KIND_PAD || pos + meta_header_len(meta) > end) break;
+        unsigned kind = meta_kind_raw(meta);
+        if (!kind_is_top_level(kind) || pos + meta_header_len(meta) > end) break;
         Rec rec;
         rec_parse(r, &rec);
         if (rec.total > end - pos) break;
         if (kind != VD_KIND_PAD && (rec.seq == 0 || rec.seq > max_seq)) break; /* not published yet */
         if (record_crc(r, rec.total) != rec_crc(r)) break;
+        if (kind == VD_KIND_BATCH) {
+            /* published whole: its records, each applied as a record */
+            uint64_t last;
+            if (!batch_is_valid(c->base, pos, &rec, &last) || last > max_seq) break;
+            BatchWalk w;
+            batch_walk_start(&w, pos, &rec);
+            Rec sub;
+            uint64_t at;
+            while (batch_walk_next(c->base, &w, &sub, &at) == 1)
+                if (sub.seq > c->applied_seq && sub.seq >= floor && reader_apply(c, at, &sub, t) < 0) return -1;
+            pos += align_up(rec.total, VD_RECORD_ALIGN);
+            if (b->type == VD_TYPE_JUMBO_BLOCK) break;
+            continue;
+        }
         /* the index slots of the records ahead, as the scan at open does */
         if (kind != VD_KIND_PAD && b->type == VD_TYPE_STANDARD_BLOCK) {
             uint64_t next = pos + align_up(rec.total, VD_RECORD_ALIGN);

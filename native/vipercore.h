@@ -25,6 +25,10 @@ _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the format is little-
  * header, and format.c lists the fields of the module's FORMAT from them. */
 
 #define VD_FORMAT_VERSION 2u
+/* The root's format version once the store holds a batch (VD_KIND_BATCH): a viperdbm that
+ * reads only version 2 refuses the store rather than take a batch for damage. Block headers
+ * and the blocks file keep VD_FORMAT_VERSION: their layout did not change. */
+#define VD_BATCH_FORMAT_VERSION 3u
 
 /* A VPage: records of at most a page never straddle a page boundary (Viper's layout). 16 KiB,
  * four OS pages: records of about 1 KiB then waste at most a sixteenth of a page. */
@@ -134,7 +138,13 @@ typedef enum {
     VD_KIND_PUT = 1,
     VD_KIND_DEL = 2,
     VD_KIND_PAD = 3, /* fills the rest of a page; its value is zeros */
+    /* A batch (written whole or not at all): no key; its value is the batch's put and
+     * delete records, back to back, each 4-byte aligned and flagged VD_KIND_IN_BATCH, with
+     * consecutive sequence numbers from the batch's own. Its CRC covers them all. */
+    VD_KIND_BATCH = 4,
 } VdRecordKind;
+/* Or'ed into the kind of a put or delete inside a batch: such a record is valid only there. */
+#define VD_KIND_IN_BATCH 8u
 
 /* Largest key and value accepted (u32 fields on media). */
 #define VD_MAX_KEY ((uint64_t)0xFFFFFFFFu - 64u)

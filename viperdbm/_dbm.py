@@ -88,6 +88,30 @@ class Database(_native.MapBase, MutableMapping[bytes, bytes], ClosesOnExit):  # 
         self[key] = default
         return default.encode("utf-8") if isinstance(default, str) else bytes(default)
 
+    def batch(self) -> Batch:
+        """Puts and deletes that reach the store together, or not at all::
+
+            with db.batch() as batch:
+                batch[b"from"] = b"90"
+                batch[b"to"] = b"110"
+                del batch[b"pending"]
+
+        On leaving the ``with`` block the writes are stored as one batch: after a crash at
+        any instant (kill -9; with flag 's' or after ``sync()``, a power cut) the store holds
+        all of them or none, and readers in other processes see them at once. An exception
+        in the block discards them. Under flag 's' the batch is made durable by one flush
+        (group commit), not one per write. Reads through ``batch`` see its own writes;
+        reads through ``db`` see them once the batch is stored."""
+        self._require_engine()
+        if self._readonly:
+            raise ReadonlyError("the store was opened read-only", filename=self._path())
+        return Batch(self)
+
+    def update(self, other: object = (), /, **kwds: _BytesLike) -> None:
+        """As ``dict.update``, and atomic: the pairs are stored as one batch (:meth:`batch`)."""
+        with self.batch() as batch:
+            batch.update(other, **kwds)  # type: ignore[arg-type]
+
     def clear(self) -> None:
         snapshot = self.keys()
         if self._readonly:
@@ -171,6 +195,93 @@ class Database(_native.MapBase, MutableMapping[bytes, bytes], ClosesOnExit):  # 
 
     def _path(self) -> str:
         return self._engine.path if self._engine is not None else "?"
+
+
+def _as_bytes(data: object, what: str) -> bytes:
+    if isinstance(data, str):
+        return data.encode("utf-8")
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    raise TypeError(f"{what} must be bytes or str, not {type(data).__name__}")
+
+
+class Batch(MutableMapping[bytes, bytes]):
+    """Writes that reach the store together (:meth:`Database.batch`): a mapping over the
+    store whose writes are held until the batch is stored; reads see them first."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        #: key -> value, or None for a delete; the last write of a key wins
+        self._writes: dict[bytes, bytes | None] = {}
+        self._stored = False
+
+    def __setitem__(self, key: _BytesLike, value: _BytesLike) -> None:
+        self._open()
+        self._writes[_as_bytes(key, "keys")] = _as_bytes(value, "values")
+
+    def __delitem__(self, key: _BytesLike) -> None:
+        self._open()
+        k = _as_bytes(key, "keys")
+        if k not in self:
+            raise KeyError(key)
+        self._writes[k] = None
+
+    def __getitem__(self, key: _BytesLike) -> bytes:
+        k = _as_bytes(key, "keys")
+        if k in self._writes:
+            value = self._writes[k]
+            if value is None:
+                raise KeyError(key)
+            return value
+        return self._db[k]
+
+    def __contains__(self, key: object) -> bool:
+        k = _as_bytes(key, "keys")
+        if k in self._writes:
+            return self._writes[k] is not None
+        return k in self._db
+
+    def __iter__(self) -> Iterator[bytes]:
+        pending = self._writes
+        for key in self._db.keys():
+            if key not in pending:
+                yield key
+        for key, value in pending.items():
+            if value is not None:
+                yield key
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def store(self) -> None:
+        """Store the batch's writes now, as one (``with`` does this on leaving)."""
+        self._open()
+        self._stored = True
+        pairs = list(self._writes.items())
+        self._writes = {}
+        if pairs:
+            self._db._require_engine().write_batch(pairs)
+
+    def discard(self) -> None:
+        """Forget the batch's writes (``with`` does this when its block raises)."""
+        self._stored = True
+        self._writes = {}
+
+    def _open(self) -> None:
+        if self._stored:
+            raise ValueError("this batch was stored or discarded already: start another one")
+
+    def __enter__(self) -> Batch:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.store()
+        else:
+            self.discard()
+
+    def __repr__(self) -> str:
+        return f"<viperdbm batch of {len(self._writes)} writes to {self._db._path()!r}>"
 
 
 class _ItemsView(ItemsView[bytes, bytes]):

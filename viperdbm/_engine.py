@@ -563,6 +563,33 @@ class Engine:
             finally:
                 deferred.end()
 
+    def write_batch(self, pairs: list[tuple[bytes, bytes | None]]) -> None:
+        """Write ``pairs`` (key, value; None deletes; keys unique) as one batch: after a
+        crash at any instant the store holds all of them or none, and readers in other
+        processes see them together. Under flag 's' one persist makes the batch durable."""
+        with self._lock:
+            core = self.require_core()
+            self._require_writable()
+            space = self._require_space()
+            deferred = Deferred()
+            try:
+                if self._root.format_version != layout.BATCH_FORMAT_VERSION:
+                    self._mark_batches()
+                writepath.finish_batch(space, core.put_batch(pairs), pairs)
+                self._check_written(core)
+            finally:
+                deferred.end()
+
+    def _mark_batches(self) -> None:
+        """Before the first batch: the root says so (BATCH_FORMAT_VERSION), so that a
+        viperdbm that does not know batches refuses the store instead of reading one as
+        damage. One aligned 4-byte store, persisted."""
+        pool = self._require_pool()
+        at = self._root_off + layout.Root.FORMAT_VERSION_OFFSET
+        pool.write(at, layout.BATCH_FORMAT_VERSION.to_bytes(4, "little"))
+        pool.persist(at, 4)
+        self._root.format_version = layout.BATCH_FORMAT_VERSION
+
     # ------------------------------------------------------------------ maintenance
     def sync(self) -> None:
         """Make everything written so far power-fail durable (a no-op on tmpfs)."""

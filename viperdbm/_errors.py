@@ -153,6 +153,7 @@ class Message(Generic[_E]):
 #: what a put or a delete that failed did not do
 PUT_NOT_WRITTEN: Final = "the put was not written"
 DELETE_NOT_WRITTEN: Final = "the delete was not written"
+BATCH_NOT_WRITTEN: Final = "the batch was not written (none of its writes)"
 _DISK_FULL = "the disk is full: "
 _FREE_AND_RETRY = "free disk space and retry; every earlier write is intact"
 
@@ -174,6 +175,12 @@ PUT_RESERVE_IN_USE: Final = Message(
     _DISK_FULL + PUT_NOT_WRITTEN + " (the space the store keeps for deletes is in use by "
     "deletes and cannot be set aside again)",
     _FREE_AND_RETRY + ", and reads and deletes still work",
+)
+#: no room for a batch
+BATCH_DISK_FULL: Final = Message(
+    StoreFullError,
+    _DISK_FULL + BATCH_NOT_WRITTEN,
+    _FREE_AND_RETRY + ", and reads and single deletes still work",
 )
 #: no room for a delete, even in the space kept for deletes
 DELETE_DISK_FULL: Final = Message(

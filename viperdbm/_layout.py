@@ -42,6 +42,11 @@ FORMAT = _native.FORMAT
 _CONSTANTS = FORMAT["constants"]
 #: The format of everything inside the pool. Bumped on any incompatible change.
 FORMAT_VERSION = _CONSTANTS["FORMAT_VERSION"]
+#: The root's format version once the store holds a batch (block headers and the blocks
+#: file keep FORMAT_VERSION): a viperdbm that reads only FORMAT_VERSION refuses the store.
+BATCH_FORMAT_VERSION = _CONSTANTS["BATCH_FORMAT_VERSION"]
+#: the root format versions this viperdbm reads
+ROOT_FORMAT_VERSIONS = (FORMAT_VERSION, BATCH_FORMAT_VERSION)
 #: The type numbers of the objects viperdbm allocates; a block's header carries its type
 #: number again, as the block's kind.
 TYPE_STANDARD_BLOCK = _CONSTANTS["TYPE_STANDARD_BLOCK"]
@@ -54,6 +59,9 @@ ROOT_OBJECT_SIZE = _CONSTANTS["ROOT_OBJECT_SIZE"]
 ROOT_MAGIC = FORMAT["root_magic"]
 #: readers that may have a store open at once (the ``readers`` file's slots)
 READER_SLOTS = _CONSTANTS["READER_SLOTS"]
+
+#: a block header's size: a jumbo block is this, then its one record
+BLOCK_HEADER_SIZE = FORMAT["structures"]["VdBlockHeader"]["size"]
 
 #: libpmemobj's per-object header: requesting BLOCK_SIZE minus this fills whole 256 KiB chunks.
 PMEMOBJ_OBJECT_HEADER = 16
@@ -148,6 +156,7 @@ def unseal(word: int) -> int:
 class Root:
     """The fields of the root object, at the start of its 4 KiB."""
 
+    #: FORMAT_VERSION, or BATCH_FORMAT_VERSION once a batch was written
     format_version: int = FORMAT_VERSION
     flags: int = 0
     block_size: int = BLOCK_SIZE
@@ -179,6 +188,8 @@ class Root:
     #: Byte offsets of fields that are updated in place (8-byte aligned: one store each,
     #: of the value sealed by :func:`seal`).
     SEQ_FLOOR_OFFSET = _ROOT_STRUCTURE.offset("seq_floor")
+    #: (4 bytes, aligned: set to BATCH_FORMAT_VERSION by one store before the first batch)
+    FORMAT_VERSION_OFFSET = _ROOT_STRUCTURE.offset("format_version")
     DURABLE_SEQ_OFFSET = _ROOT_STRUCTURE.offset("durable_seq")
     DIRECTORY_GENERATION_OFFSET = _ROOT_STRUCTURE.offset("directory_generation")
 

@@ -49,10 +49,10 @@ def read_root(pool: Pool, path: str) -> tuple[int, layout.Root]:
         raise CorruptedError(f"the store's root object is damaged: {exc}", filename=path) from exc
     if root.magic != layout.ROOT_MAGIC:
         raise NotAStoreError("the pool is not a viperdbm store (bad root magic)", filename=path)
-    if root.format_version != layout.FORMAT_VERSION:
+    if root.format_version not in layout.ROOT_FORMAT_VERSIONS:
         raise VersionMismatchError(
             f"the store has format version {root.format_version}; this viperdbm reads "
-            f"version {layout.FORMAT_VERSION}",
+            f"versions {' and '.join(map(str, layout.ROOT_FORMAT_VERSIONS))}",
             filename=path,
             hint="open it with the viperdbm version that wrote it and 'dump' it",
         )

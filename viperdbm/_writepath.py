@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, TypeVar
 from . import _layout as layout
 from . import _native
 from ._errors import (
+    BATCH_DISK_FULL,
+    BATCH_NOT_WRITTEN,
     DELETE_DISK_FULL,
     DELETE_NOT_WRITTEN,
     NOT_WRITTEN_BECAUSE,
@@ -156,6 +158,33 @@ def finish_delete(space: Space, code: int, key: bytes | str) -> bool:
         return False
     reclaim_if_due(space)
     return True
+
+
+def finish_batch(space: Space, code: int, pairs: list[tuple[bytes, bytes | None]]) -> None:
+    """Finish a batch that answered ``code`` (Core.put_batch), then give space back if due.
+    The core writes all of it in one call or nothing, so every retry starts afresh."""
+    core = space.core
+    puts = any(value is not None for _, value in pairs)
+    meet_needs(
+        space,
+        code,
+        Write(
+            retry=lambda: core.put_batch(pairs),
+            # the batch record holds each write as a record: an upper bound of its length
+            jumbo_bytes=lambda: _native.jumbo_size(0, sum(_record_bytes(k, v) for k, v in pairs)),
+            into_jumbo=lambda off, usable: core.put_batch(pairs, off, usable),
+            use_reserve=not puts,  # deletes alone may, as a single delete may
+            disk_full=BATCH_DISK_FULL,
+            not_written=BATCH_NOT_WRITTEN,
+        ),
+    )
+    reclaim_if_due(space)
+
+
+def _record_bytes(key: bytes, value: bytes | None) -> int:
+    """The bytes a write takes as a record, 4-byte aligned (its jumbo block less the block
+    header)."""
+    return _native.jumbo_size(len(key), 0 if value is None else len(value)) - layout.BLOCK_HEADER_SIZE
 
 
 def reclaim_if_due(space: Space) -> None:
