@@ -127,79 +127,6 @@ static int map_put(MapBase *m, Core *c, PyObject *key, PyObject *value) {
     return map_write_slow(m, rc, key, value) < 0 ? -1 : 0;
 }
 
-/* One pair of update()'s argument: item is a key of the mapping src, or (src NULL) a pair.
- * 0, or -1 with an exception set. */
-static int update_one(MapBase *m, Core *c, PyObject *src, PyObject *item) {
-    if (src) {
-        PyObject *v = PyObject_GetItem(src, item);
-        int r = v ? map_put(m, c, item, v) : -1;
-        Py_XDECREF(v);
-        return r;
-    }
-    PyObject *seq = PySequence_Fast(item, "update() needs pairs of key and value");
-    if (!seq) return -1;
-    int r = -1;
-    if (PySequence_Fast_GET_SIZE(seq) != 2)
-        PyErr_SetString(PyExc_ValueError, "update() needs pairs of key and value");
-    else
-        r = map_put(m, c, PySequence_Fast_GET_ITEM(seq, 0), PySequence_Fast_GET_ITEM(seq, 1));
-    Py_DECREF(seq);
-    return r;
-}
-
-/* update([other], **kw): every pair in one call (a mapping, or an iterable of pairs) */
-static PyObject *MapBase_update(MapBase *m, PyObject *args, PyObject *kw) {
-    PyObject *other = NULL;
-    if (!PyArg_UnpackTuple(args, "update", 0, 1, &other)) return NULL;
-    Core *c = map_core(m);
-    if (!c) return NULL;
-    if (m->readonly) {
-        map_refuse_readonly(m);
-        return NULL;
-    }
-    PyObject *sources[2] = {other, kw};
-    for (int s = 0; s < 2; s++) {
-        PyObject *src = sources[s];
-        if (!src) continue;
-        PyObject *it;
-        int is_map = PyDict_Check(src) || PyObject_HasAttrString(src, "keys");
-        if (PyDict_Check(src)) {
-            PyObject *k, *v;
-            Py_ssize_t pos = 0;
-            /* iterate a snapshot: a put may call Python (slow path) */
-            PyObject *items = PyDict_Items(src);
-            if (!items) return NULL;
-            Py_ssize_t n = PyList_GET_SIZE(items);
-            for (pos = 0; pos < n; pos++) {
-                PyObject *pair = PyList_GET_ITEM(items, pos);
-                k = PyTuple_GET_ITEM(pair, 0);
-                v = PyTuple_GET_ITEM(pair, 1);
-                if (map_put(m, c, k, v) < 0) {
-                    Py_DECREF(items);
-                    return NULL;
-                }
-            }
-            Py_DECREF(items);
-            continue;
-        }
-        /* a mapping: its keys() and src[key], as dict.update(); else an iterable of pairs */
-        PyObject *keys = is_map ? PyObject_CallMethod(src, "keys", NULL) : NULL;
-        if (is_map && !keys) return NULL;
-        it = PyObject_GetIter(keys ? keys : src);
-        Py_XDECREF(keys);
-        if (!it) return NULL;
-        PyObject *item;
-        int r = 0;
-        while (r == 0 && (item = PyIter_Next(it))) {
-            r = update_one(m, c, is_map ? src : NULL, item);
-            Py_DECREF(item);
-        }
-        Py_DECREF(it);
-        if (r < 0 || PyErr_Occurred()) return NULL;
-    }
-    Py_RETURN_NONE;
-}
-
 /* get_many(keys, default=None) -> list: the value of each key (or default), in one call */
 static PyObject *MapBase_get_many(MapBase *m, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs < 1 || nargs > 2) {
@@ -336,8 +263,6 @@ static PyMethodDef MapBase_methods[] = {
     {"_detach", (PyCFunction)MapBase_detach, METH_NOARGS, "_detach(): the store is closed"},
     {"get", (PyCFunction)(void (*)(void))MapBase_get, METH_FASTCALL, "get(key, default=None): the value of key, or default"},
     {"keys", (PyCFunction)MapBase_keys, METH_NOARGS, "keys(): a list of every key (as every dbm module returns)"},
-    {"update", (PyCFunction)(void (*)(void))MapBase_update, METH_VARARGS | METH_KEYWORDS,
-     "update([other], **kw): store every pair of a mapping or an iterable of pairs, in one call"},
     {"get_many", (PyCFunction)(void (*)(void))MapBase_get_many, METH_FASTCALL,
      "get_many(keys, default=None): a list of the value of each key (or default), in one call"},
     {"_items_list", (PyCFunction)MapBase_items_list, METH_NOARGS, "every (key, value), in one call"},

@@ -13,6 +13,8 @@ process is killed right after, and a line not written was not acknowledged.
   is one of :data:`STORES`; for ``load`` and ``copy`` the argument is the store whose
   content is copied (``main``), for ``put`` the key and the digest of its value, for
   ``delete`` the key.
+  For ``batch`` the rest is its writes, ``<key hex>=<value digest>`` or ``<key hex>=-`` (a
+  delete), separated by commas: all of them happened, or none.
 * ``A <i>``: operation *i* returned (acknowledged).
 * ``E <i> <type> <message>``: it raised a ``viperdbm.error`` (or ``KeyError`` from a
   delete): allowed in the error mode; the child goes on with the same handle.
@@ -37,15 +39,31 @@ SEED = "enumerate"
 STORES = {"main": "main.vdb", "target": "target.vdb"}
 DUMP = "main.dump"
 
-#: one operation: (store tag, kind, key, value size); key and size only for put/delete
+#: one operation: (store tag, kind, key, value size); key and size only for put/delete; for
+#: a batch, the prefix of its keys and how many writes it has (see :func:`batch_writes`)
 Step = tuple[str, str, bytes, int]
 
 KIB, MIB = 1024, 1 << 20
-NEEDS_HANDLE = ("put", "delete", "sync", "reorganize", "verify", "close")
+NEEDS_HANDLE = ("put", "delete", "batch", "sync", "reorganize", "verify", "close")
 
 
 def _small(i: int) -> int:
     return 40 + (i * 397) % 3000
+
+
+def batch_writes(i: int, prefix: bytes, count: int) -> list[tuple[bytes, bytes | None]]:
+    """The writes of batch operation *i*: puts of ``prefix + NN``, every fourth a delete of
+    one of the small keys (present or not). ``prefix`` ``J`` makes values of 300 KiB, so the
+    batch is over 1 MiB; ``M`` values of 200 KiB, so that it needs a new block."""
+    size = {b"J": 300 * KIB, b"M": 200 * KIB}.get(prefix, 0)
+    writes: list[tuple[bytes, bytes | None]] = []
+    for j in range(count):
+        if j % 4 == 3:
+            writes.append((b"s%02d" % ((i + j) % 16), None))
+        else:
+            value = value_for(SEED, i * 100 + j, size or _small(i + j))
+            writes.append((prefix + b"%02d" % j, value))
+    return writes
 
 
 def workload() -> list[Step]:
@@ -60,6 +78,9 @@ def workload() -> list[Step]:
 
     def do(kind: str, store: str = "main") -> None:
         steps.append((store, kind, b"", 0))
+
+    def batch(prefix: bytes, count: int) -> None:
+        steps.append(("main", "batch", prefix, count))
 
     # the old store that load --replace, copy --replace and flag 'n' replace in turn
     do("create", "target")
@@ -76,6 +97,12 @@ def workload() -> list[Step]:
     for i in range(3):
         put(b"j%d" % i, MIB + 200 * KIB * (i + 1))
     do("verify")
+    # atomic batches: small ones, one that needs a new block, one over 1 MiB (a jumbo
+    # block), one that overwrites the first
+    batch(b"a", 7)
+    batch(b"M", 6)
+    batch(b"J", 5)
+    batch(b"a", 4)
     # the jumbo reuse of the issue: K over 1 MiB, overwritten, deleted, synced; then
     # overwrites until compaction drops K's tombstone, and new jumbo values in its space
     put(b"K", MIB + 500 * KIB)
@@ -119,6 +146,7 @@ def workload() -> list[Step]:
     do("open")
     for i in range(4):
         put(b"t%d" % i, _small(i + 50))
+    batch(b"c", 9)  # (in a store reopened: its root already says it holds batches)
     delete(b"s03")
     delete(b"g05")
     do("verify")
@@ -179,6 +207,13 @@ class Runner:
             raise AssertionError(f"{kind} needs an open handle")
         elif kind == "put":
             db[key] = value
+        elif kind == "batch":
+            with db.batch() as batch:
+                for k, v in batch_writes(i, key, len(value)):
+                    if v is None:
+                        batch.pop(k, None)
+                    else:
+                        batch[k] = v
         elif kind == "delete":
             del db[key]
         elif kind in ("sync", "reorganize"):
@@ -202,6 +237,13 @@ def main(workdir: str, flag: str, acklog: str) -> None:
         value = value_for(SEED, i, size) if kind == "put" else b""
         if kind == "put":
             log.line("B", i, tag, kind, key.hex(), digest(value))
+        elif kind == "batch":
+            value = b"x" * size  # (its length: how many writes)
+            writes = ",".join(
+                f"{k.hex()}={'-' if v is None else digest(v)}"
+                for k, v in batch_writes(i, key, size)
+            )
+            log.line("B", i, tag, kind, writes)
         elif kind == "delete":
             log.line("B", i, tag, kind, key.hex())
         elif kind in ("load", "copy"):

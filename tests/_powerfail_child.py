@@ -27,6 +27,7 @@ from typing import Any
 from _vdbtools import value_for
 
 #: an operation: ("put", key hex, value index, size) or ("delete", key hex) or ("reorganize",)
+#: or ("batch", [put or delete operation, ...]): its writes, all or none of them
 Operation = tuple[Any, ...]
 
 SCENARIOS = (
@@ -39,6 +40,8 @@ SCENARIOS = (
     "reorganize",
     "growth",
     "growth-s",
+    "batches",
+    "batches-s",
     "new-store-s",
     "replace-s",
 )
@@ -184,6 +187,23 @@ def scenario(name: str, seed: int) -> tuple[list[Operation], list[Operation]]:
             after.append(("put", (b"G%03d" % i).hex(), 10_000 + i, rng.randint(900_000, 1_100_000)))
         for i in range(0, 50, 2):
             after.append(("delete", (b"g%03d" % i).hex()))
+    elif name.startswith("batches"):
+        # batches of puts and deletes after D, small ones and one over 1 MiB: a power cut
+        # keeps a prefix of them, each whole or not at all
+        for i in range(60):
+            _put(before, b"k%02d" % i, rng.randint(0, 2000))
+        for n in range(40):
+            writes: list[Operation] = []
+            for j in range(rng.randint(1, 30)):
+                key = (b"k%02d" % rng.randrange(60)).hex()
+                if rng.random() < 0.2:
+                    writes.append(("delete", key))
+                else:
+                    size = 300_000 if n == 20 and j < 5 else rng.randint(0, 3000)
+                    writes.append(("put", key, 10_000 + 100 * n + j, size))
+            after.append(("batch", writes))
+            if n % 7 == 3:
+                after.append(("put", (b"single%02d" % n).hex(), 20_000 + n, rng.randint(0, 900)))
     else:
         raise ValueError(name)
     return before, after
@@ -204,6 +224,13 @@ def run(db: Any, ops: list[Operation], seed: int, store: str, flag: str) -> Any:
                 del db[key]
         elif op[0] == "reorganize":
             db.reorganize()
+        elif op[0] == "batch":
+            with db.batch() as batch:
+                for write in op[1]:
+                    if write[0] == "put":
+                        batch[bytes.fromhex(write[1])] = value_for(seed, write[2], write[3])
+                    else:
+                        batch.pop(bytes.fromhex(write[1]), None)
     return db
 
 

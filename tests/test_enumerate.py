@@ -446,6 +446,13 @@ def replay_acklog(text: str) -> Outcome:
                     f"present: expected {' or '.join(held)}, found absent"
                 )
             m.put(key, None, certain)
+        elif kind == "batch":  # all of its writes, or (if uncertain) none of them
+            writes = [w.split("=") for w in args[0].split(",")]
+            after = copy.deepcopy(m.cands)
+            for cand in after:
+                for key_hex, value in writes:
+                    cand[bytes.fromhex(key_hex)] = frozenset({None if value == "-" else value})
+            m.cands = after if certain else m.cands + after
         elif kind == "create":
             m.cands = [{}] if m.may_be_absent else m.cands
             m.may_be_absent = m.may_be_absent and not certain

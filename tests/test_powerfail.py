@@ -145,6 +145,9 @@ def _apply(state: dict[bytes, str], op: list[Any], seed: int) -> None:
         state.pop(bytes.fromhex(op[1]), None)
     elif op[0] == "new":
         state.clear()
+    elif op[0] == "batch":
+        for write in op[1]:
+            _apply(state, write, seed)
 
 
 def _msynced_pages(home: Path, out: Path, trace: Path) -> dict[str, set[int]]:
@@ -482,7 +485,12 @@ def scenario_run(name: str) -> Scenario:
     states = [dict(state)]
     allowed: dict[bytes, set[str | None]] = {}
     for op in ops["after"]:
-        touched = [bytes.fromhex(op[1])] if op[0] in ("put", "delete") else list(state)
+        if op[0] in ("put", "delete"):
+            touched = [bytes.fromhex(op[1])]
+        elif op[0] == "batch":
+            touched = [bytes.fromhex(write[1]) for write in op[1]]
+        else:
+            touched = list(state)
         for key in touched:
             allowed.setdefault(key, {states[0].get(key)})
         _apply(state, op, seed)

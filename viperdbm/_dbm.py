@@ -108,9 +108,16 @@ class Database(_native.MapBase, MutableMapping[bytes, bytes], ClosesOnExit):  # 
         return Batch(self)
 
     def update(self, other: object = (), /, **kwds: _BytesLike) -> None:
-        """As ``dict.update``, and atomic: the pairs are stored as one batch (:meth:`batch`)."""
-        with self.batch() as batch:
-            batch.update(other, **kwds)  # type: ignore[arg-type]
+        """As ``dict.update`` (a mapping, or pairs, and keywords), and atomic: the pairs are
+        stored as one batch (:meth:`batch`), all of them or none."""
+        engine = self._require_engine()
+        if self._readonly:
+            raise ReadonlyError("the store was opened read-only", filename=self._path())
+        # dict() takes what dict.update takes; the core checks every key and value before
+        # it writes anything (a str key and its UTF-8 bytes are the same key: the last wins)
+        pairs = list(dict(other, **kwds).items())  # type: ignore[call-overload]
+        if pairs:
+            engine.write_batch(pairs)
 
     def clear(self) -> None:
         snapshot = self.keys()
@@ -243,7 +250,7 @@ class Batch(MutableMapping[bytes, bytes]):
 
     def __iter__(self) -> Iterator[bytes]:
         pending = self._writes
-        for key in self._db.keys():
+        for key in self._db.keys():  # noqa: SIM118 - a list made at once, as dbm's keys()
             if key not in pending:
                 yield key
         for key, value in pending.items():

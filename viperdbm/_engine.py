@@ -563,7 +563,7 @@ class Engine:
             finally:
                 deferred.end()
 
-    def write_batch(self, pairs: list[tuple[bytes, bytes | None]]) -> None:
+    def write_batch(self, pairs: writepath.Pairs) -> None:
         """Write ``pairs`` (key, value; None deletes; keys unique) as one batch: after a
         crash at any instant the store holds all of them or none, and readers in other
         processes see them together. Under flag 's' one persist makes the batch durable."""

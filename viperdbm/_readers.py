@@ -30,6 +30,7 @@ from . import _native
 from . import _storedir as storedir
 from ._errors import CorruptedError, LockError
 from ._pmemobj import Pool
+from ._recovery import require_known_version
 from ._signals import quiet_thread
 
 log = logging.getLogger("viperdbm")
@@ -354,6 +355,7 @@ def open_live(path: str, slot: ReaderSlot) -> tuple[SharedOpen, PoolMapping] | N
         if root is None or root.magic != layout.ROOT_MAGIC or root.created_ns != pool_id:
             mapping.unmap()
             return None  # not this pool's (a copied directory?): the caller opens otherwise
+        require_known_version(root, path)
         core = _native.Core(mapping.base, mapping.length, 0)
         follow_writer(core, slot, mapping)
     except BaseException:
@@ -405,6 +407,7 @@ def open_shared(path: str) -> SharedOpen | None:
         if root.magic != layout.ROOT_MAGIC or root.directory_generation != directory.generation:
             _native.core.unmap_parts(base, total)
             return None
+        require_known_version(root, path)
         core = _native.Core(base, total, sum(size for _, size, _ in directory.blocks) // 128)
         core.set_floor(root.seq_floor)
         core.set_durable(root.durable_seq)

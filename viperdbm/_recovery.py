@@ -49,6 +49,13 @@ def read_root(pool: Pool, path: str) -> tuple[int, layout.Root]:
         raise CorruptedError(f"the store's root object is damaged: {exc}", filename=path) from exc
     if root.magic != layout.ROOT_MAGIC:
         raise NotAStoreError("the pool is not a viperdbm store (bad root magic)", filename=path)
+    require_known_version(root, path)
+    return root_off, root
+
+
+def require_known_version(root: layout.Root, path: str) -> None:
+    """VersionMismatchError for a root whose format this viperdbm does not read (every
+    open checks it: the writer's, and a reader's that maps the parts itself)."""
     if root.format_version not in layout.ROOT_FORMAT_VERSIONS:
         raise VersionMismatchError(
             f"the store has format version {root.format_version}; this viperdbm reads "
@@ -56,7 +63,6 @@ def read_root(pool: Pool, path: str) -> tuple[int, layout.Root]:
             filename=path,
             hint="open it with the viperdbm version that wrote it and 'dump' it",
         )
-    return root_off, root
 
 
 def store_root_u64(pool: Pool, root_off: int, offset: int, value: int) -> None:

@@ -23,7 +23,7 @@ The engine calls this module holding its lock, with signals deferred.
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, TypeVar
@@ -48,6 +48,8 @@ if TYPE_CHECKING:
     from ._space import Space
 
 WriteCode = _native.WriteCode
+#: the writes of a batch: (key, value, or None to delete), keys unique (Core.put_batch)
+Pairs = Sequence[tuple[bytes | str, bytes | str | None]]
 _T = TypeVar("_T")
 
 #: the disk's own "no room" errnos: other causes of a StoreFullError keep their own hint
@@ -160,7 +162,7 @@ def finish_delete(space: Space, code: int, key: bytes | str) -> bool:
     return True
 
 
-def finish_batch(space: Space, code: int, pairs: list[tuple[bytes, bytes | None]]) -> None:
+def finish_batch(space: Space, code: int, pairs: Pairs) -> None:
     """Finish a batch that answered ``code`` (Core.put_batch), then give space back if due.
     The core writes all of it in one call or nothing, so every retry starts afresh."""
     core = space.core
@@ -181,10 +183,11 @@ def finish_batch(space: Space, code: int, pairs: list[tuple[bytes, bytes | None]
     reclaim_if_due(space)
 
 
-def _record_bytes(key: bytes, value: bytes | None) -> int:
+def _record_bytes(key: bytes | str, value: bytes | str | None) -> int:
     """The bytes a write takes as a record, 4-byte aligned (its jumbo block less the block
     header)."""
-    return _native.jumbo_size(len(key), 0 if value is None else len(value)) - layout.BLOCK_HEADER_SIZE
+    jumbo = _native.jumbo_size(len(_as_bytes(key)), 0 if value is None else len(_as_bytes(value)))
+    return jumbo - layout.BLOCK_HEADER_SIZE
 
 
 def reclaim_if_due(space: Space) -> None:
