@@ -273,6 +273,22 @@ static inline int batch_is_valid(const uint8_t *base, uint64_t off, const Rec *b
     return v == 0 && n > 0;
 }
 
+/* ------------------------------------------------------------------ part files (parts.c)
+ * A writer's part files, in pool order (descriptors that Python opens and keeps): freed
+ * blocks are punched out of them, and the block constructor allocates a new object's range
+ * again before it writes there. */
+typedef struct {
+    size_t n;
+    struct PartFile {
+        int fd;
+        uint64_t start, size; /* pool offsets [start, start + size) */
+    } part[];
+} PartTable;
+/* fallocate over the pool range [off, off + len) of the parts t lists (punch: give it back,
+ * else allocate it): 0, or the errno of the first failure. Ranges past the table (a part
+ * added since) are skipped: libpmemobj allocates a new part whole. */
+int parts_fallocate(const PartTable *t, uint64_t off, uint64_t len, int punch);
+
 /* ------------------------------------------------------------------ the Core object */
 typedef struct {
     uint64_t off;       /* pool offset of the block object */
@@ -359,6 +375,7 @@ typedef struct {
     uint64_t *free_entries;  /* the writer: entries of the readers file free for reuse */
     size_t nfree_entries, free_entries_cap;
     PyObject *weakrefs; /* a reader's core is held weakly by the idle catch-up (_readers.py) */
+    PartTable *parts;   /* a writer's part files (set_parts), or NULL */
 } Core;
 
 #define SLOT_OFF_BITS 40
@@ -473,6 +490,10 @@ void write_pad(Core *c, uint64_t at, uint64_t len);
 
 /* ------------------------------------------------------------------ batch.c */
 PyObject *Core_put_batch(Core *c, PyObject *args);
+
+/* ------------------------------------------------------------------ parts.c (a writer's) */
+PyObject *Core_set_parts(Core *c, PyObject *arg);
+PyObject *Core_punch(Core *c, PyObject *args);
 
 /* ------------------------------------------------------------------ compaction.c */
 Py_ssize_t compaction_victim(Core *c, int urgent);

@@ -135,3 +135,73 @@ PyObject *mod_unmap_parts(PyObject *mod, PyObject *args) {
     if (munmap((void *)(uintptr_t)base, (size_t)total) != 0) return PyErr_SetFromErrno(PyExc_OSError);
     Py_RETURN_NONE;
 }
+
+/* ------------------------------------------------------------------ space given back
+ * The writer's part files (Core.set_parts): a freed block is punched out of them, so that
+ * the file system gets its space back (docs/format.md, "Space"), and the block constructor
+ * (log.c) allocates a new object's range again before it writes into it: a write through
+ * the mapping into a hole needs a block from the file system at the page fault, and on a
+ * full disk that fault is a SIGBUS, where fallocate fails cleanly with ENOSPC. */
+
+int parts_fallocate(const PartTable *t, uint64_t off, uint64_t len, int punch) {
+    if (!t || !len) return 0;
+    int mode = punch ? FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE : 0;
+    for (size_t i = 0; i < t->n; i++) {
+        const struct PartFile *p = &t->part[i];
+        uint64_t from = off > p->start ? off : p->start;
+        uint64_t to = off + len < p->start + p->size ? off + len : p->start + p->size;
+        if (from >= to) continue;
+        if (punch) { /* a hole already (punched before): nothing to give back */
+            off_t data = lseek(p->fd, (off_t)(from - p->start), SEEK_DATA);
+            if ((data < 0 && errno == ENXIO) || (data >= 0 && (uint64_t)data >= to - p->start)) continue;
+        }
+        if (fallocate(p->fd, mode, (off_t)(from - p->start), (off_t)(to - from)) != 0) return errno ? errno : EIO;
+    }
+    return 0;
+}
+
+/* set_parts([(fd, size), ...]): the writer's part files in pool order (descriptors open for
+ * writing, owned by Python and kept open while the table is set); [] clears it. */
+PyObject *Core_set_parts(Core *c, PyObject *arg) {
+    PyObject *seq = PySequence_Fast(arg, "set_parts() takes a list of (fd, size)");
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PartTable *t = PyMem_Malloc(sizeof *t + (size_t)n * sizeof t->part[0]);
+    if (!t) {
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
+    t->n = (size_t)n;
+    uint64_t start = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int fd;
+        unsigned long long size;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "iK", &fd, &size)) {
+            PyMem_Free(t);
+            Py_DECREF(seq);
+            return NULL;
+        }
+        t->part[i].fd = fd;
+        t->part[i].start = start;
+        t->part[i].size = size;
+        start += size;
+    }
+    Py_DECREF(seq);
+    PyMem_Free(c->parts);
+    c->parts = n ? t : NULL;
+    if (!n) PyMem_Free(t);
+    Py_RETURN_NONE;
+}
+
+/* punch(off, len) -> 0 or an errno: give the pool range [off, off + len) (whole OS pages,
+ * inside freed objects only) back to the file system. Its content is then zeros. */
+PyObject *Core_punch(Core *c, PyObject *args) {
+    unsigned long long off, len;
+    if (!PyArg_ParseTuple(args, "KK", &off, &len)) return NULL;
+    if (core_check_open(c) < 0) return NULL;
+    if (off % os_page || len % os_page || off > c->mapped || len > c->mapped - off)
+        return internal_error("punch(): a range of whole pages inside the pool"), NULL;
+    int err;
+    Py_BEGIN_ALLOW_THREADS err = parts_fallocate(c->parts, off, len, 1);
+    Py_END_ALLOW_THREADS return PyLong_FromLong(err);
+}
