@@ -72,7 +72,7 @@ static int batch_index(Core *c, Py_ssize_t bi, uint64_t off, const BatchItem *it
         Block *b = &c->blocks[bi];
         int64_t slot = index_lookup(c, it->key.p, (uint64_t)it->key.n, it->hash);
         if (slot >= 0) {
-            uint64_t old = slot_off(c->slots[slot]);
+            uint64_t old = slot_off(c, c->slots[slot]);
             Rec o;
             rec_parse(c->base + old, &o);
             freeable |= account_dead(c, old, align_up(o.total, VD_RECORD_ALIGN));
@@ -81,9 +81,9 @@ static int batch_index(Core *c, Py_ssize_t bi, uint64_t off, const BatchItem *it
             b->live++;
             b->live_bytes += alen;
             if (slot >= 0) {
-                c->slots[slot] = slot_make(it->hash, at);
+                c->slots[slot] = slot_make(c, it->hash, at);
             } else {
-                c->slots[-slot - 1] = slot_make(it->hash, at);
+                c->slots[-slot - 1] = slot_make(c, it->hash, at);
                 c->count++;
             }
         } else {

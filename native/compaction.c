@@ -75,7 +75,7 @@ PyObject *Core_compact_step(Core *c, PyObject *args) {
     for (; c->compact_cursor < c->cap; c->compact_cursor++) {
         uint64_t s = c->slots[c->compact_cursor];
         if (!s) continue;
-        uint64_t old = slot_off(s);
+        uint64_t old = slot_off(c, s);
         Py_ssize_t bi = block_find(c, old);
         if (bi < 0 || !c->blocks[bi].old) continue;
         Rec r;
@@ -98,7 +98,7 @@ PyObject *Core_compact_step(Core *c, PyObject *args) {
         c->blocks[nb].live++;
         c->blocks[nb].live_bytes += alen;
         account_dead(c, old, alen);
-        c->slots[c->compact_cursor] = (s & ~SLOT_OFF_MASK) | (off >> 2);
+        c->slots[c->compact_cursor] = slot_moved(c, s, off);
         crash_point("compact_step: index updated");
     }
     return PyLong_FromLong(RC_DONE);
@@ -181,7 +181,7 @@ PyObject *Core_compact_block(Core *c, PyObject *arg) {
         if (r.kind == VD_KIND_PUT) {
             uint64_t h = key_hash(k, r.klen);
             int64_t i = index_lookup(c, k, r.klen, h);
-            if (i >= 0 && slot_off(c->slots[i]) == pos) {
+            if (i >= 0 && slot_off(c, c->slots[i]) == pos) {
                 int rc = append_record(c, VD_KIND_PUT, k, r.klen, k + r.klen, r.vlen, &noff);
                 if (rc != RC_DONE) {
                     c->block_cursor_off = off;
@@ -193,7 +193,7 @@ PyObject *Core_compact_block(Core *c, PyObject *arg) {
                 c->blocks[c->active].live++;
                 c->blocks[c->active].live_bytes += alen;
                 account_dead(c, pos, alen);
-                c->slots[i] = slot_make(h, noff);
+                c->slots[i] = slot_make(c, h, noff);
                 crash_point("compact_block: index updated");
             }
         } else if (r.kind == VD_KIND_DEL && r.seq > oldest_elsewhere) {

@@ -319,8 +319,10 @@ typedef struct {
 typedef struct {
     PyObject_HEAD uint8_t *base; /* NULL once closed */
     uint64_t mapped;             /* bytes of the pool that are mapped: bound for every offset */
-    /* index: open addressing, linear probing, slot = tag:24 | (offset >> 2):40, 0 = empty */
+    /* index: open addressing, linear probing, slot = tag | (offset >> 2), 0 = empty */
     uint64_t *slots;
+    unsigned off_bits;  /* bits of (offset >> 2) in a slot; the tag takes the rest */
+    uint64_t off_mask;  /* (1 << off_bits) - 1 */
     uint64_t cap, count, tombs_in_index;
     Block *blocks; /* sorted by off */
     size_t nblocks, blocks_cap;
@@ -378,21 +380,28 @@ typedef struct {
     PartTable *parts;   /* a writer's part files (set_parts), or NULL */
 } Core;
 
-#define SLOT_OFF_BITS 40
-#define SLOT_OFF_MASK ((UINT64_C(1) << SLOT_OFF_BITS) - 1)
-/* The tag is the hash's top 24 bits, and a key's home slot is the top log2(cap) bits: up to
- * 2^24 slots the home of an entry follows from its tag, so growing the table and deleting
- * (backward shift) never read keys from the pool. A used slot is never 0: no record is at
- * pool offset 0. */
-#define SLOT_TAG(h) ((h) >> 40)
+/* A slot is the top bits of the key's hash (its tag) above the record's offset >> 2, which
+ * takes off_bits bits: as few as the pool's offsets need (set at the core's creation, from
+ * the address space reserved for the pool, which no offset reaches), so that the tag is as
+ * long as it can be (30 bits under a 64 GiB reservation, at least 24). A key's home slot
+ * is the top log2(cap) bits of its hash: while the table has at most 2^(tag bits) slots the
+ * home of an entry follows from its tag, so growing the table and deleting (backward shift)
+ * never read keys from the pool, and two keys whose tags differ are never compared. A used
+ * slot is never 0: no record is at pool offset 0. */
+#define SLOT_OFF_BITS_MAX 40 /* a reservation of 4 TiB */
 
 static inline unsigned log2u64(uint64_t v) { return 63u - (unsigned)__builtin_clzll(v); }
 
-static inline uint64_t slot_make(uint64_t h, uint64_t off) {
-    return ((uint64_t)SLOT_TAG(h) << SLOT_OFF_BITS) | (off >> 2);
+static inline unsigned slot_tag_bits(const Core *c) { return 64u - c->off_bits; }
+static inline uint64_t slot_make(const Core *c, uint64_t h, uint64_t off) {
+    return (h & ~c->off_mask) | (off >> 2);
 }
-static inline uint64_t slot_off(uint64_t s) { return (s & SLOT_OFF_MASK) << 2; }
-static inline uint64_t slot_tag(uint64_t s) { return s >> SLOT_OFF_BITS; }
+static inline uint64_t slot_off(const Core *c, uint64_t s) { return (s & c->off_mask) << 2; }
+static inline uint64_t slot_tag(const Core *c, uint64_t s) { return s >> c->off_bits; }
+/* the same entry, pointing at a copy of its record at off */
+static inline uint64_t slot_moved(const Core *c, uint64_t s, uint64_t off) {
+    return (s & ~c->off_mask) | (off >> 2);
+}
 
 static inline int core_check_open(Core *c) {
     if (__builtin_expect(c->base != NULL, 1)) return 0;
@@ -443,13 +452,13 @@ static inline const uint8_t *rec_key(Core *c, uint64_t off, Rec *r) {
 
 /* Find key; returns slot index if found, else -(insert position) - 1. */
 static inline int64_t index_lookup(Core *c, const uint8_t *key, uint64_t klen, uint64_t h) {
-    uint64_t mask = c->cap - 1, i = h >> (64 - log2u64(c->cap)), tag = SLOT_TAG(h);
+    uint64_t mask = c->cap - 1, i = h >> (64 - log2u64(c->cap)), tag = h >> c->off_bits;
     for (;;) {
         uint64_t s = c->slots[i];
         if (s == 0) return -(int64_t)i - 1;
-        if (slot_tag(s) == tag) {
+        if (slot_tag(c, s) == tag) {
             Rec r;
-            const uint8_t *k = rec_key(c, slot_off(s), &r);
+            const uint8_t *k = rec_key(c, slot_off(c, s), &r);
             if (r.klen == klen && memcmp(k, key, klen) == 0) return (int64_t)i;
         }
         i = (i + 1) & mask;

@@ -14,9 +14,9 @@ int list_append_new(PyObject *list, PyObject *item) {
 
 /* ------------------------------------------------------------------ Core methods */
 static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"base", "mapped", "capacity_hint", NULL};
-    unsigned long long base = 0, mapped = 0, hint = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "KK|K", kwlist, &base, &mapped, &hint)) return NULL;
+    static char *kwlist[] = {"base", "mapped", "capacity_hint", "reserved", NULL};
+    unsigned long long base = 0, mapped = 0, hint = 0, reserved = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "KK|KK", kwlist, &base, &mapped, &hint, &reserved)) return NULL;
     if (base == 0 || (base % os_page) != 0) {
         internal_error("the pool is not mapped at a page boundary");
         return NULL;
@@ -25,6 +25,15 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     if (!c) return NULL;
     c->base = (uint8_t *)(uintptr_t)base;
     c->mapped = mapped;
+    /* reserved: the address space the pool can never outgrow (0: unknown, the most) */
+    unsigned off_bits = SLOT_OFF_BITS_MAX;
+    if (reserved && reserved >= mapped) {
+        off_bits = reserved > 4 ? 64u - (unsigned)__builtin_clzll((reserved - 1) >> 2) : 1;
+        if (off_bits < 20) off_bits = 20;
+        if (off_bits > SLOT_OFF_BITS_MAX) off_bits = SLOT_OFF_BITS_MAX;
+    }
+    c->off_bits = off_bits;
+    c->off_mask = (UINT64_C(1) << off_bits) - 1;
     c->active = -1;
     c->next_seq = 1;
     uint64_t cap = 1024;
@@ -62,6 +71,10 @@ static PyObject *Core_set_mapped(Core *c, PyObject *arg) {
     if (PyErr_Occurred()) return NULL;
     if (m < c->mapped) {
         internal_error("the mapped size of a pool never shrinks");
+        return NULL;
+    }
+    if (m > 4 && ((m - 1) >> 2) > c->off_mask) {
+        internal_error("the pool outgrew the address space its index was made for");
         return NULL;
     }
     c->mapped = m;
@@ -144,7 +157,7 @@ static PyObject *Core_put_jumbo(Core *c, PyObject *args) {
 /* A delete has superseded the record index entry i points to: the entry goes, the record is
  * dead. Whether its block became freeable. */
 static int index_drop_deleted(Core *c, int64_t i) {
-    uint64_t old = slot_off(c->slots[i]);
+    uint64_t old = slot_off(c, c->slots[i]);
     Rec r;
     rec_parse(c->base + old, &r);
     int freeable = account_dead(c, old, align_up(r.total, VD_RECORD_ALIGN));
@@ -230,7 +243,7 @@ int64_t lookup_arg(Core *c, PyObject *key) {
 
 PyObject *value_at(Core *c, int64_t i) {
     Rec r;
-    const uint8_t *k = rec_key(c, slot_off(c->slots[i]), &r);
+    const uint8_t *k = rec_key(c, slot_off(c, c->slots[i]), &r);
     return PyBytes_FromStringAndSize((const char *)k + r.klen, (Py_ssize_t)r.vlen);
 }
 
@@ -277,7 +290,7 @@ Py_ssize_t Core_len(Core *c) {
 
 static PyObject *key_of_slot(Core *c, uint64_t s) {
     Rec r;
-    const uint8_t *k = rec_key(c, slot_off(s), &r);
+    const uint8_t *k = rec_key(c, slot_off(c, s), &r);
     return PyBytes_FromStringAndSize((const char *)k, (Py_ssize_t)r.klen);
 }
 
@@ -430,7 +443,7 @@ static PyObject *Core_audit(Core *c, PyObject *unused) {
     uint64_t outside = 0, past_end = 0;
     for (uint64_t i = 0; i < c->cap; i++) {
         if (!c->slots[i]) continue;
-        uint64_t off = slot_off(c->slots[i]);
+        uint64_t off = slot_off(c, c->slots[i]);
         Py_ssize_t bi = block_find(c, off);
         if (bi < 0) {
             outside++;

@@ -42,14 +42,15 @@ int index_alloc(Core *c, uint64_t cap) {
 
 static uint64_t hash_of_slot(Core *c, uint64_t s) {
     Rec r;
-    const uint8_t *k = rec_key(c, slot_off(s), &r);
+    const uint8_t *k = rec_key(c, slot_off(c, s), &r);
     return key_hash(k, r.klen);
 }
 
 /* the home slot of an entry in a table of cap slots */
 static inline uint64_t home_of(Core *c, uint64_t s, uint64_t cap) {
     unsigned bits = log2u64(cap);
-    if (bits <= 24) return slot_tag(s) >> (24 - bits);
+    unsigned tag_bits = slot_tag_bits(c);
+    if (bits <= tag_bits) return slot_tag(c, s) >> (tag_bits - bits);
     return hash_of_slot(c, s) >> (64 - bits);
 }
 

@@ -366,13 +366,13 @@ int do_put(Core *c, const uint8_t *key, uint64_t klen, const uint8_t *val, uint6
     int64_t i = index_lookup(c, key, klen, h);
     int freeable = 0;
     if (i >= 0) {
-        uint64_t old = slot_off(c->slots[i]);
+        uint64_t old = slot_off(c, c->slots[i]);
         Rec r;
         rec_parse(c->base + old, &r);
         freeable = account_dead(c, old, align_up(r.total, VD_RECORD_ALIGN));
-        c->slots[i] = slot_make(h, off);
+        c->slots[i] = slot_make(c, h, off);
     } else {
-        c->slots[-i - 1] = slot_make(h, off);
+        c->slots[-i - 1] = slot_make(c, h, off);
         c->count++;
     }
     crash_point("put: index updated");

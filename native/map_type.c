@@ -186,7 +186,7 @@ static PyObject *snapshot_list(Core *c, int what) {
     for (uint64_t i = 0; i < c->cap && n < size; i++) {
         if (!c->slots[i]) continue;
         Rec r;
-        const uint8_t *k = rec_key(c, slot_off(c->slots[i]), &r);
+        const uint8_t *k = rec_key(c, slot_off(c, c->slots[i]), &r);
         PyObject *v = PyBytes_FromStringAndSize((const char *)k + r.klen, (Py_ssize_t)r.vlen), *item;
         if (!v) {
             Py_DECREF(list);

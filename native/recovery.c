@@ -37,7 +37,7 @@ static int recover_record(Core *c, uint64_t off, const Rec *r, uint64_t alen, Bl
     if (index_reserve(c) < 0) return -1;
     int64_t i = index_lookup(c, key, r->klen, h);
     if (i >= 0) {
-        uint64_t old = slot_off(c->slots[i]);
+        uint64_t old = slot_off(c, c->slots[i]);
         Rec o;
         rec_parse(c->base + old, &o);
         if (o.seq == r->seq) {
@@ -51,9 +51,9 @@ static int recover_record(Core *c, uint64_t off, const Rec *r, uint64_t alen, Bl
             account_dead(c, old, align_up(o.total, VD_RECORD_ALIGN));
         else
             c->tombs_in_index--;
-        c->slots[i] = slot_make(h, off);
+        c->slots[i] = slot_make(c, h, off);
     } else {
-        c->slots[-i - 1] = slot_make(h, off);
+        c->slots[-i - 1] = slot_make(c, h, off);
         c->count++;
     }
     if (r->kind == VD_KIND_PUT) {
@@ -342,7 +342,7 @@ PyObject *Core_finish_recovery(Core *c, PyObject *arg) {
             uint64_t s = c->slots[i];
             if (s) {
                 Rec r;
-                rec_parse(c->base + slot_off(s), &r);
+                rec_parse(c->base + slot_off(c, s), &r);
                 if (r.kind == VD_KIND_DEL) {
                     index_remove_at(c, i);
                     c->count--;

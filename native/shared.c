@@ -569,11 +569,11 @@ static int reader_apply(Core *c, uint64_t off, const Rec *r, Tombs *t) {
     int64_t i = index_lookup(c, key, r->klen, h);
     if (i >= 0) {
         Rec o;
-        rec_parse(c->base + slot_off(c->slots[i]), &o);
+        rec_parse(c->base + slot_off(c, c->slots[i]), &o);
         if (o.seq >= r->seq) return 0;
-        c->slots[i] = slot_make(h, off);
+        c->slots[i] = slot_make(c, h, off);
     } else {
-        c->slots[-i - 1] = slot_make(h, off);
+        c->slots[-i - 1] = slot_make(c, h, off);
         c->count++;
     }
     if (r->kind != VD_KIND_DEL) return 0;
@@ -703,7 +703,7 @@ again:;
         Rec r;
         const uint8_t *key = rec_key(c, t.offs[i], &r);
         int64_t s = index_lookup(c, key, r.klen, key_hash(key, r.klen));
-        if (s >= 0 && slot_off(c->slots[s]) == t.offs[i]) {
+        if (s >= 0 && slot_off(c, c->slots[s]) == t.offs[i]) {
             index_remove_at(c, (uint64_t)s);
             c->count--;
         }
@@ -717,7 +717,7 @@ again:;
             uint64_t s = c->slots[i];
             if (s) {
                 Rec r;
-                rec_parse(c->base + slot_off(s), &r);
+                rec_parse(c->base + slot_off(c, s), &r);
                 if (r.seq < floor) {
                     index_remove_at(c, i);
                     c->count--;

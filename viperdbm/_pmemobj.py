@@ -701,6 +701,8 @@ class Pool:
         # Private: use Pool.create() or Pool.open().
         self.set_path = set_path
         self._parts_dir = parts_dir
+        #: the address space the pool is mapped in, which it never outgrows (0: unknown)
+        self.reservation = 0
         #: the mapped part files in pool order (path, mapped bytes): _refresh_mapped
         self._part_list: list[tuple[str, int]] = []
         #: descriptors of the part files, opened for writing by part_files()
@@ -864,6 +866,7 @@ class Pool:
                 os.close(fd)
             raise
         pool._keep_fds = fds
+        pool.reservation = reservation
         return pool
 
     def _setup(self, parts: Parts | None = None) -> None:

@@ -82,7 +82,9 @@ def new_core(pool: Pool, path: str) -> tuple[_native.Core, list[tuple[int, int, 
                 filename=path,
             )
     log_bytes = sum(size for _, type_num, size in objects)
-    return _native.Core(pool.base, mapped, min(log_bytes, mapped) // 128), objects
+    # the reservation bounds every offset: the index's slots give the rest to the key's tag
+    hint = min(log_bytes, mapped) // 128
+    return _native.Core(pool.base, mapped, hint, pool.reservation), objects
 
 
 def scan(
