@@ -56,6 +56,7 @@ Py_ssize_t compaction_victim(Core *c, int urgent) {
 PyObject *Core_compact_begin(Core *c, PyObject *unused) {
     (void)unused;
     if (core_check_open(c) < 0) return NULL;
+    index_settle(c); /* (compact_step walks one table) */
     for (size_t i = 0; i < c->nblocks; i++) c->blocks[i].old = 1;
     c->compact_prev_active = c->active >= 0 ? c->blocks[c->active].off : 0;
     c->active = -1;

@@ -323,6 +323,9 @@ typedef struct {
     uint64_t *slots;
     unsigned off_bits;  /* bits of (offset >> 2) in a slot; the tag takes the rest */
     uint64_t off_mask;  /* (1 << off_bits) - 1 */
+    /* the table being drained into slots while the index grows (index.c), or NULL */
+    uint64_t *old_slots;
+    uint64_t old_cap, migrate_pos;
     uint64_t cap, count, tombs_in_index;
     Block *blocks; /* sorted by off */
     size_t nblocks, blocks_cap;
@@ -389,6 +392,9 @@ typedef struct {
  * never read keys from the pool, and two keys whose tags differ are never compared. A used
  * slot is never 0: no record is at pool offset 0. */
 #define SLOT_OFF_BITS_MAX 40 /* a reservation of 4 TiB */
+/* an old table's slot whose entry moved to the new one (no record is at the last bytes of
+ * the reservation: a slot is never all ones) */
+#define SLOT_MOVED UINT64_MAX
 
 static inline unsigned log2u64(uint64_t v) { return 63u - (unsigned)__builtin_clzll(v); }
 
@@ -450,12 +456,15 @@ static inline const uint8_t *rec_key(Core *c, uint64_t off, Rec *r) {
     return p + r->hlen;
 }
 
-/* Find key; returns slot index if found, else -(insert position) - 1. */
+int64_t index_lookup_old(Core *c, const uint8_t *key, uint64_t klen, uint64_t h, uint64_t insert_at);
+
+/* Find key; returns slot index if found, else -(insert position) - 1. Both are indexes of
+ * c->slots: while the index grows, an entry found in the old table moves to the new one. */
 static inline int64_t index_lookup(Core *c, const uint8_t *key, uint64_t klen, uint64_t h) {
     uint64_t mask = c->cap - 1, i = h >> (64 - log2u64(c->cap)), tag = h >> c->off_bits;
     for (;;) {
         uint64_t s = c->slots[i];
-        if (s == 0) return -(int64_t)i - 1;
+        if (s == 0) return __builtin_expect(c->old_slots == NULL, 1) ? -(int64_t)i - 1 : index_lookup_old(c, key, klen, h, i);
         if (slot_tag(c, s) == tag) {
             Rec r;
             const uint8_t *k = rec_key(c, slot_off(c, s), &r);
@@ -469,6 +478,10 @@ static inline int64_t index_lookup(Core *c, const uint8_t *key, uint64_t klen, u
 int index_alloc(Core *c, uint64_t cap);
 void slots_free(uint64_t *slots, uint64_t cap);
 int index_reserve(Core *c);
+/* finish the growth in progress: the whole index is in slots (before a walk of it) */
+void index_settle(Core *c);
+/* move a few entries of the growth in progress (an insert that did not reserve does this) */
+void index_step(Core *c);
 int index_presize(Core *c, uint64_t expected);
 /* how many records a scan prefetches the index slots of ahead of the one it applies */
 #define SCAN_PREFETCH_DISTANCE 8

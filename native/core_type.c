@@ -51,6 +51,7 @@ static void Core_dealloc(Core *c) {
     shared_detach(c);
     PyMem_Free(c->pending);
     slots_free(c->slots, c->cap);
+    slots_free(c->old_slots, c->old_cap);
     PyMem_Free(c->blocks);
     PyMem_Free(c->parts);
     Py_TYPE(c)->tp_free((PyObject *)c);
@@ -299,6 +300,7 @@ static PyObject *keys_list(Core *c);
 PyObject *Core_keys(Core *c, PyObject *unused) {
     (void)unused;
     if (core_check_open(c) < 0 || reader_sync(c) < 0) return NULL;
+    index_settle(c); /* (the walk sees one table) */
     index_hold(c, 1);
     PyObject *list = keys_list(c);
     index_hold(c, 0);
@@ -324,6 +326,7 @@ static PyObject *keys_list(Core *c) {
 }
 
 static PyObject *next_key_from(Core *c, uint64_t i) {
+    index_settle(c); /* (the walk sees one table; settling moves no entry of it) */
     for (; i < c->cap; i++)
         if (c->slots[i]) return key_of_slot(c, c->slots[i]);
     Py_RETURN_NONE;
@@ -433,6 +436,7 @@ static PyObject *Core_get_jumbo_need(Core *c, void *closure) {
 static PyObject *Core_audit(Core *c, PyObject *unused) {
     (void)unused;
     if (core_check_open(c) < 0) return NULL;
+    index_settle(c); /* (the walk below sees one table) */
     PyObject *out = PyList_New(0);
     if (!out) return NULL;
     uint64_t *counted = PyMem_Calloc(c->nblocks ? c->nblocks : 1, sizeof(uint64_t));
@@ -503,7 +507,8 @@ static PyObject *Core_stats(Core *c, PyObject *unused) {
                          (unsigned long long)live, "dead_bytes", (unsigned long long)dead, "block_bytes",
                          (unsigned long long)used, "blocks", (unsigned long long)c->nblocks, "jumbo_blocks",
                          (unsigned long long)jumbo, "tombstones", (unsigned long long)tombs, "index_slots",
-                         (unsigned long long)c->cap, "index_bytes", (unsigned long long)(c->cap * sizeof(uint64_t)),
+                         (unsigned long long)c->cap, "index_bytes",
+                         (unsigned long long)((c->cap + c->old_cap) * sizeof(uint64_t)), /* (while growing) */
                          "next_seq", (unsigned long long)c->next_seq);
 }
 

@@ -54,36 +54,101 @@ static inline uint64_t home_of(Core *c, uint64_t s, uint64_t cap) {
     return hash_of_slot(c, s) >> (64 - bits);
 }
 
-static int index_resize(Core *c, uint64_t ncap) {
-    uint64_t *old = c->slots, ocap = c->cap;
-    if (index_alloc(c, ncap) < 0) {
-        c->slots = old;
-        c->cap = ocap;
+/* Growth without a stop: when the table is 3/4 full, a table twice its size takes the new
+ * entries, and the old one is drained into it a few slots at a time (MIGRATE_STEP per
+ * insert; it is empty long before the new one is 3/4 full). Meanwhile a lookup that misses
+ * in the new table looks in the old one, and moves what it finds there, so that every
+ * index a lookup returns is one of the new table. The whole table is walked (listing,
+ * reorganize(), the end of recovery) only once the old one is drained (index_settle). */
+#define MIGRATE_STEP 8
+
+/* the slot an entry of the old table takes in the new one */
+static void migrate_slot(Core *c, uint64_t s) {
+    uint64_t mask = c->cap - 1, j = home_of(c, s, c->cap);
+    while (c->slots[j]) j = (j + 1) & mask;
+    c->slots[j] = s;
+}
+
+/* Drain up to n slots of the old table into the new one; free it once it is empty. */
+static void migrate(Core *c, uint64_t n) {
+    uint64_t *old = c->old_slots;
+    uint64_t end = c->migrate_pos + n < c->old_cap ? c->migrate_pos + n : c->old_cap;
+    for (uint64_t i = c->migrate_pos; i < end; i++) {
+        uint64_t s = old[i];
+        if (s && s != SLOT_MOVED) {
+            migrate_slot(c, s);
+            old[i] = SLOT_MOVED;
+        }
+    }
+    c->migrate_pos = end;
+    if (end == c->old_cap) {
+        slots_free(old, c->old_cap);
+        c->old_slots = NULL;
+        c->old_cap = c->migrate_pos = 0;
+    }
+}
+
+/* index_lookup() missed in the new table, at its insert position insert_at: look in the old
+ * one; an entry found there moves to insert_at. */
+int64_t index_lookup_old(Core *c, const uint8_t *key, uint64_t klen, uint64_t h, uint64_t insert_at) {
+    uint64_t mask = c->old_cap - 1, j = h >> (64 - log2u64(c->old_cap)), tag = h >> c->off_bits;
+    for (;;) {
+        uint64_t s = c->old_slots[j];
+        if (s == 0) return -(int64_t)insert_at - 1;
+        if (s != SLOT_MOVED && slot_tag(c, s) == tag) {
+            Rec r;
+            const uint8_t *k = rec_key(c, slot_off(c, s), &r);
+            if (r.klen == klen && memcmp(k, key, klen) == 0) {
+                c->slots[insert_at] = s;
+                c->old_slots[j] = SLOT_MOVED; /* (not 0: a probe goes on past it) */
+                return (int64_t)insert_at;
+            }
+        }
+        j = (j + 1) & mask;
+    }
+}
+
+void index_settle(Core *c) {
+    if (c->old_slots) migrate(c, c->old_cap);
+}
+
+void index_step(Core *c) {
+    if (c->old_slots && !c->listing) migrate(c, MIGRATE_STEP);
+}
+
+/* Start moving to a table of ncap slots: -1 (no memory) leaves everything as it was. */
+static int index_grow(Core *c, uint64_t ncap) {
+    index_settle(c);
+    uint64_t *fresh = slots_alloc(ncap);
+    if (!fresh) {
+        PyErr_NoMemory();
         return -1;
     }
-    uint64_t mask = ncap - 1;
-    for (uint64_t i = 0; i < ocap; i++) {
-        uint64_t s = old[i];
-        if (!s) continue;
-        uint64_t j = home_of(c, s, ncap);
-        while (c->slots[j]) j = (j + 1) & mask;
-        c->slots[j] = s;
-    }
-    slots_free(old, ocap);
+    c->old_slots = c->slots;
+    c->old_cap = c->cap;
+    c->migrate_pos = 0;
+    c->slots = fresh;
+    c->cap = ncap;
     return 0;
 }
 
-/* make room for about expected entries at once (a reader's first catch-up, which would
- * otherwise double the table its way up to the store's size) */
+/* make room for about expected entries (a reader's first catch-up, a batch): the growth
+ * is a migration as any other, only to a larger table */
 int index_presize(Core *c, uint64_t expected) {
     uint64_t cap = c->cap;
     while (cap * 3 < expected * 4 + 4) cap *= 2;
-    return cap > c->cap ? index_resize(c, cap) : 0;
+    if (cap <= c->cap) return 0;
+    return c->listing ? core_error(ERR_INDEX_HELD) : index_grow(c, cap);
 }
 
-/* make room for one more entry before anything is written */
+/* make room for one more entry before anything is written, and move a few of the old
+ * table's entries on */
 int index_reserve(Core *c) {
-    if ((c->count + 1) * 4 > c->cap * 3) return c->listing ? core_error(ERR_INDEX_HELD) : index_resize(c, c->cap * 2);
+    if ((c->count + 1) * 4 > c->cap * 3) {
+        if (c->listing) return core_error(ERR_INDEX_HELD);
+        if (index_grow(c, c->cap * 2) < 0) return -1;
+    }
+    index_step(c);
     return 0;
 }
 

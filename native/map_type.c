@@ -172,6 +172,7 @@ static PyObject *snapshot_list(Core *c, int what);
 static PyObject *map_snapshot(MapBase *m, int what) {
     Core *c = map_core(m);
     if (!c || core_check_open(c) < 0 || reader_sync(c) < 0) return NULL;
+    index_settle(c); /* (the walk sees one table) */
     index_hold(c, 1);
     PyObject *list = snapshot_list(c, what);
     index_hold(c, 0);

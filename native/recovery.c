@@ -337,6 +337,7 @@ PyObject *Core_finish_recovery(Core *c, PyObject *arg) {
     int writable = PyObject_IsTrue(arg);
     if (writable < 0 || core_check_open(c) < 0) return NULL;
     if (apply_pending(c, writable) < 0) return NULL;
+    index_settle(c); /* (the walk below, and the index a writer starts with, are one table) */
     if (c->tombs_in_index) {
         for (uint64_t i = 0; i < c->cap;) {
             uint64_t s = c->slots[i];

@@ -713,6 +713,7 @@ again:;
     if (floor > c->floor) {
         /* a reorganize(): what is older than its floor is dead, deletes included (they were
          * not copied forward, so no newer record says so). Once per reorganize(). */
+        index_settle(c);
         for (uint64_t i = 0; i < c->cap;) {
             uint64_t s = c->slots[i];
             if (s) {

@@ -232,3 +232,56 @@ def test_a_reader_beside_the_writer_sees_each_batch_whole(tmp_path: Path) -> Non
         out, _ = reader.communicate(timeout=60)
     assert "TORN" not in out, f"{out} (VIPERDBM_BATCH_SEED={SEED} to replay)"
     assert int(out.split()[-1]) > 0
+
+
+def _patch_batch(store: Path, first_key: bytes, change: str) -> None:
+    """Damage the batch whose first record has ``first_key`` as a hostile file would: one of
+    its records changed, and the batch's CRC computed again so that it still verifies."""
+    import struct
+
+    from viperdbm import _native
+
+    for part in sorted((store / "parts").iterdir()):
+        data = bytearray(part.read_bytes())
+        at = data.find(first_key)
+        if at < 0:
+            continue
+        first = at - 16  # a short key follows the 16-byte header
+        batch = first - 16
+        _, vlen, meta = struct.unpack_from("<IIQ", data, batch)
+        assert (meta >> 48) & 0xF == layout.FORMAT["constants"]["KIND_BATCH"], hex(meta)
+        sub_vlen, sub_meta = struct.unpack_from("<IQ", data, first + 4)
+        second = first + ((16 + (sub_meta >> 52) + sub_vlen + 3) & ~3)
+        (meta2,) = struct.unpack_from("<Q", data, second + 8)
+        if change == "seq":  # out of turn
+            meta2 += 5
+        elif change == "kind":  # a put that says it stands alone
+            meta2 &= ~(layout.FORMAT["constants"]["KIND_IN_BATCH"] << 48)
+        else:  # a length past the batch's end
+            struct.pack_into("<I", data, second + 4, vlen)
+        struct.pack_into("<Q", data, second + 8, meta2)
+        crc = _native.crc32c(bytes(data[batch + 4 : batch + 16 + vlen]))
+        struct.pack_into("<I", data, batch, crc)
+        part.write_bytes(data)
+        return
+    raise AssertionError("the batch was not found")
+
+
+@pytest.mark.parametrize("change", ["seq", "kind", "length"])
+def test_a_hostile_batch_is_not_read(tmp_path: Path, change: str) -> None:
+    """A batch whose CRC verifies but whose records are not well formed is not a record:
+    none of its writes is read (by a writer's open, or a reader's), nothing crashes."""
+    store = tmp_path / "s"
+    with viperdbm.open(store, "c") as db:
+        db[b"before"] = b"1"
+        with db.batch() as batch:
+            for i in range(3):
+                batch[b"BATCHKEY%d" % i] = b"v%d" % i * 10
+    _patch_batch(store, b"BATCHKEY0", change)
+    for flag in ("r", "w"):
+        with viperdbm.open(store, flag) as db:
+            assert dict(db.items()) == {b"before": b"1"}, (change, flag)
+    with viperdbm.open(store, "w") as db:
+        db[b"after"] = b"2"  # and the store goes on
+    with viperdbm.open(store, "r") as db:
+        assert dict(db.items()) == {b"before": b"1", b"after": b"2"}
