@@ -62,3 +62,27 @@ def inject(*rules: str) -> list[str]:
     for rule in rules:
         args += ["-e", f"inject={rule}"]
     return args
+
+
+def growth_fallocates(argv: list[str], trace: str, env: dict[str, str]) -> list[int]:
+    """Run ``argv`` under strace and return the numbers (1-based, in the order strace counts
+    them for ``-e inject=fallocate:...:when=N``) of its fallocate calls that grow the pool:
+    libpmemobj's posix_fallocate of a new part file (mode 0, from offset 0, a whole part of
+    8 MiB or more). The others are viperdbm's: the block constructor taking a new object's
+    space from the file system, and freed space punched out. The same program on a store
+    made the same way makes the same calls (a copy of a store would not do: it loses the
+    holes)."""
+    subprocess.run(
+        [strace_or_skip(), "-f", "-qq", "-y", "-e", "trace=fallocate", "-o", trace, *argv],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    with open(trace, encoding="utf-8", errors="replace") as f:
+        calls = [ln for ln in f if "fallocate(" in ln]
+    growth = []
+    for n, line in enumerate(calls, 1):
+        args = line.split("fallocate(", 1)[1].split(")", 1)[0].rsplit(", ", 3)
+        if args[1:3] == ["0", "0"] and int(args[3]) >= 8 << 20:
+            growth.append(n)
+    return growth

@@ -287,24 +287,37 @@ for i in range(40):
 """
 
 
-@pytest.mark.parametrize("when", [1, 2, 3])
-def test_readers_open_after_a_growth_killed_before_its_fallocate(tmp_path: Path, when: int) -> None:
+@pytest.mark.parametrize("growth", [0, 1, 2])
+def test_readers_open_after_a_growth_killed_before_its_fallocate(
+    tmp_path: Path, growth: int
+) -> None:
     """A writer killed between creating a new part file and allocating its space leaves an
     empty last part. A reader ('r', and the CLI) must open the store anyway; it was a bare
-    ValueError from map_parts, and the 1-in-12 failure of the SIGKILL test on tmpfs."""
-    from _strace import inject
+    ValueError from map_parts, and the 1-in-12 failure of the SIGKILL test on tmpfs. The
+    kill is at the fallocate of the pool's first, second or third growth."""
+    from _strace import growth_fallocates, inject
     from _vdbtools import child_env
 
     import viperdbm
 
+    def make(store: Path) -> None:
+        with viperdbm.open(store, "c") as db:
+            db[b"small"] = b"1"
+        with viperdbm.open(store, "w") as db:  # closed: the blocks file for readers is current
+            db[b"small"] = b"2"
+
+    make(tmp_path / "count.vdb")
+    calls = growth_fallocates(
+        [sys.executable, "-c", GROW_WRITER, str(tmp_path / "count.vdb")],
+        str(tmp_path / "count.trace"),
+        child_env(),
+    )
+    assert len(calls) > growth, f"the writer grew the pool {len(calls)} times"
     store = tmp_path / "s.vdb"
-    with viperdbm.open(store, "c") as db:
-        db[b"small"] = b"1"
-    with viperdbm.open(store, "w") as db:  # closed: the blocks file for readers is current
-        db[b"small"] = b"2"
+    make(store)
     proc = subprocess.run(
         [
-            *inject(f"fallocate:signal=KILL:when={when}"),
+            *inject(f"fallocate:signal=KILL:when={calls[growth]}"),
             sys.executable,
             "-c",
             GROW_WRITER,

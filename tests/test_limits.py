@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _strace import inject, strace_or_skip
+from _strace import growth_fallocates, inject
 from _vdbtools import child_env, digest, value_for
 
 import viperdbm
@@ -292,32 +292,14 @@ print(json.dumps(out))
 
 
 def _growth_calls(scratch: Path) -> list[int]:
-    """The numbers (1-based) of the GROWER writer's fallocate calls that grow the pool:
-    libpmemobj's posix_fallocate of a new part file (mode 0, from offset 0, a whole part of
-    8 MiB or more). The others are the block constructor's, which takes a new block's
-    space from the file system (freed space may be a hole), and the punching of freed space.
-    Counted under strace on a store made the same way: the same writer on the same store
-    makes the same calls (a copy would not do: it would not keep the holes)."""
+    """The numbers of the GROWER writer's fallocate calls that grow the pool (see
+    :func:`_strace.growth_fallocates`), counted on a store made the same way."""
     copy = scratch / "growth-count"
     subprocess.run([sys.executable, "-c", GROWER, str(copy), "c"], env=child_env(), check=True)
-    trace = scratch / "growth-count.trace"
-    subprocess.run(
-        [
-            *(strace_or_skip(), "-f", "-qq", "-y", "-e", "trace=fallocate", "-o", str(trace)),
-            *(sys.executable, "-c", GROWER, str(copy), "w"),
-        ],
-        env=child_env(),
-        check=True,
-        capture_output=True,
-    )
-    calls = [ln for ln in trace.read_text().splitlines() if "fallocate(" in ln]
+    trace = str(scratch / "growth-count.trace")
+    growth = growth_fallocates([sys.executable, "-c", GROWER, str(copy), "w"], trace, child_env())
     shutil.rmtree(copy)
-    growth = []
-    for n, line in enumerate(calls, 1):
-        args = line.split("fallocate(", 1)[1].split(")", 1)[0].rsplit(", ", 3)
-        if args[1:3] == ["0", "0"] and int(args[3]) >= 8 << 20:
-            growth.append(n)
-    assert len(growth) >= 2, f"the writer grew the pool {len(growth)} times: {calls[:20]}"
+    assert len(growth) >= 2, f"the writer grew the pool {len(growth)} times"
     return growth
 
 
