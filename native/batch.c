@@ -70,6 +70,9 @@ static int batch_index(Core *c, Py_ssize_t bi, uint64_t off, const BatchItem *it
         (void)batch_walk_next(c->base, &w, &sub, &at); /* (written just now: well formed) */
         uint64_t alen = align_up(sub.total, VD_RECORD_ALIGN);
         Block *b = &c->blocks[bi];
+        /* the growth in progress keeps pace with the batch's inserts (before the lookup,
+         * whose insert position a step could fill) */
+        if (it->value.p) index_step(c);
         int64_t slot = index_lookup(c, it->key.p, (uint64_t)it->key.n, it->hash);
         if (slot >= 0) {
             uint64_t old = slot_off(c, c->slots[slot]);

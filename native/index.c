@@ -56,11 +56,12 @@ static inline uint64_t home_of(Core *c, uint64_t s, uint64_t cap) {
 
 /* Growth without a stop: when the table is 3/4 full, a table twice its size takes the new
  * entries, and the old one is drained into it a few slots at a time (MIGRATE_STEP per
- * insert; it is empty long before the new one is 3/4 full). Meanwhile a lookup that misses
+ * insert, every insert: a batch's too; at 4 the old table is empty after a third of the
+ * inserts that fill the new one to 3/4, and a put moves about 3 entries meanwhile). Meanwhile a lookup that misses
  * in the new table looks in the old one, and moves what it finds there, so that every
  * index a lookup returns is one of the new table. The whole table is walked (listing,
  * reorganize(), the end of recovery) only once the old one is drained (index_settle). */
-#define MIGRATE_STEP 8
+#define MIGRATE_STEP 4
 
 /* the slot an entry of the old table takes in the new one */
 static void migrate_slot(Core *c, uint64_t s) {
