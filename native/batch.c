@@ -201,3 +201,37 @@ PyObject *Core_put_batch(Core *c, PyObject *args) {
     if (c->io_errno) return core_io_refuse(c, 1), NULL;
     return PyLong_FromLong(rc);
 }
+
+/* batch_jumbo_size(pairs) -> the bytes of a jumbo block that holds the batch of these
+ * (key, value or None) pairs (every delete counted: an upper bound) */
+PyObject *Core_batch_jumbo_size(PyObject *mod, PyObject *list) {
+    (void)mod;
+    PyObject *seq = PySequence_Fast(list, "batch_jumbo_size() takes a list of pairs");
+    if (!seq) return NULL;
+    uint64_t body = 0;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pair = PySequence_Fast_GET_ITEM(seq, i);
+        KeyArg k, v = {0};
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            Py_DECREF(seq);
+            PyErr_SetString(PyExc_TypeError, "batch_jumbo_size() takes (key, value or None) pairs");
+            return NULL;
+        }
+        if (keyarg_get(PyTuple_GET_ITEM(pair, 0), &k, "keys") < 0) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+        PyObject *value = PyTuple_GET_ITEM(pair, 1);
+        if (value != Py_None && keyarg_get(value, &v, "values") < 0) {
+            keyarg_release(&k);
+            Py_DECREF(seq);
+            return NULL;
+        }
+        body += align_up(record_len_for((uint64_t)k.n, (uint64_t)v.n), VD_RECORD_ALIGN);
+        keyarg_release(&k);
+        if (value != Py_None) keyarg_release(&v);
+    }
+    Py_DECREF(seq);
+    return PyLong_FromUnsignedLongLong(VD_BLOCK_HEADER_SIZE + align_up(VD_RECORD_HEADER_SIZE + body, VD_RECORD_ALIGN));
+}

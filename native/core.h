@@ -512,6 +512,7 @@ void write_pad(Core *c, uint64_t at, uint64_t len);
 
 /* ------------------------------------------------------------------ batch.c */
 PyObject *Core_put_batch(Core *c, PyObject *args);
+PyObject *Core_batch_jumbo_size(PyObject *mod, PyObject *list);
 
 /* ------------------------------------------------------------------ parts.c (a writer's) */
 PyObject *Core_set_parts(Core *c, PyObject *arg);

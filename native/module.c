@@ -181,6 +181,8 @@ static PyMethodDef module_methods[] = {
     {"unmap_parts", mod_unmap_parts, METH_VARARGS, "unmap_parts(base, total)"},
     {"peek", mod_peek, METH_VARARGS, "peek(base, total, off, n) -> bytes"},
     {"jumbo_size", Core_jumbo_size, METH_VARARGS, "jumbo_size(klen, vlen) -> bytes to allocate"},
+    {"batch_jumbo_size", Core_batch_jumbo_size, METH_O,
+     "batch_jumbo_size(pairs) -> bytes to allocate for a batch of (key, value or None) pairs"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -21,6 +21,7 @@ crc32c = core.crc32c
 #: native/module.c); a no-op unless one of them was set when the module was imported
 crash_point = core.crash_point
 jumbo_size = core.jumbo_size
+batch_jumbo_size = core.batch_jumbo_size
 sigblock = core.sigblock
 sigunblock = core.sigunblock
 sigpoll = core.sigpoll
@@ -49,6 +50,7 @@ __all__ = [
     "PERSIST_NONE",
     "Core",
     "WriteCode",
+    "batch_jumbo_size",
     "core",
     "crash_point",
     "crc32c",

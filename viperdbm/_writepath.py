@@ -172,8 +172,9 @@ def finish_batch(space: Space, code: int, pairs: Pairs) -> None:
         code,
         Write(
             retry=lambda: core.put_batch(pairs),
-            # the batch record holds each write as a record: an upper bound of its length
-            jumbo_bytes=lambda: _native.jumbo_size(0, sum(_record_bytes(k, v) for k, v in pairs)),
+            # from the pairs, not core.jumbo_need (see finish_put); deletes of missing keys
+            # counted too: an upper bound
+            jumbo_bytes=lambda: _native.batch_jumbo_size(pairs),
             into_jumbo=lambda off, usable: core.put_batch(pairs, off, usable),
             use_reserve=not puts,  # deletes alone may, as a single delete may
             disk_full=BATCH_DISK_FULL,
@@ -181,13 +182,6 @@ def finish_batch(space: Space, code: int, pairs: Pairs) -> None:
         ),
     )
     reclaim_if_due(space)
-
-
-def _record_bytes(key: bytes | str, value: bytes | str | None) -> int:
-    """The bytes a write takes as a record, 4-byte aligned (its jumbo block less the block
-    header)."""
-    jumbo = _native.jumbo_size(len(_as_bytes(key)), 0 if value is None else len(_as_bytes(value)))
-    return jumbo - layout.BLOCK_HEADER_SIZE
 
 
 def reclaim_if_due(space: Space) -> None:
