@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _vdbtools import child_env
@@ -116,22 +117,30 @@ print(json.dumps(out))
 """
 
 
-def test_holes_on_a_full_disk_are_an_error_not_a_crash(small_fs: Path) -> None:
+def _run_filling_the_disk(script: str, fs: Path) -> dict[str, Any]:
+    """Run a writer ``script`` (arguments: the store, and a filler file that takes the disk
+    behind the store's back) in a child, which must not die (a SIGBUS would kill it); its
+    last line of output, as JSON. The filler is removed afterwards."""
     proc = subprocess.run(
-        [sys.executable, "-c", REFILL, str(small_fs / "store"), str(small_fs / "filler")],
+        [sys.executable, "-c", script, str(fs / "store"), str(fs / "filler")],
         capture_output=True,
         text=True,
         env=child_env(),
         timeout=600,
     )
     assert proc.returncode == 0, (
-        f"the writer died (status {proc.returncode}; -7 is SIGBUS): {proc.stderr[-3000:]}"
+        f"the writer failed (status {proc.returncode}; -7 is SIGBUS): {proc.stderr[-3000:]}"
     )
-    out = json.loads(proc.stdout.splitlines()[-1])
+    (fs / "filler").unlink()  # (a reader writes the blocks file the writer could not)
+    out: dict[str, Any] = json.loads(proc.stdout.splitlines()[-1])
+    return out
+
+
+def test_holes_on_a_full_disk_are_an_error_not_a_crash(small_fs: Path) -> None:
+    out = _run_filling_the_disk(REFILL, small_fs)
     assert out["written"] > 20, out
     assert out["errors"], f"no put met the full disk: {out}"
     assert out["deleted"] == len(range(0, out["written"], 8)), out
-    (small_fs / "filler").unlink()  # (a reader writes the blocks file the writer could not)
     with viperdbm.open(small_fs / "store", "r") as db:
         assert len(db) == out["left"] == out["full_puts"]
 
@@ -168,17 +177,6 @@ print(json.dumps({"deleted": deleted, "left": left}))
 def test_deletes_on_a_full_disk_take_the_reserve_even_among_holes(small_fs: Path) -> None:
     """The reserve is given back for a block of deletes; libpmemobj may place that block
     in a hole, which the constructor then allocates with the reserve's own disk space."""
-    proc = subprocess.run(
-        [sys.executable, "-c", TOMBSTONES, str(small_fs / "store"), str(small_fs / "filler")],
-        capture_output=True,
-        text=True,
-        env=child_env(),
-        timeout=600,
-    )
-    assert proc.returncode == 0, (
-        f"the writer failed (status {proc.returncode}; -7 is SIGBUS): {proc.stderr[-3000:]}"
-    )
-    assert json.loads(proc.stdout.splitlines()[-1]) == {"deleted": 3000, "left": 0}
-    (small_fs / "filler").unlink()
+    assert _run_filling_the_disk(TOMBSTONES, small_fs) == {"deleted": 3000, "left": 0}
     with viperdbm.open(small_fs / "store", "r") as db:
         assert len(db) == 0

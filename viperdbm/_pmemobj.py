@@ -995,11 +995,7 @@ class Pool:
             try:
                 parts = scan_parts(self._parts_dir)
             except OSError as exc:
-                raise error(
-                    f"cannot read the parts directory: {exc.strerror}",
-                    filename=self.set_path,
-                    errno=exc.errno,
-                ) from exc
+                raise _failed("cannot read the parts directory", exc, self.set_path) from exc
         total = 0
         mode0 = 0
         grown: list[str] = []
@@ -1045,11 +1041,7 @@ class Pool:
                 try:
                     fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
                 except OSError as exc:
-                    raise error(
-                        f"cannot open a part file of the pool: {exc.strerror}",
-                        filename=self.set_path,
-                        errno=exc.errno,
-                    ) from exc
+                    raise _failed("cannot open a part file", exc, self.set_path) from exc
                 self._part_fds[path] = fd
             out.append((fd, size))
         return out
