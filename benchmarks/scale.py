@@ -1771,9 +1771,11 @@ def render(meta: Doc, res: Doc, verdicts: list[Doc]) -> str:
             if pre.get("pool_fits_in_page_cache")
             else "as far as it fits (it may not fit in RAM here)."
         )
-        + " The index is open addressing with 8-byte slots, doubled when 3/4 full: "
-        "index B/key = stats()['index_bytes'] / records, between 10.7 and 21.3 once the "
-        "table is past its initial size.",
+        + " The index is open addressing with 8-byte slots; when 3/4 full a table twice the "
+        "size takes the new entries while the old one drains into it, 4 slots per insert: "
+        "index B/key = stats()['index_bytes'] / records (both tables while one drains), "
+        "between 10.7 and 21.3 once the table is past its initial size, up to 32 during a "
+        "drain.",
         "",
         f"The peers run on a store of {ops.peer_n:,} records (their cost per write is the "
         f"sync), {ops.peer_puts:,} puts each in its own transaction, then "
