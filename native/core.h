@@ -15,13 +15,15 @@
  *
  * One concern a file, all of them behind this header (as SQLite keeps its sources):
  *   crc32c.c     CRC-32C of records and block headers (the key hash is inline below)
- *   index.c      the DRAM hash index: allocation, growth, deletion (lookup is inline below)
+ *   index.c      the DRAM hash index: allocation, growth without a stop, deletion (the
+ *                lookup is inline below)
  *   log.c        blocks and records: placing, writing and persisting a record, the block
  *                constructor, block headers, the blocks registry, put
  *   batch.c      atomic batches: many puts and deletes written as one record
  *   recovery.c   the scan of the blocks at open, the power-fail rule, damage
  *   compaction.c reorganize() and the compaction of single blocks
- *   parts.c      read-only mapping of a store's part files for shared readers
+ *   parts.c      read-only mapping of a store's part files for shared readers; the writer's
+ *                part files: freed space punched out, a new object's space allocated
  *   core_type.c  the Core Python type: its methods table and the get/put/delete entries
  *   map_type.c   the MapBase Python type: the dbm object's native mapping slots
  *   signals.c    deferral of asynchronous signals over the engine's multi-step changes
