@@ -14,7 +14,7 @@ import time
 from typing import TextIO
 
 from ._closing import ClosesOnExit
-from ._signals import quiet_thread
+from ._signals import start_quiet
 
 __all__ = ["Progress", "Ticker", "wanted"]
 
@@ -124,7 +124,6 @@ class Ticker(Progress):
         self._stream.flush()
 
     def _run(self) -> None:
-        quiet_thread()
         while not self._stop.wait(_INTERVAL * 2):
             self._draw(time.monotonic())
 
@@ -132,7 +131,7 @@ class Ticker(Progress):
         if self.enabled:
             self._draw(time.monotonic())
             self._thread = threading.Thread(target=self._run, name="viperdbm-ticker", daemon=True)
-            self._thread.start()
+            start_quiet(self._thread)
         return self
 
     def close(self) -> None:

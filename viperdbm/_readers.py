@@ -31,7 +31,7 @@ from . import _storedir as storedir
 from ._errors import CorruptedError, LockError
 from ._pmemobj import Pool
 from ._recovery import require_known_version
-from ._signals import quiet_thread
+from ._signals import start_quiet
 
 log = logging.getLogger("viperdbm")
 
@@ -300,10 +300,9 @@ class IdleCatchUp:
                 self._thread = threading.Thread(
                     target=self._run, name="viperdbm-readers", daemon=True
                 )
-                self._thread.start()
+                start_quiet(self._thread)
 
     def _run(self) -> None:
-        quiet_thread()
         while True:
             time.sleep(IDLE_CATCH_UP_SECONDS)
             for core in list(self._cores):

@@ -15,7 +15,7 @@ of the engine that would tear a multi-step change, so each one runs inside a
   handle are swapped, for the section, for one that only records the signal; it is raised
   again at the end, where the real handler runs.
 
-The engine's own threads block those signals for their whole life (:func:`quiet_thread`), so
+The engine's own threads block those signals for their whole life (:func:`start_quiet`), so
 the kernel never hands them one of the program's signals: its C handler would then run when
 that thread is next scheduled, which on a busy machine can be after the section ended, and
 the ``KeyboardInterrupt`` would land late, at whatever the main thread does by then.
@@ -41,10 +41,17 @@ _SWAPPED = tuple(
 _Handler = Callable[[int, FrameType | None], Any]
 
 
-def quiet_thread() -> None:
-    """Block, in the calling thread (one of the engine's own), the signals programs handle:
-    the kernel delivers each to a thread that does not block it, the main thread above all."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, _SWAPPED)
+def start_quiet(thread: threading.Thread) -> None:
+    """Start one of the engine's own threads with the signals programs handle blocked for
+    its whole life: the kernel then delivers each to a thread that does not block it, the
+    main thread above all. (A new thread inherits its creator's mask, so the creator blocks
+    them around the start: no instant of the new thread takes one. One that arrives
+    meanwhile waits, pending, and is delivered when the creator's mask is restored.)"""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, _SWAPPED)
+    try:
+        thread.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 class Deferred:
