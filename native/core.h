@@ -22,8 +22,7 @@
  *   batch.c      atomic batches: many puts and deletes written as one record
  *   recovery.c   the scan of the blocks at open, the power-fail rule, damage
  *   compaction.c reorganize() and the compaction of single blocks
- *   parts.c      read-only mapping of a store's part files for shared readers; the writer's
- *                part files: freed space punched out, a new object's space allocated
+ *   parts.c      read-only mapping of a store's part files for shared readers
  *   core_type.c  the Core Python type: its methods table and the get/put/delete entries
  *   map_type.c   the MapBase Python type: the dbm object's native mapping slots
  *   signals.c    deferral of asynchronous signals over the engine's multi-step changes
@@ -275,22 +274,6 @@ static inline int batch_is_valid(const uint8_t *base, uint64_t off, const Rec *b
     return v == 0 && n > 0;
 }
 
-/* ------------------------------------------------------------------ part files (parts.c)
- * A writer's part files, in pool order (descriptors that Python opens and keeps): freed
- * blocks are punched out of them, and the block constructor allocates a new object's range
- * again before it writes there. */
-typedef struct {
-    size_t n;
-    struct PartFile {
-        int fd;
-        uint64_t start, size; /* pool offsets [start, start + size) */
-    } part[];
-} PartTable;
-/* fallocate over the pool range [off, off + len) of the parts t lists (punch: give it back,
- * else allocate it): 0, or the errno of the first failure. Ranges past the table (a part
- * added since) are skipped: libpmemobj allocates a new part whole. */
-int parts_fallocate(const PartTable *t, uint64_t off, uint64_t len, int punch);
-
 /* ------------------------------------------------------------------ the Core object */
 typedef struct {
     uint64_t off;       /* pool offset of the block object */
@@ -382,7 +365,6 @@ typedef struct {
     uint64_t *free_entries;  /* the writer: entries of the readers file free for reuse */
     size_t nfree_entries, free_entries_cap;
     PyObject *weakrefs; /* a reader's core is held weakly by the idle catch-up (_readers.py) */
-    PartTable *parts;   /* a writer's part files (set_parts), or NULL */
 } Core;
 
 /* A slot is the top bits of the key's hash (its tag) above the record's offset >> 2, which
@@ -515,10 +497,6 @@ void write_pad(Core *c, uint64_t at, uint64_t len);
 /* ------------------------------------------------------------------ batch.c */
 PyObject *Core_put_batch(Core *c, PyObject *args);
 PyObject *Core_batch_jumbo_size(PyObject *mod, PyObject *list);
-
-/* ------------------------------------------------------------------ parts.c (a writer's) */
-PyObject *Core_set_parts(Core *c, PyObject *arg);
-PyObject *Core_punch(Core *c, PyObject *args);
 
 /* ------------------------------------------------------------------ compaction.c */
 Py_ssize_t compaction_victim(Core *c, int urgent);

@@ -53,7 +53,6 @@ static void Core_dealloc(Core *c) {
     slots_free(c->slots, c->cap);
     slots_free(c->old_slots, c->old_cap);
     PyMem_Free(c->blocks);
-    PyMem_Free(c->parts);
     Py_TYPE(c)->tp_free((PyObject *)c);
 }
 
@@ -552,10 +551,6 @@ static PyMethodDef Core_methods[] = {
      "block_header(off, usable) -> (type, birth), or None without a valid block header"},
     {"put", (PyCFunction)(void (*)(void))Core_put, METH_FASTCALL, "put(key, value) -> write code"},
     {"put_jumbo", (PyCFunction)Core_put_jumbo, METH_VARARGS, "put_jumbo(off, usable, key, value) -> write code"},
-    {"set_parts", (PyCFunction)Core_set_parts, METH_O,
-     "set_parts([(fd, size), ...]): the writer's part files, in pool order ([]: none)"},
-    {"punch", (PyCFunction)Core_punch, METH_VARARGS,
-     "punch(off, len) -> 0 or errno: give a freed pool range back to the file system"},
     {"put_batch", (PyCFunction)Core_put_batch, METH_VARARGS,
      "put_batch(pairs[, off, usable]) -> write code: (key, value or None) pairs, written atomically"},
     {"delete", (PyCFunction)(void (*)(void))Core_delete, METH_FASTCALL, "delete(key) -> write code"},

@@ -199,18 +199,6 @@ int block_constructor(void *pop, void *ptr, void *arg) {
     memcpy(&a, arg, sizeof a);
     pmemobj_persist_fn persist = (pmemobj_persist_fn)(uintptr_t)a.persist;
     uint8_t *p = ptr;
-    if (a.parts) {
-        /* freed space may be a hole (parts.c): take it from the file system before any
-         * write, where a full disk is an error (a write into a hole would be a SIGBUS) */
-        uint64_t off = (uint64_t)(p - (uint8_t *)pop), from = off & ~(os_page - 1);
-        int err = parts_fallocate((const PartTable *)(uintptr_t)a.parts, from, align_up(off + a.size, os_page) - from, 0);
-        if (err && err != EOPNOTSUPP) { /* (where holes cannot be punched there are none) */
-            int32_t e = err;
-            memcpy((uint8_t *)arg + offsetof(VdBlockInit, failed_errno), &e, sizeof e);
-            return -1; /* pmemobj_alloc allocates nothing */
-        }
-        crash_point("object's space allocated");
-    }
     if (a.flags & VD_INIT_ZERO) {
         memset(p, 0, a.size);
         persist(pop, p, a.size);
@@ -262,7 +250,6 @@ PyObject *Core_block_init(Core *c, PyObject *args) {
     a.size = size;
     a.type = type;
     a.flags = (zero ? VD_INIT_ZERO : 0) | (c->persist_mode == PERSIST_FUNC ? VD_INIT_PERSIST_LOG : 0);
-    a.parts = (uint64_t)(uintptr_t)c->parts;
     return PyBytes_FromStringAndSize((const char *)&a, sizeof a);
 }
 

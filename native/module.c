@@ -238,7 +238,6 @@ PyMODINIT_FUNC PyInit__vipercore(void) {
         return NULL;
     }
     ADD("BLOCK_CONSTRUCTOR", (uintptr_t)&block_constructor);
-    ADD("BLOCK_INIT_ERRNO_AT", offsetof(VdBlockInit, failed_errno));
     ADD("PERSIST_NONE", PERSIST_NONE);
     ADD("PERSIST_MSYNC", PERSIST_MSYNC);
     ADD("PERSIST_FUNC", PERSIST_FUNC);

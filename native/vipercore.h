@@ -249,10 +249,6 @@ typedef struct {
     uint64_t size;    /* bytes asked of the allocator: the block's size (at most VD_BLOCK_SIZE for a standard block) */
     uint32_t type;    /* VdObjectType: the reserve gets its first header-sized bytes zeroed, nothing else */
     uint32_t flags;   /* VD_INIT_* below */
-    uint64_t parts;   /* address of the writer's PartTable (core.h), or 0: the range is allocated from the
-                       * file system again before anything is written into it (freed space may be a hole) */
-    int32_t failed_errno; /* set by the constructor when it fails: why (ENOSPC: the disk is full) */
-    uint32_t zero;
 } VdBlockInit;
 #define VD_INIT_ZERO 1u        /* zero the whole object first, persisted (as pmemobj_zalloc) */
 #define VD_INIT_PERSIST_LOG 2u /* persist the zeroed log too (real persistent memory) */

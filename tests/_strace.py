@@ -68,10 +68,9 @@ def growth_fallocates(argv: list[str], trace: str, env: dict[str, str]) -> list[
     """Run ``argv`` under strace and return the numbers (1-based, in the order strace counts
     them for ``-e inject=fallocate:...:when=N``) of its fallocate calls that grow the pool:
     libpmemobj's posix_fallocate of a new part file (mode 0, from offset 0, a whole part of
-    8 MiB or more). The others are viperdbm's: the block constructor taking a new object's
-    space from the file system, and freed space punched out. The same program on a store
-    made the same way makes the same calls (a copy of a store would not do: it loses the
-    holes)."""
+    8 MiB or more), not the calls of anything else that may allocate file space (a test
+    that means to fail the growth must hit the growth). The same program on a store made
+    the same way makes the same calls."""
     subprocess.run(
         [strace_or_skip(), "-f", "-qq", "-y", "-e", "trace=fallocate", "-o", trace, *argv],
         env=env,

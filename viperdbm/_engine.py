@@ -259,7 +259,6 @@ class Engine:
                     held=self._require_held(),
                 )
                 self._space.keep_reserve()
-                self._require_held().give_back_free_space()
                 storedir.point_poolset_at_parts(self.path)  # a moved or copied store
         except BaseException:
             self._space = None

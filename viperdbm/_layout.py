@@ -65,9 +65,6 @@ BLOCK_HEADER_SIZE = FORMAT["structures"]["VdBlockHeader"]["size"]
 
 #: libpmemobj's per-object header: requesting BLOCK_SIZE minus this fills whole 256 KiB chunks.
 PMEMOBJ_OBJECT_HEADER = 16
-#: libpmemobj's chunk (PMDK 1.12 CHUNKSIZE): an object of 256 KiB or more is whole chunks, its
-#: header at the start of the first; whatever libpmemobj allocates later starts at a chunk
-PMEMOBJ_CHUNK = 256 << 10
 
 #: Default address-space reservation of the poolset (not disk: parts are added as needed).
 MIN_RESERVATION = 64 << 30

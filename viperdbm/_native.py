@@ -27,13 +27,11 @@ sigunblock = core.sigunblock
 sigpoll = core.sigpoll
 # the on-media format (FORMAT: native/vipercore.h's structures and constants, which
 # viperdbm/_layout.py reads), the block constructor's address (BLOCK_CONSTRUCTOR: the native
-# pmemobj_alloc constructor of blocks and the reserve, whose argument Core.block_init makes,
-# and where in that argument it says why it failed: BLOCK_INIT_ERRNO_AT, an int32),
+# pmemobj_alloc constructor of blocks and the reserve, whose argument Core.block_init makes),
 # the codes the core's writes return (WriteCode: done, or one need; see native/core.h) and
 # its persist modes
 from ._vipercore import (  # noqa: E402 (after the import above, which explains a failure)
     BLOCK_CONSTRUCTOR,
-    BLOCK_INIT_ERRNO_AT,
     FORMAT,
     PERSIST_FUNC,
     PERSIST_MSYNC,
@@ -43,7 +41,6 @@ from ._vipercore import (  # noqa: E402 (after the import above, which explains 
 
 __all__ = [
     "BLOCK_CONSTRUCTOR",
-    "BLOCK_INIT_ERRNO_AT",
     "FORMAT",
     "PERSIST_FUNC",
     "PERSIST_MSYNC",

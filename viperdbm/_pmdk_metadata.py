@@ -149,8 +149,6 @@ class Survey:
     #: pmemobj_first()/pmemobj_next() must list (the root object aside);
     #: None when the heap was not walked (a redo log is waiting to be replayed)
     large_objects: set[int] | None = field(default_factory=set)
-    #: the heap's free chunks: (pool offset of the first, how many), when it was walked
-    free_chunks: list[tuple[int, int]] = field(default_factory=list)
 
 
 def survey(parts: list[tuple[str, int]]) -> Survey:
@@ -197,7 +195,7 @@ def survey(parts: list[tuple[str, int]]) -> Survey:
             )
             return out
         large: set[int] = set()
-        out.damage = _heap_damage(image, heap_offset, heap_size, large, out.free_chunks)
+        out.damage = _heap_damage(image, heap_offset, heap_size, large)
         out.large_objects = large
         return out
 
@@ -291,11 +289,7 @@ def _redo_pending(words: memoryview, nlanes: int) -> bool:
 
 
 def _heap_damage(
-    image: _Image,
-    heap_offset: int,
-    heap_size: int,
-    large_objects: set[int],
-    free_chunks: list[tuple[int, int]],
+    image: _Image, heap_offset: int, heap_size: int, large_objects: set[int]
 ) -> str | None:
     header = image.read(heap_offset, HEAP_HEADER_SIZE)
     if header is None:
@@ -306,20 +300,14 @@ def _heap_damage(
     zones = heap_max_zone(heap_size)
     for zone in range(zones):
         zone_at = heap_offset + HEAP_HEADER_SIZE + zone * ZONE_MAX_SIZE
-        damage = _zone_damage(image, zone_at, zone, zones, heap_size, large_objects, free_chunks)
+        damage = _zone_damage(image, zone_at, zone, zones, heap_size, large_objects)
         if damage:
             return damage
     return None
 
 
 def _zone_damage(
-    image: _Image,
-    zone_at: int,
-    zone: int,
-    zones: int,
-    heap_size: int,
-    large_objects: set[int],
-    free_chunks: list[tuple[int, int]],
+    image: _Image, zone_at: int, zone: int, zones: int, heap_size: int, large_objects: set[int]
 ) -> str | None:
     raw = image.read(zone_at, ZONE_HEADER_SIZE)
     if raw is None:
@@ -360,8 +348,6 @@ def _zone_damage(
             else:
                 header = 0 if flags & CHUNK_FLAG_HEADER_NONE else 64
             large_objects.add(chunks_at + i * CHUNK_SIZE + header)
-        elif kind == CHUNK_FREE:
-            free_chunks.append((chunks_at + i * CHUNK_SIZE, span))
         elif kind == CHUNK_RUN:
             damage = _run_objects(image, chunks_at + i * CHUNK_SIZE, span, flags, large_objects)
             if damage:

@@ -703,10 +703,6 @@ class Pool:
         self._parts_dir = parts_dir
         #: the address space the pool is mapped in, which it never outgrows (0: unknown)
         self.reservation = 0
-        #: the mapped part files in pool order (path, mapped bytes): _refresh_mapped
-        self._part_list: list[tuple[str, int]] = []
-        #: descriptors of the part files, opened for writing by part_files()
-        self._part_fds: dict[str, int] = {}
         self._pop: int | None = pop
         self._pid = os.getpid()
         self._forked = False
@@ -969,8 +965,7 @@ class Pool:
         try:
             _invoke(None, "pmemobj_close", _pmemobj_close, (pop,))
         finally:
-            fds, self._keep_fds = self._keep_fds + list(self._part_fds.values()), []
-            self._part_fds = {}
+            fds, self._keep_fds = self._keep_fds, []
             for fd in fds:
                 with contextlib.suppress(OSError):
                     os.close(fd)
@@ -999,7 +994,6 @@ class Pool:
         total = 0
         mode0 = 0
         grown: list[str] = []
-        mapped_parts: list[tuple[str, int]] = []
         for i, part in enumerate(parts.numbered):
             if part.number != i or not stat.S_ISREG(part.mode):
                 if self._pop is not None and part.number > i:
@@ -1010,7 +1004,6 @@ class Pool:
                 break  # libpmemobj maps only the regular files of parts 0..n-1
             start = total
             total += part.size - part.size % OS_PAGE_SIZE
-            mapped_parts.append((part.path, total - start))
             if i == 0:
                 mode0 = part.mode & 0o7777
             elif total > self._mapped:
@@ -1022,29 +1015,7 @@ class Pool:
         if grown:
             self._make_parts_durable(grown)
         self._mapped = total
-        self._part_list = mapped_parts
         return total
-
-    def part_paths(self) -> list[tuple[str, int]]:
-        """``(path, mapped bytes)`` of each part file, in pool order."""
-        return list(self._part_list)
-
-    def part_files(self) -> list[tuple[int, int]]:
-        """``(descriptor, mapped bytes)`` of each part file, in pool order: opened for
-        writing once and kept until :meth:`close`, for giving freed space back to the file
-        system and taking it again (see viperdbm/_space.py)."""
-        self._require_sound()
-        out = []
-        for path, size in self._part_list:
-            fd = self._part_fds.get(path)
-            if fd is None:
-                try:
-                    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-                except OSError as exc:
-                    raise _failed("cannot open a part file", exc, self.set_path) from exc
-                self._part_fds[path] = fd
-            out.append((fd, size))
-        return out
 
     def _make_parts_durable(self, paths: list[str]) -> None:
         # a failed fsync is as a failed msync: a later fsync would not vouch for the data

@@ -9,11 +9,6 @@ kept in reserve so that deletes and compaction still work on a full disk
 (:meth:`Space.new_block`). What the core needs while it copies is met by the write path's
 one dispatcher (:func:`viperdbm._writepath.meet_needs`).
 
-A freed block's space goes back to the file system (:func:`punch_freed`: holes punched in
-the part files), so a store that shrank, by deletes or ``reorganize()``, takes less disk.
-The pool keeps its size; libpmemobj reuses the space, and the block constructor (native
-log.c) allocates it from the file system again before anything is written there.
-
 The caller (the engine) holds its lock and defers signals around every call here (see the
 engine's slow paths for the two rules that keep the handle consistent).
 """
@@ -22,9 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
-import logging
-import os
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,15 +24,12 @@ from typing import TypeVar
 
 from . import _layout as layout
 from . import _native
-from . import _pmdk_metadata as pmdk_metadata
-from ._errors import PUT_RESERVE_IN_USE, StoreFullError, error
+from ._errors import PUT_RESERVE_IN_USE, StoreFullError
 from ._pmemobj import PMEMOBJ_PERSIST_ADDRESS, Pool
 from ._signals import Deferred
-from ._storedir import OS_PAGE_SIZE
 from ._writepath import Write, meet_needs
 
 _T = TypeVar("_T")
-log = logging.getLogger("viperdbm")
 
 
 @dataclass(frozen=True)
@@ -94,33 +83,6 @@ def tune_growth(pool: Pool) -> None:
     pool.set_heap_granularity(size & ~((1 << 20) - 1))
 
 
-def punch_freed(core: _native.Core, off: int, size: int) -> bool:
-    """Give the space of the object just freed at ``off`` (``size`` usable bytes) back to
-    the file system (see :func:`punch_chunks`)."""
-    return punch_chunks(core, off - layout.PMEMOBJ_OBJECT_HEADER, off + size)
-
-
-def punch_chunks(core: _native.Core, first: int, end: int) -> bool:
-    """Give the free chunks from pool offset ``first`` (a chunk's start) to ``end`` back to
-    the file system: every whole OS page but the first of each chunk, where libpmemobj
-    writes the header of whatever it allocates there next (that write comes before any
-    constructor could allocate the page again; kept, it cannot meet a full disk). False
-    where the file system cannot punch holes (nothing to do then, ever)."""
-    page = OS_PAGE_SIZE
-    for chunk in range(first, end, layout.PMEMOBJ_CHUNK):
-        start = (chunk & ~(page - 1)) + page  # past the page the chunk starts in
-        stop = min(chunk + layout.PMEMOBJ_CHUNK, end) & ~(page - 1)
-        if stop <= start:
-            continue
-        code = core.punch(start, stop - start)
-        if code in (errno.EOPNOTSUPP, errno.ENOSYS):
-            return False
-        if code:  # the space stays taken; nothing else depends on it
-            log.warning("could not give freed space back to the file system: %s", os.strerror(code))
-            return True
-    return True
-
-
 class HeldBlocks:
     """Blocks the engine has freed that readers in other processes may still be reading.
 
@@ -135,37 +97,8 @@ class HeldBlocks:
     def __init__(self, pool: Pool, core: _native.Core) -> None:
         self.pool = pool
         self.core = core
-        #: freed space is punched out of the part files (False: the file system cannot)
-        self.punching = True
-        self._parts_mapped = 0
-        self.track_parts()
         #: (the commit it was retired at, offset, size), oldest first
         self._held: deque[tuple[int, int, int]] = deque()
-
-    def track_parts(self) -> None:
-        """The core's table of part files (for punching, and for the block constructor's
-        allocation), again after libpmemobj added a part."""
-        mapped = self.pool.mapped_size()
-        if mapped != self._parts_mapped:
-            grown = self._parts_mapped != 0
-            self.core.set_parts(self.pool.part_files())
-            self._parts_mapped = mapped
-            if grown:  # the new part is allocated whole: what the heap does not use yet
-                self.give_back_free_space()
-
-    def give_back_free_space(self) -> None:
-        """Punch every free chunk of the heap out of the part files: the space a crash
-        between a free and its punch left taken, what older versions freed, the unused
-        tail of a part libpmemobj added. At a writable open and after reorganize()."""
-        if not self.punching:
-            return
-        found = pmdk_metadata.survey(self.pool.part_paths())
-        if found.damage or found.large_objects is None:
-            return  # (a redo log to replay: libpmemobj has; nothing is lost by waiting)
-        for first, count in found.free_chunks:
-            self.punching = punch_chunks(self.core, first, first + count * layout.PMEMOBJ_CHUNK)
-            if not self.punching:
-                return
 
     @property
     def held_bytes(self) -> int:
@@ -190,14 +123,12 @@ class HeldBlocks:
             horizon, _ = self.core.readers_horizon(True)
         held, core, pool = self._held, self.core, self.pool
         while held and (horizon is None or held[0][0] <= horizon):
-            _, off, size = held.popleft()
+            _, off, _ = held.popleft()
             # forget, then free: stopped in between (a failed free, or a signal where it is
             # not deferred) the block is only leaked until the next open, never freed while
             # the core or a reader still reads it
             core.drop_block(off)
             pool.free(off)  # atomic in libpmemobj; a crash here leaves only a dead block
-            if self.punching:  # (a crash here only keeps the space taken)
-                self.punching = punch_freed(core, off, size)
 
 
 class Space:
@@ -241,27 +172,16 @@ class Space:
             init = ctypes.create_string_buffer(
                 self.core.block_init(type_num, size, PMEMOBJ_PERSIST_ADDRESS, zero)
             )
-            try:
-                off = pool.alloc(
-                    size,
-                    type_num,
-                    zero=False,
-                    constructor=_native.BLOCK_CONSTRUCTOR,
-                    arg=ctypes.addressof(init),
-                )
-            except error as exc:
-                at = _native.BLOCK_INIT_ERRNO_AT
-                code = int.from_bytes(init.raw[at : at + 4], "little", signed=True)
-                if not code:
-                    raise
-                # the constructor could not take the space back from the file system
-                raise StoreFullError(
-                    f"cannot allocate: {os.strerror(code)}", filename=self.path, errno=code
-                ) from exc
+            off = pool.alloc(
+                size,
+                type_num,
+                zero=False,
+                constructor=_native.BLOCK_CONSTRUCTOR,
+                arg=ctypes.addressof(init),
+            )
         _native.crash_point("object allocated")
         usable = pool.usable_size(off)
         self.core.set_mapped(pool.mapped_size())
-        self.held.track_parts()
         tune_growth(pool)
         return off, usable
 
@@ -303,10 +223,6 @@ class Space:
                 reserve = self.reserve_off
                 self._set_reserve(None)  # forgotten (and puts refused) before it is freed
                 self.pool.free(reserve)
-                if self.held.punching:
-                    # libpmemobj may place the block elsewhere, in a hole: the reserve's
-                    # disk space goes back to the file system, for the constructor to take
-                    self.held.punching = punch_freed(core, reserve, size)
                 off, usable = self.alloc(size, layout.TYPE_STANDARD_BLOCK, zero=False)
         self.adopt(off, core.add_block, off, usable)
         if core.reclaim_due:  # the block it replaced is entirely dead
@@ -428,7 +344,6 @@ class Space:
         finally:
             core.compact_end(not done)
         self.keep_reserve()
-        self.held.give_back_free_space()
 
     def make_room(self, deferred: Deferred) -> None:
         """A full disk: free the dead blocks, then copy the live records out of every block
