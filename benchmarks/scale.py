@@ -513,6 +513,23 @@ class ScaleRun:
     def say(self, text: str) -> None:
         say(f"[N={fmt_n(self.n)}] {text}")
 
+    def timed_batches(self, label: str, base: int, count: int, *, sync: bool) -> list[float]:
+        """``count`` update() calls of ``ops.durable_batch`` new records from key number
+        ``base`` on, each followed by ``sync()`` if ``sync``: the seconds of each."""
+        db, size = self.db, self.ops.durable_batch
+        meter = self.meter(label, count, "batches")
+        per: list[float] = []
+        for b in range(count):
+            pairs = self.pairs(base + b * size, base + (b + 1) * size)
+            t0 = time.perf_counter()
+            db.update(pairs)
+            if sync:
+                db.sync()
+            per.append(time.perf_counter() - t0)
+            meter.tick(b + 1)
+        meter.done(f"{fmt_rate(count * size / sum(per))} records")
+        return per
+
     def pairs(self, start: int, stop: int) -> list[tuple[bytes, bytes]]:
         """The (key, value) pairs of records ``start`` to ``stop``, for one update() batch."""
         return list(
@@ -793,21 +810,13 @@ class ScaleRun:
         db.sync()
         first_sync = time.perf_counter() - t0
         self.say(f"sync() before the batches (writes back what is dirty): {first_sync:.2f} s")
-        meter = self.meter(
-            f"update()+sync() batches of {ops.durable_batch:,}", ops.sync_batches, "batches"
+        per = self.timed_batches(
+            f"update()+sync() batches of {ops.durable_batch:,}",
+            NS_SYNC_BATCH,
+            ops.sync_batches,
+            sync=True,
         )
-        per: list[float] = []
-        for b in range(ops.sync_batches):
-            start = NS_SYNC_BATCH + b * ops.durable_batch
-            pairs = self.pairs(start, start + ops.durable_batch)
-            t0 = time.perf_counter()
-            db.update(pairs)
-            db.sync()
-            per.append(time.perf_counter() - t0)
-            meter.tick(b + 1)
-        records = ops.sync_batches * ops.durable_batch
-        rate = records / sum(per)
-        meter.done(f"{fmt_rate(rate)} records")
+        rate = ops.sync_batches * ops.durable_batch / sum(per)
         self.rec.end(
             "sync_batches",
             {
@@ -890,19 +899,13 @@ class ScaleRun:
             meter.tick(stop)
         puts = latency_summary(lat)
         meter.done(f"{fmt_rate(puts['rate'])}, p50 {fmt_ns(puts['p50_ns'])}")
-        meter = self.meter(
-            f"update() batches of {ops.durable_batch:,} under 's'", ops.s_batches, "batches"
+        per = self.timed_batches(
+            f"update() batches of {ops.durable_batch:,} under 's'",
+            NS_S_BATCH,
+            ops.s_batches,
+            sync=False,
         )
-        per: list[float] = []
-        for b in range(ops.s_batches):
-            start = NS_S_BATCH + b * ops.durable_batch
-            pairs = self.pairs(start, start + ops.durable_batch)
-            t0 = time.perf_counter()
-            db.update(pairs)
-            per.append(time.perf_counter() - t0)
-            meter.tick(b + 1)
         s_rate = ops.s_batches * ops.durable_batch / sum(per)
-        meter.done(f"{fmt_rate(s_rate)} records")
         expected = (
             self.total
             - min(self.ops.deletes, self.total)
