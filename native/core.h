@@ -364,6 +364,7 @@ typedef struct {
     PyObject *remap;         /* a reader: remap(needed_bytes) maps more of the pool (Python) */
     uint64_t *free_entries;  /* the writer: entries of the readers file free for reuse */
     size_t nfree_entries, free_entries_cap;
+    uint64_t shared_ready;   /* the writer: block entries whose pages the file system has given (shared_reserve) */
     PyObject *weakrefs; /* a reader's core is held weakly by the idle catch-up (_readers.py) */
 } Core;
 
@@ -543,6 +544,7 @@ void shared_set_floor(Core *c);
 void shared_clear(Core *c, Block *b);
 void shared_detach(Core *c);
 PyObject *Core_attach_writer(Core *c, PyObject *args);
+PyObject *Core_readers_room(Core *c, PyObject *unused);
 PyObject *Core_attach_reader(Core *c, PyObject *args);
 PyObject *Core_set_base(Core *c, PyObject *args);
 PyObject *Core_retire_blocks(Core *c, PyObject *arg);

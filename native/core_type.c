@@ -579,6 +579,8 @@ static PyMethodDef Core_methods[] = {
     {"old_blocks", (PyCFunction)Core_old_blocks, METH_NOARGS, "old_blocks() -> offsets"},
     {"stats", (PyCFunction)Core_stats, METH_NOARGS, "stats() -> dict"},
     {"blocks", (PyCFunction)Core_blocks, METH_NOARGS, "blocks() -> [(off, size, type)]"},
+    {"readers_room", (PyCFunction)Core_readers_room, METH_NOARGS,
+     "readers_room(): the readers file has the page of the entry the next block takes (OSError ENOSPC: it cannot)"},
     {"attach_writer", (PyCFunction)Core_attach_writer, METH_VARARGS,
      "attach_writer(fd, pool_id, root_off): publish every write to the readers file from now on"},
     {"attach_reader", (PyCFunction)Core_attach_reader, METH_VARARGS,

@@ -69,6 +69,60 @@ static int header_valid(const VdReadersHeader *h, uint64_t pool_id) {
            (pool_id == 0 || h->pool_id == pool_id);
 }
 
+/* Entries the writer keeps allocated ahead of the table's use (a page's worth and more):
+ * the blocks a delete on a full disk may need find theirs without asking for space. */
+#define READY_AHEAD 128u
+
+/* Have the file system allocate the readers file from its start to the end of block entry
+ * `want` (its header and every slot included) before anything is stored there through the
+ * mapping. The file is sparse, and a store into a hole needs a block at the page fault: on a
+ * full disk that is a SIGBUS, where fallocate fails cleanly with ENOSPC. If it fails, what
+ * the file has allocated may still cover the entries up to `need` (it is always allocated
+ * from its start: an earlier reservation): then that is enough. -1 with errno set. */
+static uint64_t entries_end(uint64_t entries) {
+    uint64_t end = align_up(VD_READERS_BLOCKS_AT + entries * sizeof(VdReadersBlock), os_page);
+    return end > VD_READERS_FILE_SIZE ? VD_READERS_FILE_SIZE : end;
+}
+
+static int shared_reserve(Core *c, int fd, uint64_t want, uint64_t need) {
+    if (want > VD_READERS_BLOCKS) want = VD_READERS_BLOCKS;
+    if (need > want) need = want;
+    if (c->shared_ready && want <= c->shared_ready) return 0;
+    uint64_t end = entries_end(want);
+    if (fallocate(fd, 0, 0, (off_t)end) == 0) {
+        c->shared_ready = (end - VD_READERS_BLOCKS_AT) / sizeof(VdReadersBlock);
+        return 0;
+    }
+    if (errno == EOPNOTSUPP || errno == ENOSYS) { /* nothing to allocate with: stores take their chance */
+        c->shared_ready = VD_READERS_BLOCKS;
+        return 0;
+    }
+    int saved = errno;
+    struct stat st;
+    if (fstat(fd, &st) == 0 && (uint64_t)st.st_blocks * 512 >= entries_end(need)) {
+        uint64_t have = (uint64_t)st.st_blocks * 512;
+        c->shared_ready = have > VD_READERS_BLOCKS_AT ? (have - VD_READERS_BLOCKS_AT) / sizeof(VdReadersBlock) : 0;
+        if (c->shared_ready < need) c->shared_ready = need;
+        return 0;
+    }
+    errno = saved;
+    return -1;
+}
+
+/* readers_room(): before the engine allocates a block, make sure the entry it will take in
+ * the readers file is allocated (OSError ENOSPC otherwise, and no block is allocated). It
+ * reserves READY_AHEAD entries past the table's end when it can. */
+PyObject *Core_readers_room(Core *c, PyObject *unused) {
+    (void)unused;
+    if (c->shared_role != SHARED_WRITER) Py_RETURN_NONE;
+    uint64_t used = header_of(c->shared)->table_used;
+    if (used + READY_AHEAD <= c->shared_ready) Py_RETURN_NONE;
+    uint64_t need = c->nfree_entries ? 0 : used + 1; /* a free entry is below the table's end */
+    if (shared_reserve(c, c->shared_fd, used + READY_AHEAD, need) == 0 || need <= c->shared_ready)
+        Py_RETURN_NONE;
+    return PyErr_SetFromErrno(PyExc_OSError);
+}
+
 /* An open-file-description lock on a slot's first byte: cmd F_OFD_SETLK (type F_WRLCK or
  * F_UNLCK) or F_OFD_GETLK. The kernel releases it when the last descriptor of that open
  * file goes, so a reader that dies frees its slot however it dies. */
@@ -264,6 +318,7 @@ void shared_detach(Core *c) {
     PyMem_Free(c->free_entries);
     c->free_entries = NULL;
     c->nfree_entries = c->free_entries_cap = 0;
+    c->shared_ready = 0;
 }
 
 /* attach_writer(fd, pool_id, root_off): publish into the readers file from now on. Called after the
@@ -279,6 +334,14 @@ PyObject *Core_attach_writer(Core *c, PyObject *args) {
     if (c->shared) return internal_error("the readers file is attached already"), NULL;
     uint8_t *m = readers_map(fd);
     if (!m) return PyErr_SetFromErrno(PyExc_OSError);
+    c->shared_ready = 0;
+    if (shared_reserve(c, fd, 0, 0) != 0) { /* the header and the slots, before any store */
+        int saved = errno;
+        munmap(m, VD_READERS_FILE_SIZE);
+        errno = saved;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    c->shared_ready = 0; /* (the entries are reserved below: a new file's are punched first) */
     VdReadersHeader *h = header_of(m);
     if (!header_valid(h, pool_id)) {
         uint64_t top = 0;
@@ -304,6 +367,16 @@ PyObject *Core_attach_writer(Core *c, PyObject *args) {
         h->table_gen = top + 1;
         STORE(h->commit, top + 1);
         memcpy(h->magic, VD_READERS_MAGIC, sizeof h->magic);
+    }
+    /* every entry this writer can take before its next readers_room(): those in use, and
+     * one for each block the recovery found */
+    uint64_t in_use = h->table_used < VD_READERS_BLOCKS ? h->table_used : VD_READERS_BLOCKS;
+    if (shared_reserve(c, fd, in_use + c->nblocks + READY_AHEAD, in_use + c->nblocks) != 0) {
+        int saved = errno;
+        munmap(m, VD_READERS_FILE_SIZE);
+        c->shared_ready = 0;
+        errno = saved;
+        return PyErr_SetFromErrno(PyExc_OSError);
     }
     c->shared = m;
     c->shared_fd = fd;

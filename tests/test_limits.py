@@ -180,6 +180,58 @@ def _diff(got: dict[str, str], want: dict[str, str]) -> str:
     )
 
 
+def _take_the_disk(filler: Path) -> None:
+    """Something else fills the file system to its last block."""
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (1 << 20, 1 << 12):
+            try:
+                while True:
+                    os.write(fd, b"\xff" * size)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+    finally:
+        os.close(fd)
+
+
+def test_a_live_reader_joins_a_writer_on_a_full_disk(small_fs: Path) -> None:
+    """A reader's slot is a page of the sparse readers file that no reader may have written
+    yet: the writer allocates the header's and every slot's page when it opens, so a reader
+    still joins it once the disk is full (and does not fall back to keeping writers out,
+    which an open writer would refuse)."""
+    store = small_fs / "store"
+    with viperdbm.open(store, "c") as writer:
+        writer[b"k"] = b"v"
+        _take_the_disk(small_fs / "filler")
+        with viperdbm.open(store, "r") as reader:
+            assert reader[b"k"] == b"v"
+            writer[b"k2"] = b"v2"  # (the store's active block has room)
+            assert reader[b"k2"] == b"v2"
+        (small_fs / "filler").unlink()  # (the writer's close writes its blocks file)
+
+
+def test_the_readers_file_is_allocated_ahead_of_the_block_table(tmp_path: Path) -> None:
+    """The writer stores block entries through a mapping of the sparse readers file; a
+    store into a hole on a full disk is a SIGBUS, so every entry it may take next is
+    allocated first (readers_room before each block; st_blocks counts it on tmpfs and
+    ext4 alike). 300 jumbo blocks take entries far past what the open reserved."""
+    store = tmp_path / "store"
+    entry = layout.FORMAT["structures"]["VdReadersBlock"]["size"]
+    at, size = layout.FORMAT["structures"]["VdReadersHeader"]["fields"]["table_used"]
+    table_at = layout._CONSTANTS["READERS_BLOCKS_AT"]
+    with viperdbm.open(store, "c") as db:
+        for i in range(300):
+            db[b"J%03d" % i] = bytes([i % 251]) * (1 << 20 | 64)
+            with open(store / layout.READERS_FILE, "rb") as f:
+                used = int.from_bytes(f.read(at + size)[at:], "little")
+                allocated = os.fstat(f.fileno()).st_blocks * 512
+            need = table_at + (used + 1) * entry  # the header, the slots, the next entry
+            assert used >= i and allocated >= need, (
+                f"after {i + 1} jumbo puts: {used} entries in use, {allocated} bytes of the "
+                f"readers file allocated, {need} needed for the next entry"
+            )
+
+
 # --------------------------------------------------------------------------- limits
 @pytest.fixture
 def db_path() -> Iterator[Path]:

@@ -422,6 +422,11 @@ class Engine:
             return
         try:
             core.attach_writer(self._readers_fd, self._root.created_ns, self._root_off)
+        except OSError as exc:  # (its pages are allocated first: a full disk says so here)
+            self._close_readers_file()
+            raise storedir.os_error(
+                "cannot prepare the store's readers file", exc, self.path
+            ) from exc
         except BaseException:
             self._close_readers_file()
             raise

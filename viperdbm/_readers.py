@@ -62,7 +62,8 @@ class ReaderSlot:
     @classmethod
     def take(cls, path: str) -> ReaderSlot | None:
         """A slot in the store at ``path``; None if this user cannot write the ``readers``
-        file (a read-only store or medium: the reader then keeps writers out instead)."""
+        file (a read-only store or medium, or one on a full disk that has no such file or
+        slot yet: the reader then keeps writers out instead)."""
         try:
             mode = _readers_file_mode(path)
             fd = os.open(
@@ -71,14 +72,16 @@ class ReaderSlot:
         except (PermissionError, FileNotFoundError, IsADirectoryError):
             return None
         except OSError as exc:
-            if exc.errno == errno.EROFS:
+            if exc.errno in (errno.EROFS, errno.ENOSPC):
                 return None
             raise storedir.os_error("cannot open the store's readers file", exc, path) from exc
         try:
             slot = _native.core.readers_claim(fd)
         except OSError as exc:
             os.close(fd)
-            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR):
+            # (ENOSPC: the file of an older version, its slots' page never written, on a
+            # full disk: this version's writers allocate every slot's page)
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOSPC):
                 return None
             raise storedir.os_error("cannot take a reader's slot", exc, path) from exc
         except BaseException:

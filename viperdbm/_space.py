@@ -24,6 +24,7 @@ from typing import TypeVar
 
 from . import _layout as layout
 from . import _native
+from . import _storedir as storedir
 from ._errors import PUT_RESERVE_IN_USE, StoreFullError
 from ._pmemobj import PMEMOBJ_PERSIST_ADDRESS, Pool
 from ._signals import Deferred
@@ -74,6 +75,8 @@ RECLAIM = ReclaimPolicy()
 
 #: the object types the native block constructor makes (Space.alloc)
 _CONSTRUCTED = frozenset({layout.TYPE_STANDARD_BLOCK, layout.TYPE_JUMBO_BLOCK, layout.TYPE_RESERVE})
+#: the object types that are blocks (each has an entry in the readers file)
+_BLOCKS = frozenset({layout.TYPE_STANDARD_BLOCK, layout.TYPE_JUMBO_BLOCK})
 
 
 def tune_growth(pool: Pool) -> None:
@@ -162,6 +165,15 @@ class Space:
     # ------------------------------------------------------------------ allocating
     def alloc(self, size: int, type_num: int, *, zero: bool) -> tuple[int, int]:
         pool = self.pool
+        if type_num in _BLOCKS:
+            # its entry in the readers file must not land in a hole on a full disk (a store
+            # through the mapping would be a SIGBUS): the file system is asked first
+            try:
+                self.core.readers_room()
+            except OSError as exc:
+                raise storedir.os_error(
+                    "cannot grow the store's readers file", exc, self.path
+                ) from exc
         if type_num not in _CONSTRUCTED:
             off = pool.alloc(size, type_num, zero=zero)
         else:
