@@ -76,11 +76,16 @@ static int header_valid(const VdReadersHeader *h, uint64_t pool_id) {
 /* Have the file system allocate the readers file from its start to the end of block entry
  * `want` (its header and every slot included) before anything is stored there through the
  * mapping. The file is sparse, and a store into a hole needs a block at the page fault: on a
- * full disk that is a SIGBUS, where fallocate fails cleanly with ENOSPC. If it fails, what
- * the file has allocated may still cover the entries up to `need` (it is always allocated
- * from its start: an earlier reservation): then that is enough. -1 with errno set. */
+ * full disk that is a SIGBUS, where fallocate fails cleanly with ENOSPC. The page cache may
+ * hold the file in large folios (ext4 since Linux 6.16, xfs), and a write fault on any page
+ * of a folio takes space for every hole it spans, so the allocation is whole regions of the
+ * largest folio (2 MiB: PMD order on x86-64): a store into an allocated page then never needs
+ * a block. (A read() of the file, by a backup say, is what makes such folios.) If fallocate
+ * fails, what the file has allocated may still cover the entries up to `need` (it is always
+ * allocated from its start: an earlier reservation): then that is enough. -1 with errno set. */
+#define LARGEST_FOLIO (2u << 20)
 static uint64_t entries_end(uint64_t entries) {
-    uint64_t end = align_up(VD_READERS_BLOCKS_AT + entries * sizeof(VdReadersBlock), os_page);
+    uint64_t end = align_up(VD_READERS_BLOCKS_AT + entries * sizeof(VdReadersBlock), LARGEST_FOLIO);
     return end > VD_READERS_FILE_SIZE ? VD_READERS_FILE_SIZE : end;
 }
 
@@ -145,6 +150,14 @@ PyObject *mod_readers_claim(PyObject *mod, PyObject *arg) {
     int fd;
     if (!PyArg_Parse(arg, "i", &fd)) return NULL;
     if (readers_file_size(fd) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    /* the slots' region, as the writer allocates it (shared_reserve): a reader stores its pin
+     * through its mapping. A writer of this version has done so already (then this allocates
+     * nothing); ENOSPC here makes the reader keep writers out instead (_readers.py). */
+    struct stat st;
+    if (fstat(fd, &st) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    if ((uint64_t)st.st_blocks * 512 < entries_end(0) && fallocate(fd, 0, 0, (off_t)entries_end(0)) != 0 &&
+        errno != EOPNOTSUPP && errno != ENOSYS)
+        return PyErr_SetFromErrno(PyExc_OSError);
     for (uint64_t i = 0; i < VD_READER_SLOTS; i++) {
         if (slot_lock(fd, i, F_OFD_SETLK, F_WRLCK, NULL) != 0) {
             if (errno == EAGAIN || errno == EACCES) continue; /* a live reader's */
