@@ -56,7 +56,9 @@ def workload() -> list[Op]:
     ops += [Op("put", b"L%d" % i, JUMBO + 50_000 * (i % 2)) for i in range(4)]
     ops += [Op("put", b"L0", JUMBO + 4), Op("delete", b"L1")]
     ops += [Op("put", b"small%d" % i, 5000 + i) for i in range(3)]
-    ops += [Op("delete", b"small4"), Op("sync"), Op("reorganize")]
+    # reorganize() in place (size 1: a reader is attached), then into a new pool
+    ops += [Op("delete", b"small4"), Op("sync"), Op("reorganize", size=1)]
+    ops += [Op("put", b"small5", 77), Op("reorganize")]
     # a key over 1 MiB: its delete record needs a jumbo block of its own (delete_jumbo)
     ops += [Op("put", HUGE_KEY, 10), Op("delete", HUGE_KEY)]
     ops += [Op("reopen"), Op("put", b"small0", 7), Op("put", b"M", JUMBO + 8), Op("reopen")]
@@ -82,6 +84,9 @@ def child(path: str, acks: str) -> None:
             del db[op.key]
         elif op.kind == "sync":
             db.sync()
+        elif op.kind == "reorganize" and op.size:
+            with viperdbm.open(path, "r"):
+                db.reorganize()
         elif op.kind == "reorganize":
             db.reorganize()
         elif op.kind == "reopen":

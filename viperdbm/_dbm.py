@@ -132,11 +132,19 @@ class Database(_native.MapBase, MutableMapping[bytes, bytes], ClosesOnExit):  # 
         self._require_engine().sync()
 
     def reorganize(self) -> None:
-        """Reclaim the space of overwritten and deleted records (crash-safe)."""
+        """Reclaim the space of overwritten and deleted records (crash-safe). Without
+        readers attached it builds a new pool with the live records only and swaps it in,
+        so the store takes no more disk than they need (as gdbm's ``reorganize()`` shrinks
+        its file); with readers attached, or without room for the copy, it compacts in
+        place. Other threads' writes wait meanwhile."""
         engine = self._require_engine()
         if self._readonly:
             raise ReadonlyError("the store was opened read-only", filename=self._path())
-        engine.reorganize()
+        # a reorganize() that swaps a new pool in hands its core to the fast paths before
+        # the old one is closed
+        engine.reorganize(
+            lambda core: self._attach(core, engine, self._readonly, _readonly_refusal(engine.path))
+        )
 
     def stats(self) -> dict[str, int | float]:
         """Counters of the store: records, live and dead bytes, blocks, pool size, rebuild time."""

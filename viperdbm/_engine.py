@@ -23,6 +23,7 @@ a need (NEED_BLOCK, NEED_WAIT, ...) when a fast path needs one of them.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -30,6 +31,7 @@ import stat
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import _layout as layout
@@ -87,6 +89,58 @@ class OpenOptions:
     lock: bool  # not 'u'
     #: seconds a writer waits for the store's writer lock (0: LockError at once)
     timeout: float = 0.0
+
+
+class _RebuildAbandonedError(Exception):
+    """reorganize() into a new pool gave up before the swap (a reader joined)."""
+
+    def __str__(self) -> str:
+        return "a reader opened the store during the copy"
+
+
+#: records copied by reorganize() between two chances for a Ctrl-C to stop it
+_COPY_STEP = 4096
+
+
+def _copy_records(core: _native.Core, build: Engine, deferred: Deferred) -> None:
+    """Every live record of ``core`` into the store ``build`` (in the index's order)."""
+    target = build.require_core()
+    key = core.firstkey()
+    n = 0
+    while key is not None:
+        value = core.getitem(key)
+        code = target.put(key, value)
+        if code:  # a new block, a jumbo block: the slow path, as the dbm face takes it
+            build.write_slow(code, key, value)
+            target = build.require_core()
+        n += 1
+        if n % _COPY_STEP == 0:
+            deferred.poll()
+        key = core.nextkey(key)
+
+
+def _abandon_build(build: Engine | None, built: str) -> None:
+    """A new pool that will not be swapped in: closed, then removed."""
+    try:
+        if build is not None:
+            build.close()
+    except error as exc:
+        log.debug("%s: closing an abandoned rebuild: %s", built, exc)
+    finally:
+        storedir.discard(built)
+
+
+def _close_old(
+    pool: Pool | None, core: _native.Core | None, readers_fd: int | None, lock_fd: int | None
+) -> None:
+    """Close what a writer had of the store reorganize() swapped out (it is removed next)."""
+    if core is not None:
+        core.invalidate()  # (also tells its readers file that no writer has it open)
+    for fd in (readers_fd, lock_fd):
+        if fd is not None:
+            os.close(fd)
+    if pool is not None:
+        pool.close()
 
 
 class Engine:
@@ -221,6 +275,8 @@ class Engine:
         opening.finish_replace(self.path, old, mode)
 
     def _open_pool(self) -> None:
+        if self.options.writable and self._lock_fd is not None:
+            opening.remove_leftovers(self.path)  # a reorganize() that was killed midway
         parts_dir = os.path.join(self.path, layout.PARTS_DIR)
         try:
             # the one listing of parts/ this open makes (libpmemobj makes its own)
@@ -631,7 +687,107 @@ class Engine:
             self._root.durable_seq = durable
             core.set_durable(durable)
 
-    def reorganize(self) -> None:
+    def reorganize(self, on_new_core: Callable[[_native.Core], None] | None = None) -> None:
+        """Give the space of dead records back: where it can, by building a new pool with
+        the live records only and swapping it in (:meth:`_rebuild`, the store then takes
+        no more disk than its records need, as gdbm's reorganize() does), else in place
+        (:meth:`_reorganize_in_place`). ``on_new_core`` is told the new core, under the
+        store's lock, before the old one is closed (the dbm face's fast paths use it)."""
+        self._require_writable()
+        with self._lock:
+            self._require_space()
+            if self._reorganizing:
+                raise REORGANIZE_REENTERED(self.path)
+            if not self._rebuild(on_new_core):
+                self._reorganize_in_place()
+
+    def _rebuild(self, on_new_core: Callable[[_native.Core], None] | None) -> bool:
+        """reorganize() into a new pool: every live record copied into a new store built
+        beside this one (its lock held), made durable, then swapped in with one
+        ``renameat2(RENAME_EXCHANGE)`` as flag 'n' swaps an empty one in; the old store is
+        removed. A crash at any instant leaves the old or the new store at the path, each
+        with every acknowledged write, and at most a hidden leftover that the next writer
+        removes (:func:`viperdbm._opening.remove_leftovers`).
+
+        False, with nothing changed, where it cannot: readers are attached (they map the
+        old pool, and would be left reading it), the store is opened without a lock
+        (flag 'u': there is no lock to hand over), the disk has no room for the copy, or
+        the file system cannot swap two directories. Writes of other threads wait meanwhile
+        (the core answers them NEED_WAIT); a Ctrl-C during the copy stops it, with the store
+        as it was.
+        """
+        if not self.options.lock or readers.readers_attached(self.path):
+            return False
+        core = self.require_core()
+        mode = stat.S_IMODE(os.stat(os.path.join(self.path, layout.SET_FILE)).st_mode)
+        built = storedir.temp_path(self.path, opening.REBUILD)
+        build: Engine | None = None
+        deferred = Deferred()
+        core.compact_begin()  # other threads' writes wait for the store's lock from here
+        try:
+            try:
+                opening.build_new_store(built, mode, self.path)
+                options = dataclasses.replace(self.options, create=False, truncate=False)
+                build = Engine(built, dataclasses.replace(options, sync_each_write=False), mode)
+                _copy_records(core, build, deferred)
+                build.sync()
+                if readers.readers_attached(self.path):  # one joined meanwhile
+                    raise _RebuildAbandonedError
+                deferred.poll()  # the last point at which a Ctrl-C leaves the old store
+                new_dir = os.stat(built).st_ino
+            except (OSError, _RebuildAbandonedError) as exc:
+                # no room for the copy, no right to make a directory beside the store, an
+                # I/O error in the copy: the store is as it was, and reorganizes in place
+                log.info("%s: reorganize() in place: %s", self.path, exc)
+                _abandon_build(build, built)
+                return False
+            except BaseException:
+                _abandon_build(build, built)
+                raise
+            assert build is not None
+            failed: OSError | None = None
+            try:
+                old: str | None = storedir.publish(built, self.path, replace=True)
+            except OSError as exc:
+                if os.stat(self.path).st_ino != new_dir:  # not swapped: nothing changed
+                    log.info("%s: reorganize() in place: %s", self.path, exc)
+                    _abandon_build(build, built)
+                    return False
+                # swapped, but the directory's fsync failed: go on with the new store, keep
+                # the old one (the next writer removes it) and say so
+                failed, old = exc, None
+            # The new store is at the path (its lock, moved with it, held by `build`), the
+            # old one at `built`. This handle takes the new one: opened before the old is
+            # closed, so that the fast paths of other threads always have an open core.
+            new_lock, build._lock_fd = build._lock_fd, None
+            build.path = self.path  # (its close writes the block directory: the new store's)
+            build.close()
+            old_state = (self._pool, self.core, self._readers_fd, self._lock_fd)
+            self._pool, self.core, self._readers_fd = None, None, None
+            self._space, self._held, self._lock_fd = None, None, new_lock
+            try:
+                self._open_pool()
+            except BaseException:
+                # (the new store is complete at the path; this handle is closed)
+                _close_old(*old_state)
+                self._release_lock()
+                _open_engines.discard(self)
+                raise
+            if on_new_core is not None:
+                on_new_core(self.require_core())
+            _close_old(*old_state)
+            opening.finish_replace(self.path, old, mode)
+            if failed is not None:
+                raise storedir.os_error(
+                    "reorganize(): cannot make the new store durable", failed, self.path
+                )
+            return True
+        finally:
+            if core.is_open:
+                core.compact_end(True)
+            deferred.end()
+
+    def _reorganize_in_place(self) -> None:
         """Copy every live record forward, then free every older block.
 
         Crash-safe at every instant: the copies are complete before the root's sequence
@@ -643,27 +799,24 @@ class Engine:
         there, or a failure of a step (a full disk), ends it with the handle as it was
         (the records copied so far are simply their newest versions). On a full disk it
         first frees dead space block by block, so that a mostly dead store can be
-        reorganized where there is no room for a copy of its live records.
+        reorganized where there is no room for a copy of its live records. The pool keeps
+        its size: freed blocks are reused, not given back to the file system.
         """
-        self._require_writable()
-        with self._lock:
-            space = self._require_space()
-            if self._reorganizing:
-                raise REORGANIZE_REENTERED(self.path)
-            deferred = Deferred()
-            self._reorganizing = True
+        space = self._require_space()
+        deferred = Deferred()
+        self._reorganizing = True
+        try:
             try:
-                try:
-                    space.copy_forward(deferred, self._raise_floor)
-                except StoreFullError:
-                    # a full disk: win space back block by block, then try once more
-                    space.make_room(deferred)
-                    space.copy_forward(deferred, self._raise_floor)
-            except StoreFullError as exc:
-                raise REORGANIZE_DISK_FULL(self.path) from exc
-            finally:
-                self._reorganizing = False
-                deferred.end()
+                space.copy_forward(deferred, self._raise_floor)
+            except StoreFullError:
+                # a full disk: win space back block by block, then try once more
+                space.make_room(deferred)
+                space.copy_forward(deferred, self._raise_floor)
+        except StoreFullError as exc:
+            raise REORGANIZE_DISK_FULL(self.path) from exc
+        finally:
+            self._reorganizing = False
+            deferred.end()
 
     def _raise_floor(self, floor: int) -> None:
         """reorganize(): every live record has a copy newer than ``floor``. Make the copies

@@ -20,6 +20,9 @@ from ._pmemobj import Pool
 
 LockDir = Callable[[str], "int | None"]
 
+#: the temporary name's word for a store reorganize() builds (storedir.temp_path)
+REBUILD = "reorganize"
+
 
 def build_new_store(directory: str, mode: int, label: str) -> None:
     """Create a complete, empty, durable store in ``directory`` (which must not exist)."""
@@ -120,3 +123,19 @@ def _abandon(tmp: str, lock_fd: int | None) -> None:
 def _release(lock_fd: int | None) -> None:
     if lock_fd is not None:
         os.close(lock_fd)  # closing the descriptor drops the flock
+
+
+def remove_leftovers(path: str) -> None:
+    """Remove what a reorganize() killed midway left beside the store at ``path``: the new
+    store before it was swapped in, or the old one after. Only a writer holding the store's
+    lock makes them (``storedir.temp_path(path, REBUILD)``), so the caller, holding it, is
+    the only one that could be building one."""
+    parent, base = os.path.split(os.path.abspath(path))
+    prefix = f".{base}.viperdbm-{REBUILD}-"
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return  # (an unreadable parent: they stay, harmless)
+    for name in names:
+        if name.startswith(prefix):
+            storedir.discard(os.path.join(parent, name))
