@@ -698,7 +698,12 @@ class Engine:
             self._require_space()
             if self._reorganizing:
                 raise REORGANIZE_REENTERED(self.path)
-            if not self._rebuild(on_new_core):
+            self._reorganizing = True
+            try:
+                rebuilt = self._rebuild(on_new_core)
+            finally:
+                self._reorganizing = False
+            if not rebuilt:
                 self._reorganize_in_place()
 
     def _rebuild(self, on_new_core: Callable[[_native.Core], None] | None) -> bool:
