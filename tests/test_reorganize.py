@@ -38,6 +38,14 @@ def leftovers(store: Path) -> list[str]:
     return [n for n in os.listdir(store.parent) if n.startswith(f".{store.name}.viperdbm-")]
 
 
+def half_dead(db: viperdbm.Database, count: int, size: int) -> None:
+    """``count`` records of ``size`` bytes, then every other one deleted."""
+    for i in range(count):
+        db[b"k%07d" % i] = bytes(size)
+    for i in range(0, count, 2):
+        del db[b"k%07d" % i]
+
+
 def test_a_store_that_shrank_gives_its_space_back(tmp_path: Path) -> None:
     """Issue 13's bound: 1M records of 100 bytes, 90% deleted, reorganize(): at most 1.3x
     the live data plus 16 MiB on disk. The handle goes on writing, into the new pool."""
@@ -70,10 +78,7 @@ def test_with_a_reader_attached_it_works_in_place(tmp_path: Path) -> None:
     reorganized in place, and the reader goes on seeing the writer's writes."""
     store = tmp_path / "s"
     with viperdbm.open(store, "c") as db:
-        for i in range(20_000):
-            db[b"k%05d" % i] = bytes(200)
-        for i in range(0, 20_000, 2):
-            del db[b"k%05d" % i]
+        half_dead(db, 20_000, 200)
         inode = store.stat().st_ino
         with viperdbm.open(store, "r") as reader:
             db.reorganize()
@@ -111,10 +116,7 @@ def test_writes_of_other_threads_wait_and_land_in_the_new_pool(tmp_path: Path) -
     behind the copy, or after it, were lost.)"""
     store = tmp_path / "s"
     with viperdbm.open(store, "c") as db:
-        for i in range(400_000):
-            db[b"k%06d" % i] = bytes(100)
-        for i in range(0, 400_000, 2):
-            del db[b"k%06d" % i]
+        half_dead(db, 400_000, 100)
         acked: list[int] = []
         building = threading.Event()
 
@@ -182,10 +184,7 @@ def test_the_flags_carry_over(tmp_path: Path, flag: str) -> None:
     over) reorganizes in place."""
     store = tmp_path / "s"
     with viperdbm.open(store, flag) as db:
-        for i in range(5000):
-            db[b"k%05d" % i] = bytes(100)
-        for i in range(0, 5000, 2):
-            del db[b"k%05d" % i]
+        half_dead(db, 5000, 100)
         inode = store.stat().st_ino
         db.reorganize()
         assert (store.stat().st_ino == inode) == (flag == "cu")
