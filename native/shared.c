@@ -89,17 +89,21 @@ static uint64_t entries_end(uint64_t entries) {
     return end > VD_READERS_FILE_SIZE ? VD_READERS_FILE_SIZE : end;
 }
 
+/* fallocate the readers file's first `end` bytes: 0, 1 where the file system cannot (then
+ * stores take their chance, as before there was this), -1 with errno set */
+static int allocate_start(int fd, uint64_t end) {
+    if (fallocate(fd, 0, 0, (off_t)end) == 0) return 0;
+    return errno == EOPNOTSUPP || errno == ENOSYS ? 1 : -1;
+}
+
 static int shared_reserve(Core *c, int fd, uint64_t want, uint64_t need) {
     if (want > VD_READERS_BLOCKS) want = VD_READERS_BLOCKS;
     if (need > want) need = want;
     if (c->shared_ready && want <= c->shared_ready) return 0;
     uint64_t end = entries_end(want);
-    if (fallocate(fd, 0, 0, (off_t)end) == 0) {
-        c->shared_ready = (end - VD_READERS_BLOCKS_AT) / sizeof(VdReadersBlock);
-        return 0;
-    }
-    if (errno == EOPNOTSUPP || errno == ENOSYS) { /* nothing to allocate with: stores take their chance */
-        c->shared_ready = VD_READERS_BLOCKS;
+    int done = allocate_start(fd, end);
+    if (done >= 0) {
+        c->shared_ready = done ? VD_READERS_BLOCKS : (end - VD_READERS_BLOCKS_AT) / sizeof(VdReadersBlock);
         return 0;
     }
     int saved = errno;
@@ -155,8 +159,7 @@ PyObject *mod_readers_claim(PyObject *mod, PyObject *arg) {
      * nothing); ENOSPC here makes the reader keep writers out instead (_readers.py). */
     struct stat st;
     if (fstat(fd, &st) != 0) return PyErr_SetFromErrno(PyExc_OSError);
-    if ((uint64_t)st.st_blocks * 512 < entries_end(0) && fallocate(fd, 0, 0, (off_t)entries_end(0)) != 0 &&
-        errno != EOPNOTSUPP && errno != ENOSYS)
+    if ((uint64_t)st.st_blocks * 512 < entries_end(0) && allocate_start(fd, entries_end(0)) < 0)
         return PyErr_SetFromErrno(PyExc_OSError);
     for (uint64_t i = 0; i < VD_READER_SLOTS; i++) {
         if (slot_lock(fd, i, F_OFD_SETLK, F_WRLCK, NULL) != 0) {
@@ -354,7 +357,6 @@ PyObject *Core_attach_writer(Core *c, PyObject *args) {
         errno = saved;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
-    c->shared_ready = 0; /* (the entries are reserved below: a new file's are punched first) */
     VdReadersHeader *h = header_of(m);
     if (!header_valid(h, pool_id)) {
         uint64_t top = 0;
@@ -363,14 +365,18 @@ PyObject *Core_attach_writer(Core *c, PyObject *args) {
             if (pin > top) top = pin;
         }
         memset(h->magic, 0, sizeof h->magic);
-        /* zero the block table without writing it: a hole takes no space (and reads as
-         * zeros in every mapping at once); where holes are not supported, zero the part
-         * that may have been used */
-        if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)VD_READERS_BLOCKS_AT,
-                      (off_t)(VD_READERS_FILE_SIZE - VD_READERS_BLOCKS_AT)) != 0) {
-            uint64_t used = h->table_used < VD_READERS_BLOCKS ? h->table_used : VD_READERS_BLOCKS;
-            memset(m + VD_READERS_BLOCKS_AT, 0, (size_t)(used * sizeof(VdReadersBlock)));
-        }
+        /* zero the entries a reader could read (those below table_used, reset below; an
+         * entry is written whole before it is used again) by stores, but only inside what
+         * shared_reserve allocated: beyond it a store could meet a hole. What lies beyond goes
+         * back to the file system as a hole (reading as zeros in every mapping at once). */
+        uint64_t kept = VD_READERS_BLOCKS_AT + c->shared_ready * sizeof(VdReadersBlock);
+        if (kept > VD_READERS_FILE_SIZE) kept = VD_READERS_FILE_SIZE;
+        uint64_t used = h->table_used < VD_READERS_BLOCKS ? h->table_used : VD_READERS_BLOCKS;
+        uint64_t used_end = VD_READERS_BLOCKS_AT + used * sizeof(VdReadersBlock);
+        memset(m + VD_READERS_BLOCKS_AT, 0, (size_t)((used_end < kept ? used_end : kept) - VD_READERS_BLOCKS_AT));
+        if (kept < VD_READERS_FILE_SIZE)
+            (void)fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)kept,
+                            (off_t)(VD_READERS_FILE_SIZE - kept));
         h->version = VD_READERS_VERSION;
         h->reader_slots = VD_READER_SLOTS;
         h->block_entries = VD_READERS_BLOCKS;

@@ -726,30 +726,13 @@ class Engine:
         core = self.require_core()
         mode = stat.S_IMODE(os.stat(os.path.join(self.path, layout.SET_FILE)).st_mode)
         built = storedir.temp_path(self.path, opening.REBUILD)
-        build: Engine | None = None
         deferred = Deferred()
         core.compact_begin()  # other threads' writes wait for the store's lock from here
         try:
-            try:
-                opening.build_new_store(built, mode, self.path)
-                options = dataclasses.replace(self.options, create=False, truncate=False)
-                build = Engine(built, dataclasses.replace(options, sync_each_write=False), mode)
-                _copy_records(core, build, deferred)
-                build.sync()
-                if readers.readers_attached(self.path):  # one joined meanwhile
-                    raise _RebuildAbandonedError
-                deferred.poll()  # the last point at which a Ctrl-C leaves the old store
-                new_dir = os.stat(built).st_ino
-            except (OSError, _RebuildAbandonedError) as exc:
-                # no room for the copy, no right to make a directory beside the store, an
-                # I/O error in the copy: the store is as it was, and reorganizes in place
-                log.info("%s: reorganize() in place: %s", self.path, exc)
-                _abandon_build(build, built)
+            build = self._build_copy(core, built, mode, deferred)
+            if build is None:
                 return False
-            except BaseException:
-                _abandon_build(build, built)
-                raise
-            assert build is not None
+            new_dir = os.stat(built).st_ino
             failed: OSError | None = None
             try:
                 old: str | None = storedir.publish(built, self.path, replace=True)
@@ -791,6 +774,34 @@ class Engine:
             if core.is_open:
                 core.compact_end(True)
             deferred.end()
+
+    def _build_copy(
+        self, core: _native.Core, built: str, mode: int, deferred: Deferred
+    ) -> Engine | None:
+        """The new store of :meth:`_rebuild` at ``built``, every live record of ``core`` in
+        it, durable, open (its lock held); None, with nothing left behind, where it cannot
+        be made: no room for the copy, no right to make a directory beside the store, an I/O
+        error in the copy, a reader that joined meanwhile."""
+        build: Engine | None = None
+        try:
+            opening.build_new_store(built, mode, self.path)
+            options = dataclasses.replace(
+                self.options, create=False, truncate=False, sync_each_write=False
+            )
+            build = Engine(built, options, mode)
+            _copy_records(core, build, deferred)
+            build.sync()
+            if readers.readers_attached(self.path):  # one joined meanwhile
+                raise _RebuildAbandonedError
+            deferred.poll()  # the last point at which a Ctrl-C leaves the old store
+            return build
+        except (OSError, _RebuildAbandonedError) as exc:
+            log.info("%s: reorganize() in place: %s", self.path, exc)
+            _abandon_build(build, built)
+            return None
+        except BaseException:
+            _abandon_build(build, built)
+            raise
 
     def _reorganize_in_place(self) -> None:
         """Copy every live record forward, then free every older block.
