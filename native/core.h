@@ -556,6 +556,9 @@ PyObject *mod_readers_claim(PyObject *mod, PyObject *arg);
 PyObject *mod_readers_release(PyObject *mod, PyObject *args);
 PyObject *mod_readers_header(PyObject *mod, PyObject *arg);
 PyObject *mod_readers_live(PyObject *mod, PyObject *arg);
+PyObject *mod_readers_barred_by(PyObject *mod, PyObject *arg);
+PyObject *mod_readers_bar(PyObject *mod, PyObject *arg);
+PyObject *mod_readers_unbar(PyObject *mod, PyObject *arg);
 
 /* ------------------------------------------------------------------ core_type.c */
 extern PyTypeObject CoreType;

@@ -147,12 +147,46 @@ static int slot_lock(int fd, uint64_t slot, int cmd, short type, struct flock *o
     return rc;
 }
 
-/* readers_claim(fd) -> slot: a free reader slot, locked by this open file; its pin is 0 (it
- * holds every block) until the reader's first catch-up. */
-PyObject *mod_readers_claim(PyObject *mod, PyObject *arg) {
+/* The header's barred_by, read and written with pread/pwrite: coherent with every mapping
+ * of the file, and (unlike a store through one) never a SIGBUS on a full disk. */
+static int barred_by_read(int fd, uint64_t *pid) {
+    *pid = 0;
+    ssize_t n = pread(fd, pid, sizeof *pid, (off_t)offsetof(VdReadersHeader, barred_by));
+    return n < 0 ? -1 : 0; /* (a short read: a file no writer made yet, not barred) */
+}
+static int barred_by_write(int fd, uint64_t pid) {
+    ssize_t n = pwrite(fd, &pid, sizeof pid, (off_t)offsetof(VdReadersHeader, barred_by));
+    if (n == (ssize_t)sizeof pid) return 0;
+    if (n >= 0) errno = EIO;
+    return -1;
+}
+
+/* Does any live reader hold a slot? (one lock test over them all) 1, 0, or -1 */
+static int any_reader_live(int fd) {
+    struct flock fl;
+    memset(&fl, 0, sizeof fl);
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = (off_t)VD_READERS_SLOTS_AT;
+    fl.l_len = (off_t)(VD_READER_SLOTS * sizeof(VdReaderSlot));
+    if (fcntl(fd, F_OFD_GETLK, &fl) != 0) return -1;
+    return fl.l_type != F_UNLCK;
+}
+
+/* readers_claim(fd, stale_bar=0) -> slot: a free reader slot, locked by this open file; its pin
+ * is 0 (it holds every block) until the reader's first catch-up. -1: every slot is taken. -2:
+ * a writer bars new readers (barred_by, other than stale_bar: one the caller found dead),
+ * because it is about to swap another store in at this store's path; the slot is given back.
+ *
+ * The bar against a reader that joins at the last moment (readers_bar): the reader locks and
+ * writes its slot, then reads barred_by; the writer writes barred_by, then tests the slots'
+ * locks. Each side's second step is a system call after a full fence, so at least one of them
+ * sees the other: the writer does not swap, or the reader lets go and opens the path again. */
+PyObject *mod_readers_claim(PyObject *mod, PyObject *args) {
     (void)mod;
     int fd;
-    if (!PyArg_Parse(arg, "i", &fd)) return NULL;
+    unsigned long long stale_bar = 0;
+    if (!PyArg_ParseTuple(args, "i|K", &fd, &stale_bar)) return NULL;
     if (readers_file_size(fd) != 0) return PyErr_SetFromErrno(PyExc_OSError);
     /* the slots' region, as the writer allocates it (shared_reserve): a reader stores its pin
      * through its mapping. A writer of this version has done so already (then this allocates
@@ -171,15 +205,66 @@ PyObject *mod_readers_claim(PyObject *mod, PyObject *arg) {
         s.pid = (uint64_t)getpid();
         /* pwrite is coherent with every mapping of the file, and a system call: the writer
          * sees the slot before this reader reads anything it could free */
-        if (pwrite(fd, &s, sizeof s, (off_t)slot_file_offset(i)) != (ssize_t)sizeof s) {
-            int saved = errno;
+        uint64_t bar = 0;
+        int failed = pwrite(fd, &s, sizeof s, (off_t)slot_file_offset(i)) != (ssize_t)sizeof s;
+        if (!failed) {
+            __atomic_thread_fence(__ATOMIC_SEQ_CST);
+            failed = barred_by_read(fd, &bar) != 0;
+        }
+        if (failed || (bar && bar != stale_bar)) {
+            int saved = failed ? (errno ? errno : EIO) : 0;
+            memset(&s, 0, sizeof s);
+            (void)pwrite(fd, &s, sizeof s, (off_t)slot_file_offset(i));
             slot_lock(fd, i, F_OFD_SETLK, F_UNLCK, NULL);
-            errno = saved ? saved : EIO;
+            if (!failed) return PyLong_FromLong(-2);
+            errno = saved;
             return PyErr_SetFromErrno(PyExc_OSError);
         }
         return PyLong_FromUnsignedLongLong(i);
     }
     return PyLong_FromLong(-1); /* every slot is taken */
+}
+
+/* readers_barred_by(fd) -> the process id that bars new readers (0: none) */
+PyObject *mod_readers_barred_by(PyObject *mod, PyObject *arg) {
+    (void)mod;
+    int fd;
+    if (!PyArg_Parse(arg, "i", &fd)) return NULL;
+    uint64_t pid;
+    if (barred_by_read(fd, &pid) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    return PyLong_FromUnsignedLongLong(pid);
+}
+
+/* readers_bar(fd) -> bool: bar new readers from this store (this process's id in barred_by)
+ * before another store is swapped in at its path; False, with the bar lifted again, if a
+ * live reader holds a slot (see readers_claim for why neither side can miss the other). */
+PyObject *mod_readers_bar(PyObject *mod, PyObject *arg) {
+    (void)mod;
+    int fd;
+    if (!PyArg_Parse(arg, "i", &fd)) return NULL;
+    if (readers_file_size(fd) != 0 || barred_by_write(fd, (uint64_t)getpid()) != 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    int live = any_reader_live(fd);
+    if (live != 0) {
+        int saved = errno;
+        (void)barred_by_write(fd, 0);
+        if (live < 0) {
+            errno = saved;
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        Py_RETURN_FALSE;
+    }
+    Py_RETURN_TRUE;
+}
+
+/* readers_unbar(fd): lift the bar (the swap did not happen) */
+PyObject *mod_readers_unbar(PyObject *mod, PyObject *arg) {
+    (void)mod;
+    int fd;
+    if (!PyArg_Parse(arg, "i", &fd)) return NULL;
+    if (barred_by_write(fd, 0) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
 }
 
 /* readers_release(fd, slot): free the slot (the caller then closes fd, which drops the lock) */
@@ -212,19 +297,14 @@ PyObject *mod_readers_header(PyObject *mod, PyObject *arg) {
                          (unsigned long long)h.commit, (unsigned long long)h.table_gen);
 }
 
-/* readers_live(fd) -> bool: does any live reader hold a slot? (one lock test over them all) */
+/* readers_live(fd) -> bool: does any live reader hold a slot? */
 PyObject *mod_readers_live(PyObject *mod, PyObject *arg) {
     (void)mod;
     int fd;
     if (!PyArg_Parse(arg, "i", &fd)) return NULL;
-    struct flock fl;
-    memset(&fl, 0, sizeof fl);
-    fl.l_type = F_WRLCK;
-    fl.l_whence = SEEK_SET;
-    fl.l_start = (off_t)VD_READERS_SLOTS_AT;
-    fl.l_len = (off_t)(VD_READER_SLOTS * sizeof(VdReaderSlot));
-    if (fcntl(fd, F_OFD_GETLK, &fl) != 0) return PyErr_SetFromErrno(PyExc_OSError);
-    return PyBool_FromLong(fl.l_type != F_UNLCK);
+    int live = any_reader_live(fd);
+    if (live < 0) return PyErr_SetFromErrno(PyExc_OSError);
+    return PyBool_FromLong(live);
 }
 
 /* ------------------------------------------------------------------ the writer */
@@ -387,6 +467,8 @@ PyObject *Core_attach_writer(Core *c, PyObject *args) {
         STORE(h->commit, top + 1);
         memcpy(h->magic, VD_READERS_MAGIC, sizeof h->magic);
     }
+    /* a bar left by a writer that died before its swap (this one holds the store's lock) */
+    STORE(h->barred_by, 0);
     /* every entry this writer can take before its next readers_room(): those in use, and
      * one for each block the recovery found */
     uint64_t in_use = h->table_used < VD_READERS_BLOCKS ? h->table_used : VD_READERS_BLOCKS;

@@ -183,6 +183,8 @@ typedef struct {
     uint64_t writer_pid;     /* the writer's process id (0: no writer has the store open) */
     uint64_t root_off;       /* pool offset of the root object (readers check pool_id there) */
     uint64_t seq_floor;      /* the root's seq_floor: every older record is dead (reorganize() drops deletes) */
+    uint64_t barred_by;      /* the process id of a writer about to swap another store in at this path
+                              * (reorganize(), flag 'n'): no reader takes a slot here meanwhile (0: none) */
 } VdReadersHeader;
 #define VD_READERS_HEADER_LAYOUT(X)                                                                   \
     X(VdReadersHeader, magic, 0) X(VdReadersHeader, version, 8) X(VdReadersHeader, reader_slots, 12)  \
@@ -190,7 +192,7 @@ typedef struct {
     X(VdReadersHeader, commit, 32) X(VdReadersHeader, max_seq, 40) X(VdReadersHeader, table_gen, 48)  \
     X(VdReadersHeader, table_used, 56) X(VdReadersHeader, active_entry, 64)                           \
     X(VdReadersHeader, mapped, 72) X(VdReadersHeader, writer_pid, 80) X(VdReadersHeader, root_off, 88) \
-    X(VdReadersHeader, seq_floor, 96)
+    X(VdReadersHeader, seq_floor, 96) X(VdReadersHeader, barred_by, 104)
 #define VD_NO_ENTRY UINT64_MAX
 
 /* One reader: the commit it has caught up to. The writer frees a block it retired at commit
@@ -234,7 +236,7 @@ VD_READERS_BLOCK_LAYOUT(VD_AT)
 _Static_assert(sizeof(VdRoot) == 56 && sizeof(VdRoot) <= VD_ROOT_OBJECT_SIZE, "root size");
 _Static_assert(sizeof(VdBlockHeader) == 64, "block header size");
 _Static_assert(sizeof(VdRecordHeader) == 16, "record header size");
-_Static_assert(sizeof(VdReadersHeader) == 104 && sizeof(VdReadersHeader) <= VD_READERS_HEADER_SIZE, "readers header size");
+_Static_assert(sizeof(VdReadersHeader) == 112 && sizeof(VdReadersHeader) <= VD_READERS_HEADER_SIZE, "readers header size");
 _Static_assert(sizeof(VdReaderSlot) == 64, "reader slot size");
 _Static_assert(sizeof(VdReadersBlock) == 56, "readers block size");
 _Static_assert(sizeof VD_READERS_MAGIC - 1 == sizeof(((VdReadersHeader *)0)->magic), "readers magic");

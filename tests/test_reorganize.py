@@ -11,14 +11,22 @@ here: the disk the store takes (``du``: allocated blocks), the records, and the 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_limits import small_fs
 
 import viperdbm
+from viperdbm import _engine, _native, _readers
+from viperdbm import _storedir as storedir
+
+vipercore = _native.core
 
 __all__ = ["small_fs"]  # the fixture, shared with test_limits
 
@@ -191,3 +199,205 @@ def test_the_flags_carry_over(tmp_path: Path, flag: str) -> None:
         db[b"after"] = b"1"
     with viperdbm.open(store, "r") as db:
         assert len(db) == 2501 and db[b"after"] == b"1"
+
+
+# ---------------------------------------------------------------- readers opening meanwhile
+# A reader opens the path: it must get the store that stays there, never one swapped out
+# from under it (it would read a store no writer writes, and which is being removed).
+
+
+def test_a_reader_that_opens_after_the_copy_keeps_it_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader that takes its slot after the copy, just before the swap: the writer sees
+    it and works in place, and the reader goes on following it."""
+    store = tmp_path / "s"
+    late: list[viperdbm.Database] = []
+    build_copy = _engine.Engine._build_copy
+
+    def then_a_reader_opens(self: _engine.Engine, *args: Any) -> _engine.Engine | None:
+        build = build_copy(self, *args)
+        late.append(viperdbm.open(store, "r"))
+        return build
+
+    monkeypatch.setattr(_engine.Engine, "_build_copy", then_a_reader_opens)
+    with viperdbm.open(store, "c") as db:
+        half_dead(db, 400, 1000)
+        inode = store.stat().st_ino
+        db.reorganize()
+        assert store.stat().st_ino == inode, "swapped with a reader attached"
+        db[b"after"] = b"1"
+        assert late[0].get(b"after") == b"1"
+        assert len(late[0]) == 201
+    late[0].close()
+    assert leftovers(store) == []
+
+
+def test_a_reader_that_opens_during_the_swap_opens_the_new_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader that opens the path while the writer has barred new readers (between its
+    last look at the readers and the exchange): it waits, then opens the new store, and
+    follows the writer there. Without the bar it took a slot in the old store and read it
+    ever after (a store being removed, which no writer writes)."""
+    store = tmp_path / "s"
+    opened: list[viperdbm.Database] = []
+    failed: list[BaseException] = []
+    publish = storedir.publish
+
+    def open_reader() -> None:
+        try:
+            opened.append(viperdbm.open(store, "r"))
+        except BaseException as exc:
+            failed.append(exc)
+
+    def a_reader_opens_first(built: str, path: str, *, replace: bool) -> str | None:
+        if not replace:  # (the store's creation)
+            return publish(built, path, replace=replace)
+        reader = threading.Thread(target=open_reader)
+        reader.start()
+        reader.join(0.3)  # (long enough for it to come to the readers file: it waits there)
+        assert reader.is_alive(), ("a reader opened a store about to be swapped out", failed)
+        try:
+            return publish(built, path, replace=replace)
+        finally:
+            threads.append(reader)
+
+    threads: list[threading.Thread] = []
+    monkeypatch.setattr(storedir, "publish", a_reader_opens_first)
+    with viperdbm.open(store, "c") as db:
+        half_dead(db, 400, 1000)
+        inode = store.stat().st_ino
+        db.reorganize()
+        assert store.stat().st_ino != inode, "not swapped"
+        threads[0].join(10)
+        assert failed == [] and len(opened) == 1
+        db[b"after"] = b"1"
+        assert opened[0].get(b"after") == b"1", "the reader reads the store swapped out"
+        assert len(opened[0]) == 201
+        opened[0].close()
+    assert leftovers(store) == []
+
+
+def test_a_bar_left_by_a_writer_that_died_is_no_bar(tmp_path: Path) -> None:
+    """A writer killed between barring new readers and the swap: readers still open the
+    store (the bar names a process that is gone), and its next writer lifts the bar."""
+    store = tmp_path / "s"
+    with viperdbm.open(store, "c") as db:
+        db[b"k"] = b"v"
+    child = subprocess.run(
+        [sys.executable, "-c", BAR_AND_DIE, str(store)], capture_output=True, check=False
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr.decode()
+    assert barred_by(store) == int(child.stdout)
+    with viperdbm.open(store, "r") as reader:
+        assert reader[b"k"] == b"v"
+    with viperdbm.open(store, "w") as db:
+        assert barred_by(store) == 0
+        db[b"k"] = b"w"
+
+
+def test_a_live_bar_keeps_new_readers_waiting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a live writer bars new readers, a reader waits (and says why if it waits too
+    long); a writer cannot bar them while one holds a slot."""
+    store = tmp_path / "s"
+    with viperdbm.open(store, "c") as db:
+        db[b"k"] = b"v"
+    monkeypatch.setattr(_engine, "WAIT_FOR_SWAP", 0.2)
+    fd = os.open(store / "readers", os.O_RDWR)
+    try:
+        assert vipercore.readers_bar(fd) is True
+        assert barred_by(store) == os.getpid()
+        with pytest.raises(_readers.StoreSwappedError):
+            _readers.ReaderSlot.take(str(store))
+        with pytest.raises(viperdbm.LockError, match="replacing it with a new one"):
+            viperdbm.open(store, "r")
+        vipercore.readers_unbar(fd)
+        with viperdbm.open(store, "r") as reader:  # a reader holds a slot: no bar now
+            assert vipercore.readers_bar(fd) is False
+            assert barred_by(store) == 0
+            assert reader[b"k"] == b"v"
+    finally:
+        os.close(fd)
+
+
+def test_a_replacement_with_a_reader_attached_is_refused(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    with viperdbm.open(store, "c") as db:
+        db[b"k"] = b"v"
+    with viperdbm.open(store, "r") as reader:
+        with pytest.raises(viperdbm.LockError, match="in use by readers"):
+            viperdbm.open(store, "n")
+        assert barred_by(store) == 0, "the bar stayed after a refused replacement"
+        assert reader[b"k"] == b"v"
+    with viperdbm.open(store, "r") as reader:  # and new readers open
+        assert reader[b"k"] == b"v"
+
+
+BAR_AND_DIE = """
+import os, signal, sys
+from viperdbm import _native
+fd = os.open(os.path.join(sys.argv[1], "readers"), os.O_RDWR)
+assert _native.core.readers_bar(fd)
+print(os.getpid(), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def barred_by(store: Path) -> int:
+    fd = os.open(store / "readers", os.O_RDONLY)
+    try:
+        return vipercore.readers_barred_by(fd)
+    finally:
+        os.close(fd)
+
+
+WRITER_REORGANIZING = """
+import os, sys, viperdbm
+store, stop = sys.argv[1], sys.argv[2]
+with viperdbm.open(store, "w") as db:
+    print("opened", flush=True)
+    n = 0
+    while not os.path.exists(stop):
+        n += 1
+        db[b"counter"] = b"%d" % n
+        db[b"k%03d" % (n % 300)] = bytes(n % 500)
+        if n % 40 == 0:
+            db.reorganize()
+    print(n // 40, flush=True)
+"""
+
+
+def test_readers_and_checks_beside_a_writer_that_keeps_reorganizing(tmp_path: Path) -> None:
+    """What CI once caught (test_live_readers' read-only commands): a check or a reader that
+    opened while the writer swapped a reorganized store in failed ('parts/: cannot read the
+    part files'), or read the old store ever after. Now each one checks clean, and each
+    reader sees the writer's next write."""
+    store = tmp_path / "s"
+    with viperdbm.open(store, "c") as db:
+        db[b"counter"] = b"0"
+    stop = tmp_path / "stop"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER_REORGANIZING, str(store), str(stop)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert writer.stdout is not None and writer.stdout.readline() == b"opened\n"
+        for i in range(120):
+            if i % 3 == 0:
+                report = viperdbm.check(store)
+                assert report.ok, report.problems
+            with viperdbm.open(store, "r") as reader:
+                seen = int(reader[b"counter"])
+                deadline = time.monotonic() + 30
+                while int(reader[b"counter"]) == seen:  # the writer's next write
+                    assert time.monotonic() < deadline, "the reader reads a store swapped out"
+                    time.sleep(0.001)
+    finally:
+        stop.touch()
+        out, err = writer.communicate(timeout=60)
+    assert writer.returncode == 0, err.decode()
+    assert int(out) > 20, "the writer hardly reorganized: the test tested little"

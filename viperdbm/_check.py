@@ -91,8 +91,8 @@ def _problem(report: CheckReport, counter: dict[str, int], kind: str, text: str)
         report.problems.append(f"(more problems of this kind: {kind}; only the first are listed)")
 
 
-def _check_poolset(path: str, report: CheckReport) -> bool:
-    """Structural checks of pool.set and parts/; True if libpmemobj may be run on them."""
+def _check_poolset(path: str, report: CheckReport) -> None:
+    """Structural checks of the lock file and pool.set."""
     parts_dir = os.path.join(path, layout.PARTS_DIR)
     if not os.path.lexists(os.path.join(path, layout.LOCK_FILE)):
         report.notes.append("the lock file is missing (harmless: the next open makes it)")
@@ -107,6 +107,11 @@ def _check_poolset(path: str, report: CheckReport) -> bool:
                 f"pool.set names {named!r}: the store was moved or copied; "
                 "the next writable open points it at its own parts/"
             )
+
+
+def _check_parts(path: str, report: CheckReport) -> bool:
+    """Structural checks of parts/; True if libpmemobj may be run on them."""
+    parts_dir = os.path.join(path, layout.PARTS_DIR)
     try:
         _pmemobj.validate_parts(_pmemobj.scan_parts_of(parts_dir, path), path)
     except error as exc:
@@ -220,45 +225,84 @@ def check(path: str | os.PathLike[str], *, progress: Progress | None = None) -> 
     started = time.perf_counter()
     apath = os.path.abspath(os.fspath(path))
     storedir.check_is_store(apath, hint="check the path")
-    report = CheckReport(path=apath)
-    if _check_poolset(apath, report):
-        # Hold the store exclusively (no writer) for the whole check, and open it with 'u' so
-        # that the open goes through libpmemobj and the full recovery scan of every object
-        # in the pool, not through the readers' shared path. Under a live writer, check the
-        # data as a reader sees it instead.
+    for attempt in range(_SWAPS_TOLERATED + 1):
+        # The store's writer may swap a new store in at the path (reorganize()) while the
+        # parts are looked at: what is found then is of a store no longer there, so look
+        # again. The directory is held open, so its inode cannot name another meanwhile.
         try:
-            lock_fd: int | None = storedir.lock(apath, exclusive=True, label=apath)
-        except LockError:
-            if not readers.writer_is_live(apath):
-                raise
-            _check_as_reader(apath, report, progress, beside_writer=True)
-            report.seconds = time.perf_counter() - started
-            return report
+            held = os.open(apath, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise storedir.os_error("cannot look at the store", exc, apath) from exc
         try:
             try:
-                db = _open_db(apath, "ru")
-            except LockError:
+                report = _check_once(apath, progress)
+            except error:
+                if attempt < _SWAPS_TOLERATED and _swapped(held, apath):
+                    continue
                 raise
-            except error as exc:
-                if exc.errno not in (_errno.EACCES, _errno.EPERM, _errno.EROFS):
-                    report.problems.append(f"the store does not open: {exc}")
-                else:
-                    # a user who may only read: libpmemobj opens the parts for writing,
-                    # the readers' shared path does not (and takes its own shared lock)
-                    assert lock_fd is not None
-                    os.close(lock_fd)
-                    lock_fd = None
-                    _check_as_reader(apath, report, progress)
-            else:
-                report.opened = True
-                with db:
-                    _check_open_store(db, report, progress)
-            if lock_fd is not None:
-                _pmemobj_check(apath, report)
+            if report.ok or attempt == _SWAPS_TOLERATED or not _swapped(held, apath):
+                break
         finally:
-            if lock_fd is not None:
-                os.close(lock_fd)
+            os.close(held)
     report.seconds = time.perf_counter() - started
+    return report
+
+
+#: swaps of the store during one check() after which it reports what it found
+_SWAPS_TOLERATED = 5
+
+
+def _swapped(held: int, path: str) -> bool:
+    """Is the directory ``held`` open no longer the one at ``path``?"""
+    try:
+        now = os.stat(path)
+    except OSError:
+        return True
+    then = os.fstat(held)
+    return (now.st_dev, now.st_ino) != (then.st_dev, then.st_ino)
+
+
+def _check_once(apath: str, progress: Progress | None) -> CheckReport:
+    report = CheckReport(path=apath)
+    _check_poolset(apath, report)
+    # Hold the store exclusively (no writer) for the whole check, and open it with 'u' so
+    # that the open goes through libpmemobj and the full recovery scan of every object in
+    # the pool, not through the readers' shared path. Under a live writer, check the data
+    # as a reader sees it instead: the parts the writer uses are those its reader maps (a
+    # part it is adding at this moment is no damage).
+    try:
+        lock_fd: int | None = storedir.lock(apath, exclusive=True, label=apath)
+    except LockError:
+        if not readers.writer_is_live(apath):
+            raise
+        _check_as_reader(apath, report, progress, beside_writer=True)
+        return report
+    try:
+        if not _check_parts(apath, report):
+            return report  # (libpmemobj is not run on parts that are not a pool's)
+        try:
+            db = _open_db(apath, "ru")
+        except LockError:
+            raise
+        except error as exc:
+            if exc.errno not in (_errno.EACCES, _errno.EPERM, _errno.EROFS):
+                report.problems.append(f"the store does not open: {exc}")
+            else:
+                # a user who may only read: libpmemobj opens the parts for writing, the
+                # readers' shared path does not (and takes its own shared lock)
+                assert lock_fd is not None
+                os.close(lock_fd)
+                lock_fd = None
+                _check_as_reader(apath, report, progress)
+        else:
+            report.opened = True
+            with db:
+                _check_open_store(db, report, progress)
+        if lock_fd is not None:
+            _pmemobj_check(apath, report)
+    finally:
+        if lock_fd is not None:
+            os.close(lock_fd)
     return report
 
 

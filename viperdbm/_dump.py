@@ -34,7 +34,7 @@ from . import _readers as readers
 from . import _storedir as storedir
 from ._dbm import Database
 from ._dbm import open as _open_db
-from ._errors import READERS_ATTACHED, error
+from ._errors import error
 from ._progress import Progress
 
 __all__ = ["FORMAT_VERSION", "DumpError", "copy", "dump", "load", "read_dump"]
@@ -259,11 +259,7 @@ def read_dump(
 def _hold_store_lock(path: str) -> int:
     """Lock the existing store at ``path`` exclusively (it is about to be replaced)."""
     storedir.check_is_store(path, hint="remove it yourself or choose another destination")
-    fd = storedir.lock(path, exclusive=True, label=path)
-    if readers.readers_attached(path):
-        os.close(fd)
-        raise READERS_ATTACHED(path)
-    return fd
+    return storedir.lock(path, exclusive=True, label=path)
 
 
 @contextlib.contextmanager
@@ -292,7 +288,11 @@ def new_store(path: PathArg, *, replace: bool = False, mode: int = 0o666) -> Ite
         storedir.make_durable(tmp)
         lock_fd = _hold_store_lock(target) if os.path.lexists(target) else None
         try:
-            old = storedir.publish(tmp, target, replace=lock_fd is not None)
+            if lock_fd is None:
+                old = storedir.publish(tmp, target, replace=False)
+            else:
+                with readers.new_readers_barred(target):
+                    old = storedir.publish(tmp, target, replace=True)
         except OSError as exc:
             if isinstance(exc, error):
                 raise

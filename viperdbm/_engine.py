@@ -43,9 +43,9 @@ from . import _storedir as storedir
 from . import _writepath as writepath
 from ._errors import (
     NOT_DURABLE,
-    READERS_ATTACHED,
     REORGANIZE_DISK_FULL,
     REORGANIZE_REENTERED,
+    STORE_BEING_REPLACED,
     SYNC_REFUSED,
     WRITER_NOT_PUBLISHING,
     ClosedError,
@@ -76,6 +76,9 @@ os.register_at_fork(after_in_child=_invalidate_after_fork)
 #: seconds a reader waits for a writer that is making the store's first readers file (it
 #: recovers the store first, which at 100M records takes tens of seconds)
 WAIT_FOR_FIRST_PUBLISH = 120.0
+#: seconds a reader opens the path again while its writer swaps another store in there
+#: (each swap bars new readers for one rename and one fsync; then the path holds the new one)
+WAIT_FOR_SWAP = 60.0
 
 
 @dataclass(frozen=True)
@@ -89,13 +92,6 @@ class OpenOptions:
     lock: bool  # not 'u'
     #: seconds a writer waits for the store's writer lock (0: LockError at once)
     timeout: float = 0.0
-
-
-class _RebuildAbandonedError(Exception):
-    """reorganize() into a new pool gave up before the swap (a reader joined)."""
-
-    def __str__(self) -> str:
-        return "a reader opened the store during the copy"
 
 
 #: records copied by reorganize() between two chances for a Ctrl-C to stop it
@@ -221,10 +217,23 @@ class Engine:
     def _take_lock(self) -> None:
         if not self.options.writable and self.options.lock:
             # a reader holds a slot in the readers file instead: writers may come and go
-            self._reader_slot = readers.ReaderSlot.take(self.path)
+            self._reader_slot = self._take_reader_slot()
             if self._reader_slot is not None:
                 return
         self._lock_fd = self._lock_dir(self.path)
+
+    def _take_reader_slot(self) -> readers.ReaderSlot | None:
+        """A slot in the store at the path, once no writer is swapping another one in."""
+        deadline = time.monotonic() + WAIT_FOR_SWAP
+        pause = 0.001
+        while True:
+            try:
+                return readers.ReaderSlot.take(self.path)
+            except readers.StoreSwappedError:
+                if time.monotonic() > deadline:
+                    raise STORE_BEING_REPLACED(self.path) from None
+                time.sleep(pause)
+                pause = min(2 * pause, 0.05)
 
     def _lock_dir(self, directory: str) -> int | None:
         """Lock the store in ``directory`` as the options say; the descriptor, if one."""
@@ -265,11 +274,12 @@ class Engine:
     def _replace_with_new(self, mode: int, replace_file: bool) -> None:
         """Flag 'n' on an existing store (or plain file): swap a new empty store in, in one
         step, while holding the old store's lock and then the new one's."""
-        if not replace_file:
+        if replace_file:
+            new_lock, old = opening.swap_in_new(self.path, mode, self._lock_dir)
+        else:
             self._take_lock()  # nobody may use the old store while it is replaced
-            if readers.readers_attached(self.path):
-                raise READERS_ATTACHED(self.path)
-        new_lock, old = opening.swap_in_new(self.path, mode, self._lock_dir)
+            with readers.new_readers_barred(self.path):
+                new_lock, old = opening.swap_in_new(self.path, mode, self._lock_dir)
         self._release_lock()
         self._lock_fd = new_lock
         opening.finish_replace(self.path, old, mode)
@@ -735,7 +745,10 @@ class Engine:
             new_dir = os.stat(built).st_ino
             failed: OSError | None = None
             try:
-                old: str | None = storedir.publish(built, self.path, replace=True)
+                # a reader that joined during the copy keeps the old store (it would be
+                # left reading it); one that joins from here on opens the path again
+                with readers.new_readers_barred(self.path):
+                    old: str | None = storedir.publish(built, self.path, replace=True)
             except OSError as exc:
                 if os.stat(self.path).st_ino != new_dir:  # not swapped: nothing changed
                     log.info("%s: reorganize() in place: %s", self.path, exc)
@@ -781,7 +794,7 @@ class Engine:
         """The new store of :meth:`_rebuild` at ``built``, every live record of ``core`` in
         it, durable, open (its lock held); None, with nothing left behind, where it cannot
         be made: no room for the copy, no right to make a directory beside the store, an I/O
-        error in the copy, a reader that joined meanwhile."""
+        error in the copy."""
         build: Engine | None = None
         try:
             opening.build_new_store(built, mode, self.path)
@@ -791,11 +804,9 @@ class Engine:
             build = Engine(built, options, mode)
             _copy_records(core, build, deferred)
             build.sync()
-            if readers.readers_attached(self.path):  # one joined meanwhile
-                raise _RebuildAbandonedError
             deferred.poll()  # the last point at which a Ctrl-C leaves the old store
             return build
-        except (OSError, _RebuildAbandonedError) as exc:
+        except OSError as exc:
             log.info("%s: reorganize() in place: %s", self.path, exc)
             _abandon_build(build, built)
             return None

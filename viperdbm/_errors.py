@@ -240,6 +240,13 @@ READERS_ATTACHED: Final = Message(
     "the store is in use by readers; it cannot be replaced while they read it",
     "close the readers (or let them exit) and retry; the store is unchanged",
 )
+#: a reader that kept finding the store at its path swapped out (reorganize(), flag 'n')
+STORE_BEING_REPLACED: Final = Message(
+    LockError,
+    "the store's writer is replacing it with a new one (reorganize(), or flag 'n') and "
+    "has not finished",
+    "retry once the writer's reorganize() or open has returned",
+)
 #: a reader that found a writer still making the store's first readers file
 WRITER_NOT_PUBLISHING: Final = Message(
     LockError,

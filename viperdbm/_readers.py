@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from . import _layout as layout
 from . import _native
 from . import _storedir as storedir
-from ._errors import CorruptedError, LockError
+from ._errors import READERS_ATTACHED, CorruptedError, LockError
 from ._pmemobj import Pool
 from ._recovery import require_known_version
 from ._signals import start_quiet
@@ -63,7 +63,12 @@ class ReaderSlot:
     def take(cls, path: str) -> ReaderSlot | None:
         """A slot in the store at ``path``; None if this user cannot write the ``readers``
         file (a read-only store or medium, or one on a full disk that has no such file or
-        slot yet: the reader then keeps writers out instead)."""
+        slot yet: the reader then keeps writers out instead).
+
+        Raises :class:`StoreSwappedError` when the store's writer is swapping another
+        store in at ``path`` (reorganize(), flag 'n'), or has just done so: the caller
+        opens ``path`` again. A slot taken is in the store that stays at ``path`` for as
+        long as it is held (the writer swaps only when no reader holds one)."""
         try:
             mode = _readers_file_mode(path)
             fd = os.open(
@@ -76,7 +81,7 @@ class ReaderSlot:
                 return None
             raise storedir.os_error("cannot open the store's readers file", exc, path) from exc
         try:
-            slot = _native.core.readers_claim(fd)
+            slot = _claim(fd)
         except OSError as exc:
             os.close(fd)
             # (ENOSPC: the file of an older version, its slots' page never written, on a
@@ -87,13 +92,20 @@ class ReaderSlot:
         except BaseException:
             os.close(fd)
             raise
-        if slot < 0:
+        if slot == _ALL_TAKEN:
             os.close(fd)
             raise LockError(
                 f"{layout.READER_SLOTS} readers have the store open already; close one first",
                 filename=path,
             )
-        return cls(fd, slot)
+        if slot == _BARRED:
+            os.close(fd)
+            raise StoreSwappedError(path)
+        taken = cls(fd, slot)
+        if not _still_at(fd, path):
+            taken.release()  # a slot in a store swapped out of the path: open the path again
+            raise StoreSwappedError(path)
+        return taken
 
     def release(self) -> None:
         """Give the slot back (the writer then stops holding space for this reader)."""
@@ -104,6 +116,73 @@ class ReaderSlot:
             _native.core.readers_release(fd, self.slot)
         finally:
             os.close(fd)
+
+
+#: readers_claim's answers other than a slot
+_ALL_TAKEN, _BARRED = -1, -2
+
+
+class StoreSwappedError(Exception):
+    """The store's writer is swapping another store in at the path (reorganize(), flag
+    'n'), or has swapped one in since the reader opened the path: open it again."""
+
+
+def _claim(fd: int) -> int:
+    """A slot (or _ALL_TAKEN, _BARRED): a bar left by a writer that died is no bar."""
+    slot = _native.core.readers_claim(fd)
+    if slot == _BARRED:
+        barred_by = _native.core.readers_barred_by(fd)
+        if barred_by and not _process_exists(barred_by):
+            # it died before its swap (its store is at the path, whose next writer lifts
+            # the bar) or after (the caller finds the file is no longer at the path)
+            slot = _native.core.readers_claim(fd, barred_by)
+    return slot
+
+
+def _still_at(fd: int, path: str) -> bool:
+    """Is the readers file open as ``fd`` the one in the store at ``path`` now?"""
+    try:
+        st = os.stat(os.path.join(path, layout.READERS_FILE))
+    except OSError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+@contextlib.contextmanager
+def new_readers_barred(path: str) -> Iterator[None]:
+    """While the caller, holding the lock of the store at ``path``, swaps another store in
+    at ``path``: no reader takes a slot in this one (it would be left reading a store no
+    longer at the path). Raises READERS_ATTACHED if a reader holds a slot already. If the
+    block raises before the swap, the bar is lifted; after it, it stays (the old store is
+    removed, and a reader that opened it meanwhile opens the path again)."""
+    fd: int | None
+    try:
+        fd = os.open(os.path.join(path, layout.READERS_FILE), os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        fd = open_for_writer(path)  # (a reader may be about to make it)
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        fd = None  # no reader can take a slot either: they keep writers out instead
+    if fd is None:
+        yield
+        return
+    try:
+        try:
+            barred = _native.core.readers_bar(fd)
+        except OSError as exc:
+            raise storedir.os_error("cannot write the store's readers file", exc, path) from exc
+        if not barred:
+            raise READERS_ATTACHED(path)
+        try:
+            yield
+        except BaseException:
+            if _still_at(fd, path):
+                _native.core.readers_unbar(fd)
+            raise
+    finally:
+        os.close(fd)
 
 
 def _readers_file_mode(path: str) -> int:
@@ -146,6 +225,8 @@ def readers_attached(path: str) -> bool:
 
 
 def _process_exists(pid: int) -> bool:
+    if not 0 < pid < 1 << 31:  # (from a damaged file: no process's id)
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
