@@ -401,3 +401,36 @@ def test_readers_and_checks_beside_a_writer_that_keeps_reorganizing(tmp_path: Pa
         out, err = writer.communicate(timeout=60)
     assert writer.returncode == 0, err.decode()
     assert int(out) > 20, "the writer hardly reorganized: the test tested little"
+
+
+def test_a_writer_waiting_for_the_lock_gets_the_new_store(tmp_path: Path) -> None:
+    """A second writer waiting (timeout) on the store's lock while the first swaps a
+    reorganized store in: the lock it then gets is the old store's, moved away with it.
+    It was told the store was in use (libpmemobj's own flock of the new store's parts),
+    its timeout not honoured; now it takes the new store's lock and waits for that."""
+    store = tmp_path / "s"
+    outcome: list[object] = []
+
+    def second_writer() -> None:
+        try:
+            with viperdbm.open(store, "w", timeout=60) as db:
+                outcome.append(db.get(b"after"))
+                db[b"second"] = b"1"
+        except BaseException as exc:
+            outcome.append(exc)
+
+    with viperdbm.open(store, "c") as db:
+        half_dead(db, 400, 1000)
+        waiting = threading.Thread(target=second_writer)
+        waiting.start()
+        time.sleep(0.2)  # (it waits on the lock from here on; if later, it waits anyway)
+        inode = store.stat().st_ino
+        db.reorganize()
+        assert store.stat().st_ino != inode, "not swapped"
+        db[b"after"] = b"1"
+        time.sleep(0.3)  # the old store's lock is free: the waiting writer must not take it
+        db[b"after"] = b"2"
+    waiting.join(60)
+    assert outcome == [b"2"]
+    with viperdbm.open(store, "r") as db:
+        assert db[b"second"] == b"1" and len(db) == 202

@@ -237,10 +237,10 @@ def check(path: str | os.PathLike[str], *, progress: Progress | None = None) -> 
             try:
                 report = _check_once(apath, progress)
             except error:
-                if attempt < _SWAPS_TOLERATED and _swapped(held, apath):
+                if attempt < _SWAPS_TOLERATED and not storedir.is_open_as(apath, held):
                     continue
                 raise
-            if report.ok or attempt == _SWAPS_TOLERATED or not _swapped(held, apath):
+            if report.ok or attempt == _SWAPS_TOLERATED or storedir.is_open_as(apath, held):
                 break
         finally:
             os.close(held)
@@ -250,16 +250,6 @@ def check(path: str | os.PathLike[str], *, progress: Progress | None = None) -> 
 
 #: swaps of the store during one check() after which it reports what it found
 _SWAPS_TOLERATED = 5
-
-
-def _swapped(held: int, path: str) -> bool:
-    """Is the directory ``held`` open no longer the one at ``path``?"""
-    try:
-        now = os.stat(path)
-    except OSError:
-        return True
-    then = os.fstat(held)
-    return (now.st_dev, now.st_ino) != (then.st_dev, then.st_ino)
 
 
 def _check_once(apath: str, progress: Progress | None) -> CheckReport:

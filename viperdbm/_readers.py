@@ -102,7 +102,7 @@ class ReaderSlot:
             os.close(fd)
             raise StoreSwappedError(path)
         taken = cls(fd, slot)
-        if not _still_at(fd, path):
+        if not _is_current(fd, path):
             taken.release()  # a slot in a store swapped out of the path: open the path again
             raise StoreSwappedError(path)
         return taken
@@ -139,14 +139,9 @@ def _claim(fd: int) -> int:
     return slot
 
 
-def _still_at(fd: int, path: str) -> bool:
-    """Is the readers file open as ``fd`` the one in the store at ``path`` now?"""
-    try:
-        st = os.stat(os.path.join(path, layout.READERS_FILE))
-    except OSError:
-        return False
-    mine = os.fstat(fd)
-    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+def _is_current(fd: int, path: str) -> bool:
+    """Is the readers file open as ``fd`` the one of the store at ``path`` now?"""
+    return storedir.is_open_as(os.path.join(path, layout.READERS_FILE), fd)
 
 
 @contextlib.contextmanager
@@ -178,7 +173,7 @@ def new_readers_barred(path: str) -> Iterator[None]:
         try:
             yield
         except BaseException:
-            if _still_at(fd, path):
+            if _is_current(fd, path):
                 _native.core.readers_unbar(fd)
             raise
     finally:

@@ -243,25 +243,44 @@ def flock(fd: int, *, exclusive: bool, label: str, wait: bool = False) -> None:
 def lock(directory: str, *, exclusive: bool, label: str, timeout: float = 0.0) -> int:
     """Lock the store in ``directory`` (exclusive for a writer; shared for a reader that
     keeps writers out); the descriptor, which holds the lock until it is closed. LockError
-    if another holds it ``timeout`` seconds from now (0: at once)."""
+    if another holds it ``timeout`` seconds from now (0: at once).
+
+    The lock is the one of the store at ``directory`` when it is taken: a writer that swaps
+    another store in there (reorganize(), flag 'n') moves the old lock file away with the
+    old store and lets go of it after, so a lock taken meanwhile is taken again, on the new
+    store's file."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fd = _open_lock_file(directory, create=True)
+        except OSError as exc:
+            raise os_error("cannot open the store's lock file", exc, label) from exc
+        try:
+            while True:
+                try:
+                    flock(fd, exclusive=exclusive, label=label)
+                    break
+                except LockError:
+                    if time.monotonic() >= deadline:
+                        raise
+                    time.sleep(min(0.05, max(0.001, deadline - time.monotonic())))
+            if is_open_as(os.path.join(directory, layout.LOCK_FILE), fd):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # the lock of a store swapped out of the path meanwhile
+
+
+def is_open_as(path: str, fd: int) -> bool:
+    """Is the file or directory at ``path`` the one open as ``fd``? (While ``fd`` is open
+    its inode cannot be reused: a match is never another file's.)"""
     try:
-        fd = _open_lock_file(directory, create=True)
-    except OSError as exc:
-        raise os_error("cannot open the store's lock file", exc, label) from exc
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                flock(fd, exclusive=exclusive, label=label)
-                break
-            except LockError:
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(min(0.05, max(0.001, deadline - time.monotonic())))
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+        named = os.stat(path)
+    except OSError:
+        return False
+    opened = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 def probe_lock(directory: str, *, label: str) -> None:
