@@ -104,7 +104,7 @@ def test_what_a_killed_reorganize_left_is_removed_by_the_next_writer(tmp_path: P
     store = tmp_path / "s"
     with viperdbm.open(store, "c") as db:
         db[b"k"] = b"v"
-    left = tmp_path / ".s.viperdbm-reorganize-0123456789abcdef"
+    left = tmp_path / ".s.viperdbm-reorganize"
     (left / "parts").mkdir(parents=True)
     (left / "parts" / "000000.pmem").write_bytes(bytes(4096))
     other = tmp_path / ".s.viperdbm-new-0123456789abcdef"  # a creation's: not ours to remove

@@ -735,7 +735,8 @@ class Engine:
             return False
         core = self.require_core()
         mode = stat.S_IMODE(os.stat(os.path.join(self.path, layout.SET_FILE)).st_mode)
-        built = storedir.temp_path(self.path, opening.REBUILD)
+        built = opening.rebuild_path(self.path)
+        opening.remove_leftovers(self.path)  # (one whose removal failed earlier)
         deferred = Deferred()
         core.compact_begin()  # other threads' writes wait for the store's lock from here
         try:

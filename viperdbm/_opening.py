@@ -20,8 +20,13 @@ from ._pmemobj import Pool
 
 LockDir = Callable[[str], "int | None"]
 
-#: the temporary name's word for a store reorganize() builds (storedir.temp_path)
-REBUILD = "reorganize"
+
+def rebuild_path(path: str) -> str:
+    """Where reorganize() builds the new store of ``path``, and where the old one is after
+    the swap until it is removed. One fixed name: only the writer holding the store's lock
+    makes it, so the next one finds a leftover with one look (:func:`remove_leftovers`)."""
+    parent, base = os.path.split(os.path.abspath(path))
+    return os.path.join(parent, f".{base}.viperdbm-reorganize")
 
 
 def build_new_store(directory: str, mode: int, label: str) -> None:
@@ -127,15 +132,8 @@ def _release(lock_fd: int | None) -> None:
 
 def remove_leftovers(path: str) -> None:
     """Remove what a reorganize() killed midway left beside the store at ``path``: the new
-    store before it was swapped in, or the old one after. Only a writer holding the store's
-    lock makes them (``storedir.temp_path(path, REBUILD)``), so the caller, holding it, is
-    the only one that could be building one."""
-    parent, base = os.path.split(os.path.abspath(path))
-    prefix = f".{base}.viperdbm-{REBUILD}-"
-    try:
-        names = os.listdir(parent)
-    except OSError:
-        return  # (an unreadable parent: they stay, harmless)
-    for name in names:
-        if name.startswith(prefix):
-            storedir.discard(os.path.join(parent, name))
+    store before it was swapped in, or the old one after. The caller holds the store's
+    lock, so no one else is building one."""
+    leftover = rebuild_path(path)
+    if os.path.lexists(leftover):
+        storedir.discard(leftover)
