@@ -300,14 +300,15 @@ def test_a_bar_left_by_a_writer_that_died_is_no_bar(tmp_path: Path) -> None:
 def test_a_live_bar_keeps_new_readers_waiting(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """While a live writer bars new readers, a reader waits (and says why if it waits too
-    long); a writer cannot bar them while one holds a slot."""
+    """While a live writer holding the store's lock bars new readers, a reader waits (and
+    says why if it waits too long); a writer cannot bar them while one holds a slot."""
     store = tmp_path / "s"
     with viperdbm.open(store, "c") as db:
         db[b"k"] = b"v"
     monkeypatch.setattr(_engine, "WAIT_FOR_SWAP", 0.2)
     fd = os.open(store / "readers", os.O_RDWR)
     try:
+        lock = storedir.lock(str(store), exclusive=True, label="test")
         assert vipercore.readers_bar(fd) is True
         assert barred_by(store) == os.getpid()
         with pytest.raises(_readers.StoreSwappedError):
@@ -315,6 +316,7 @@ def test_a_live_bar_keeps_new_readers_waiting(
         with pytest.raises(viperdbm.LockError, match="replacing it with a new one"):
             viperdbm.open(store, "r")
         vipercore.readers_unbar(fd)
+        os.close(lock)
         with viperdbm.open(store, "r") as reader:  # a reader holds a slot: no bar now
             assert vipercore.readers_bar(fd) is False
             assert barred_by(store) == 0
@@ -434,3 +436,20 @@ def test_a_writer_waiting_for_the_lock_gets_the_new_store(tmp_path: Path) -> Non
     assert outcome == [b"2"]
     with viperdbm.open(store, "r") as db:
         assert db[b"second"] == b"1" and len(db) == 202
+
+
+def test_a_bar_without_a_lock_holder_is_no_bar(tmp_path: Path) -> None:
+    """A damaged readers file whose barred_by names a live process (here: this one) while
+    nobody holds the store's lock: readers open at once (a writer swapping holds it)."""
+    store = tmp_path / "s"
+    with viperdbm.open(store, "c") as db:
+        db[b"k"] = b"v"
+    fd = os.open(store / "readers", os.O_RDWR)
+    try:
+        assert vipercore.readers_bar(fd) is True
+        started = time.monotonic()
+        with viperdbm.open(store, "r") as reader:
+            assert reader[b"k"] == b"v"
+        assert time.monotonic() - started < _engine.WAIT_FOR_SWAP / 2, "it waited for the bar"
+    finally:
+        os.close(fd)

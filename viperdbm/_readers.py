@@ -81,7 +81,7 @@ class ReaderSlot:
                 return None
             raise storedir.os_error("cannot open the store's readers file", exc, path) from exc
         try:
-            slot = _claim(fd)
+            slot = _claim(fd, path)
         except OSError as exc:
             os.close(fd)
             # (ENOSPC: the file of an older version, its slots' page never written, on a
@@ -127,14 +127,15 @@ class StoreSwappedError(Exception):
     'n'), or has swapped one in since the reader opened the path: open it again."""
 
 
-def _claim(fd: int) -> int:
-    """A slot (or _ALL_TAKEN, _BARRED): a bar left by a writer that died is no bar."""
+def _claim(fd: int, path: str) -> int:
+    """A slot (or _ALL_TAKEN, _BARRED). A bar counts only while its process lives and
+    someone holds the lock of the store at ``path`` (a writer swapping holds it): one left
+    by a writer that died, or bytes of a damaged file, are no bar. (A reader that then
+    takes a slot in a store swapped out of the path finds so next: the caller checks.)"""
     slot = _native.core.readers_claim(fd)
     if slot == _BARRED:
         barred_by = _native.core.readers_barred_by(fd)
-        if barred_by and not _process_exists(barred_by):
-            # it died before its swap (its store is at the path, whose next writer lifts
-            # the bar) or after (the caller finds the file is no longer at the path)
+        if barred_by and not (_process_exists(barred_by) and writer_is_live(path)):
             slot = _native.core.readers_claim(fd, barred_by)
     return slot
 
