@@ -459,6 +459,17 @@ static inline int64_t index_lookup(Core *c, const uint8_t *key, uint64_t klen, u
     }
 }
 
+uint64_t index_find_growing(Core *c, const uint8_t *key, uint64_t klen, uint64_t h);
+
+/* Find key for a read: the pool offset of its record, or 0. Unlike index_lookup it moves
+ * nothing while the index grows (index.c): a read then looks first in the table that more
+ * likely holds the key, and pays no write into the new one. */
+static inline uint64_t index_find(Core *c, const uint8_t *key, uint64_t klen, uint64_t h) {
+    if (__builtin_expect(c->old_slots != NULL, 0)) return index_find_growing(c, key, klen, h);
+    int64_t i = index_lookup(c, key, klen, h);
+    return i >= 0 ? slot_off(c, c->slots[i]) : 0;
+}
+
 /* ------------------------------------------------------------------ index.c */
 int index_alloc(Core *c, uint64_t cap);
 void slots_free(uint64_t *slots, uint64_t cap);
@@ -566,8 +577,8 @@ int core_type_init(PyObject *module);
 int list_append_new(PyObject *list, PyObject *item);
 int core_put_obj(Core *c, PyObject *key, PyObject *value);
 int core_delete_obj(Core *c, PyObject *key);
-int64_t lookup_arg(Core *c, PyObject *key);
-PyObject *value_at(Core *c, int64_t i);
+int64_t find_arg(Core *c, PyObject *key);
+PyObject *value_of(Core *c, uint64_t off);
 Py_ssize_t Core_len(Core *c);
 PyObject *Core_get(Core *c, PyObject *const *args, Py_ssize_t nargs);
 PyObject *Core_getitem(Core *c, PyObject *key);

@@ -232,7 +232,8 @@ static PyObject *Core_delete_jumbo(Core *c, PyObject *args) {
     return PyLong_FromLong(RC_DONE);
 }
 
-int64_t lookup_arg(Core *c, PyObject *key) {
+/* The index of key's slot (>= 0: moved into the new table while the index grows), or < 0 */
+static int64_t lookup_arg(Core *c, PyObject *key) {
     if (reader_sync(c) < 0) return INT64_MIN;
     KeyArg k;
     if (keyarg_get(key, &k, "keys") < 0) return INT64_MIN;
@@ -241,9 +242,20 @@ int64_t lookup_arg(Core *c, PyObject *key) {
     return i;
 }
 
-PyObject *value_at(Core *c, int64_t i) {
+/* The pool offset of key's record (> 0), -1 if absent, or INT64_MIN with an exception set:
+ * a read's lookup, which changes nothing in the index */
+int64_t find_arg(Core *c, PyObject *key) {
+    if (reader_sync(c) < 0) return INT64_MIN;
+    KeyArg k;
+    if (keyarg_get(key, &k, "keys") < 0) return INT64_MIN;
+    uint64_t off = index_find(c, k.p, (uint64_t)k.n, key_hash(k.p, (uint64_t)k.n));
+    keyarg_release(&k);
+    return off ? (int64_t)off : -1;
+}
+
+PyObject *value_of(Core *c, uint64_t off) {
     Rec r;
-    const uint8_t *k = rec_key(c, slot_off(c, c->slots[i]), &r);
+    const uint8_t *k = rec_key(c, off, &r);
     return PyBytes_FromStringAndSize((const char *)k + r.klen, (Py_ssize_t)r.vlen);
 }
 
@@ -254,33 +266,33 @@ PyObject *Core_get(Core *c, PyObject *const *args, Py_ssize_t nargs) {
         return NULL;
     }
     if (core_check_open(c) < 0) return NULL;
-    int64_t i = lookup_arg(c, args[0]);
-    if (i == INT64_MIN) return NULL;
-    if (i < 0) {
+    int64_t off = find_arg(c, args[0]);
+    if (off == INT64_MIN) return NULL;
+    if (off < 0) {
         PyObject *d = nargs == 2 ? args[1] : Py_None;
         Py_INCREF(d);
         return d;
     }
-    return value_at(c, i);
+    return value_of(c, (uint64_t)off);
 }
 
 /* getitem(key): the value, or KeyError */
 PyObject *Core_getitem(Core *c, PyObject *key) {
     if (core_check_open(c) < 0) return NULL;
-    int64_t i = lookup_arg(c, key);
-    if (i == INT64_MIN) return NULL;
-    if (i < 0) {
+    int64_t off = find_arg(c, key);
+    if (off == INT64_MIN) return NULL;
+    if (off < 0) {
         PyErr_SetObject(PyExc_KeyError, key);
         return NULL;
     }
-    return value_at(c, i);
+    return value_of(c, (uint64_t)off);
 }
 
 static PyObject *Core_contains(Core *c, PyObject *key) {
     if (core_check_open(c) < 0) return NULL;
-    int64_t i = lookup_arg(c, key);
-    if (i == INT64_MIN) return NULL;
-    return PyBool_FromLong(i >= 0);
+    int64_t off = find_arg(c, key);
+    if (off == INT64_MIN) return NULL;
+    return PyBool_FromLong(off >= 0);
 }
 
 Py_ssize_t Core_len(Core *c) {

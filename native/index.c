@@ -109,6 +109,32 @@ int64_t index_lookup_old(Core *c, const uint8_t *key, uint64_t klen, uint64_t h,
     }
 }
 
+/* The pool offset of key's record in one table of the index (slots, cap), or 0 */
+static uint64_t find_in(Core *c, const uint64_t *slots, uint64_t cap, const uint8_t *key, uint64_t klen, uint64_t h) {
+    uint64_t mask = cap - 1, j = h >> (64 - log2u64(cap)), tag = h >> c->off_bits;
+    for (;;) {
+        uint64_t s = slots[j];
+        if (s == 0) return 0;
+        if (s != SLOT_MOVED && slot_tag(c, s) == tag) {
+            Rec r;
+            const uint8_t *k = rec_key(c, slot_off(c, s), &r);
+            if (r.klen == klen && memcmp(k, key, klen) == 0) return slot_off(c, s);
+        }
+        j = (j + 1) & mask;
+    }
+}
+
+/* index_find() while the index grows: each key is in exactly one of the two tables. Where
+ * the drain has not reached its home in the old table, most keys are still there: look
+ * there first (one random access for a hit, as without a growth), else in the new one. */
+uint64_t index_find_growing(Core *c, const uint8_t *key, uint64_t klen, uint64_t h) {
+    int old_first = (h >> (64 - log2u64(c->old_cap))) >= c->migrate_pos;
+    const uint64_t *first = old_first ? c->old_slots : c->slots, *second = old_first ? c->slots : c->old_slots;
+    uint64_t first_cap = old_first ? c->old_cap : c->cap, second_cap = old_first ? c->cap : c->old_cap;
+    uint64_t off = find_in(c, first, first_cap, key, klen, h);
+    return off ? off : find_in(c, second, second_cap, key, klen, h);
+}
+
 void index_settle(Core *c) {
     if (c->old_slots) migrate(c, c->old_cap);
 }

@@ -145,7 +145,7 @@ static PyObject *MapBase_get_many(MapBase *m, PyObject *const *args, Py_ssize_t 
         return NULL;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        int64_t j = lookup_arg(c, PySequence_Fast_GET_ITEM(seq, i));
+        int64_t j = find_arg(c, PySequence_Fast_GET_ITEM(seq, i));
         if (j == INT64_MIN) {
             Py_DECREF(out);
             Py_DECREF(seq);
@@ -155,7 +155,7 @@ static PyObject *MapBase_get_many(MapBase *m, PyObject *const *args, Py_ssize_t 
         if (j < 0) {
             Py_INCREF(dflt);
             v = dflt;
-        } else if (!(v = value_at(c, j))) {
+        } else if (!(v = value_of(c, (uint64_t)j))) {
             Py_DECREF(out);
             Py_DECREF(seq);
             return NULL;
@@ -225,9 +225,9 @@ static int MapBase_contains(MapBase *m, PyObject *key) {
     Core *c = map_core(m);
     if (!c) return -1;
     if (core_check_open(c) < 0) return -1;
-    int64_t i = lookup_arg(c, key);
-    if (i == INT64_MIN) return -1;
-    return i >= 0;
+    int64_t off = find_arg(c, key);
+    if (off == INT64_MIN) return -1;
+    return off >= 0;
 }
 
 static PyObject *MapBase_get(MapBase *m, PyObject *const *args, Py_ssize_t nargs) {

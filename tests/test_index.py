@@ -76,6 +76,35 @@ def test_firstkey_nextkey_and_keys_see_both_tables(tmp_path: Path) -> None:
         assert sorted(db.keys()) == sorted(b"k%06d" % i for i in range(3 * slots // 2 + 2))
 
 
+def test_reads_during_a_drain_find_each_key_in_either_table(tmp_path: Path) -> None:
+    """A read looks first in the table its key more likely is in (the old one where the
+    drain has not reached its home) and moves nothing: every read form finds every key,
+    whether it is still in the old table, was moved by a write, or is new."""
+    with viperdbm.open(tmp_path / "s", "c") as db:
+        slots = int(db.stats()["index_slots"])
+        first = slots * 3 // 4 + 2  # the growth has begun, little drained
+        model = {b"k%06d" % i: b"v%d" % i for i in range(first)}
+        for key, value in model.items():
+            db[key] = value
+        assert db.stats()["index_bytes"] == 3 * 8 * slots  # both tables
+        for i in range(0, first, 40):  # writes move these into the new table (and drain)
+            model[b"k%06d" % i] = db[b"k%06d" % i] = b"w%d" % i
+        for i in range(1, first, 60):
+            del db[b"k%06d" % i]
+            del model[b"k%06d" % i]
+        assert db.stats()["index_bytes"] == 3 * 8 * slots, "the drain ended: nothing tested"
+        absent = [b"k%06d" % i for i in range(1, first, 60)] + [b"nope%d" % i for i in range(50)]
+        for key, value in model.items():
+            assert db[key] == value and db.get(key) == value and key in db
+        for key in absent:
+            assert db.get(key) is None and key not in db
+        assert db.get_many([*model, *absent]) == [*model.values(), *[None] * len(absent)]
+        assert db.stats()["index_bytes"] == 3 * 8 * slots  # reads did not end the drain
+        assert db._require_engine().require_core().audit() == []
+    with viperdbm.open(tmp_path / "s", "r") as db:
+        assert dict(db.items()) == model
+
+
 FOLLOWER = r"""
 import sys, time, viperdbm
 path, total = sys.argv[1], int(sys.argv[2])
