@@ -126,17 +126,32 @@ def _abandon_build(build: Engine | None, built: str) -> None:
         storedir.discard(built)
 
 
-def _close_old(
-    pool: Pool | None, core: _native.Core | None, readers_fd: int | None, lock_fd: int | None
-) -> None:
-    """Close what a writer had of the store reorganize() swapped out (it is removed next)."""
-    if core is not None:
-        core.invalidate()  # (also tells its readers file that no writer has it open)
-    for fd in (readers_fd, lock_fd):
-        if fd is not None:
-            os.close(fd)
-    if pool is not None:
-        pool.close()
+@dataclass
+class _Held:
+    """What a handle holds of a store it opened through libpmemobj, taken from it to be
+    closed (:meth:`Engine._let_go`): at close, after a failed open, and the old store's
+    after reorganize() swapped a new one in (opened before this is closed)."""
+
+    pool: Pool | None
+    core: _native.Core | None
+    readers_fd: int | None
+    lock_fd: int | None
+
+    def close(self) -> None:
+        """In this order: the core (which also tells its readers file that no writer has
+        it open), the readers file, the pool, and last the lock (no other writer opens the
+        pool before libpmemobj has let go of it). If the pool's close raises (an I/O
+        error), the lock is let go of all the same."""
+        try:
+            if self.core is not None:
+                self.core.invalidate()
+            if self.readers_fd is not None:
+                os.close(self.readers_fd)
+            if self.pool is not None:
+                self.pool.close()
+        finally:
+            if self.lock_fd is not None:
+                os.close(self.lock_fd)
 
 
 class Engine:
@@ -327,13 +342,7 @@ class Engine:
                 self._space.keep_reserve()
                 storedir.point_poolset_at_parts(self.path)  # a moved or copied store
         except BaseException:
-            self._space = None
-            self._held = None
-            if self.core is not None:
-                self.core.invalidate()
-            self._close_readers_file()
-            pool.close()
-            self._pool = None
+            self._let_go(lock=False).close()  # (the caller releases the lock)
             raise
         log.debug(
             "opened %s: %d records, index rebuilt in %.1f ms",
@@ -425,15 +434,7 @@ class Engine:
             self._write_block_directory()
             written = self._root.directory_generation != 0
         finally:
-            self._space = None
-            self._held = None
-            core, self.core = self.core, None
-            if core is not None:
-                core.invalidate()
-            self._close_readers_file()
-            pool, self._pool = self._pool, None
-            if pool is not None:
-                pool.close()
+            self._let_go(lock=False).close()  # (the lock is the caller's)
         return written
 
     def _write_block_directory(self) -> None:
@@ -501,6 +502,16 @@ class Engine:
         fd, self._readers_fd = self._readers_fd, None
         if fd is not None:
             os.close(fd)
+
+    def _let_go(self, *, lock: bool) -> _Held:
+        """Take the pool, the core and the readers file from this handle (and its lock, if
+        ``lock``), to be closed: the handle holds none of them afterwards."""
+        held = _Held(self._pool, self.core, self._readers_fd, self._lock_fd if lock else None)
+        self._pool, self.core, self._readers_fd = None, None, None
+        self._space, self._held = None, None
+        if lock:
+            self._lock_fd = None
+        return held
 
     def _require_held(self) -> HeldBlocks:
         if self._held is None:
@@ -764,20 +775,19 @@ class Engine:
             new_lock, build._lock_fd = build._lock_fd, None
             build.path = self.path  # (its close writes the block directory: the new store's)
             build.close()
-            old_state = (self._pool, self.core, self._readers_fd, self._lock_fd)
-            self._pool, self.core, self._readers_fd = None, None, None
-            self._space, self._held, self._lock_fd = None, None, new_lock
+            swapped_out = self._let_go(lock=True)
+            self._lock_fd = new_lock
             try:
                 self._open_pool()
             except BaseException:
                 # (the new store is complete at the path; this handle is closed)
-                _close_old(*old_state)
+                swapped_out.close()
                 self._release_lock()
                 _open_engines.discard(self)
                 raise
             if on_new_core is not None:
                 on_new_core(self.require_core())
-            _close_old(*old_state)
+            swapped_out.close()
             opening.finish_replace(self.path, old, mode)
             if failed is not None:
                 raise storedir.os_error(
@@ -898,20 +908,12 @@ class Engine:
                         space.held.release()  # (those readers still hold stay allocated)
                         self._write_block_directory()
                 finally:
-                    self._space = None
-                    self._held = None
-                    if self.core is not None:
-                        if self.core.io_errno:
-                            # the core's msync failed (flag 's'), already raised: mark the
-                            # pool too, so that its close() does not raise it once more
-                            self._pool.mark_io_failed(self.core.io_errno)
-                        self.core.invalidate()
-                    self.core = None
-                    self._close_readers_file()
-                    pool, self._pool = self._pool, None
-                    pool.close()
-                    self._release_lock()
+                    if self.core is not None and self.core.io_errno:
+                        # the core's msync failed (flag 's'), already raised: mark the pool
+                        # too, so that its close() does not raise it once more
+                        self._pool.mark_io_failed(self.core.io_errno)
                     _open_engines.discard(self)
+                    self._let_go(lock=True).close()
             finally:
                 deferred.end()
 
