@@ -576,7 +576,7 @@ extern PyTypeObject CoreType;
 int core_type_init(PyObject *module);
 int list_append_new(PyObject *list, PyObject *item);
 int core_put_obj(Core *c, PyObject *key, PyObject *value);
-int core_delete_obj(Core *c, PyObject *key);
+int core_delete_obj(Core *c, PyObject *key, PyObject *expected);
 int64_t find_arg(Core *c, PyObject *key);
 PyObject *value_of(Core *c, uint64_t off);
 Py_ssize_t Core_len(Core *c);

@@ -166,9 +166,25 @@ static int index_drop_deleted(Core *c, int64_t i) {
     return freeable;
 }
 
+/* Does the key's record in slot i hold a value other than expected (bytes, or NULL: no
+ * condition)? 1, 0, or -1 with an exception set (expected is not bytes). */
+static int value_differs(Core *c, int64_t i, PyObject *expected) {
+    if (!expected) return 0;
+    if (!PyBytes_Check(expected)) {
+        PyErr_SetString(PyExc_TypeError, "the expected value must be bytes");
+        return -1;
+    }
+    Rec r;
+    const uint8_t *k = rec_key(c, slot_off(c, c->slots[i]), &r);
+    /* (an entry of the index is a put: a delete takes the key out of it) */
+    return r.vlen != (uint64_t)PyBytes_GET_SIZE(expected) || memcmp(k + r.klen, PyBytes_AS_STRING(expected), r.vlen) != 0;
+}
+
 /* Delete from a Python object: a write code (RC_MISSING, RC_DONE or one need), or -2 with an
- * exception set. */
-int core_delete_obj(Core *c, PyObject *key) {
+ * exception set. With expected (bytes), only while the key holds that value (RC_MISSING
+ * otherwise): the compare and the delete are one step, under the GIL, so a put of the key
+ * by another thread comes before both or after both. */
+int core_delete_obj(Core *c, PyObject *key, PyObject *expected) {
     if (core_check_open(c) < 0) return -2;
     if (c->io_errno) return core_io_refuse(c, 0) - 1;
     if (c->compacting) return RC_NEED_WAIT;
@@ -176,9 +192,10 @@ int core_delete_obj(Core *c, PyObject *key) {
     if (keyarg_get(key, &k, "keys") < 0) return -2;
     uint64_t h = key_hash(k.p, (uint64_t)k.n);
     int64_t i = index_lookup(c, k.p, (uint64_t)k.n, h);
-    if (i < 0) {
+    int differs = i < 0 ? 0 : value_differs(c, i, expected);
+    if (i < 0 || differs) {
         keyarg_release(&k);
-        return RC_MISSING;
+        return differs < 0 ? -2 : RC_MISSING;
     }
     uint64_t off, klen = (uint64_t)k.n;
     int rc = append_record(c, VD_KIND_DEL, k.p, klen, NULL, 0, &off);
@@ -193,13 +210,14 @@ int core_delete_obj(Core *c, PyObject *key) {
     return after_write(c, freeable);
 }
 
-/* delete(key) -> a write code: RC_MISSING, RC_DONE, or what the delete needs first */
+/* delete(key, expected=None) -> a write code: RC_MISSING (also: the key holds another value
+ * than expected), RC_DONE, or what the delete needs first */
 static PyObject *Core_delete(Core *c, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 1) {
-        PyErr_SetString(PyExc_TypeError, "delete(key)");
+    if (nargs != 1 && nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "delete(key, expected=None)");
         return NULL;
     }
-    int rc = core_delete_obj(c, args[0]);
+    int rc = core_delete_obj(c, args[0], nargs == 2 && args[1] != Py_None ? args[1] : NULL);
     return rc == -2 ? NULL : PyLong_FromLong(rc);
 }
 
@@ -207,17 +225,18 @@ static PyObject *Core_delete(Core *c, PyObject *const *args, Py_ssize_t nargs) {
  * block was not used): a tombstone too large for a standard block */
 static PyObject *Core_delete_jumbo(Core *c, PyObject *args) {
     unsigned long long off, usable;
-    PyObject *ko;
-    if (!PyArg_ParseTuple(args, "KKO", &off, &usable, &ko)) return NULL;
+    PyObject *ko, *expected = Py_None;
+    if (!PyArg_ParseTuple(args, "KKO|O", &off, &usable, &ko, &expected)) return NULL;
     if (core_check_open(c) < 0 || check_block_bounds(c, off, usable) < 0) return NULL;
     if (c->io_errno) return core_io_refuse(c, 0), NULL;
     KeyArg k;
     if (keyarg_get(ko, &k, "keys") < 0) return NULL;
     uint64_t h = key_hash(k.p, (uint64_t)k.n);
     int64_t i = index_lookup(c, k.p, (uint64_t)k.n, h);
-    if (i < 0) {
+    int differs = i < 0 ? 0 : value_differs(c, i, expected == Py_None ? NULL : expected);
+    if (i < 0 || differs) {
         keyarg_release(&k);
-        return PyLong_FromLong(RC_MISSING);
+        return differs < 0 ? NULL : PyLong_FromLong(RC_MISSING);
     }
     uint64_t roff;
     Py_ssize_t bi = write_jumbo(c, VD_KIND_DEL, off, usable, k.p, (uint64_t)k.n, NULL, 0, &roff);
@@ -565,8 +584,10 @@ static PyMethodDef Core_methods[] = {
     {"put_jumbo", (PyCFunction)Core_put_jumbo, METH_VARARGS, "put_jumbo(off, usable, key, value) -> write code"},
     {"put_batch", (PyCFunction)Core_put_batch, METH_VARARGS,
      "put_batch(pairs[, off, usable]) -> write code: (key, value or None) pairs, written atomically"},
-    {"delete", (PyCFunction)(void (*)(void))Core_delete, METH_FASTCALL, "delete(key) -> write code"},
-    {"delete_jumbo", (PyCFunction)Core_delete_jumbo, METH_VARARGS, "delete_jumbo(off, usable, key) -> write code"},
+    {"delete", (PyCFunction)(void (*)(void))Core_delete, METH_FASTCALL,
+     "delete(key, expected=None) -> write code (RC_MISSING where the key holds another value)"},
+    {"delete_jumbo", (PyCFunction)Core_delete_jumbo, METH_VARARGS,
+     "delete_jumbo(off, usable, key, expected=None) -> write code"},
     {"get", (PyCFunction)(void (*)(void))Core_get, METH_FASTCALL, "get(key, default=None)"},
     {"getitem", (PyCFunction)Core_getitem, METH_O, "getitem(key) -> value or KeyError"},
     {"contains", (PyCFunction)Core_contains, METH_O, "contains(key) -> bool"},

@@ -106,7 +106,7 @@ static int MapBase_ass_subscript(MapBase *m, PyObject *key, PyObject *value) {
     if (!c) return -1;
     if (m->readonly) return map_refuse_readonly(m);
     if (value != NULL) return map_put(m, c, key, value);
-    int rc = core_delete_obj(c, key);
+    int rc = core_delete_obj(c, key, NULL);
     if (rc == RC_DONE && !c->reclaim_due) return 0;
     if (rc == -2) return -1;
     int found = rc == RC_MISSING ? 0 : map_write_slow(m, rc, key, NULL);

@@ -286,6 +286,33 @@ def test_expire_removes_every_expired_item_and_writes_cull_a_few(
         assert sorted(cache) == [b"k0", b"keep", b"w"]
 
 
+def test_a_set_racing_with_the_removal_of_its_expired_item_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer read the expired item and is about to remove it when another thread sets
+    the key again: the new item stays (the removal is a compare-and-delete in the core).
+    Before, it was removed with the old one: a later miss. Here the other thread's set runs
+    inside the read the cull makes, the one instant it could come between read and removal."""
+    clock = freeze_clock(monkeypatch)
+    with Cache(tmp_path / "e.vdb") as cache:
+        cache.set("k", "old", expire=1)
+        clock.advance(2)
+        get = cache.db.get
+
+        def then_another_thread_sets(key: object, default: object = None) -> object:
+            raw = get(key, default)  # type: ignore[arg-type]
+            if key == b"k":
+                cache.set("k", "new", expire=100)
+            return raw
+
+        monkeypatch.setattr(cache.db, "get", then_another_thread_sets)
+        assert cache.expire() == 0
+        monkeypatch.undo()
+        freeze_clock(monkeypatch).now = clock.now
+        assert cache["k"] == "new"
+        assert cache.expire_time("k") == pytest.approx(clock.now + 100)
+
+
 def test_add_touch_and_incr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     clock = freeze_clock(monkeypatch)
     with Cache(tmp_path / "e.vdb", expire=30) as cache:

@@ -110,3 +110,31 @@ def test_each_message_of_the_write_path_is_written_once() -> None:
     message = _errors.PUT_DISK_FULL("/somewhere")
     assert isinstance(message, viperdbm.StoreFullError)
     assert "deletes still work" in str(message) and message.filename == "/somewhere"
+
+
+# ------------------------------------------------------------------ compare-and-delete
+def test_delete_if_deletes_only_while_the_key_holds_the_value(tmp_path: Path) -> None:
+    """The cache's compare-and-delete (Database._delete_if): the compare and the delete
+    are one core call; a standard tombstone and a jumbo one (a key over 1 MiB) alike."""
+    jumbo_key = b"j" * (1 << 20) + b"!"  # its tombstone needs a jumbo block
+    with viperdbm.open(tmp_path / "s", "c") as db:
+        db[b"k"] = b"v1"
+        db[jumbo_key] = b"big"
+        assert db._delete_if(b"k", b"v2") is False and db[b"k"] == b"v1"
+        assert db._delete_if(b"k", b"v") is False and db[b"k"] == b"v1"  # (a prefix)
+        assert db._delete_if("k", b"v1") is True and b"k" not in db
+        assert db._delete_if(b"k", b"v1") is False  # missing
+        assert db._delete_if(jumbo_key, b"other") is False and db[jumbo_key] == b"big"
+        assert db._delete_if(jumbo_key, b"big") is True and jumbo_key not in db
+        db[b"e"] = b""
+        assert db._delete_if(b"e", b"x") is False and db._delete_if(b"e", b"") is True
+        db[b"s"] = b"str"
+        assert db._delete_if(b"s", "str") is True  # (a str value is its UTF-8 bytes)
+        with pytest.raises(TypeError):
+            db._delete_if(b"k", 1)  # type: ignore[arg-type]
+    with viperdbm.open(tmp_path / "s", "r") as db:
+        assert len(db) == 0  # the tombstones are in the store
+        with pytest.raises(viperdbm.ReadonlyError):
+            db._delete_if(b"k", b"v1")
+    with pytest.raises(viperdbm.ClosedError):
+        db._delete_if(b"k", b"v1")

@@ -119,6 +119,15 @@ class Database(_native.MapBase, MutableMapping[bytes, bytes], ClosesOnExit):  # 
         if pairs:
             engine.write_batch(pairs)
 
+    def _delete_if(self, key: _BytesLike, expected: _BytesLike) -> bool:
+        """Delete ``key`` only while it holds ``expected`` (one step: a put of the key by
+        another thread comes before or after it); True if it was deleted. For the cache,
+        which removes an item it found expired without losing a set that raced with it."""
+        engine = self._require_engine()
+        if self._readonly:
+            raise ReadonlyError("the store was opened read-only", filename=self._path())
+        return engine.delete_if(_as_bytes(key, "keys"), _as_bytes(expected, "values"))
+
     def clear(self) -> None:
         snapshot = self.keys()
         if self._readonly:

@@ -621,12 +621,26 @@ class Engine:
     #   forgotten before it is freed; a block the core refused is freed again; the core
     #   raises before it registers a block, never after).
 
-    def write_slow(self, code: int, key: bytes | str, value: bytes | str | None) -> bool:
+    def delete_if(self, key: bytes, expected: bytes) -> bool:
+        """Delete ``key`` only while it holds ``expected``; False if it does not (or is
+        missing). The compare and the delete are one core call, so a put of the key by
+        another thread comes before both or after both."""
+        with self._lock:
+            code = self.require_core().delete(key, expected)
+            return self.write_slow(code, key, None, expected)
+
+    def write_slow(
+        self,
+        code: int,
+        key: bytes | str,
+        value: bytes | str | None,
+        expected: bytes | None = None,
+    ) -> bool:
         """The native core's one entry point for the slow path (native/map_type.c): a put
-        (``value`` None: a delete) whose core call answered ``code``, a need, or that was done
-        and raised the core's ``reclaim_due``. Meets the need and retries the write, then
-        gives space back if that is due (see :mod:`viperdbm._writepath`); False for a delete
-        of a missing key."""
+        (``value`` None: a delete, ``expected`` its condition) whose core call answered
+        ``code``, a need, or that was done and raised the core's ``reclaim_due``. Meets the
+        need and retries the write, then gives space back if that is due (see
+        :mod:`viperdbm._writepath`); False for a delete of a missing key."""
         with self._lock:
             core = self.require_core()
             space = self._require_space()
@@ -636,7 +650,7 @@ class Engine:
                     writepath.finish_put(space, code, key, value)
                     self._check_written(core)  # a jumbo record's msync (flag 's')
                     return True
-                found = writepath.finish_delete(space, code, key)
+                found = writepath.finish_delete(space, code, key, expected)
                 self._check_written(core)  # a jumbo tombstone's msync (flag 's')
                 if found and space.reserve_off is None:
                     # this store is living on the reserve: win space back while deleting

@@ -140,17 +140,18 @@ def finish_put(space: Space, code: int, key: bytes | str, value: bytes | str) ->
     reclaim_if_due(space)
 
 
-def finish_delete(space: Space, code: int, key: bytes | str) -> bool:
+def finish_delete(space: Space, code: int, key: bytes | str, expected: bytes | None = None) -> bool:
     """Finish a delete that answered ``code`` (Core.delete), then give space back if due;
-    False if the key is missing."""
+    False if the key is missing (or, with ``expected``, holds another value: each retry
+    compares again, in the same core call as the delete)."""
     core = space.core
     done = meet_needs(
         space,
         code,
         Write(
-            retry=lambda: core.delete(key),
+            retry=lambda: core.delete(key, expected),
             jumbo_bytes=lambda: _native.jumbo_size(len(_as_bytes(key)), 0),
-            into_jumbo=lambda off, usable: core.delete_jumbo(off, usable, key),
+            into_jumbo=lambda off, usable: core.delete_jumbo(off, usable, key, expected),
             use_reserve=True,
             disk_full=DELETE_DISK_FULL,
             not_written=DELETE_NOT_WRITTEN,

@@ -728,15 +728,12 @@ class Cache(MutableMapping[bytes, Any], ClosesOnExit):
     def _drop_expired(self, key: Key, raw: bytes) -> None:
         """A read found ``raw`` expired: the writer removes it, unless another thread has
         stored the key again meanwhile (or holds the lock: then a later cull removes it).
-
-        Writes take no lock, so a set of this key by another thread between the check and
-        the removal is removed with it: a later miss, as an eviction would give. (A
-        compare-and-delete in the native core would close that window.)"""
+        Writes take no lock: the removal is a compare-and-delete in the core, so a set of
+        the key by another thread comes before it (and is kept) or after it."""
         if self.readonly or not self._writing.acquire(blocking=False):
             return
         try:
-            if self.db.get(key) == raw:
-                self._remove(_key_bytes(key))
+            self._remove(_key_bytes(key), raw)
         finally:
             self._writing.release()
 
@@ -745,28 +742,36 @@ class Cache(MutableMapping[bytes, Any], ClosesOnExit):
         agrees. Where it does not (two threads stored the key at once and noted their
         expiries in the other order, or a write went through ``self.db``), file what the
         store says instead. (A set of the key by another thread between the read and the
-        removal is removed with it, as in :meth:`_drop_expired`.)"""
+        removal is kept: the removal is a compare-and-delete, as in :meth:`_drop_expired`.)"""
         raw = self.db.get(key)
         if raw is None:
             return False
         stored_expiry = _expiry_of(raw)
         if _is_expired(stored_expiry, now):
-            return self._remove(key)
+            return self._remove(key, raw)
         if stored_expiry != NEVER and self._expiries is not None:
             self._expiries.note(key, stored_expiry, _NO_QUEUE)
         return False
 
-    def _remove(self, key: bytes) -> bool:
-        try:
-            del self.db[key]
-        except KeyError:
-            return False
-        finally:
-            if self._sizes is not None:
-                self._sizes.forget(key)
-            if self._expiries is not None:
-                self._expiries.note(key, NEVER, _NO_QUEUE)
-        return True
+    def _remove(self, key: bytes, raw: bytes | None = None) -> bool:
+        """Remove ``key``'s item (only while it is ``raw``, if given: a set by another
+        thread meanwhile is kept, and its books are filed from its inbox as any set's). The
+        books forget a key that is gone, removed here or not."""
+        if raw is not None:
+            removed = self.db._delete_if(key, raw)
+            if not removed and key in self.db:
+                return False  # stored again meanwhile: that set's books stand
+        else:
+            try:
+                del self.db[key]
+                removed = True
+            except KeyError:
+                removed = False
+        if self._sizes is not None:
+            self._sizes.forget(key)
+        if self._expiries is not None:
+            self._expiries.note(key, NEVER, _NO_QUEUE)
+        return removed
 
     def _refuse_if_readonly(self) -> None:
         if self.readonly:
