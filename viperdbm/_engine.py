@@ -127,7 +127,7 @@ def _abandon_build(build: Engine | None, built: str) -> None:
 
 
 @dataclass
-class _Held:
+class _Handles:
     """What a handle holds of a store it opened through libpmemobj, taken from it to be
     closed (:meth:`Engine._let_go`): at close, after a failed open, and the old store's
     after reorganize() swapped a new one in (opened before this is closed)."""
@@ -503,15 +503,15 @@ class Engine:
         if fd is not None:
             os.close(fd)
 
-    def _let_go(self, *, lock: bool) -> _Held:
+    def _let_go(self, *, lock: bool) -> _Handles:
         """Take the pool, the core and the readers file from this handle (and its lock, if
         ``lock``), to be closed: the handle holds none of them afterwards."""
-        held = _Held(self._pool, self.core, self._readers_fd, self._lock_fd if lock else None)
+        handles = _Handles(self._pool, self.core, self._readers_fd, self._lock_fd if lock else None)
         self._pool, self.core, self._readers_fd = None, None, None
         self._space, self._held = None, None
         if lock:
             self._lock_fd = None
-        return held
+        return handles
 
     def _require_held(self) -> HeldBlocks:
         if self._held is None:

@@ -159,7 +159,7 @@ def new_readers_barred(path: str) -> Iterator[None]:
         fd = open_for_writer(path)  # (a reader may be about to make it)
     except OSError as exc:
         if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise
+            raise storedir.os_error("cannot open the store's readers file", exc, path) from exc
         fd = None  # no reader can take a slot either: they keep writers out instead
     if fd is None:
         yield
@@ -175,7 +175,8 @@ def new_readers_barred(path: str) -> Iterator[None]:
             yield
         except BaseException:
             if _is_current(fd, path):
-                _native.core.readers_unbar(fd)
+                with contextlib.suppress(OSError):  # (what the block raised says more)
+                    _native.core.readers_unbar(fd)
             raise
     finally:
         os.close(fd)
