@@ -513,9 +513,12 @@ class ScaleRun:
     def say(self, text: str) -> None:
         say(f"[N={fmt_n(self.n)}] {text}")
 
-    def timed_batches(self, label: str, base: int, count: int, *, sync: bool) -> list[float]:
+    def timed_batches(
+        self, label: str, base: int, count: int, *, sync: bool
+    ) -> tuple[list[float], float]:
         """``count`` update() calls of ``ops.durable_batch`` new records from key number
-        ``base`` on, each followed by ``sync()`` if ``sync``: the seconds of each."""
+        ``base`` on, each followed by ``sync()`` if ``sync``: the seconds of each, and the
+        records per second over all of them."""
         db, size = self.db, self.ops.durable_batch
         meter = self.meter(label, count, "batches")
         per: list[float] = []
@@ -527,8 +530,9 @@ class ScaleRun:
                 db.sync()
             per.append(time.perf_counter() - t0)
             meter.tick(b + 1)
-        meter.done(f"{fmt_rate(count * size / sum(per))} records")
-        return per
+        rate = count * size / sum(per)
+        meter.done(f"{fmt_rate(rate)} records")
+        return per, rate
 
     def pairs(self, start: int, stop: int) -> list[tuple[bytes, bytes]]:
         """The (key, value) pairs of records ``start`` to ``stop``, for one update() batch."""
@@ -810,13 +814,12 @@ class ScaleRun:
         db.sync()
         first_sync = time.perf_counter() - t0
         self.say(f"sync() before the batches (writes back what is dirty): {first_sync:.2f} s")
-        per = self.timed_batches(
+        per, rate = self.timed_batches(
             f"update()+sync() batches of {ops.durable_batch:,}",
             NS_SYNC_BATCH,
             ops.sync_batches,
             sync=True,
         )
-        rate = ops.sync_batches * ops.durable_batch / sum(per)
         self.rec.end(
             "sync_batches",
             {
@@ -899,13 +902,12 @@ class ScaleRun:
             meter.tick(stop)
         puts = latency_summary(lat)
         meter.done(f"{fmt_rate(puts['rate'])}, p50 {fmt_ns(puts['p50_ns'])}")
-        per = self.timed_batches(
+        per, s_rate = self.timed_batches(
             f"update() batches of {ops.durable_batch:,} under 's'",
             NS_S_BATCH,
             ops.s_batches,
             sync=False,
         )
-        s_rate = ops.s_batches * ops.durable_batch / sum(per)
         expected = (
             self.total
             - min(self.ops.deletes, self.total)
