@@ -89,39 +89,37 @@ static void migrate(Core *c, uint64_t n) {
     }
 }
 
-/* index_lookup() missed in the new table, at its insert position insert_at: look in the old
- * one; an entry found there moves to insert_at. */
-int64_t index_lookup_old(Core *c, const uint8_t *key, uint64_t klen, uint64_t h, uint64_t insert_at) {
-    uint64_t mask = c->old_cap - 1, j = h >> (64 - log2u64(c->old_cap)), tag = h >> c->off_bits;
+/* The slot of key in one table of the index (slots, cap), or -1: a moved slot is passed over
+ * (not 0: a probe goes on past it). The probe of index_lookup_old and index_find_growing;
+ * index_lookup (core.h) differs in returning where to insert. */
+static int64_t slot_in(Core *c, const uint64_t *slots, uint64_t cap, const uint8_t *key, uint64_t klen, uint64_t h) {
+    uint64_t mask = cap - 1, j = h >> (64 - log2u64(cap)), tag = h >> c->off_bits;
     for (;;) {
-        uint64_t s = c->old_slots[j];
-        if (s == 0) return -(int64_t)insert_at - 1;
+        uint64_t s = slots[j];
+        if (s == 0) return -1;
         if (s != SLOT_MOVED && slot_tag(c, s) == tag) {
             Rec r;
             const uint8_t *k = rec_key(c, slot_off(c, s), &r);
-            if (r.klen == klen && memcmp(k, key, klen) == 0) {
-                c->slots[insert_at] = s;
-                c->old_slots[j] = SLOT_MOVED; /* (not 0: a probe goes on past it) */
-                return (int64_t)insert_at;
-            }
+            if (r.klen == klen && memcmp(k, key, klen) == 0) return (int64_t)j;
         }
         j = (j + 1) & mask;
     }
 }
 
-/* The pool offset of key's record in one table of the index (slots, cap), or 0 */
+/* index_lookup() missed in the new table, at its insert position insert_at: look in the old
+ * one; an entry found there moves to insert_at. */
+int64_t index_lookup_old(Core *c, const uint8_t *key, uint64_t klen, uint64_t h, uint64_t insert_at) {
+    int64_t j = slot_in(c, c->old_slots, c->old_cap, key, klen, h);
+    if (j < 0) return -(int64_t)insert_at - 1;
+    c->slots[insert_at] = c->old_slots[j];
+    c->old_slots[j] = SLOT_MOVED;
+    return (int64_t)insert_at;
+}
+
+/* The pool offset of key's record in one table of the index, or 0 */
 static uint64_t find_in(Core *c, const uint64_t *slots, uint64_t cap, const uint8_t *key, uint64_t klen, uint64_t h) {
-    uint64_t mask = cap - 1, j = h >> (64 - log2u64(cap)), tag = h >> c->off_bits;
-    for (;;) {
-        uint64_t s = slots[j];
-        if (s == 0) return 0;
-        if (s != SLOT_MOVED && slot_tag(c, s) == tag) {
-            Rec r;
-            const uint8_t *k = rec_key(c, slot_off(c, s), &r);
-            if (r.klen == klen && memcmp(k, key, klen) == 0) return slot_off(c, s);
-        }
-        j = (j + 1) & mask;
-    }
+    int64_t j = slot_in(c, slots, cap, key, klen, h);
+    return j < 0 ? 0 : slot_off(c, slots[j]);
 }
 
 /* index_find() while the index grows: each key is in exactly one of the two tables. Where

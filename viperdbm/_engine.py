@@ -217,6 +217,8 @@ class Engine:
                 self._replace_with_new(mode, replace_file)
             else:
                 self._take_lock()
+            if opts.writable and self._lock_fd is not None:
+                opening.remove_leftovers(self.path)  # a reorganize() that was killed midway
             if opts.writable or not opts.lock:
                 self._open_pool()
             else:
@@ -300,8 +302,6 @@ class Engine:
         opening.finish_replace(self.path, old, mode)
 
     def _open_pool(self) -> None:
-        if self.options.writable and self._lock_fd is not None:
-            opening.remove_leftovers(self.path)  # a reorganize() that was killed midway
         parts_dir = os.path.join(self.path, layout.PARTS_DIR)
         try:
             # the one listing of parts/ this open makes (libpmemobj makes its own)

@@ -256,20 +256,25 @@ def lock(directory: str, *, exclusive: bool, label: str, timeout: float = 0.0) -
         except OSError as exc:
             raise os_error("cannot open the store's lock file", exc, label) from exc
         try:
-            while True:
-                try:
-                    flock(fd, exclusive=exclusive, label=label)
-                    break
-                except LockError:
-                    if time.monotonic() >= deadline:
-                        raise
-                    time.sleep(min(0.05, max(0.001, deadline - time.monotonic())))
+            _flock_until(fd, deadline, exclusive=exclusive, label=label)
             if is_open_as(os.path.join(directory, layout.LOCK_FILE), fd):
                 return fd
         except BaseException:
             os.close(fd)
             raise
         os.close(fd)  # the lock of a store swapped out of the path meanwhile
+
+
+def _flock_until(fd: int, deadline: float, *, exclusive: bool, label: str) -> None:
+    """:func:`flock`, tried again until ``deadline`` (time.monotonic()); then LockError."""
+    while True:
+        try:
+            flock(fd, exclusive=exclusive, label=label)
+            return
+        except LockError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(min(0.05, max(0.001, deadline - time.monotonic())))
 
 
 def is_open_as(path: str, fd: int) -> bool:
