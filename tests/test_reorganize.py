@@ -46,6 +46,14 @@ def leftovers(store: Path) -> list[str]:
     return [n for n in os.listdir(store.parent) if n.startswith(f".{store.name}.viperdbm-")]
 
 
+def one_record(tmp_path: Path) -> Path:
+    """A closed store holding k = v."""
+    store = tmp_path / "s"
+    with viperdbm.open(store, "c") as db:
+        db[b"k"] = b"v"
+    return store
+
+
 def half_dead(db: viperdbm.Database, count: int, size: int) -> None:
     """``count`` records of ``size`` bytes, then every other one deleted."""
     for i in range(count):
@@ -101,9 +109,7 @@ def test_what_a_killed_reorganize_left_is_removed_by_the_next_writer(tmp_path: P
     swap the old one: hidden directories only a writer holding the lock makes, so the next
     writer removes them (a reader leaves them alone). Nothing else of that name pattern's
     neighbours is touched."""
-    store = tmp_path / "s"
-    with viperdbm.open(store, "c") as db:
-        db[b"k"] = b"v"
+    store = one_record(tmp_path)
     left = tmp_path / ".s.viperdbm-reorganize"
     (left / "parts").mkdir(parents=True)
     (left / "parts" / "000000.pmem").write_bytes(bytes(4096))
@@ -282,9 +288,7 @@ def test_a_reader_that_opens_during_the_swap_opens_the_new_store(
 def test_a_bar_left_by_a_writer_that_died_is_no_bar(tmp_path: Path) -> None:
     """A writer killed between barring new readers and the swap: readers still open the
     store (the bar names a process that is gone), and its next writer lifts the bar."""
-    store = tmp_path / "s"
-    with viperdbm.open(store, "c") as db:
-        db[b"k"] = b"v"
+    store = one_record(tmp_path)
     child = subprocess.run(
         [sys.executable, "-c", BAR_AND_DIE, str(store)], capture_output=True, check=False
     )
@@ -302,9 +306,7 @@ def test_a_live_bar_keeps_new_readers_waiting(
 ) -> None:
     """While a live writer holding the store's lock bars new readers, a reader waits (and
     says why if it waits too long); a writer cannot bar them while one holds a slot."""
-    store = tmp_path / "s"
-    with viperdbm.open(store, "c") as db:
-        db[b"k"] = b"v"
+    store = one_record(tmp_path)
     monkeypatch.setattr(_engine, "WAIT_FOR_SWAP", 0.2)
     fd = os.open(store / "readers", os.O_RDWR)
     try:
@@ -326,9 +328,7 @@ def test_a_live_bar_keeps_new_readers_waiting(
 
 
 def test_a_replacement_with_a_reader_attached_is_refused(tmp_path: Path) -> None:
-    store = tmp_path / "s"
-    with viperdbm.open(store, "c") as db:
-        db[b"k"] = b"v"
+    store = one_record(tmp_path)
     with viperdbm.open(store, "r") as reader:
         with pytest.raises(viperdbm.LockError, match="in use by readers"):
             viperdbm.open(store, "n")
@@ -450,9 +450,7 @@ def test_a_bar_without_a_lock_holder_is_no_bar(
     """A damaged readers file whose barred_by names a live process (here: this one) while
     nobody holds the store's lock: readers open at once (a writer swapping holds it). With
     no time to wait for a bar at all, a reader that counted this one would fail."""
-    store = tmp_path / "s"
-    with viperdbm.open(store, "c") as db:
-        db[b"k"] = b"v"
+    store = one_record(tmp_path)
     monkeypatch.setattr(_engine, "WAIT_FOR_SWAP", 0.0)
     fd = os.open(store / "readers", os.O_RDWR)
     try:
