@@ -113,7 +113,7 @@ static void batch_write(Core *c, uint64_t pos, const BatchItem *items, Py_ssize_
                      (const uint8_t *)it->value.p, vlen);
         at += align_up(record_len_for((uint64_t)it->key.n, vlen), VD_RECORD_ALIGN);
     }
-    uint8_t *r = c->base + pos;
+    uint8_t *r = pool_dest(c, pos);
     wr32(r + offsetof(VdRecordHeader, vlen), (uint32_t)body);
     wr64(r + offsetof(VdRecordHeader, meta), meta_make(seq0, VD_KIND_BATCH, 0));
     uint32_t crc = record_crc(r, VD_RECORD_HEADER_SIZE + body);
@@ -160,12 +160,14 @@ static int batch_put(Core *c, const BatchItem *items, Py_ssize_t n, uint64_t jof
         bi = c->active;
         pos = place_record(c, &c->blocks[bi], len, &pad_at, &pad_len);
         if (pos == 0) return RC_NEED_BLOCK;
-        if (pad_len) write_pad(c, pad_at, pad_len);
     }
+    uint64_t from = pad_len ? pad_at : pos;
+    if (!joff) stage_begin(c, from, pos + len - from); /* a jumbo block's batch: the mapping */
+    if (pad_len) write_pad(c, pad_at, pad_len);
     Block *b = &c->blocks[bi];
     if (!b->seq_min) b->seq_min = c->next_seq;
     batch_write(c, pos, items, n, body);
-    uint64_t from = pad_len ? pad_at : pos;
+    stage_commit(c);
     persist_range(c, from, pos + len - from); /* the one persist of the batch */
     b->end = pos + align_up(len, VD_RECORD_ALIGN);
     b->seq_max = c->next_seq - 1;

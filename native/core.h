@@ -327,6 +327,16 @@ typedef struct {
     uint64_t discarded; /* records dropped by the power-fail rule at the last recovery */
     int persist_mode;
     void (*persist_fn)(const void *, size_t);
+    /* Flag 's' on an ordinary file: the pool's part files, opened for writing (descriptors
+     * owned by Python: Pool in viperdbm/_pmemobj.py), and the buffer a record is staged in
+     * before one pwrite puts it there (log.c, stage_begin). */
+    struct PartFile {
+        uint64_t start, size; /* where the part is in the pool, and its length */
+        int fd;
+    } *parts;
+    size_t nparts;
+    uint8_t *stage_buf;
+    uint64_t stage_cap, stage_off, stage_len; /* stage_len 0: nothing staged, writes go to the mapping */
     int recovering;
     uint64_t compact_cursor;
     int compacting; /* between compact_begin() and compact_end(): mutators get RC_NEED_WAIT */
@@ -505,6 +515,14 @@ int do_put(Core *c, const uint8_t *key, uint64_t klen, const uint8_t *val, uint6
            uint64_t jumbo_size);
 uint64_t place_record(Core *c, Block *b, uint64_t len, uint64_t *pad_at, uint64_t *pad_len);
 void write_pad(Core *c, uint64_t at, uint64_t len);
+int stage_begin(Core *c, uint64_t off, uint64_t len);
+void stage_commit(Core *c);
+PyObject *Core_set_part_files(Core *c, PyObject *list);
+/* Where the bytes for pool offset off are written: the staged range's buffer, or the mapping. */
+static inline uint8_t *pool_dest(Core *c, uint64_t off) {
+    if (c->stage_len && off - c->stage_off < c->stage_len) return c->stage_buf + (off - c->stage_off);
+    return c->base + off;
+}
 
 /* ------------------------------------------------------------------ batch.c */
 PyObject *Core_put_batch(Core *c, PyObject *args);

@@ -53,6 +53,8 @@ static void Core_dealloc(Core *c) {
     slots_free(c->slots, c->cap);
     slots_free(c->old_slots, c->old_cap);
     PyMem_Free(c->blocks);
+    PyMem_Free(c->parts);
+    free(c->stage_buf);
     Py_TYPE(c)->tp_free((PyObject *)c);
 }
 
@@ -573,6 +575,8 @@ static PyMethodDef Core_methods[] = {
      "invalidate(forked=False): forget the mapping; every later call raises."},
     {"set_mapped", (PyCFunction)Core_set_mapped, METH_O, "Raise the bound that every pool offset is checked against."},
     {"set_persist", (PyCFunction)Core_set_persist, METH_VARARGS, "set_persist(mode, fn_address=0)"},
+    {"set_part_files", (PyCFunction)Core_set_part_files, METH_O,
+     "set_part_files([(fd, size), ...]): the part files flag 's' writes records with."},
     {"set_floor", (PyCFunction)Core_set_floor, METH_O, "Records older than this sequence number are dead."},
     {"set_durable", (PyCFunction)Core_set_durable, METH_O, "Every record up to this sequence number is durable."},
     {"add_block", (PyCFunction)Core_add_block, METH_VARARGS, "add_block(off, usable) -> write code"},

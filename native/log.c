@@ -3,7 +3,9 @@
 #include "core.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 /* ------------------------------------------------------------------ blocks registry */
 Py_ssize_t block_find(Core *c, uint64_t off) {
@@ -91,7 +93,7 @@ int core_io_refuse(Core *c, int written) {
  * header does not verify, so a crash mid-copy leaves a record that recovery ignores. */
 void write_record(Core *c, uint64_t off, unsigned kind, uint64_t seq, const uint8_t *key,
                          uint64_t klen, const uint8_t *val, uint64_t vlen) {
-    uint8_t *r = c->base + off;
+    uint8_t *r = pool_dest(c, off);
     uint64_t hlen = header_len_for(klen);
     wr32(r + offsetof(VdRecordHeader, vlen), (uint32_t)vlen);
     wr64(r + offsetof(VdRecordHeader, meta), meta_make(seq, kind, klen));
@@ -105,6 +107,103 @@ void write_record(Core *c, uint64_t off, unsigned kind, uint64_t seq, const uint
     crash_point("record body written, CRC not yet");
     __atomic_store_n((uint32_t *)(r + offsetof(VdRecordHeader, crc)), crc, __ATOMIC_RELEASE);
     crash_point("record written");
+}
+
+/* ------------------------------------------------------------------ staged writes (flag 's')
+ * Under flag 's' on an ordinary file a record (or a batch) is built in a buffer and put into
+ * its part file with one pwrite, not stored through the mapping, and then msynced as before.
+ * Why: ext4 caches a file in folios of up to 2 MiB, and a store through a shared mapping
+ * marks its whole folio dirty (page_mkwrite), so the msync of one record wrote the whole
+ * folio: 2,048 KiB for each 100-byte put once read-ahead had cached the block's space in
+ * large folios (benchmarks/results/scale-2026-12-07-analysis.md). A write() marks dirty only
+ * the file system blocks it touches, and ext4 writes back only those. The page cache is the
+ * mapping's, so what pwrite wrote is at once what the mapping reads. */
+
+/* Stage the len bytes at pool offset off (the caller writes them through pool_dest, then
+ * calls stage_commit): 1 if staged, 0 if they go to the mapping as usual (no part files, a
+ * range they do not cover, or no memory for the buffer). */
+int stage_begin(Core *c, uint64_t off, uint64_t len) {
+    c->stage_len = 0;
+    if (!c->nparts || c->persist_mode != PERSIST_MSYNC || len == 0) return 0;
+    const struct PartFile *last = &c->parts[c->nparts - 1];
+    if (off + len > last->start + last->size || off + len > c->mapped) return 0;
+    if (len > c->stage_cap) {
+        uint64_t cap = align_up(len, 64 << 10);
+        uint8_t *buf = realloc(c->stage_buf, (size_t)cap);
+        if (!buf) return 0; /* the mapping, as without part files */
+        c->stage_buf = buf;
+        c->stage_cap = cap;
+    }
+    memset(c->stage_buf, 0, (size_t)len); /* what no record covers (alignment) reads as zeros */
+    c->stage_off = off;
+    c->stage_len = len;
+    return 1;
+}
+
+/* pwrite the n bytes at buf to pool offset off, across as many parts as the range spans: 0,
+ * or -1 (errno set) with some of them perhaps written. */
+static int pwrite_pool(Core *c, uint64_t off, const uint8_t *buf, uint64_t n) {
+    size_t i = 0;
+    while (i < c->nparts && c->parts[i].start + c->parts[i].size <= off) i++;
+    while (n) {
+        if (i == c->nparts) return errno = EFAULT, -1; /* stage_begin checked: cannot happen */
+        const struct PartFile *p = &c->parts[i];
+        uint64_t in_part = p->start + p->size - off, chunk = n < in_part ? n : in_part;
+        ssize_t w = pwrite(p->fd, buf, (size_t)chunk, (off_t)(off - p->start));
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) {
+            if (w == 0) errno = EIO;
+            return -1;
+        }
+        off += (uint64_t)w;
+        buf += w;
+        n -= (uint64_t)w;
+        if (off == p->start + p->size) i++;
+    }
+    return 0;
+}
+
+/* Put what was staged into the pool. Should the pwrite fail (a full disk, an I/O error),
+ * the bytes are stored through the mapping instead, exactly as without staging: the msync
+ * that follows then says whether they are durable, as for every write. */
+void stage_commit(Core *c) {
+    uint64_t off = c->stage_off, len = c->stage_len;
+    if (!len) return;
+    c->stage_len = 0; /* pool_dest is the mapping again */
+    if (pwrite_pool(c, off, c->stage_buf, len) == 0) return;
+    crash_point("staged write failed, storing through the mapping");
+    memcpy(c->base + off, c->stage_buf, (size_t)len);
+}
+
+/* set_part_files([(fd, size), ...]): the pool's part files in mapping order, opened for
+ * writing, for flag 's' (an empty list: store through the mapping). The descriptors stay
+ * Python's. */
+PyObject *Core_set_part_files(Core *c, PyObject *list) {
+    PyObject *seq = PySequence_Fast(list, "set_part_files() takes a list of (fd, size)");
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    struct PartFile *parts = n ? PyMem_Calloc((size_t)n, sizeof *parts) : NULL;
+    if (n && !parts) {
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
+    uint64_t start = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int fd;
+        unsigned long long size;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "iK", &fd, &size)) {
+            PyMem_Free(parts);
+            Py_DECREF(seq);
+            return NULL;
+        }
+        parts[i] = (struct PartFile){.start = start, .size = size, .fd = fd};
+        start += size;
+    }
+    Py_DECREF(seq);
+    PyMem_Free(c->parts);
+    c->parts = parts;
+    c->nparts = (size_t)n;
+    Py_RETURN_NONE;
 }
 
 /* Where in the active block a record of len bytes goes (padding to the next page when it
@@ -144,10 +243,13 @@ int append_record(Core *c, unsigned kind, const uint8_t *key, uint64_t klen, con
     uint64_t alen = align_up(len, VD_RECORD_ALIGN);
     uint64_t pos = place_record(c, b, alen, &pad_at, &pad_len);
     if (pos == 0) return RC_NEED_BLOCK;
+    uint64_t from = pad_len ? pad_at : pos;
+    stage_begin(c, from, pos + len - from);
     if (pad_len) write_pad(c, pad_at, pad_len);
     if (!b->seq_min) b->seq_min = c->next_seq;
     write_record(c, pos, kind, c->next_seq++, key, klen, val, vlen);
-    persist_range(c, pad_len ? pad_at : pos, (pos - (pad_len ? pad_at : pos)) + len);
+    stage_commit(c);
+    persist_range(c, from, pos + len - from);
     b->end = pos + alen;
     b->seq_max = c->next_seq - 1;
     shared_publish_end(c, b);

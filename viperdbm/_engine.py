@@ -534,6 +534,8 @@ class Engine:
                 )
         elif self.options.sync_each_write:
             core.set_persist(_native.PERSIST_MSYNC)
+            # each record written into its part file, then msynced (native/log.c says why)
+            core.set_part_files(pool.writable_parts())
             self.persist_mode = "msync per write"
         else:
             core.set_persist(_native.PERSIST_NONE)

@@ -717,6 +717,11 @@ class Pool:
         self._may_have_grown = True
         self._uuid_lo = 0
         self._keep_fds: list[int] = []  # descriptors the poolset names (see open_in)
+        #: the mapped parts as last scanned: (path, bytes mapped), in mapping order
+        self._mapped_parts: list[tuple[str, int]] = []
+        #: the parts opened for writing, (descriptor, bytes mapped); None until asked for
+        #: (see writable_parts)
+        self._part_writers: list[tuple[int, int]] | None = None
         self._growth_stopped = False  # a growth failed: never grow again (see _stop_growth)
         self._growth_error = "a part after a missing number"
         # an msync of this pool failed: writes are refused (see io_errno); the msync may
@@ -966,6 +971,8 @@ class Pool:
             _invoke(None, "pmemobj_close", _pmemobj_close, (pop,))
         finally:
             fds, self._keep_fds = self._keep_fds, []
+            writers, self._part_writers = self._part_writers or [], None
+            fds += [fd for fd, _ in writers]
             for fd in fds:
                 with contextlib.suppress(OSError):
                     os.close(fd)
@@ -994,6 +1001,7 @@ class Pool:
         total = 0
         mode0 = 0
         grown: list[str] = []
+        mapped_parts: list[tuple[str, int]] = []
         for i, part in enumerate(parts.numbered):
             if part.number != i or not stat.S_ISREG(part.mode):
                 if self._pop is not None and part.number > i:
@@ -1004,6 +1012,7 @@ class Pool:
                 break  # libpmemobj maps only the regular files of parts 0..n-1
             start = total
             total += part.size - part.size % OS_PAGE_SIZE
+            mapped_parts.append((part.path, total - start))
             if i == 0:
                 mode0 = part.mode & 0o7777
             elif total > self._mapped:
@@ -1015,7 +1024,32 @@ class Pool:
         if grown:
             self._make_parts_durable(grown)
         self._mapped = total
+        self._mapped_parts = mapped_parts
         return total
+
+    @property
+    def has_part_writers(self) -> bool:
+        """Whether :meth:`writable_parts` was asked for (flag 's' on an ordinary file)."""
+        return self._part_writers is not None
+
+    def writable_parts(self) -> list[tuple[int, int]]:
+        """The part files opened for writing, as (descriptor, bytes mapped) in mapping
+        order: what the core's staged writes under flag 's' go to (native/log.c says why).
+
+        The descriptors are the pool's, closed with it; each call opens the parts the pool
+        gained since the last. A part that cannot be opened ends the list: the core writes
+        what lies past it through the mapping, as without this."""
+        self._handle()
+        if self._part_writers is None:
+            self._part_writers = []
+        writers = self._part_writers
+        for path, size in self._mapped_parts[len(writers) :]:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except OSError:
+                break
+            writers.append((fd, size))
+        return list(writers)
 
     def _make_parts_durable(self, paths: list[str]) -> None:
         # a failed fsync is as a failed msync: a later fsync would not vouch for the data

@@ -194,6 +194,8 @@ class Space:
         _native.crash_point("object allocated")
         usable = pool.usable_size(off)
         self.core.set_mapped(pool.mapped_size())
+        if pool.has_part_writers:  # (flag 's') the core writes records into the new part too
+            self.core.set_part_files(pool.writable_parts())
         tune_growth(pool)
         return off, usable
 
