@@ -30,10 +30,10 @@ old or the new store, complete. In the error mode every exception is a ``viperdb
 (``KeyError`` for a delete of a key the store may hold), what the handle reads agrees with
 what was acknowledged, and the child neither crashes nor hangs nor fills the disk.
 
-CI runs a deterministic spread of 181 points: the first call of each system call in each
+CI runs a deterministic spread of 229 points: the first call of each system call in each
 kind of operation, then evenly spread (100 s on 2 cores). ``VIPERDBM_ENUMERATE_ALL=1`` runs
-every point of every system call (1,384 in all), killed and failing with ENOSPC and with
-EIO, with the default flag and with ``'s'`` (4,152 runs, about an hour on 2 cores), and
+every point of every system call (1,499 in all), killed and failing with ENOSPC and with
+EIO, with the default flag and with ``'s'`` (4,497 runs, about an hour on 2 cores), and
 prints a summary per test and progress every 100 points. Other knobs:
 ``VIPERDBM_ENUMERATE_JOBS`` (parallel runs, default 2), ``VIPERDBM_ENUMERATE_FS`` (``tmpfs``,
 the default, or ``ext4``), ``VIPERDBM_ENUMERATE_REPORT`` (a file to append every violation
@@ -72,6 +72,7 @@ from conftest import FILESYSTEMS
 #: the system calls whose N-th call is a point; ``openat`` only where it creates a file
 SYSCALLS = (
     "msync",
+    "pwrite64",
     "fsync",
     "fdatasync",
     "fallocate",
@@ -87,7 +88,7 @@ SYSCALLS = (
     "openat",
 )
 #: the errno a call of each kind most plausibly fails with, for the CI's error points
-CI_ERRNO = {"msync": "EIO", "fsync": "EIO", "fdatasync": "EIO"}
+CI_ERRNO = {"msync": "EIO", "pwrite64": "EIO", "fsync": "EIO", "fdatasync": "EIO"}
 ERRNOS = ("ENOSPC", "EIO")
 FLAGS = ("", "s")
 CHILD_TIMEOUT = 180.0  # seconds; a hang detector, not a timing assertion
@@ -100,6 +101,7 @@ ALL = os.environ.get("VIPERDBM_ENUMERATE_ALL", "") not in ("", "0")
 CI_POINTS: dict[tuple[str, str], dict[str, int]] = {
     ("", "kill"): {
         "msync": 14,
+        "pwrite64": 4,
         "fsync": 10,
         "fallocate": 15,
         "rename": 28,
@@ -110,6 +112,7 @@ CI_POINTS: dict[tuple[str, str], dict[str, int]] = {
     },
     ("", "error"): {
         "msync": 12,
+        "pwrite64": 4,
         "fsync": 10,
         "fallocate": 8,
         "rename": 8,
@@ -118,8 +121,8 @@ CI_POINTS: dict[tuple[str, str], dict[str, int]] = {
         "mkdir": 5,
         "openat": 6,
     },
-    ("s", "kill"): {"msync": 16, "fallocate": 3},
-    ("s", "error"): {"msync": 13},
+    ("s", "kill"): {"msync": 16, "pwrite64": 6, "fallocate": 3},
+    ("s", "error"): {"msync": 13, "pwrite64": 4},
     ("", "hook"): {"hook": 20},
     ("s", "hook"): {"hook": 10},
 }

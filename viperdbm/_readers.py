@@ -114,6 +114,10 @@ class ReaderSlot:
             return
         try:
             _native.core.readers_release(fd, self.slot)
+        except OSError:
+            # the slot keeps this process's id, but closing fd drops its lock: a slot
+            # whose lock nobody holds is free, as a killed reader's is (readers_horizon)
+            pass
         finally:
             os.close(fd)
 
