@@ -119,16 +119,6 @@ static inline void crash_point(const char *name) {
     if (__builtin_expect(crash_armed, 0)) crash_point_hit(name);
 }
 
-/* ------------------------------------------------------------------ huge pages (parts.c)
- * Ask for the pool's pages in 2 MiB page-cache folios, mapped by one page-table entry each
- * (MADV_HUGEPAGE on a file mapping: its faults read 2 MiB folios in, and an aligned one is
- * mapped whole). A get touches a random record of a mapping of many GiB: with 4 KiB pages
- * nearly every one also misses the TLB and walks the page table. Measured at 10M records
- * (benchmarks/results/scale-2026-12-07-analysis.md): gets 1.4-1.6M/s -> 1.7-2.0M/s. Part
- * files are a multiple of 2 MiB (tune_growth in viperdbm/_space.py), so every part of a pool
- * mapped at a 2 MiB boundary is aligned. A hint: ignored where THP is off. len may be 0. */
-void advise_huge_pages(uint8_t *at, uint64_t len);
-
 /* ------------------------------------------------------------------ CRC-32C (crc32c.c) */
 void crc_init(void);
 uint32_t crc32c_update(uint32_t crc, const void *data, size_t n);

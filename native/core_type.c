@@ -3,7 +3,6 @@
 #include "core.h"
 
 #include <errno.h>
-#include <sys/mman.h>
 
 /* Append item to list, taking over the reference to item (which may be NULL after a
  * failed constructor): 0, or -1 with an exception set. */
@@ -26,7 +25,6 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     if (!c) return NULL;
     c->base = (uint8_t *)(uintptr_t)base;
     c->mapped = mapped;
-    advise_huge_pages(c->base, mapped);
     /* reserved: the address space the pool can never outgrow (0: unknown, the most) */
     unsigned off_bits = SLOT_OFF_BITS_MAX;
     if (reserved && reserved >= mapped) {
@@ -81,7 +79,6 @@ static PyObject *Core_set_mapped(Core *c, PyObject *arg) {
         internal_error("the pool outgrew the address space its index was made for");
         return NULL;
     }
-    advise_huge_pages(c->base + c->mapped, m - c->mapped);
     c->mapped = m;
     shared_set_mapped(c);
     Py_RETURN_NONE;

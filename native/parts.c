@@ -27,28 +27,10 @@ static uint64_t parts_total(PyObject *seq) {
     return total;
 }
 
-#define HUGE_PAGE (UINT64_C(2) << 20)
-
-void advise_huge_pages(uint8_t *at, uint64_t len) {
-#ifdef MADV_HUGEPAGE
-    uintptr_t start = (uintptr_t)at & ~(uintptr_t)(os_page - 1);
-    if (len) (void)madvise((void *)start, (size_t)((uintptr_t)at + len - start), MADV_HUGEPAGE);
-#else
-    (void)at, (void)len;
-#endif
-}
-
-/* Address space for a mapping of reserved bytes, nothing accessible yet, starting at a 2 MiB
- * boundary (as libpmemobj maps the writer's pool), so that its parts can be mapped by huge
- * pages (advise_huge_pages). */
+/* Address space for a mapping of reserved bytes, nothing accessible yet. */
 static uint8_t *reserve_space(uint64_t reserved) {
-    uint64_t len = reserved + HUGE_PAGE;
-    uint8_t *p = mmap(NULL, (size_t)len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (p == MAP_FAILED) return NULL;
-    uint8_t *aligned = (uint8_t *)(((uintptr_t)p + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1));
-    if (aligned > p) munmap(p, (size_t)(aligned - p));
-    if (p + len > aligned + reserved) munmap(aligned + reserved, (size_t)(p + len - (aligned + reserved)));
-    return aligned;
+    void *p = mmap(NULL, (size_t)reserved, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
 }
 
 /* Map the parts back to back from base + at, over address space reserved for them. On an
@@ -76,7 +58,6 @@ static int map_list(uint8_t *base, uint64_t at, PyObject *seq) {
             goto fail;
         }
         Py_DECREF(path);
-        advise_huge_pages(base + at, size);
         at += size;
     }
     return 0;

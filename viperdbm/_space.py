@@ -81,11 +81,9 @@ _BLOCKS = frozenset({layout.TYPE_STANDARD_BLOCK, layout.TYPE_JUMBO_BLOCK})
 
 def tune_growth(pool: Pool) -> None:
     """libpmemobj adds a part file of this size when the heap is full; a sixteenth of the
-    pool keeps the unused tail of the last part small (and the part count low). A multiple
-    of 2 MiB, so that every part stays aligned for huge pages (native/core.h,
-    advise_huge_pages)."""
+    pool keeps the unused tail of the last part small (and the part count low)."""
     size = max(8 << 20, min(1 << 30, pool.mapped_size() // 16))
-    pool.set_heap_granularity(size & ~((2 << 20) - 1))
+    pool.set_heap_granularity(size & ~((1 << 20) - 1))
 
 
 class HeldBlocks:
