@@ -35,6 +35,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -140,7 +141,11 @@ def storm(path: str, seed: int, seconds: float, threaded: bool) -> None:
                 continue
         except BaseException as exc:  # anything else is a finding
             armed = False
-            problems.append(f"op {index} {kind} {key!r}: {type(exc).__name__}: {exc}")
+            where = " <- ".join(
+                f"{os.path.basename(f.filename)}:{f.lineno} {f.name}"
+                for f in reversed(traceback.extract_tb(exc.__traceback__)[-6:])
+            )
+            problems.append(f"op {index} {kind} {key!r}: {type(exc).__name__}: {exc} at {where}")
         if kind in ("put", "delete") and key:
             if ok:
                 counts["acked"] += 1

@@ -43,6 +43,7 @@ from typing import BinaryIO, NamedTuple
 
 from . import _layout as layout
 from ._errors import LockError, NotAStoreError, StoreFullError, error
+from ._signals import Deferred
 
 log = logging.getLogger("viperdbm")
 
@@ -638,7 +639,16 @@ def _rmtree(path: str) -> None:
     # opening one needs none of it
     import shutil
 
-    shutil.rmtree(path, ignore_errors=True)
+    # Signals wait until it is done: shutil.rmtree (3.11) closes a directory's descriptor,
+    # then sets the flag that tells its `finally` not to close it again. A KeyboardInterrupt
+    # between the two closed it twice: an OSError (EBADF) instead of the interrupt, or the
+    # descriptor another thread had just opened closed under it. (A SIGINT storm test found
+    # it in reorganize()'s removal of a leftover.)
+    deferred = Deferred()
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+    finally:
+        deferred.end()
 
 
 def remove_old(old: str | None) -> None:
