@@ -735,8 +735,10 @@ class Engine:
             self._require_space()
             if self._reorganizing:
                 raise REORGANIZE_REENTERED(self.path)
-            self._reorganizing = True
             try:
+                # (set inside the try: a KeyboardInterrupt right after it must not leave it
+                # set, or every later reorganize() would say it is already running)
+                self._reorganizing = True
                 rebuilt = self._rebuild(on_new_core)
             finally:
                 self._reorganizing = False
