@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -573,3 +574,35 @@ def test_books_that_disagree_with_the_store_are_put_right(
         assert cache.expire() == 0 and cache["k"] == "long"  # not removed early
         clock.advance(100)
         assert cache.expire() == 1 and b"k" not in cache.db  # nor forgotten
+
+
+@pytest.mark.parametrize("removal", ["delete", "expired"])
+def test_a_set_between_a_removal_and_its_note_keeps_its_expiry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, removal: str
+) -> None:
+    """A removal (a delete, or the removal of an expired item) notes that the key is gone
+    after it deleted it, without the lock. Another thread's set of the key in between notes
+    its expiry before that: the item it stored must still expire."""
+    clock = freeze_clock(monkeypatch)
+    with Cache(tmp_path / "c.vdb", expire=5) as cache:
+        cache.set(b"k", "old", 1)
+        db = cache.db
+        name = "__delitem__" if removal == "delete" else "_delete_if"
+        real_delete: Callable[..., object] = getattr(type(db), name)
+
+        def set_right_after(*args: object) -> object:
+            result = real_delete(*args)
+            cache.set(b"k", "new")  # (from another thread, in the real race)
+            return result
+
+        monkeypatch.setattr(type(db), name, set_right_after)
+        if removal == "delete":
+            assert cache.delete(b"k")
+        else:
+            clock.advance(2)
+            assert cache.get(b"k") is None  # found expired: removed
+        monkeypatch.setattr(type(db), name, real_delete)
+        assert cache.get(b"k") == "new"
+        clock.advance(10)
+        assert cache.expire() == 1, "the new item was forgotten by the books"
+        assert len(cache) == 0

@@ -273,7 +273,10 @@ class _Expiries:
     paused while it holds the lock.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, expiry_in_store: Callable[[bytes], float | None]) -> None:
+        #: the expiry of the item the store holds under a key (None: no item), read where
+        #: a note says to forget a key (see file_inbox)
+        self.expiry_in_store = expiry_in_store
         #: (key, expire_at or NEVER to forget it, time to live naming its queue or _NO_QUEUE)
         self.inbox: deque[tuple[bytes, float, float]] = deque()
         self.queues: dict[float, OrderedDict[bytes, float]] = {}
@@ -300,7 +303,14 @@ class _Expiries:
                 else:
                     del queues[filed][key]
             if expire_at == NEVER:
-                continue
+                # A removal notes NEVER after its delete, without the lock: a set of the key
+                # by another thread in between notes its expiry first, and this note would
+                # forget the item that set stored, which then never expired. So the store
+                # says whether anything expiring is left under the key.
+                stored = self.expiry_in_store(key)
+                if stored is None or stored == NEVER:
+                    continue
+                expire_at, ttl = stored, _NO_QUEUE
             queue = queues.get(ttl)
             if queue is None and ttl > 0 and len(queues) < _MOST_QUEUES:
                 queue = queues[ttl] = OrderedDict()
@@ -699,7 +709,7 @@ class Cache(MutableMapping[bytes, Any], ClosesOnExit):
     def _track(self, *, sizes: bool) -> _Expiries:
         """Start keeping expiries (and sizes, if ``sizes``) from one scan of the store."""
         found = _scan(self.db)
-        expiries = self._expiries = _Expiries()
+        expiries = self._expiries = _Expiries(self._expiry_in_store)
         expiries.inbox.extend(  # each in the queue of the time to live it was stored for
             (key, expire_at, round(expire_at - stored_at, 3))
             for stored_at, key, _, expire_at in found
@@ -736,6 +746,10 @@ class Cache(MutableMapping[bytes, Any], ClosesOnExit):
             self._remove(_key_bytes(key), raw)
         finally:
             self._writing.release()
+
+    def _expiry_in_store(self, key: bytes) -> float | None:
+        raw = self.db.get(key)
+        return None if raw is None else _expiry_of(raw)
 
     def _remove_if_expired(self, key: bytes, expire_at: float, now: float) -> bool:
         """The books say ``key``'s item expired at ``expire_at``: remove it if the store
