@@ -594,6 +594,9 @@ extern PyTypeObject CoreType;
 int core_type_init(PyObject *module);
 int list_append_new(PyObject *list, PyObject *item);
 int core_put_obj(Core *c, PyObject *key, PyObject *value);
+/* keys(), values(), items(): lists made in one call, in pool order (core_type.c) */
+enum { LIST_ITEMS = 0, LIST_VALUES = 1, LIST_KEYS = 2 };
+PyObject *core_listing(Core *c, int what);
 int core_delete_obj(Core *c, PyObject *key, PyObject *expected);
 int64_t find_arg(Core *c, PyObject *key);
 PyObject *value_of(Core *c, uint64_t off);

@@ -327,34 +327,132 @@ static PyObject *key_of_slot(Core *c, uint64_t s) {
     return PyBytes_FromStringAndSize((const char *)k, (Py_ssize_t)r.klen);
 }
 
-static PyObject *keys_list(Core *c);
+/* ------------------------------------------------------------------ listings
+ * keys(), values() and items() are lists made in one call, in the order the records lie in
+ * the pool: the index is read in slot order, its offsets sorted, and the records then read
+ * front to back. Read in slot order, each record was a random access into the pool: at 1M
+ * records items() took 0.57-0.77 s, now 0.36-0.40 s, keys() 0.25-0.35 s, now 0.10-0.15 s. */
 
-PyObject *Core_keys(Core *c, PyObject *unused) {
-    (void)unused;
-    if (core_check_open(c) < 0 || reader_sync(c) < 0) return NULL;
-    index_settle(c); /* (the walk sees one table) */
-    index_hold(c, 1);
-    PyObject *list = keys_list(c);
-    index_hold(c, 0);
+/* The offsets of every live record, sorted (LSD radix sort on offset >> 2, 11 bits a
+ * pass): a PyMem array of *n, or NULL with an exception set. */
+static uint64_t *live_offsets_sorted(Core *c, Py_ssize_t *n) {
+    uint64_t count = c->count, k = 0, top = 0;
+    uint64_t *a = PyMem_Malloc((size_t)(count ? count : 1) * sizeof *a);
+    uint64_t *b = PyMem_Malloc((size_t)(count ? count : 1) * sizeof *b);
+    if (!a || !b) {
+        PyMem_Free(a);
+        PyMem_Free(b);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (uint64_t i = 0; i < c->cap && k < count; i++) {
+        uint64_t s = c->slots[i];
+        if (!s) continue;
+        uint64_t off = slot_off(c, s) >> 2;
+        a[k++] = off;
+        top |= off;
+    }
+    enum { BITS = 11, RADIX = 1 << BITS };
+    static uint64_t counts[RADIX];
+    for (unsigned shift = 0; shift < 64 && (top >> shift); shift += BITS) {
+        memset(counts, 0, sizeof counts);
+        for (uint64_t i = 0; i < k; i++) counts[(a[i] >> shift) & (RADIX - 1)]++;
+        uint64_t sum = 0;
+        for (unsigned d = 0; d < RADIX; d++) {
+            uint64_t t = counts[d];
+            counts[d] = sum;
+            sum += t;
+        }
+        for (uint64_t i = 0; i < k; i++) b[counts[(a[i] >> shift) & (RADIX - 1)]++] = a[i];
+        uint64_t *t = a;
+        a = b;
+        b = t;
+    }
+    PyMem_Free(b);
+    for (uint64_t i = 0; i < k; i++) a[i] <<= 2;
+    *n = (Py_ssize_t)k;
+    return a;
+}
+
+/* The key, the value or the (key, value) of the record at off (what: LIST_*) */
+static PyObject *item_at(Core *c, uint64_t off, int what) {
+    if (core_check_open(c) < 0) return NULL; /* (a finalizer the allocations ran may close it) */
+    Rec r;
+    const uint8_t *k = rec_key(c, off, &r);
+    if (what == LIST_KEYS) return PyBytes_FromStringAndSize((const char *)k, (Py_ssize_t)r.klen);
+    PyObject *value = PyBytes_FromStringAndSize((const char *)k + r.klen, (Py_ssize_t)r.vlen);
+    if (what == LIST_VALUES || !value) return value;
+    PyObject *key = PyBytes_FromStringAndSize((const char *)k, (Py_ssize_t)r.klen);
+    PyObject *item = key ? PyTuple_Pack(2, key, value) : NULL;
+    Py_XDECREF(key);
+    Py_DECREF(value);
+    return item;
+}
+
+/* The listing from the records at the sorted offsets: a list, NULL with an exception set,
+ * or Py_None (a new reference) if the store changed while it was made (a finalizer that
+ * the allocations ran may write, and a write may free a block): the caller then lists in
+ * slot order, which reads each slot as it is at that instant. */
+static PyObject *list_at(Core *c, const uint64_t *offs, Py_ssize_t n, int what) {
+    PyObject *list = PyList_New(n);
+    if (!list) return NULL;
+    uint64_t seq = c->next_seq;
+    size_t nblocks = c->nblocks;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (c->next_seq != seq || c->nblocks != nblocks) {
+            Py_DECREF(list);
+            Py_RETURN_NONE;
+        }
+        PyObject *item = item_at(c, offs[i], what);
+        if (!item) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, item);
+    }
     return list;
 }
 
-static PyObject *keys_list(Core *c) {
-    Py_ssize_t size = (Py_ssize_t)c->count; /* (a finalizer may write while the list is made) */
+static PyObject *list_in_slot_order(Core *c, int what) {
+    Py_ssize_t size = (Py_ssize_t)c->count;
     PyObject *list = PyList_New(size);
     if (!list) return NULL;
     Py_ssize_t n = 0;
     for (uint64_t i = 0; i < c->cap && n < size; i++) {
         if (!c->slots[i]) continue;
-        PyObject *k = key_of_slot(c, c->slots[i]);
-        if (!k) {
+        PyObject *item = item_at(c, slot_off(c, c->slots[i]), what);
+        if (!item) {
             Py_DECREF(list);
             return NULL;
         }
-        PyList_SET_ITEM(list, n++, k);
+        PyList_SET_ITEM(list, n++, item);
     }
     if (n < size) Py_SET_SIZE(list, n); /* deleted meanwhile (the slots past n are NULL) */
     return list;
+}
+
+PyObject *core_listing(Core *c, int what) {
+    if (core_check_open(c) < 0 || reader_sync(c) < 0) return NULL;
+    index_settle(c); /* (the walk sees one table) */
+    index_hold(c, 1);
+    Py_ssize_t n;
+    PyObject *list = NULL;
+    uint64_t *offs = live_offsets_sorted(c, &n);
+    if (offs) {
+        list = list_at(c, offs, n, what);
+        PyMem_Free(offs);
+        if (list == Py_None) {
+            Py_DECREF(list);
+            list = list_in_slot_order(c, what);
+        }
+    }
+    index_hold(c, 0);
+    return list;
+}
+
+PyObject *Core_keys(Core *c, PyObject *unused) {
+    (void)unused;
+    return core_listing(c, LIST_KEYS);
 }
 
 static PyObject *next_key_from(Core *c, uint64_t i) {
@@ -595,7 +693,7 @@ static PyMethodDef Core_methods[] = {
     {"get", (PyCFunction)(void (*)(void))Core_get, METH_FASTCALL, "get(key, default=None)"},
     {"getitem", (PyCFunction)Core_getitem, METH_O, "getitem(key) -> value or KeyError"},
     {"contains", (PyCFunction)Core_contains, METH_O, "contains(key) -> bool"},
-    {"keys", (PyCFunction)Core_keys, METH_NOARGS, "keys() -> list of bytes, in index order"},
+    {"keys", (PyCFunction)Core_keys, METH_NOARGS, "keys() -> list of bytes, in the order of the records in the pool"},
     {"firstkey", (PyCFunction)Core_firstkey, METH_NOARGS, "firstkey() -> bytes or None"},
     {"nextkey", (PyCFunction)Core_nextkey, METH_O, "nextkey(key) -> bytes or None"},
     {"scan_block", (PyCFunction)Core_scan_block, METH_VARARGS, "scan_block(off, usable, type) -> (status, records, damaged_at)"},

@@ -166,59 +166,16 @@ static PyObject *MapBase_get_many(MapBase *m, PyObject *const *args, Py_ssize_t 
     return out;
 }
 
-/* _items() / _values(): snapshots in one call, for items() and values() */
-static PyObject *snapshot_list(Core *c, int what);
-
-static PyObject *map_snapshot(MapBase *m, int what) {
-    Core *c = map_core(m);
-    if (!c || core_check_open(c) < 0 || reader_sync(c) < 0) return NULL;
-    index_settle(c); /* (the walk sees one table) */
-    index_hold(c, 1);
-    PyObject *list = snapshot_list(c, what);
-    index_hold(c, 0);
-    return list;
-}
-
-static PyObject *snapshot_list(Core *c, int what) {
-    Py_ssize_t size = (Py_ssize_t)c->count; /* (a finalizer may write while the list is made) */
-    PyObject *list = PyList_New(size);
-    if (!list) return NULL;
-    Py_ssize_t n = 0;
-    for (uint64_t i = 0; i < c->cap && n < size; i++) {
-        if (!c->slots[i]) continue;
-        Rec r;
-        const uint8_t *k = rec_key(c, slot_off(c, c->slots[i]), &r);
-        PyObject *v = PyBytes_FromStringAndSize((const char *)k + r.klen, (Py_ssize_t)r.vlen), *item;
-        if (!v) {
-            Py_DECREF(list);
-            return NULL;
-        }
-        if (what) {
-            item = v;
-        } else {
-            PyObject *key = PyBytes_FromStringAndSize((const char *)k, (Py_ssize_t)r.klen);
-            item = key ? PyTuple_Pack(2, key, v) : NULL;
-            Py_XDECREF(key);
-            Py_DECREF(v);
-            if (!item) {
-                Py_DECREF(list);
-                return NULL;
-            }
-        }
-        PyList_SET_ITEM(list, n++, item);
-    }
-    if (n < size) Py_SET_SIZE(list, n); /* deleted meanwhile (the slots past n are NULL) */
-    return list;
-}
-
 static PyObject *MapBase_items_list(MapBase *m, PyObject *unused) {
     (void)unused;
-    return map_snapshot(m, 0);
+    Core *c = map_core(m);
+    return c ? core_listing(c, LIST_ITEMS) : NULL;
 }
 
 static PyObject *MapBase_values_list(MapBase *m, PyObject *unused) {
     (void)unused;
-    return map_snapshot(m, 1);
+    Core *c = map_core(m);
+    return c ? core_listing(c, LIST_VALUES) : NULL;
 }
 
 static int MapBase_contains(MapBase *m, PyObject *key) {

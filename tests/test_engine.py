@@ -482,6 +482,45 @@ print("ok", len(items), len(written))
 )
 
 
+# items() lists the records in pool order from offsets it takes first; finalizers that run
+# in the middle (the collections its allocations make) delete most keys, have their blocks
+# freed and the space written again: the offsets taken are stale, and the list must still be
+# true pairs, each key once.
+_REUSE_INSIDE_ITEMS = (
+    r"""
+import gc, sys, viperdbm
+db = viperdbm.open(sys.argv[1], "c")
+def value(key): return key * (3000 // len(key))
+for i in range(4000):  # about 3 blocks
+    db[b"old%05d" % i] = value(b"old%05d" % i)
+done = []
+
+class Finalizer:
+    def __init__(self):
+        self.me = self  # a cycle: only a collection frees it
+    def __del__(self):
+        if done:
+            return
+        done.append(1)
+        for i in range(3500):
+            del db[b"old%05d" % i]
+        db.sync()  # dead blocks are freed at a sync
+        for i in range(4000):  # into the freed space
+            db[b"new%05d" % i] = value(b"new%05d" % i)
+"""
+    + list_items_while_collecting("db")
+    + r"""
+assert done, "no finalizer ran inside the list"
+assert len({k for k, _ in items}) == len(items), "a key listed twice"
+wrong = [k for k, v in items if v != value(k)]
+assert not wrong, f"{len(wrong)} keys listed with another key's value: {wrong[:3]}"
+assert set(k for k, _ in items) == set(db.keys()), "the list is not the store after the writes"
+db.close()
+print("ok", len(items))
+"""
+)
+
+
 class TestConcurrency:
     def test_threads_write_and_read_one_store(self, store_path: Path) -> None:
         errors: list[BaseException] = []
@@ -525,6 +564,27 @@ class TestConcurrency:
         # code; one that writes to the store (as another thread could meanwhile) must not
         # move the index the list is made from (it did: a segfault)
         run_script_ok(_WRITE_INSIDE_ITEMS, str(store_path))
+
+    def test_a_list_made_while_finalizers_reuse_freed_space_is_true(self, store_path: Path) -> None:
+        run_script_ok(_REUSE_INSIDE_ITEMS, str(store_path))
+
+    def test_keys_values_and_items_agree(self, store_path: Path) -> None:
+        """keys(), values() and items() list the store in one order (the records' order in
+        the pool, over several blocks and after overwrites and deletes)."""
+        rng = random.Random(7)
+        keys = [b"%016x" % rng.getrandbits(64) for _ in range(60_000)]
+        with viperdbm.open(store_path, "c") as db:
+            for k in keys:
+                db[k] = k[::-1] * 8
+            for k in keys[::3]:
+                db[k] = b"again" + k
+            for k in keys[1::5]:
+                del db[k]
+            listed = db.keys()
+            assert sorted(listed) == sorted(set(keys) - set(keys[1::5]))
+            assert list(db.values()) == [db[k] for k in listed]
+            assert list(db.items()) == list(zip(listed, db.values(), strict=True))
+            assert db.stats()["blocks"] > 2
 
     def test_a_forked_child_cannot_use_the_parents_store(self, store_path: Path) -> None:
         db = viperdbm.open(store_path, "c")

@@ -66,7 +66,10 @@ class Database(_native.MapBase, MutableMapping[bytes, bytes], ClosesOnExit):  # 
 
     # ------------------------------------------------------------------ views
     def items(self) -> ItemsView[bytes, bytes]:
-        """A view of (key, value) pairs; iterating it reads them all in one native call."""
+        """A view of (key, value) pairs; iterating it reads them all in one native call.
+
+        ``keys()``, ``values()`` and ``items()`` list the records in the order they lie in the
+        store's blocks, all three in the same order while the store does not change."""
         return _ItemsView(self)
 
     def values(self) -> ValuesView[bytes]:
