@@ -353,7 +353,7 @@ static uint64_t *live_offsets_sorted(Core *c, Py_ssize_t *n) {
         top |= off;
     }
     enum { BITS = 11, RADIX = 1 << BITS };
-    static uint64_t counts[RADIX];
+    uint64_t counts[RADIX]; /* 16 KiB */
     for (unsigned shift = 0; shift < 64 && (top >> shift); shift += BITS) {
         memset(counts, 0, sizeof counts);
         for (uint64_t i = 0; i < k; i++) counts[(a[i] >> shift) & (RADIX - 1)]++;
