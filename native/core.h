@@ -515,7 +515,7 @@ int do_put(Core *c, const uint8_t *key, uint64_t klen, const uint8_t *val, uint6
            uint64_t jumbo_size);
 uint64_t place_record(Core *c, Block *b, uint64_t len, uint64_t *pad_at, uint64_t *pad_len);
 void write_pad(Core *c, uint64_t at, uint64_t len);
-int stage_begin(Core *c, uint64_t off, uint64_t len);
+void stage_begin(Core *c, uint64_t off, uint64_t len);
 void stage_commit(Core *c);
 PyObject *Core_set_part_files(Core *c, PyObject *list);
 /* Where the bytes for pool offset off are written: the staged range's buffer, or the mapping. */

@@ -120,24 +120,23 @@ void write_record(Core *c, uint64_t off, unsigned kind, uint64_t seq, const uint
  * mapping's, so what pwrite wrote is at once what the mapping reads. */
 
 /* Stage the len bytes at pool offset off (the caller writes them through pool_dest, then
- * calls stage_commit): 1 if staged, 0 if they go to the mapping as usual (no part files, a
- * range they do not cover, or no memory for the buffer). */
-int stage_begin(Core *c, uint64_t off, uint64_t len) {
+ * calls stage_commit), unless they go to the mapping as usual: no part files, a range they
+ * do not cover, or no memory for the buffer. */
+void stage_begin(Core *c, uint64_t off, uint64_t len) {
     c->stage_len = 0;
-    if (!c->nparts || c->persist_mode != PERSIST_MSYNC || len == 0) return 0;
+    if (!c->nparts || c->persist_mode != PERSIST_MSYNC || len == 0) return;
     const struct PartFile *last = &c->parts[c->nparts - 1];
-    if (off + len > last->start + last->size || off + len > c->mapped) return 0;
+    if (off + len > last->start + last->size || off + len > c->mapped) return;
     if (len > c->stage_cap) {
         uint64_t cap = align_up(len, 64 << 10);
         uint8_t *buf = realloc(c->stage_buf, (size_t)cap);
-        if (!buf) return 0; /* the mapping, as without part files */
+        if (!buf) return; /* the mapping, as without part files */
         c->stage_buf = buf;
         c->stage_cap = cap;
     }
     memset(c->stage_buf, 0, (size_t)len); /* what no record covers (alignment) reads as zeros */
     c->stage_off = off;
     c->stage_len = len;
-    return 1;
 }
 
 /* pwrite the n bytes at buf to pool offset off, across as many parts as the range spans: 0,
