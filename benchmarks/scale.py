@@ -17,7 +17,7 @@ interpreter, so that one N's memory cannot show in the other's figures), in this
                 (``perf_counter_ns`` on both sides): rate (puts / the sum of their times),
                 p50, p99, p99.99, max, how many over 2 ms and over 10 ms, and the store's
                 size at the worst; ``stats()`` after every 1,000 puts tells what grew around
-                a slow one (the index doubling, the pool growing, a block added)
+                a slow one (the index growing, the pool growing, a block added)
   gets          2M gets of existing keys, random order (with repetition), rate
   misses        1M gets of absent keys, rate
   updates       1M puts of new values to existing keys, random order, rate
@@ -215,12 +215,10 @@ def disk_bytes(path: str) -> int:
     return total
 
 
-def index_slots_for(count: int) -> int:
-    """The slots of the index holding count keys: a power of two, at most 3/4 full."""
-    cap = 1 << 10
-    while (count + 1) * 4 > cap * 3:
-        cap *= 2
-    return cap
+def index_bytes_for(count: int) -> int:
+    """The most the index holding count keys takes: its segments are at least 0.71 full
+    (native/index.c), 8 bytes a slot, 12 bytes a key with room to spare."""
+    return 12 * count + (1 << 20)
 
 
 def pct(sorted_values: array.array[int] | list[int], p: float) -> int:
@@ -251,10 +249,6 @@ def fmt_ns(ns: float | None) -> str:
     return f"{ns:.0f} ns"
 
 
-def fmt_signed_ns(ns: float) -> str:
-    return ("+" if ns >= 0 else "-") + fmt_ns(abs(ns))
-
-
 def fmt_bytes(b: float | None) -> str:
     if b is None:
         return "n/a"
@@ -271,8 +265,10 @@ def fmt_n(n: int) -> str:
     return str(n)
 
 
-def slots_pow(slots: int) -> str:
-    return f"2^{slots.bit_length() - 1}" if slots and slots & (slots - 1) == 0 else str(slots)
+def index_shape(stats: Doc) -> str:
+    """The index's slots and segments, as stats() gives them."""
+    slots, segments = int(stats["index_slots"]), int(stats.get("index_segments", 1))
+    return f"{slots:,} slots in {segments:,} segments"
 
 
 def fmt_eta(seconds: float) -> str:
@@ -412,8 +408,8 @@ def what_grew(a: dict[str, int | float], b: dict[str, int | float]) -> list[str]
     out = []
     if stat_int(b, "index_slots") != stat_int(a, "index_slots"):
         out.append(
-            f"index doubled {slots_pow(stat_int(a, 'index_slots'))} -> "
-            f"{slots_pow(stat_int(b, 'index_slots'))} slots"
+            f"index grew {stat_int(a, 'index_slots'):,} -> {stat_int(b, 'index_slots'):,} slots "
+            f"({stat_int(b, 'index_segments'):,} segments)"
         )
     grown = stat_int(b, "pool_bytes") - stat_int(a, "pool_bytes")
     if grown:
@@ -624,7 +620,7 @@ class ScaleRun:
             prev = st
             meter.tick(
                 stop,
-                f"update() {fmt_rate(stop / timed)}, index {slots_pow(stat_int(st, 'index_slots'))}"
+                f"update() {fmt_rate(stop / timed)}, index {stat_int(st, 'index_slots'):,}"
                 f" slots, RssAnon {fmt_bytes(rss_anon())}",
             )
         wall = time.perf_counter() - t_wall
@@ -946,11 +942,6 @@ def batch_analysis(batches: list[Doc]) -> Doc:
         if b["excess_s"] > cur["max_excess_s"]:
             cur["max_excess_s"], cur["at"] = b["excess_s"], b["n_before"]
     slowest = sorted(batches, key=lambda b: -float(b["excess_s"]))[:8]
-    doublings = [
-        {"n_before": b["n_before"], "grew": b["grew"], "s": b["s"], "excess_s": b["excess_s"]}
-        for b in batches
-        if any(c.startswith("index") for c in b["grew"])
-    ]
     return {
         "count": len(batches),
         "median_s": statistics.median(times),
@@ -958,7 +949,6 @@ def batch_analysis(batches: list[Doc]) -> Doc:
         "median_per_record_s": median_per_record,
         "by_kind": by_kind,
         "slowest": slowest,
-        "index_doublings": doublings,
         "times_s": [round(t, 5) for t in times],
     }
 
@@ -1154,9 +1144,8 @@ def preflight(a: argparse.Namespace, ops: Ops) -> Doc:
         + ops.durable_batch * (ops.sync_batches + ops.s_batches)
     )
     need_disk = int(written * BYTES_PER_RECORD_EST * 1.1) + (1 << 30)
-    slots = index_slots_for(biggest + ops.puts)
-    # the doubling holds the old table and the new one at once
-    need_ram = int(slots * 8 * 1.5) + (1 << 30)
+    index_bytes = index_bytes_for(biggest + ops.puts)
+    need_ram = index_bytes + (1 << 30)
     free_disk = shutil.disk_usage(a.dir).free
     avail = mem_available()
     out = {
@@ -1176,8 +1165,7 @@ def preflight(a: argparse.Namespace, ops: Ops) -> Doc:
     if avail < need_ram:
         out["problems"].append(
             f"MemAvailable is {fmt_bytes(avail)}; N = {biggest:,} needs about "
-            f"{fmt_bytes(need_ram)} (the index of {slots_pow(slots)} slots, 1.5x while it "
-            "doubles, +1 GiB)"
+            f"{fmt_bytes(need_ram)} (the index, {fmt_bytes(index_bytes)}, +1 GiB)"
         )
     return out
 
@@ -1393,7 +1381,7 @@ def targets(res: Doc, a: argparse.Namespace, ops: Ops) -> list[Doc]:
         f"{a.n:,} to {a.n + ops.puts:,}; the build from 0 to {a.n:,} in update() batches: "
         f"worst batch excess over the median {fmt_ns(None if excess is None else excess * 1e9)}"
         + (
-            f", in a batch where the index doubled {fmt_ns(float(idx_excess) * 1e9)} (one put)"
+            f", in a batch where the index grew {fmt_ns(float(idx_excess) * 1e9)}"
             if idx_excess is not None
             else ""
         )
@@ -1500,13 +1488,6 @@ def n_table(d: Doc, n: int, ops: Ops) -> list[str]:
                 f"build: worst excess over the median, batches with {kind}",
                 f"{fmt_ns(k['max_excess_s'] * 1e9)} at N={k['at']:,} ({k['batches']} batches)",
             )
-        for dbl in ba["index_doublings"]:
-            row(
-                f"build: index doubling at N={dbl['n_before']:,}+",
-                f"{'; '.join(g for g in dbl['grew'] if g.startswith('index'))}: batch "
-                f"{fmt_ns(dbl['s'] * 1e9)} ({fmt_signed_ns(dbl['excess_s'] * 1e9)} against the "
-                "median)",
-            )
         row(
             "store on disk after the build",
             f"{fmt_bytes(b['disk_bytes'])} ({b['disk_bytes'] / n:.0f} B/record); pool "
@@ -1514,7 +1495,7 @@ def n_table(d: Doc, n: int, ops: Ops) -> list[str]:
         )
         row(
             "index after the build",
-            f"{slots_pow(int(b['stats']['index_slots']))} slots, "
+            f"{index_shape(b['stats'])}, "
             f"{fmt_bytes(b['stats']['index_bytes'])}: {b['index_bytes_per_key']:.1f} B/key",
         )
         row(
@@ -1547,7 +1528,7 @@ def n_table(d: Doc, n: int, ops: Ops) -> list[str]:
             )
         row(
             "index after the single puts",
-            f"{slots_pow(int(p['stats']['index_slots']))} slots, "
+            f"{index_shape(p['stats'])}, "
             f"{fmt_bytes(p['stats']['index_bytes'])}: {p['index_bytes_per_key']:.1f} B/key",
         )
         row("RssAnon after the single puts", fmt_bytes(p["rss_anon"]))
@@ -1584,7 +1565,7 @@ def n_table(d: Doc, n: int, ops: Ops) -> list[str]:
         )
         row(
             "index after reopen",
-            f"{slots_pow(int(r['stats']['index_slots']))} slots, "
+            f"{index_shape(r['stats'])}, "
             f"{fmt_bytes(r['stats']['index_bytes'])}: {r['index_bytes_per_key']:.1f} B/key "
             f"({int(r['stats']['records']):,} keys)",
         )
@@ -1764,7 +1745,7 @@ def render(meta: Doc, res: Doc, verdicts: list[Doc]) -> str:
         "Single puts are timed one by one with `perf_counter_ns` (their rate is puts / the "
         "sum of the per-put times; the wall rate includes the timer calls); `stats()` is read "
         f"after every {STATS_EVERY:,} puts, so a slow put is matched to what grew within its "
-        "1,000 puts (index doubling, pool growth, a block added; 'nothing grew' leaves page "
+        "1,000 puts (index growth, pool growth, a block added; 'nothing grew' leaves page "
         "faults, the kernel's writeback throttling, scheduling). The build is timed per "
         "update() call, so its 0..N range shows stalls only as a batch slower than the "
         "median: the excess bounds from above what any single put inside it waited. "
@@ -1776,11 +1757,11 @@ def render(meta: Doc, res: Doc, verdicts: list[Doc]) -> str:
             if pre.get("pool_fits_in_page_cache")
             else "as far as it fits (it may not fit in RAM here)."
         )
-        + " The index is open addressing with 8-byte slots; when 3/4 full a table twice the "
-        "size takes the new entries while the old one drains into it, 4 slots per insert: "
-        "index B/key = stats()['index_bytes'] / records (both tables while one drains), "
-        "between 10.7 and 21.3 once the table is past its initial size, up to 32 during a "
-        "drain.",
+        + " The index is a directory of segments, each open addressing with 8-byte slots; "
+        "a segment grows by 1/8 when 4/5 full, and past 65,536 slots splits in two (one "
+        "growth touches one segment): index B/key = stats()['index_bytes'] / records "
+        "(slots, segment headers and the directory), between 10 and 11.3 once a segment is "
+        "past 4,096 slots.",
         "",
         f"The peers run on a store of {ops.peer_n:,} records (their cost per write is the "
         f"sync), {ops.peer_puts:,} puts each in its own transaction, then "

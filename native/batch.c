@@ -47,7 +47,8 @@ static int items_get(Core *c, PyObject *seq, BatchItem **out, Py_ssize_t *count)
             return -1;
         }
         it->hash = key_hash(it->key.p, (uint64_t)it->key.n);
-        if (!it->value.p) it->skip = index_lookup(c, it->key.p, (uint64_t)it->key.n, it->hash) < 0;
+        IndexRef at;
+        if (!it->value.p) it->skip = !index_lookup(c, it->key.p, (uint64_t)it->key.n, it->hash, &at);
     }
     *out = items;
     *count = n;
@@ -66,16 +67,14 @@ static int batch_index(Core *c, Py_ssize_t bi, uint64_t off, const BatchItem *it
     for (Py_ssize_t i = 0; i < n; i++) {
         const BatchItem *it = &items[i];
         if (it->skip) continue;
-        uint64_t at;
-        (void)batch_walk_next(c->base, &w, &sub, &at); /* (written just now: well formed) */
+        uint64_t rec_at;
+        (void)batch_walk_next(c->base, &w, &sub, &rec_at); /* (written just now: well formed) */
         uint64_t alen = align_up(sub.total, VD_RECORD_ALIGN);
         Block *b = &c->blocks[bi];
-        /* the growth in progress keeps pace with the batch's inserts (before the lookup,
-         * whose insert position a step could fill) */
-        if (it->value.p) index_step(c);
-        int64_t slot = index_lookup(c, it->key.p, (uint64_t)it->key.n, it->hash);
-        if (slot >= 0) {
-            uint64_t old = slot_off(c, c->slots[slot]);
+        IndexRef at; /* (batch_put made room for every put) */
+        int found = index_lookup(c, it->key.p, (uint64_t)it->key.n, it->hash, &at);
+        if (found) {
+            uint64_t old = slot_off(c, *at.slot);
             Rec o;
             rec_parse(c->base + old, &o);
             freeable |= account_dead(c, old, align_up(o.total, VD_RECORD_ALIGN));
@@ -83,22 +82,30 @@ static int batch_index(Core *c, Py_ssize_t bi, uint64_t off, const BatchItem *it
         if (it->value.p) {
             b->live++;
             b->live_bytes += alen;
-            if (slot >= 0) {
-                c->slots[slot] = slot_make(c, it->hash, at);
-            } else {
-                c->slots[-slot - 1] = slot_make(c, it->hash, at);
-                c->count++;
-            }
+            if (found)
+                *at.slot = slot_make(c, it->hash, rec_at);
+            else
+                index_insert(c, &at, slot_make(c, it->hash, rec_at));
         } else {
             b->tombstones++;
             b->dead_bytes += alen;
-            if (slot >= 0) {
-                index_remove_at(c, (uint64_t)slot);
-                c->count--;
-            }
+            if (found) index_remove(c, &at);
         }
     }
     return freeable;
+}
+
+/* Make room in the index for every put of the batch before anything is written: its
+ * inserts then cannot fail. */
+static int batch_reserve(Core *c, const BatchItem *items, Py_ssize_t n, uint64_t puts) {
+    uint64_t *hashes = PyMem_Malloc((size_t)(puts ? puts : 1) * sizeof *hashes);
+    if (!hashes) return PyErr_NoMemory(), -1;
+    size_t k = 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!items[i].skip && items[i].value.p) hashes[k++] = items[i].hash;
+    int rc = index_reserve_many(c, hashes, k);
+    PyMem_Free(hashes);
+    return rc;
 }
 
 /* Write the batch at pos (room checked): its records, then its header and CRC. */
@@ -138,10 +145,7 @@ static int batch_put(Core *c, const BatchItem *items, Py_ssize_t n, uint64_t jof
     }
     if (!records) return RC_DONE;
     if (puts && c->puts_refused) return RC_NEED_RESERVE;
-    if ((c->count + puts + 1) * 4 > c->cap * 3) {
-        if (c->listing) return core_error(ERR_INDEX_HELD);
-        if (index_presize(c, c->count + puts + 1) < 0) return -1;
-    }
+    if (batch_reserve(c, items, n, puts) < 0) return -1;
     uint64_t len = VD_RECORD_HEADER_SIZE + body, pos, pad_at = 0, pad_len = 0;
     Py_ssize_t bi;
     if (joff) {

@@ -56,12 +56,11 @@ Py_ssize_t compaction_victim(Core *c, int urgent) {
 PyObject *Core_compact_begin(Core *c, PyObject *unused) {
     (void)unused;
     if (core_check_open(c) < 0) return NULL;
-    index_settle(c); /* (compact_step walks one table) */
     for (size_t i = 0; i < c->nblocks; i++) c->blocks[i].old = 1;
     c->compact_prev_active = c->active >= 0 ? c->blocks[c->active].off : 0;
     c->active = -1;
     shared_set_active(c);
-    c->compact_cursor = 0;
+    c->compact_cursor = (IndexCursor){0, 0}; /* (no write moves the index until compact_end) */
     c->compacting = 1;
     return PyLong_FromUnsignedLongLong(c->next_seq);
 }
@@ -73,10 +72,8 @@ PyObject *Core_compact_step(Core *c, PyObject *args) {
     if (!PyArg_ParseTuple(args, "|KK", &joff, &jsize)) return NULL;
     if (core_check_open(c) < 0) return NULL;
     if (joff && check_block_bounds(c, joff, jsize) < 0) return NULL;
-    for (; c->compact_cursor < c->cap; c->compact_cursor++) {
-        uint64_t s = c->slots[c->compact_cursor];
-        if (!s) continue;
-        uint64_t old = slot_off(c, s);
+    for (uint64_t *slot; (slot = index_walk(c, &c->compact_cursor)); c->compact_cursor.i++) {
+        uint64_t s = *slot, old = slot_off(c, s);
         Py_ssize_t bi = block_find(c, old);
         if (bi < 0 || !c->blocks[bi].old) continue;
         Rec r;
@@ -99,7 +96,7 @@ PyObject *Core_compact_step(Core *c, PyObject *args) {
         c->blocks[nb].live++;
         c->blocks[nb].live_bytes += alen;
         account_dead(c, old, alen);
-        c->slots[c->compact_cursor] = slot_moved(c, s, off);
+        *slot = slot_moved(c, s, off);
         crash_point("compact_step: index updated");
     }
     return PyLong_FromLong(RC_DONE);
@@ -181,8 +178,8 @@ PyObject *Core_compact_block(Core *c, PyObject *arg) {
         }
         if (r.kind == VD_KIND_PUT) {
             uint64_t h = key_hash(k, r.klen);
-            int64_t i = index_lookup(c, k, r.klen, h);
-            if (i >= 0 && slot_off(c, c->slots[i]) == pos) {
+            IndexRef at;
+            if (index_lookup(c, k, r.klen, h, &at) && slot_off(c, *at.slot) == pos) {
                 int rc = append_record(c, VD_KIND_PUT, k, r.klen, k + r.klen, r.vlen, &noff);
                 if (rc != RC_DONE) {
                     c->block_cursor_off = off;
@@ -194,12 +191,13 @@ PyObject *Core_compact_block(Core *c, PyObject *arg) {
                 c->blocks[c->active].live++;
                 c->blocks[c->active].live_bytes += alen;
                 account_dead(c, pos, alen);
-                c->slots[i] = slot_make(c, h, noff);
+                *at.slot = slot_make(c, h, noff);
                 crash_point("compact_block: index updated");
             }
         } else if (r.kind == VD_KIND_DEL && r.seq > oldest_elsewhere) {
             uint64_t h = key_hash(k, r.klen);
-            if (index_lookup(c, k, r.klen, h) < 0) {
+            IndexRef at;
+            if (!index_lookup(c, k, r.klen, h, &at)) {
                 int rc = append_record(c, VD_KIND_DEL, k, r.klen, NULL, 0, &noff);
                 if (rc != RC_DONE) {
                     c->block_cursor_off = off;

@@ -304,14 +304,16 @@ typedef struct {
 typedef struct {
     PyObject_HEAD uint8_t *base; /* NULL once closed */
     uint64_t mapped;             /* bytes of the pool that are mapped: bound for every offset */
-    /* index: open addressing, linear probing, slot = tag | (offset >> 2), 0 = empty */
-    uint64_t *slots;
-    unsigned off_bits;  /* bits of (offset >> 2) in a slot; the tag takes the rest */
-    uint64_t off_mask;  /* (1 << off_bits) - 1 */
-    /* the table being drained into slots while the index grows (index.c), or NULL */
-    uint64_t *old_slots;
-    uint64_t old_cap, migrate_pos;
-    uint64_t cap, count, tombs_in_index;
+    /* index (index.c): a directory of segments, each a table of slots = tag | (offset >> 2),
+     * 0 = empty (see Segment below) */
+    struct Segment **dir; /* 2^dir_bits entries */
+    unsigned dir_bits;
+    unsigned dir_shift;   /* tag >> dir_shift is a key's directory entry */
+    unsigned off_bits;    /* bits of (offset >> 2) in a slot; the tag takes the rest */
+    uint64_t off_mask;    /* (1 << off_bits) - 1 */
+    uint64_t cap;         /* slots of every segment */
+    uint64_t nsegs;
+    uint64_t count, tombs_in_index;
     Block *blocks; /* sorted by off */
     size_t nblocks, blocks_cap;
     Py_ssize_t active; /* index in blocks[] of the block being appended to, or -1 */
@@ -338,7 +340,9 @@ typedef struct {
     uint8_t *stage_buf;
     uint64_t stage_cap, stage_off, stage_len; /* stage_len 0: nothing staged, writes go to the mapping */
     int recovering;
-    uint64_t compact_cursor;
+    struct IndexCursor {
+        uint64_t d, i; /* a directory entry (the first of its segment's) and a slot there */
+    } compact_cursor;
     int compacting; /* between compact_begin() and compact_end(): mutators get RC_NEED_WAIT */
     /* Reclamation: the policy's numbers come from Python at open (set_reclaim_policy; they
      * are defined and explained once, in viperdbm/_space.py); the core only counts writes
@@ -381,17 +385,12 @@ typedef struct {
 /* A slot is the top bits of the key's hash (its tag) above the record's offset >> 2, which
  * takes off_bits bits: as few as the pool's offsets need (set at the core's creation, from
  * the address space reserved for the pool, which no offset reaches), so that the tag is as
- * long as it can be (30 bits under a 64 GiB reservation, at least 24). A key's home slot
- * is the top log2(cap) bits of its hash: while the table has at most 2^(tag bits) slots the
- * home of an entry follows from its tag, so growing the table and deleting (backward shift)
- * never read keys from the pool, and two keys whose tags differ are never compared. A used
- * slot is never 0: no record is at pool offset 0. */
+ * long as it can be (30 bits under a 64 GiB reservation, at least 24). Where a key's entry
+ * lies (its segment, its home slot there) follows from its tag alone, so growing a segment,
+ * splitting it and deleting (backward shift) never read keys from the pool, and two keys
+ * whose tags differ are never compared. A used slot is never 0: no record is at pool
+ * offset 0. */
 #define SLOT_OFF_BITS_MAX 40 /* a reservation of 4 TiB */
-/* an old table's slot whose entry moved to the new one (no record is at the last bytes of
- * the reservation: a slot is never all ones) */
-#define SLOT_MOVED UINT64_MAX
-
-static inline unsigned log2u64(uint64_t v) { return 63u - (unsigned)__builtin_clzll(v); }
 
 static inline unsigned slot_tag_bits(const Core *c) { return 64u - c->off_bits; }
 static inline uint64_t slot_make(const Core *c, uint64_t h, uint64_t off) {
@@ -451,48 +450,107 @@ static inline const uint8_t *rec_key(Core *c, uint64_t off, Rec *r) {
     return p + r->hlen;
 }
 
-int64_t index_lookup_old(Core *c, const uint8_t *key, uint64_t klen, uint64_t h, uint64_t insert_at);
+/* ------------------------------------------------------------------ the index
+ * Extendible hashing over segments (index.c says why): the directory's entry for a key is
+ * the top dir_bits bits of its tag, and a segment of depth d is the entry of the
+ * 2^(dir_bits - d) directory entries that share its prefix, the top d bits of the tags it
+ * holds. A segment is a table of any size (a multiple of 8 slots), open addressing with
+ * linear probing that wraps at its end; a key's home there is the fraction that the tag's
+ * bits below the prefix make of the segment's size. */
+typedef struct Segment {
+    uint64_t *slots;
+    uint64_t cap;       /* slots */
+    uint64_t count;     /* entries */
+    uint64_t limit;     /* the most entries it takes before it grows (4/5 of cap) */
+    uint64_t home_mask; /* (1 << home_bits) - 1 */
+    unsigned home_bits; /* the tag's bits below the prefix */
+    unsigned depth;     /* the prefix's length in bits */
+    uint64_t prefix;
+    uint64_t pending; /* index_reserve_many(): inserts ahead that may land here */
+} Segment;
 
-/* Find key; returns slot index if found, else -(insert position) - 1. Both are indexes of
- * c->slots: while the index grows, an entry found in the old table moves to the new one. */
-static inline int64_t index_lookup(Core *c, const uint8_t *key, uint64_t klen, uint64_t h) {
-    uint64_t mask = c->cap - 1, i = h >> (64 - log2u64(c->cap)), tag = h >> c->off_bits;
+static inline Segment *seg_of(const Core *c, uint64_t tag) { return c->dir[tag >> c->dir_shift]; }
+
+static inline uint64_t seg_home(const Segment *g, uint64_t tag) {
+    return (uint64_t)(((unsigned __int128)(tag & g->home_mask) * g->cap) >> g->home_bits);
+}
+
+/* A place in the index: the slot a lookup found its key in, or the free slot where the key
+ * goes (index_insert), and that slot's segment. Valid until the index next grows. */
+typedef struct {
+    Segment *seg;
+    uint64_t *slot;
+} IndexRef;
+
+/* Find key: 1 (ref is its slot) or 0 (ref is where it would go). */
+static inline int index_lookup(Core *c, const uint8_t *key, uint64_t klen, uint64_t h, IndexRef *ref) {
+    uint64_t tag = h >> c->off_bits;
+    Segment *g = seg_of(c, tag);
+    uint64_t *slots = g->slots, cap = g->cap, i = seg_home(g, tag);
+    ref->seg = g;
     for (;;) {
-        uint64_t s = c->slots[i];
-        if (s == 0) return __builtin_expect(c->old_slots == NULL, 1) ? -(int64_t)i - 1 : index_lookup_old(c, key, klen, h, i);
+        uint64_t s = slots[i];
+        if (s == 0) {
+            ref->slot = &slots[i];
+            return 0;
+        }
         if (slot_tag(c, s) == tag) {
             Rec r;
             const uint8_t *k = rec_key(c, slot_off(c, s), &r);
-            if (r.klen == klen && memcmp(k, key, klen) == 0) return (int64_t)i;
+            if (r.klen == klen && memcmp(k, key, klen) == 0) {
+                ref->slot = &slots[i];
+                return 1;
+            }
         }
-        i = (i + 1) & mask;
+        if (++i == cap) i = 0;
     }
 }
 
-uint64_t index_find_growing(Core *c, const uint8_t *key, uint64_t klen, uint64_t h);
-
-/* Find key for a read: the pool offset of its record, or 0. Unlike index_lookup it moves
- * nothing while the index grows (index.c): a read then looks first in the table that more
- * likely holds the key, and pays no write into the new one. */
+/* Find key for a read: the pool offset of its record, or 0. */
 static inline uint64_t index_find(Core *c, const uint8_t *key, uint64_t klen, uint64_t h) {
-    if (__builtin_expect(c->old_slots != NULL, 0)) return index_find_growing(c, key, klen, h);
-    int64_t i = index_lookup(c, key, klen, h);
-    return i >= 0 ? slot_off(c, c->slots[i]) : 0;
+    IndexRef ref;
+    return index_lookup(c, key, klen, h, &ref) ? slot_off(c, *ref.slot) : 0;
 }
 
+/* Put slot s where a lookup that missed said (after index_reserve made room for it). */
+static inline void index_insert(Core *c, const IndexRef *ref, uint64_t s) {
+    *ref->slot = s;
+    ref->seg->count++;
+    c->count++;
+}
+
+/* Bring the cache line of key hash h's home slot in (a scan's lookahead). */
+static inline void index_prefetch(const Core *c, uint64_t h) {
+    uint64_t tag = h >> c->off_bits;
+    const Segment *g = seg_of(c, tag);
+    __builtin_prefetch(&g->slots[seg_home(g, tag)]);
+}
+
+typedef struct IndexCursor IndexCursor;
+
 /* ------------------------------------------------------------------ index.c */
-int index_alloc(Core *c, uint64_t cap);
-void slots_free(uint64_t *slots, uint64_t cap);
-int index_reserve(Core *c);
-/* finish the growth in progress: the whole index is in slots (before a walk of it) */
-void index_settle(Core *c);
-/* move a few entries of the growth in progress (an insert that did not reserve does this) */
-void index_step(Core *c);
+/* the index at the core's creation, sized for about expected keys */
+int index_alloc(Core *c, uint64_t expected);
+void index_free(Core *c);
+/* make room for one more key of hash h (before anything is written: the insert that
+ * follows cannot fail) */
+int index_reserve(Core *c, uint64_t h);
+/* ... for n more keys of these hashes at once (a batch) */
+int index_reserve_many(Core *c, const uint64_t *hashes, size_t n);
+/* an empty index: sized again for about expected keys (a hint) */
 int index_presize(Core *c, uint64_t expected);
+/* give back what the index holds beyond what its keys need (after recovery; without the
+ * memory to do it the index stays as it is) */
+void index_fit(Core *c);
+void index_remove(Core *c, const IndexRef *ref);
+/* walks: the first used slot at or after cur (cur moved there), or NULL at the end; a
+ * caller moves on with cur->i++ */
+uint64_t *index_walk(Core *c, IndexCursor *cur);
+IndexRef index_ref_at(Core *c, const IndexCursor *cur);
+IndexCursor index_cursor_of(Core *c, const IndexRef *ref);
 /* how many records a scan prefetches the index slots of ahead of the one it applies */
 #define SCAN_PREFETCH_DISTANCE 8
 uint64_t prefetch_records(Core *c, uint64_t at, uint64_t end, int n);
-void index_remove_at(Core *c, uint64_t i);
 
 /* ------------------------------------------------------------------ log.c */
 Py_ssize_t block_find(Core *c, uint64_t off);

@@ -36,9 +36,7 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     c->off_mask = (UINT64_C(1) << off_bits) - 1;
     c->active = -1;
     c->next_seq = 1;
-    uint64_t cap = 1024;
-    while (cap * 3 < hint * 4 + 4) cap *= 2;
-    if (index_alloc(c, cap) < 0) {
+    if (index_alloc(c, hint) < 0) {
         Py_DECREF(c);
         return NULL;
     }
@@ -50,8 +48,7 @@ static void Core_dealloc(Core *c) {
     if (c->forked) c->shared_role = SHARED_NONE; /* the parent's: publish nothing from here */
     shared_detach(c);
     PyMem_Free(c->pending);
-    slots_free(c->slots, c->cap);
-    slots_free(c->old_slots, c->old_cap);
+    index_free(c);
     PyMem_Free(c->blocks);
     PyMem_Free(c->parts);
     free(c->stage_buf);
@@ -156,28 +153,27 @@ static PyObject *Core_put_jumbo(Core *c, PyObject *args) {
     return PyLong_FromLong(rc);
 }
 
-/* A delete has superseded the record index entry i points to: the entry goes, the record is
- * dead. Whether its block became freeable. */
-static int index_drop_deleted(Core *c, int64_t i) {
-    uint64_t old = slot_off(c, c->slots[i]);
+/* A delete has superseded the record the index entry at points to: the entry goes, the
+ * record is dead. Whether its block became freeable. */
+static int index_drop_deleted(Core *c, const IndexRef *at) {
+    uint64_t old = slot_off(c, *at->slot);
     Rec r;
     rec_parse(c->base + old, &r);
     int freeable = account_dead(c, old, align_up(r.total, VD_RECORD_ALIGN));
-    index_remove_at(c, (uint64_t)i);
-    c->count--;
+    index_remove(c, at);
     return freeable;
 }
 
-/* Does the key's record in slot i hold a value other than expected (bytes, or NULL: no
- * condition)? 1, 0, or -1 with an exception set (expected is not bytes). */
-static int value_differs(Core *c, int64_t i, PyObject *expected) {
+/* Does the key's record in the slot at holds hold a value other than expected (bytes, or
+ * NULL: no condition)? 1, 0, or -1 with an exception set (expected is not bytes). */
+static int value_differs(Core *c, const IndexRef *at, PyObject *expected) {
     if (!expected) return 0;
     if (!PyBytes_Check(expected)) {
         PyErr_SetString(PyExc_TypeError, "the expected value must be bytes");
         return -1;
     }
     Rec r;
-    const uint8_t *k = rec_key(c, slot_off(c, c->slots[i]), &r);
+    const uint8_t *k = rec_key(c, slot_off(c, *at->slot), &r);
     /* (an entry of the index is a put: a delete takes the key out of it) */
     return r.vlen != (uint64_t)PyBytes_GET_SIZE(expected) || memcmp(k + r.klen, PyBytes_AS_STRING(expected), r.vlen) != 0;
 }
@@ -193,9 +189,10 @@ int core_delete_obj(Core *c, PyObject *key, PyObject *expected) {
     KeyArg k;
     if (keyarg_get(key, &k, "keys") < 0) return -2;
     uint64_t h = key_hash(k.p, (uint64_t)k.n);
-    int64_t i = index_lookup(c, k.p, (uint64_t)k.n, h);
-    int differs = i < 0 ? 0 : value_differs(c, i, expected);
-    if (i < 0 || differs) {
+    IndexRef at;
+    int found = index_lookup(c, k.p, (uint64_t)k.n, h, &at);
+    int differs = !found ? 0 : value_differs(c, &at, expected);
+    if (!found || differs) {
         keyarg_release(&k);
         return differs < 0 ? -2 : RC_MISSING;
     }
@@ -206,7 +203,7 @@ int core_delete_obj(Core *c, PyObject *key, PyObject *expected) {
     Block *b = &c->blocks[c->active];
     b->tombstones++;
     b->dead_bytes += align_up(record_len_for(klen, 0), VD_RECORD_ALIGN);
-    int freeable = index_drop_deleted(c, i);
+    int freeable = index_drop_deleted(c, &at);
     crash_point("delete: index updated");
     if (c->io_errno) return core_io_refuse(c, 1) - 1;
     return after_write(c, freeable);
@@ -234,9 +231,10 @@ static PyObject *Core_delete_jumbo(Core *c, PyObject *args) {
     KeyArg k;
     if (keyarg_get(ko, &k, "keys") < 0) return NULL;
     uint64_t h = key_hash(k.p, (uint64_t)k.n);
-    int64_t i = index_lookup(c, k.p, (uint64_t)k.n, h);
-    int differs = i < 0 ? 0 : value_differs(c, i, expected == Py_None ? NULL : expected);
-    if (i < 0 || differs) {
+    IndexRef at;
+    int found = index_lookup(c, k.p, (uint64_t)k.n, h, &at);
+    int differs = !found ? 0 : value_differs(c, &at, expected == Py_None ? NULL : expected);
+    if (!found || differs) {
         keyarg_release(&k);
         return differs < 0 ? NULL : PyLong_FromLong(RC_MISSING);
     }
@@ -247,21 +245,12 @@ static PyObject *Core_delete_jumbo(Core *c, PyObject *args) {
     if (bi < 0) return NULL;
     c->blocks[bi].tombstones = 1;
     c->blocks[bi].dead_bytes = alen;
-    if (index_drop_deleted(c, i)) c->reclaim_due = 1;
+    if (index_drop_deleted(c, &at)) c->reclaim_due = 1;
     c->writes++;
     crash_point("delete_jumbo: index updated");
     return PyLong_FromLong(RC_DONE);
 }
 
-/* The index of key's slot (>= 0: moved into the new table while the index grows), or < 0 */
-static int64_t lookup_arg(Core *c, PyObject *key) {
-    if (reader_sync(c) < 0) return INT64_MIN;
-    KeyArg k;
-    if (keyarg_get(key, &k, "keys") < 0) return INT64_MIN;
-    int64_t i = index_lookup(c, k.p, (uint64_t)k.n, key_hash(k.p, (uint64_t)k.n));
-    keyarg_release(&k);
-    return i;
-}
 
 /* The pool offset of key's record (> 0), -1 if absent, or INT64_MIN with an exception set:
  * a read's lookup, which changes nothing in the index */
@@ -345,10 +334,9 @@ static uint64_t *live_offsets_sorted(Core *c, Py_ssize_t *n) {
         PyErr_NoMemory();
         return NULL;
     }
-    for (uint64_t i = 0; i < c->cap && k < count; i++) {
-        uint64_t s = c->slots[i];
-        if (!s) continue;
-        uint64_t off = slot_off(c, s) >> 2;
+    IndexCursor cur = {0, 0};
+    for (uint64_t *s; k < count && (s = index_walk(c, &cur)); cur.i++) {
+        uint64_t off = slot_off(c, *s) >> 2;
         a[k++] = off;
         top |= off;
     }
@@ -418,9 +406,9 @@ static PyObject *list_in_slot_order(Core *c, int what) {
     PyObject *list = PyList_New(size);
     if (!list) return NULL;
     Py_ssize_t n = 0;
-    for (uint64_t i = 0; i < c->cap && n < size; i++) {
-        if (!c->slots[i]) continue;
-        PyObject *item = item_at(c, slot_off(c, c->slots[i]), what);
+    IndexCursor cur = {0, 0};
+    for (uint64_t *s; n < size && (s = index_walk(c, &cur)); cur.i++) {
+        PyObject *item = item_at(c, slot_off(c, *s), what);
         if (!item) {
             Py_DECREF(list);
             return NULL;
@@ -433,7 +421,6 @@ static PyObject *list_in_slot_order(Core *c, int what) {
 
 PyObject *core_listing(Core *c, int what) {
     if (core_check_open(c) < 0 || reader_sync(c) < 0) return NULL;
-    index_settle(c); /* (the walk sees one table) */
     index_hold(c, 1);
     Py_ssize_t n;
     PyObject *list = NULL;
@@ -455,25 +442,29 @@ PyObject *Core_keys(Core *c, PyObject *unused) {
     return core_listing(c, LIST_KEYS);
 }
 
-static PyObject *next_key_from(Core *c, uint64_t i) {
-    index_settle(c); /* (the walk sees one table; settling moves no entry of it) */
-    for (; i < c->cap; i++)
-        if (c->slots[i]) return key_of_slot(c, c->slots[i]);
+static PyObject *next_key_from(Core *c, IndexCursor cur) {
+    uint64_t *s = index_walk(c, &cur);
+    if (s) return key_of_slot(c, *s);
     Py_RETURN_NONE;
 }
 
 PyObject *Core_firstkey(Core *c, PyObject *unused) {
     (void)unused;
     if (core_check_open(c) < 0 || reader_sync(c) < 0) return NULL;
-    return next_key_from(c, 0);
+    return next_key_from(c, (IndexCursor){0, 0});
 }
 
 PyObject *Core_nextkey(Core *c, PyObject *key) {
-    if (core_check_open(c) < 0) return NULL;
-    int64_t i = lookup_arg(c, key);
-    if (i == INT64_MIN) return NULL;
-    if (i < 0) Py_RETURN_NONE; /* as gdbm: a key that is not there has no successor */
-    return next_key_from(c, (uint64_t)i + 1);
+    if (core_check_open(c) < 0 || reader_sync(c) < 0) return NULL;
+    KeyArg k;
+    if (keyarg_get(key, &k, "keys") < 0) return NULL;
+    IndexRef at;
+    int found = index_lookup(c, k.p, (uint64_t)k.n, key_hash(k.p, (uint64_t)k.n), &at);
+    keyarg_release(&k);
+    if (!found) Py_RETURN_NONE; /* as gdbm: a key that is not there has no successor */
+    IndexCursor cur = index_cursor_of(c, &at);
+    cur.i++;
+    return next_key_from(c, cur);
 }
 
 /* ------------------------------------------------------------------ setters
@@ -566,7 +557,6 @@ static PyObject *Core_get_jumbo_need(Core *c, void *closure) {
 static PyObject *Core_audit(Core *c, PyObject *unused) {
     (void)unused;
     if (core_check_open(c) < 0) return NULL;
-    index_settle(c); /* (the walk below sees one table) */
     PyObject *out = PyList_New(0);
     if (!out) return NULL;
     uint64_t *counted = PyMem_Calloc(c->nblocks ? c->nblocks : 1, sizeof(uint64_t));
@@ -575,9 +565,9 @@ static PyObject *Core_audit(Core *c, PyObject *unused) {
         return PyErr_NoMemory();
     }
     uint64_t outside = 0, past_end = 0;
-    for (uint64_t i = 0; i < c->cap; i++) {
-        if (!c->slots[i]) continue;
-        uint64_t off = slot_off(c, c->slots[i]);
+    IndexCursor cur = {0, 0};
+    for (uint64_t *s; (s = index_walk(c, &cur)); cur.i++) {
+        uint64_t off = slot_off(c, *s);
         Py_ssize_t bi = block_find(c, off);
         if (bi < 0) {
             outside++;
@@ -633,12 +623,13 @@ static PyObject *Core_stats(Core *c, PyObject *unused) {
         tombs += b->tombstones;
         jumbo += b->type == VD_TYPE_JUMBO_BLOCK;
     }
-    return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsK}", "records", (unsigned long long)c->count, "live_bytes",
+    uint64_t index_bytes = c->cap * sizeof(uint64_t) + c->nsegs * sizeof(Segment) + (sizeof(Segment *) << c->dir_bits);
+    return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsKsK}", "records", (unsigned long long)c->count, "live_bytes",
                          (unsigned long long)live, "dead_bytes", (unsigned long long)dead, "block_bytes",
                          (unsigned long long)used, "blocks", (unsigned long long)c->nblocks, "jumbo_blocks",
                          (unsigned long long)jumbo, "tombstones", (unsigned long long)tombs, "index_slots",
-                         (unsigned long long)c->cap, "index_bytes",
-                         (unsigned long long)((c->cap + c->old_cap) * sizeof(uint64_t)), /* (while growing) */
+                         (unsigned long long)c->cap, "index_segments", (unsigned long long)c->nsegs, "index_bytes",
+                         (unsigned long long)index_bytes,
                          "next_seq", (unsigned long long)c->next_seq);
 }
 

@@ -1,197 +1,296 @@
-/* The volatile DRAM hash index: key -> pool offset of the newest record. Open addressing,
- * linear probing, 8 bytes a slot (core.h: the slot layout, and the lookup, inline there). */
+/* The volatile DRAM hash index: key -> pool offset of the newest record, 8 bytes a slot
+ * (core.h: the slot layout, the segments, and the lookup, inline there).
+ *
+ * Why segments. One table that doubles when full pays for the whole store at once: at 100M
+ * keys a growth allocated and filled 2 GiB (a put of 2 s when it rehashed at once, puts of
+ * tens of ms while it drained; 32 bytes a key while both tables lived), and after it the
+ * table was 3/8 full (21 bytes a key). Here the index is a directory of segments, each a
+ * small table that grows on its own: by 1/8 of its size when it is 4/5 full, and, past
+ * SEG_MAX_SLOTS, by splitting into two segments by the next bit of the tag (extendible
+ * hashing: the directory doubles when a segment as deep as it splits). No growth touches
+ * more than one segment, about 512 KiB, and the index stays between 0.71 and 0.8 full: 10
+ * to 11.3 bytes a key. An insert pays about 8 moves, amortized, within one segment. */
 #include "core.h"
 
 #include <sys/mman.h>
 
-/* Tables of 2 MiB and more are mapped on their own and offered transparent huge pages: a
- * lookup touches one random slot, and with 4 KiB pages a table of millions of keys misses
- * the TLB on nearly every one. Smaller tables come from the Python allocator. */
-#define INDEX_MMAP_BYTES (2u << 20)
+#define SEG_MAX_SLOTS (UINT64_C(1) << 16)
+/* below this a segment doubles: the index of a small store is small however full it is, and
+ * it gets to its working size in a few steps */
+#define SEG_DOUBLE_BELOW 4096
+#define SEG_MIN_SLOTS 16
+/* the tag bits kept below a prefix, at least: what a home is computed from */
+#define SEG_HOME_BITS_MIN 12
+
+/* Slot arrays of 64 KiB and more are mapped on their own, so that a segment given back
+ * returns its memory at once (from the heap, a freed array would stay in the process). */
+#define SLOTS_MMAP_BYTES (64u << 10)
 
 static uint64_t *slots_alloc(uint64_t cap) {
     size_t bytes = (size_t)cap * sizeof(uint64_t);
-    if (bytes < INDEX_MMAP_BYTES) return PyMem_Calloc(cap, sizeof(uint64_t));
+    if (bytes < SLOTS_MMAP_BYTES) return PyMem_RawCalloc(cap, sizeof(uint64_t));
     void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) return NULL;
-#ifdef MADV_HUGEPAGE
-    (void)madvise(p, bytes, MADV_HUGEPAGE); /* a hint: ignored where THP is off */
-#endif
-    return p; /* anonymous memory is zero */
+    return p == MAP_FAILED ? NULL : p; /* anonymous memory is zero */
 }
 
-void slots_free(uint64_t *slots, uint64_t cap) {
+static void slots_free(uint64_t *slots, uint64_t cap) {
     if (!slots) return;
     size_t bytes = (size_t)cap * sizeof(uint64_t);
-    if (bytes < INDEX_MMAP_BYTES)
-        PyMem_Free(slots);
+    if (bytes < SLOTS_MMAP_BYTES)
+        PyMem_RawFree(slots);
     else
         munmap(slots, bytes);
 }
 
-int index_alloc(Core *c, uint64_t cap) {
-    uint64_t *s = slots_alloc(cap);
-    if (!s) {
-        PyErr_NoMemory();
-        return -1;
+static inline uint64_t round8(uint64_t n) { return (n + 7) & ~UINT64_C(7); }
+
+/* the capacity at which n entries fill a segment to 3/4 (a fresh or refitted one) */
+static uint64_t cap_for(uint64_t n) {
+    uint64_t cap = round8(n + n / 3 + 1);
+    return cap < SEG_MIN_SLOTS ? SEG_MIN_SLOTS : cap;
+}
+
+/* the capacity of a segment that n entries fill as far as a growth leaves it (0.71) */
+static uint64_t cap_after_growth(uint64_t n) {
+    uint64_t cap = round8(n + n / 4 + n / 8 + n / 32 + 8); /* n * 45/32 = n * 5/4 * 9/8 */
+    return cap < SEG_MIN_SLOTS ? SEG_MIN_SLOTS : cap;
+}
+
+static Segment *seg_new(Core *c, uint64_t cap, unsigned depth, uint64_t prefix) {
+    Segment *g = PyMem_RawCalloc(1, sizeof *g);
+    uint64_t *slots = slots_alloc(cap);
+    if (!g || !slots) {
+        PyMem_RawFree(g);
+        slots_free(slots, cap);
+        return NULL;
     }
-    c->slots = s;
-    c->cap = cap;
+    g->slots = slots;
+    g->cap = cap;
+    g->limit = cap * 4 / 5;
+    g->depth = depth;
+    g->prefix = prefix;
+    g->home_bits = slot_tag_bits(c) - depth;
+    g->home_mask = (UINT64_C(1) << g->home_bits) - 1;
+    return g;
+}
+
+static void seg_free(Segment *g) {
+    slots_free(g->slots, g->cap);
+    PyMem_RawFree(g);
+}
+
+/* put s into g at its home or the first free slot after it */
+static void seg_place(Core *c, Segment *g, uint64_t s) {
+    uint64_t i = seg_home(g, slot_tag(c, s));
+    while (g->slots[i])
+        if (++i == g->cap) i = 0;
+    g->slots[i] = s;
+    g->count++;
+}
+
+/* the directory entries of segment g: [first, first + n) */
+static uint64_t dir_first(const Core *c, const Segment *g) { return g->prefix << (c->dir_bits - g->depth); }
+static uint64_t dir_span(const Core *c, const Segment *g) { return UINT64_C(1) << (c->dir_bits - g->depth); }
+
+/* A directory of 2^bits entries with one segment for every prefix of that length, each of
+ * cap slots; -1 (no memory) leaves the index as it was. */
+static int index_build(Core *c, unsigned bits, uint64_t cap) {
+    uint64_t n = UINT64_C(1) << bits;
+    Segment **dir = PyMem_RawCalloc(n, sizeof *dir);
+    if (!dir) return PyErr_NoMemory(), -1;
+    for (uint64_t d = 0; d < n; d++) {
+        if (!(dir[d] = seg_new(c, cap, bits, d))) {
+            while (d > 0) seg_free(dir[--d]);
+            PyMem_RawFree(dir);
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    index_free(c);
+    c->dir = dir;
+    c->dir_bits = bits;
+    c->dir_shift = slot_tag_bits(c) - bits;
+    c->cap = n * cap;
+    c->nsegs = n;
+    c->count = 0;
     return 0;
 }
 
-static uint64_t hash_of_slot(Core *c, uint64_t s) {
-    Rec r;
-    const uint8_t *k = rec_key(c, slot_off(c, s), &r);
-    return key_hash(k, r.klen);
+/* directory bits and segment size for about expected keys */
+static int index_build_for(Core *c, uint64_t expected) {
+    unsigned bits = 0, most = slot_tag_bits(c) - SEG_HOME_BITS_MIN;
+    while (bits < most && cap_for(expected >> bits) > SEG_MAX_SLOTS * 3 / 4) bits++;
+    return index_build(c, bits, cap_for(expected >> bits));
 }
 
-/* the home slot of an entry in a table of cap slots */
-static inline uint64_t home_of(Core *c, uint64_t s, uint64_t cap) {
-    unsigned bits = log2u64(cap);
-    unsigned tag_bits = slot_tag_bits(c);
-    if (bits <= tag_bits) return slot_tag(c, s) >> (tag_bits - bits);
-    return hash_of_slot(c, s) >> (64 - bits);
-}
+int index_alloc(Core *c, uint64_t expected) { return index_build_for(c, expected); }
 
-/* Growth without a stop: when the table is 3/4 full, a table twice its size takes the new
- * entries, and the old one is drained into it a few slots at a time (MIGRATE_STEP per
- * insert, every insert: a batch's too; at 4 the old table is empty after a third of the
- * inserts that fill the new one to 3/4, and a put moves about 3 entries meanwhile). Meanwhile a lookup that misses
- * in the new table looks in the old one, and moves what it finds there, so that every
- * index a lookup returns is one of the new table. The whole table is walked (listing,
- * reorganize(), the end of recovery) only once the old one is drained (index_settle). */
-#define MIGRATE_STEP 4
-
-/* the slot an entry of the old table takes in the new one */
-static void migrate_slot(Core *c, uint64_t s) {
-    uint64_t mask = c->cap - 1, j = home_of(c, s, c->cap);
-    while (c->slots[j]) j = (j + 1) & mask;
-    c->slots[j] = s;
-}
-
-/* Drain up to n slots of the old table into the new one; free it once it is empty. */
-static void migrate(Core *c, uint64_t n) {
-    uint64_t *old = c->old_slots;
-    uint64_t end = c->migrate_pos + n < c->old_cap ? c->migrate_pos + n : c->old_cap;
-    for (uint64_t i = c->migrate_pos; i < end; i++) {
-        uint64_t s = old[i];
-        if (s && s != SLOT_MOVED) {
-            migrate_slot(c, s);
-            old[i] = SLOT_MOVED;
-        }
-    }
-    c->migrate_pos = end;
-    if (end == c->old_cap) {
-        slots_free(old, c->old_cap);
-        c->old_slots = NULL;
-        c->old_cap = c->migrate_pos = 0;
-    }
-}
-
-/* The slot of key in one table of the index (slots, cap), or -1: a moved slot is passed over
- * (not 0: a probe goes on past it). The probe of index_lookup_old and index_find_growing;
- * index_lookup (core.h) differs in returning where to insert. */
-static int64_t slot_in(Core *c, const uint64_t *slots, uint64_t cap, const uint8_t *key, uint64_t klen, uint64_t h) {
-    uint64_t mask = cap - 1, j = h >> (64 - log2u64(cap)), tag = h >> c->off_bits;
-    for (;;) {
-        uint64_t s = slots[j];
-        if (s == 0) return -1;
-        if (s != SLOT_MOVED && slot_tag(c, s) == tag) {
-            Rec r;
-            const uint8_t *k = rec_key(c, slot_off(c, s), &r);
-            if (r.klen == klen && memcmp(k, key, klen) == 0) return (int64_t)j;
-        }
-        j = (j + 1) & mask;
-    }
-}
-
-/* index_lookup() missed in the new table, at its insert position insert_at: look in the old
- * one; an entry found there moves to insert_at. */
-int64_t index_lookup_old(Core *c, const uint8_t *key, uint64_t klen, uint64_t h, uint64_t insert_at) {
-    int64_t j = slot_in(c, c->old_slots, c->old_cap, key, klen, h);
-    if (j < 0) return -(int64_t)insert_at - 1;
-    c->slots[insert_at] = c->old_slots[j];
-    c->old_slots[j] = SLOT_MOVED;
-    return (int64_t)insert_at;
-}
-
-/* The pool offset of key's record in one table of the index, or 0 */
-static uint64_t find_in(Core *c, const uint64_t *slots, uint64_t cap, const uint8_t *key, uint64_t klen, uint64_t h) {
-    int64_t j = slot_in(c, slots, cap, key, klen, h);
-    return j < 0 ? 0 : slot_off(c, slots[j]);
-}
-
-/* index_find() while the index grows: each key is in exactly one of the two tables. Where
- * the drain has not reached its home in the old table, most keys are still there: look
- * there first (one random access for a hit, as without a growth), else in the new one. */
-uint64_t index_find_growing(Core *c, const uint8_t *key, uint64_t klen, uint64_t h) {
-    int old_first = (h >> (64 - log2u64(c->old_cap))) >= c->migrate_pos;
-    const uint64_t *first = old_first ? c->old_slots : c->slots, *second = old_first ? c->slots : c->old_slots;
-    uint64_t first_cap = old_first ? c->old_cap : c->cap, second_cap = old_first ? c->cap : c->old_cap;
-    uint64_t off = find_in(c, first, first_cap, key, klen, h);
-    return off ? off : find_in(c, second, second_cap, key, klen, h);
-}
-
-void index_settle(Core *c) {
-    if (c->old_slots) migrate(c, c->old_cap);
-}
-
-void index_step(Core *c) {
-    if (c->old_slots && !c->listing) migrate(c, MIGRATE_STEP);
-}
-
-/* Start moving to a table of ncap slots: -1 (no memory) leaves everything as it was. */
-static int index_grow(Core *c, uint64_t ncap) {
-    index_settle(c);
-    uint64_t *fresh = slots_alloc(ncap);
-    if (!fresh) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    c->old_slots = c->slots;
-    c->old_cap = c->cap;
-    c->migrate_pos = 0;
-    c->slots = fresh;
-    c->cap = ncap;
-    return 0;
-}
-
-/* make room for about expected entries (a reader's first catch-up, a batch): the growth
- * is a migration as any other, only to a larger table */
 int index_presize(Core *c, uint64_t expected) {
-    uint64_t cap = c->cap;
-    while (cap * 3 < expected * 4 + 4) cap *= 2;
-    if (cap <= c->cap) return 0;
-    return c->listing ? core_error(ERR_INDEX_HELD) : index_grow(c, cap);
+    if (c->count || cap_for(expected) <= c->cap) return 0;
+    if (c->listing) return core_error(ERR_INDEX_HELD);
+    return index_build_for(c, expected);
 }
 
-/* make room for one more entry before anything is written, and move a few of the old
- * table's entries on */
-int index_reserve(Core *c) {
-    if ((c->count + 1) * 4 > c->cap * 3) {
-        if (c->listing) return core_error(ERR_INDEX_HELD);
-        if (index_grow(c, c->cap * 2) < 0) return -1;
+void index_free(Core *c) {
+    if (!c->dir) return;
+    uint64_t n = UINT64_C(1) << c->dir_bits;
+    for (uint64_t d = 0; d < n;) {
+        Segment *g = c->dir[d];
+        d += dir_span(c, g);
+        seg_free(g);
     }
-    index_step(c);
+    PyMem_RawFree(c->dir);
+    c->dir = NULL;
+    c->cap = c->nsegs = 0;
+}
+
+/* g's entries into a fresh array of cap slots */
+static int seg_resize(Core *c, Segment *g, uint64_t cap) {
+    uint64_t *fresh = slots_alloc(cap);
+    if (!fresh) return PyErr_NoMemory(), -1;
+    uint64_t *old = g->slots, old_cap = g->cap;
+    g->slots = fresh;
+    g->cap = cap;
+    g->limit = cap * 4 / 5;
+    g->count = 0;
+    for (uint64_t i = 0; i < old_cap; i++)
+        if (old[i]) seg_place(c, g, old[i]);
+    slots_free(old, old_cap);
+    c->cap += cap - old_cap;
     return 0;
 }
 
-void index_remove_at(Core *c, uint64_t i) {
-    /* backward-shift deletion keeps linear probing correct without tombstones */
-    uint64_t mask = c->cap - 1, j = i;
-    c->slots[i] = 0;
+/* the directory twice as long, each entry's segment in both of its halves */
+static int dir_double(Core *c) {
+    uint64_t n = UINT64_C(1) << c->dir_bits;
+    Segment **dir = PyMem_RawMalloc(2 * n * sizeof *dir);
+    if (!dir) return PyErr_NoMemory(), -1;
+    for (uint64_t d = 0; d < 2 * n; d++) dir[d] = c->dir[d >> 1];
+    PyMem_RawFree(c->dir);
+    c->dir = dir;
+    c->dir_bits++;
+    c->dir_shift--;
+    return 0;
+}
+
+/* g's entries into two segments, by the tag bit below its prefix. The halves are sized
+ * by what each takes: keys need not come in random order (reorganize() copies a store in
+ * its index's order, that is by hash, and then every key of a segment that splits is on
+ * one side). */
+static int seg_split(Core *c, Segment *g) {
+    unsigned bit = slot_tag_bits(c) - g->depth - 1; /* the tag's bit just below g's prefix */
+    uint64_t high = 0;
+    for (uint64_t i = 0; i < g->cap; i++)
+        high += g->slots[i] && (slot_tag(c, g->slots[i]) >> bit) & 1;
+    if (g->depth == c->dir_bits && dir_double(c) < 0) return -1;
+    Segment *lo = seg_new(c, cap_after_growth(g->count - high), g->depth + 1, g->prefix << 1);
+    Segment *hi = lo ? seg_new(c, cap_after_growth(high), g->depth + 1, (g->prefix << 1) | 1) : NULL;
+    if (!hi) {
+        if (lo) seg_free(lo);
+        return PyErr_NoMemory(), -1;
+    }
+    for (uint64_t i = 0; i < g->cap; i++) {
+        uint64_t s = g->slots[i];
+        if (s) seg_place(c, (slot_tag(c, s) >> bit) & 1 ? hi : lo, s);
+    }
+    uint64_t first = dir_first(c, g), half = dir_span(c, g) / 2;
+    for (uint64_t d = first; d < first + half; d++) c->dir[d] = lo;
+    for (uint64_t d = first + half; d < first + 2 * half; d++) c->dir[d] = hi;
+    c->cap += lo->cap + hi->cap - g->cap;
+    c->nsegs++;
+    seg_free(g);
+    return 0;
+}
+
+/* Make g take n more entries: 0 (g has room now), 1 (g was split: look up the key's
+ * segment again) or -1 with an exception set (nothing changed). */
+static int seg_grow(Core *c, Segment *g, uint64_t n) {
+    if (c->listing) return core_error(ERR_INDEX_HELD);
+    uint64_t cap = g->cap < SEG_DOUBLE_BELOW ? 2 * g->cap : round8(g->cap + g->cap / 8);
+    uint64_t need = g->count + n;
+    while (cap * 4 / 5 < need) cap = round8(cap + cap / 8);
+    if (cap > SEG_MAX_SLOTS && g->home_bits > SEG_HOME_BITS_MIN) return seg_split(c, g) < 0 ? -1 : 1;
+    return seg_resize(c, g, cap);
+}
+
+int index_reserve(Core *c, uint64_t h) {
+    uint64_t tag = h >> c->off_bits;
     for (;;) {
-        j = (j + 1) & mask;
-        uint64_t s = c->slots[j];
+        Segment *g = seg_of(c, tag);
+        if (g->count < g->limit) return 0;
+        int rc = seg_grow(c, g, 1);
+        if (rc <= 0) return rc;
+    }
+}
+
+int index_reserve_many(Core *c, const uint64_t *hashes, size_t n) {
+again:
+    for (size_t i = 0; i < n; i++) seg_of(c, hashes[i] >> c->off_bits)->pending = 0;
+    for (size_t i = 0; i < n; i++) seg_of(c, hashes[i] >> c->off_bits)->pending++;
+    for (size_t i = 0; i < n; i++) {
+        Segment *g = seg_of(c, hashes[i] >> c->off_bits);
+        if (g->pending && g->count + g->pending > g->limit) {
+            int rc = seg_grow(c, g, g->pending);
+            if (rc < 0) return -1;
+            if (rc > 0) goto again; /* (g is gone) */
+        }
+        g->pending = 0; /* (counted once) */
+    }
+    return 0;
+}
+
+void index_fit(Core *c) {
+    uint64_t n = UINT64_C(1) << c->dir_bits;
+    for (uint64_t d = 0; d < n;) {
+        Segment *g = c->dir[d];
+        d += dir_span(c, g);
+        uint64_t cap = cap_for(g->count);
+        if (cap + cap / 8 < g->cap && seg_resize(c, g, cap) < 0) {
+            PyErr_Clear(); /* (no memory: a larger segment serves as well) */
+            return;
+        }
+    }
+}
+
+void index_remove(Core *c, const IndexRef *ref) {
+    /* backward-shift deletion keeps linear probing correct without tombstones */
+    Segment *g = ref->seg;
+    uint64_t i = (uint64_t)(ref->slot - g->slots), j = i;
+    g->slots[i] = 0;
+    for (;;) {
+        if (++j == g->cap) j = 0;
+        uint64_t s = g->slots[j];
         if (!s) break;
-        uint64_t home = home_of(c, s, c->cap);
+        uint64_t home = seg_home(g, slot_tag(c, s));
         /* move s into the hole at i if its home is not in the cyclic range (i, j] */
         int in_range = (i <= j) ? (home > i && home <= j) : (home > i || home <= j);
         if (!in_range) {
-            c->slots[i] = s;
-            c->slots[j] = 0;
+            g->slots[i] = s;
+            g->slots[j] = 0;
             i = j;
         }
     }
+    g->count--;
+    c->count--;
+}
+
+uint64_t *index_walk(Core *c, IndexCursor *cur) {
+    uint64_t n = UINT64_C(1) << c->dir_bits;
+    while (cur->d < n) {
+        Segment *g = c->dir[cur->d];
+        for (; cur->i < g->cap; cur->i++)
+            if (g->slots[cur->i]) return &g->slots[cur->i];
+        cur->d = dir_first(c, g) + dir_span(c, g);
+        cur->i = 0;
+    }
+    return NULL;
+}
+
+IndexRef index_ref_at(Core *c, const IndexCursor *cur) {
+    Segment *g = c->dir[cur->d];
+    return (IndexRef){g, &g->slots[cur->i]};
+}
+
+IndexCursor index_cursor_of(Core *c, const IndexRef *ref) {
+    return (IndexCursor){dir_first(c, ref->seg), (uint64_t)(ref->slot - ref->seg->slots)};
 }

@@ -439,7 +439,7 @@ int do_put(Core *c, const uint8_t *key, uint64_t klen, const uint8_t *val, uint6
         return core_error(ERR_TOO_LARGE);
     }
     uint64_t h = key_hash(key, klen);
-    if (index_reserve(c) < 0) return -1;
+    if (index_reserve(c, h) < 0) return -1;
     uint64_t off;
     if (jumbo_off) {
         if (write_jumbo(c, VD_KIND_PUT, jumbo_off, jumbo_size, key, klen, val, vlen, &off) < 0) return -1;
@@ -451,17 +451,16 @@ int do_put(Core *c, const uint8_t *key, uint64_t klen, const uint8_t *val, uint6
     Py_ssize_t bi = jumbo_off ? block_find(c, off) : c->active;
     c->blocks[bi].live++;
     c->blocks[bi].live_bytes += alen;
-    int64_t i = index_lookup(c, key, klen, h);
+    IndexRef at;
     int freeable = 0;
-    if (i >= 0) {
-        uint64_t old = slot_off(c, c->slots[i]);
+    if (index_lookup(c, key, klen, h, &at)) {
+        uint64_t old = slot_off(c, *at.slot);
         Rec r;
         rec_parse(c->base + old, &r);
         freeable = account_dead(c, old, align_up(r.total, VD_RECORD_ALIGN));
-        c->slots[i] = slot_make(c, h, off);
+        *at.slot = slot_make(c, h, off);
     } else {
-        c->slots[-i - 1] = slot_make(c, h, off);
-        c->count++;
+        index_insert(c, &at, slot_make(c, h, off));
     }
     crash_point("put: index updated");
     return after_write(c, freeable);

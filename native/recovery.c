@@ -34,10 +34,10 @@ static int recover_record(Core *c, uint64_t off, const Rec *r, uint64_t alen, Bl
     }
     if (r->kind == VD_KIND_DEL) b->tombstones++;
     uint64_t h = key_hash(key, r->klen);
-    if (index_reserve(c) < 0) return -1;
-    int64_t i = index_lookup(c, key, r->klen, h);
-    if (i >= 0) {
-        uint64_t old = slot_off(c, c->slots[i]);
+    if (index_reserve(c, h) < 0) return -1;
+    IndexRef at;
+    if (index_lookup(c, key, r->klen, h, &at)) {
+        uint64_t old = slot_off(c, *at.slot);
         Rec o;
         rec_parse(c->base + old, &o);
         if (o.seq == r->seq) {
@@ -51,10 +51,9 @@ static int recover_record(Core *c, uint64_t off, const Rec *r, uint64_t alen, Bl
             account_dead(c, old, align_up(o.total, VD_RECORD_ALIGN));
         else
             c->tombs_in_index--;
-        c->slots[i] = slot_make(c, h, off);
+        *at.slot = slot_make(c, h, off);
     } else {
-        c->slots[-i - 1] = slot_make(c, h, off);
-        c->count++;
+        index_insert(c, &at, slot_make(c, h, off));
     }
     if (r->kind == VD_KIND_PUT) {
         b->live++;
@@ -107,7 +106,6 @@ static int record_at(Core *c, uint64_t pos, uint64_t end, uint64_t prev_seq, uin
  * the position after the n-th record, or 0 where it met anything but a record. A reader's
  * catch-up (shared.c) looks ahead the same way. */
 uint64_t prefetch_records(Core *c, uint64_t at, uint64_t end, int n) {
-    unsigned bits = log2u64(c->cap);
     while (n > 0) {
         uint64_t room = VD_PAGE_SIZE - at % VD_PAGE_SIZE;
         if (room < VD_RECORD_HEADER_SIZE) at += room;
@@ -121,8 +119,7 @@ uint64_t prefetch_records(Core *c, uint64_t at, uint64_t end, int n) {
         rec_parse(r, &rec);
         if (rec.total > end - at) return 0;
         if (rk != VD_KIND_PAD && rk != VD_KIND_BATCH) { /* (a batch's records: not looked ahead at) */
-            uint64_t h = key_hash(r + rec.hlen, rec.klen);
-            __builtin_prefetch(&c->slots[h >> (64 - bits)]);
+            index_prefetch(c, key_hash(r + rec.hlen, rec.klen));
             n--;
         }
         at += align_up(rec.total, VD_RECORD_ALIGN);
@@ -337,23 +334,22 @@ PyObject *Core_finish_recovery(Core *c, PyObject *arg) {
     int writable = PyObject_IsTrue(arg);
     if (writable < 0 || core_check_open(c) < 0) return NULL;
     if (apply_pending(c, writable) < 0) return NULL;
-    index_settle(c); /* (the walk below, and the index a writer starts with, are one table) */
     if (c->tombs_in_index) {
-        for (uint64_t i = 0; i < c->cap;) {
-            uint64_t s = c->slots[i];
-            if (s) {
-                Rec r;
-                rec_parse(c->base + slot_off(c, s), &r);
-                if (r.kind == VD_KIND_DEL) {
-                    index_remove_at(c, i);
-                    c->count--;
-                    continue; /* a later entry may have shifted into slot i */
-                }
+        IndexCursor cur = {0, 0};
+        for (uint64_t *s; (s = index_walk(c, &cur));) {
+            Rec r;
+            rec_parse(c->base + slot_off(c, *s), &r);
+            if (r.kind == VD_KIND_DEL) {
+                IndexRef at = index_ref_at(c, &cur);
+                index_remove(c, &at);
+                continue; /* a later entry may have shifted into this slot */
             }
-            i++;
+            cur.i++;
         }
         c->tombs_in_index = 0;
     }
+    /* the index was sized for the blocks' bytes, dead records and deletes included */
+    index_fit(c);
     if (c->max_seq_seen + 1 > c->next_seq) c->next_seq = c->max_seq_seen + 1;
     if (c->next_seq < c->durable_seq + 1) c->next_seq = c->durable_seq + 1;
     if (c->next_seq < c->floor) c->next_seq = c->floor;

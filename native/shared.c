@@ -739,16 +739,15 @@ typedef struct {
 static int reader_apply(Core *c, uint64_t off, const Rec *r, Tombs *t) {
     const uint8_t *key = c->base + off + r->hlen;
     uint64_t h = key_hash(key, r->klen);
-    if (index_reserve(c) < 0) return -1;
-    int64_t i = index_lookup(c, key, r->klen, h);
-    if (i >= 0) {
+    if (index_reserve(c, h) < 0) return -1;
+    IndexRef at;
+    if (index_lookup(c, key, r->klen, h, &at)) {
         Rec o;
-        rec_parse(c->base + slot_off(c, c->slots[i]), &o);
+        rec_parse(c->base + slot_off(c, *at.slot), &o);
         if (o.seq >= r->seq) return 0;
-        c->slots[i] = slot_make(c, h, off);
+        *at.slot = slot_make(c, h, off);
     } else {
-        c->slots[-i - 1] = slot_make(c, h, off);
-        c->count++;
+        index_insert(c, &at, slot_make(c, h, off));
     }
     if (r->kind != VD_KIND_DEL) return 0;
     if (t->n == t->cap) {
@@ -876,30 +875,25 @@ again:;
     for (size_t i = 0; i < t.n; i++) {
         Rec r;
         const uint8_t *key = rec_key(c, t.offs[i], &r);
-        int64_t s = index_lookup(c, key, r.klen, key_hash(key, r.klen));
-        if (s >= 0 && slot_off(c, c->slots[s]) == t.offs[i]) {
-            index_remove_at(c, (uint64_t)s);
-            c->count--;
-        }
+        IndexRef at;
+        if (index_lookup(c, key, r.klen, key_hash(key, r.klen), &at) && slot_off(c, *at.slot) == t.offs[i])
+            index_remove(c, &at);
     }
     PyMem_Free(t.offs);
     if (rc < 0) return -1;
     if (floor > c->floor) {
         /* a reorganize(): what is older than its floor is dead, deletes included (they were
          * not copied forward, so no newer record says so). Once per reorganize(). */
-        index_settle(c);
-        for (uint64_t i = 0; i < c->cap;) {
-            uint64_t s = c->slots[i];
-            if (s) {
-                Rec r;
-                rec_parse(c->base + slot_off(c, s), &r);
-                if (r.seq < floor) {
-                    index_remove_at(c, i);
-                    c->count--;
-                    continue; /* a later entry may have shifted into slot i */
-                }
+        IndexCursor cur = {0, 0};
+        for (uint64_t *s; (s = index_walk(c, &cur));) {
+            Rec r;
+            rec_parse(c->base + slot_off(c, *s), &r);
+            if (r.seq < floor) {
+                IndexRef at = index_ref_at(c, &cur);
+                index_remove(c, &at);
+                continue; /* a later entry may have shifted into this slot */
             }
-            i++;
+            cur.i++;
         }
         c->floor = floor;
     }

@@ -343,8 +343,12 @@ def read_pool(store: Path, scratch: Path) -> PoolImage:
     copy = scratch / "layout-copy"
     copy_store(store, copy)
     with open(copy / "pool.set", encoding="ascii") as f:
-        text = f.read()
-    (copy / "pool.set").write_text(text.replace(str(store / "parts"), str(copy / "parts")))
+        lines = f.read().splitlines()
+    # the part directory's line names where the store was made: the copy's own instead
+    lines = [
+        f"{line.split()[0]} {copy / 'parts'}" if line.endswith("/parts") else line for line in lines
+    ]
+    (copy / "pool.set").write_text("\n".join(lines) + "\n")
     pool = Pool.open(str(copy / "pool.set"), "viperdbm")
     try:
         objects = pool.objects()

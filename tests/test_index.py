@@ -1,10 +1,11 @@
-"""The DRAM index grows without a stop: a table twice the size takes new entries while the
-old one drains into it, a few slots per insert (native/index.c). Every operation must see
-every key at every moment of that, in the writer and in a reader beside it.
+"""The DRAM index grows one segment at a time (native/index.c): a directory of segments,
+each a small table that grows by 1/8 when 4/5 full and splits in two past 65,536 slots.
+No put pays for more than one segment, and the index stays at most 12 bytes a key once the
+store has a few thousand keys. Every operation must see every key across the growths and
+splits, in the writer and in a reader beside it.
 
-The table starts at 1,024 slots and grows when 3/4 full: 768, 1,536, 3,072, ... keys. The
-seeded workloads below cross several growths and check the store against a dict between
-the steps of a drain (``VIPERDBM_INDEX_SEED`` replays one).
+The seeded workload below crosses many growths and splits and checks the store against a
+dict between them (``VIPERDBM_INDEX_SEED`` replays it).
 """
 
 from __future__ import annotations
@@ -20,17 +21,28 @@ import viperdbm
 
 SEED = env_seed("VIPERDBM_INDEX_SEED", 2024)
 
+# the most slots one growth adds: a segment grows by 1/8 of at most 65,536 slots, or,
+# while small, doubles below 4,096
+GROWTH_MOST_SLOTS = 65_536 // 8
+
+
+def index_stats(db: viperdbm.Database) -> tuple[int, int, int]:
+    """(slots, segments, bytes) of the store's index."""
+    st = db.stats()
+    return int(st["index_slots"]), int(st["index_segments"]), int(st["index_bytes"])
+
 
 def test_every_key_is_found_while_the_index_grows(tmp_path: Path) -> None:
-    """A writer's index starts sized for its pool (131,072 slots for a new one): 480,000
-    writes over 600,000 keys cross three growths; the store is checked against a dict every
-    500 writes, so a dozen times while each old table drains."""
+    """480,000 writes over 600,000 keys, from an empty store: the index grows hundreds of
+    times and its one segment splits into several; the store is checked against a dict every
+    500 writes."""
     rng = random.Random(SEED)
     what = f"VIPERDBM_INDEX_SEED={SEED} to replay"
     model: dict[bytes, bytes] = {}
     grew = 0
     with viperdbm.open(tmp_path / "s", "c") as db:
-        slots = db.stats()["index_slots"]
+        slots, segments, _ = index_stats(db)
+        assert segments == 1
         for n in range(480_000):
             roll = rng.random()
             key = b"k%06d" % rng.randrange(600_000)
@@ -41,68 +53,94 @@ def test_every_key_is_found_while_the_index_grows(tmp_path: Path) -> None:
             else:
                 assert db.get(key) == model.get(key), f"op {n}: {what}"
             if n % 500 == 0:
-                if db.stats()["index_slots"] != slots:
-                    slots = db.stats()["index_slots"]
+                if index_stats(db)[0] != slots:
+                    slots = index_stats(db)[0]
                     grew += 1
                 assert len(db) == len(model), f"op {n}: {what}"
                 for _ in range(100):  # present or deleted keys alike
                     k = b"k%06d" % rng.randrange(600_000)
                     assert db.get(k) == model.get(k), f"op {n}: {k!r}: {what}"
-        assert grew >= 3, f"the index grew only {grew} times"
+        assert grew >= 50, f"the index grew only {grew} times"
+        assert index_stats(db)[1] >= 4, "no segment split: nothing tested"
         assert dict(db.items()) == model, what
         assert db._require_engine().require_core().audit() == [], what
     with viperdbm.open(tmp_path / "s", "r") as db:
         assert dict(db.items()) == model, what
 
 
-def test_firstkey_nextkey_and_keys_see_both_tables(tmp_path: Path) -> None:
-    """A walk that starts while the old table still holds entries sees every key once."""
+def test_no_put_grows_the_index_by_more_than_one_segments_step(tmp_path: Path) -> None:
+    """Growth is incremental: across 200,000 single puts (the one segment splits, its halves
+    grow and split again) no put adds more than GROWTH_MOST_SLOTS slots, and from 5,000
+    keys on the index takes at most 12 bytes a key at every put."""
     with viperdbm.open(tmp_path / "s", "c") as db:
-        slots = int(db.stats()["index_slots"])
-        first = slots * 3 // 4 + 2  # the growth has begun, little drained
-        for i in range(first):
-            db[b"k%06d" % i] = b"v"
-        assert db.stats()["index_slots"] == 2 * slots
-        assert db.stats()["index_bytes"] == 3 * 8 * slots  # both tables, while it drains
+        slots, _, _ = index_stats(db)
+        biggest = 0
+        worst_bytes_per_key = 0.0
+        for i in range(200_000):
+            db[b"key%08d" % i] = b"v"
+            now, _, nbytes = index_stats(db)
+            biggest = max(biggest, now - slots)
+            slots = now
+            if i + 1 >= 5_000:
+                worst_bytes_per_key = max(worst_bytes_per_key, nbytes / (i + 1))
+        assert index_stats(db)[1] >= 4, "no segment split: nothing tested"
+        assert 0 < biggest <= GROWTH_MOST_SLOTS, f"one put added {biggest} slots"
+        assert worst_bytes_per_key <= 12, f"{worst_bytes_per_key:.2f} B/key"
+
+
+def test_firstkey_nextkey_and_keys_walk_every_segment(tmp_path: Path) -> None:
+    """A walk over an index of several segments sees every key once."""
+    keys = [b"k%06d" % i for i in range(150_000)]
+    with viperdbm.open(tmp_path / "s", "c") as db:
+        for k in keys:
+            db[k] = b"v"
+        assert index_stats(db)[1] >= 4, "one segment: nothing tested"
         seen = []
         key = db.firstkey()
         while key is not None:
             seen.append(key)
             key = db.nextkey(key)
-        assert sorted(seen) == sorted(b"k%06d" % i for i in range(first))
-        for i in range(first, 3 * slots // 2 + 2):  # and again, for keys() this time
-            db[b"k%06d" % i] = b"v"
-        assert db.stats()["index_bytes"] == 3 * 16 * slots
-        assert sorted(db.keys()) == sorted(b"k%06d" % i for i in range(3 * slots // 2 + 2))
+        assert sorted(seen) == keys
+        assert sorted(db.keys()) == keys
 
 
-def test_reads_during_a_drain_find_each_key_in_either_table(tmp_path: Path) -> None:
-    """A read looks first in the table its key more likely is in (the old one where the
-    drain has not reached its home) and moves nothing: every read form finds every key,
-    whether it is still in the old table, was moved by a write, or is new."""
+def test_a_batch_that_splits_segments_is_indexed_whole(tmp_path: Path) -> None:
+    """update() makes room for all its puts before it writes: a batch of 120,000 new keys
+    into an index of one small segment splits it several times first, and every key of
+    every batch is found."""
+    model: dict[bytes, bytes] = {}
     with viperdbm.open(tmp_path / "s", "c") as db:
-        slots = int(db.stats()["index_slots"])
-        first = slots * 3 // 4 + 2  # the growth has begun, little drained
-        model = {b"k%06d" % i: b"v%d" % i for i in range(first)}
-        for key, value in model.items():
-            db[key] = value
-        assert db.stats()["index_bytes"] == 3 * 8 * slots  # both tables
-        for i in range(0, first, 40):  # writes move these into the new table (and drain)
-            model[b"k%06d" % i] = db[b"k%06d" % i] = b"w%d" % i
-        for i in range(1, first, 60):
-            del db[b"k%06d" % i]
-            del model[b"k%06d" % i]
-        assert db.stats()["index_bytes"] == 3 * 8 * slots, "the drain ended: nothing tested"
-        absent = [b"k%06d" % i for i in range(1, first, 60)] + [b"nope%d" % i for i in range(50)]
-        for key, value in model.items():
-            assert db[key] == value and db.get(key) == value and key in db
-        for key in absent:
-            assert db.get(key) is None and key not in db
-        assert db.get_many([*model, *absent]) == [*model.values(), *[None] * len(absent)]
-        assert db.stats()["index_bytes"] == 3 * 8 * slots  # reads did not end the drain
+        db[b"first"] = model[b"first"] = b"1"
+        assert index_stats(db)[1] == 1
+        for n in range(3):
+            batch = {b"b%d-%06d" % (n, i): b"%d" % i for i in range(40_000 * (n + 1))}
+            db.update(batch)
+            model.update(batch)
+        assert index_stats(db)[1] >= 4, "no split: nothing tested"
+        assert len(db) == len(model)
+        assert all(db[k] == v for k, v in model.items())
         assert db._require_engine().require_core().audit() == []
     with viperdbm.open(tmp_path / "s", "r") as db:
         assert dict(db.items()) == model
+
+
+def test_reopen_sizes_the_index_for_the_live_keys(tmp_path: Path) -> None:
+    """The index of a reopened store is first sized from its blocks' bytes (a hint: 128
+    bytes a record), and a block's unused tail and dead records are in them: 5,000 keys
+    in one 4 MiB block are sized as 32,768. The recovered index then gives back what the
+    live keys do not need."""
+    with viperdbm.open(tmp_path / "s", "c") as db:
+        for round_ in range(2):
+            db.update({b"k%06d" % i: b"%d" % round_ for i in range(5_000)})
+        assert db.stats()["blocks"] == 1
+    with viperdbm.open(tmp_path / "s", "w") as db:
+        _, _, nbytes = index_stats(db)
+        assert len(db) == 5_000
+        assert nbytes / 5_000 <= 12, f"{nbytes / 5_000:.2f} B/key after reopen"
+        assert db[b"k000007"] == b"1"
+        for i in range(5_000):  # the fitted index grows again as any other
+            db[b"new%d" % i] = b"n"
+        assert db[b"new7"] == b"n" and len(db) == 10_000
 
 
 FOLLOWER = r"""
@@ -142,3 +180,23 @@ def test_a_reader_follows_a_writer_across_growths(tmp_path: Path) -> None:
             db[b"k%06d" % i] = b"%d" % i
         out, _ = reader.communicate(timeout=120)
     assert reader.returncode == 0 and out.strip().endswith("DONE"), out
+
+
+def test_keys_in_hash_order_split_segments_unevenly(tmp_path: Path) -> None:
+    """reorganize() copies a store in its index's order, which is the keys' hash order: every
+    key a segment holds when it splits then lies on one side of the split. 150,000 keys put
+    in another store's walk order are all found (the halves are sized by what they take)."""
+    keys = [b"k%06d" % i for i in range(150_000)]
+    with viperdbm.open(tmp_path / "a", "c") as a:
+        a.update({k: b"v" for k in keys})
+        ordered = []
+        key = a.firstkey()
+        while key is not None:
+            ordered.append(key)
+            key = a.nextkey(key)
+    with viperdbm.open(tmp_path / "b", "c") as b:
+        for k in ordered:
+            b[k] = b"w"
+        assert index_stats(b)[1] >= 4, "no split: nothing tested"
+        assert len(b) == len(keys) and all(b[k] == b"w" for k in keys)
+        assert b._require_engine().require_core().audit() == []
