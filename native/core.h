@@ -15,8 +15,8 @@
  *
  * One concern a file, all of them behind this header (as SQLite keeps its sources):
  *   crc32c.c     CRC-32C of records and block headers (the key hash is inline below)
- *   index.c      the DRAM hash index: allocation, growth without a stop, deletion (the
- *                lookup is inline below)
+ *   index.c      the DRAM hash index: segments, growth one segment at a time, deletion,
+ *                walks (the lookup is inline below)
  *   log.c        blocks and records: placing, writing and persisting a record, the block
  *                constructor, block headers, the blocks registry, put
  *   batch.c      atomic batches: many puts and deletes written as one record
@@ -326,6 +326,13 @@ typedef struct {
         uint64_t at; /* where it starts in its block's log: off, or its batch's offset */
     } *pending;
     size_t npending, pending_cap;
+    /* during the scan: records whose index entries wait to be made in key-hash order
+     * (recovery.c, recover_flush) */
+    struct Scanned {
+        uint64_t h, off, seq;
+        uint32_t alen, kind;
+    } *scanned, *scanned_sorting; /* (the sort's second buffer, as large) */
+    size_t nscanned, scanned_cap;
     uint64_t discarded; /* records dropped by the power-fail rule at the last recovery */
     int persist_mode;
     void (*persist_fn)(const void *, size_t);
@@ -482,28 +489,40 @@ typedef struct {
     uint64_t *slot;
 } IndexRef;
 
-/* Find key: 1 (ref is its slot) or 0 (ref is where it would go). */
-static inline int index_lookup(Core *c, const uint8_t *key, uint64_t klen, uint64_t h, IndexRef *ref) {
+/* The probe of a lookup: 1 (ref is the slot whose record same() says holds the key) or 0
+ * (ref is where the key would go). same() is asked only where the tag matches. */
+static inline int index_probe(Core *c, uint64_t h, IndexRef *ref, int (*same)(Core *, uint64_t, const void *),
+                              const void *key) {
     uint64_t tag = h >> c->off_bits;
     Segment *g = seg_of(c, tag);
     uint64_t *slots = g->slots, cap = g->cap, i = seg_home(g, tag);
     ref->seg = g;
     for (;;) {
         uint64_t s = slots[i];
-        if (s == 0) {
+        if (s == 0 || (slot_tag(c, s) == tag && same(c, slot_off(c, s), key))) {
             ref->slot = &slots[i];
-            return 0;
-        }
-        if (slot_tag(c, s) == tag) {
-            Rec r;
-            const uint8_t *k = rec_key(c, slot_off(c, s), &r);
-            if (r.klen == klen && memcmp(k, key, klen) == 0) {
-                ref->slot = &slots[i];
-                return 1;
-            }
+            return s != 0;
         }
         if (++i == cap) i = 0;
     }
+}
+
+typedef struct {
+    const uint8_t *p;
+    uint64_t n;
+} KeyBytes;
+
+static inline int record_has_key(Core *c, uint64_t off, const void *key) {
+    const KeyBytes *kb = key;
+    Rec r;
+    const uint8_t *k = rec_key(c, off, &r);
+    return r.klen == kb->n && memcmp(k, kb->p, kb->n) == 0;
+}
+
+/* Find key: 1 (ref is its slot) or 0 (ref is where it would go). */
+static inline int index_lookup(Core *c, const uint8_t *key, uint64_t klen, uint64_t h, IndexRef *ref) {
+    KeyBytes kb = {key, klen};
+    return index_probe(c, h, ref, record_has_key, &kb);
 }
 
 /* Find key for a read: the pool offset of its record, or 0. */
@@ -548,9 +567,6 @@ void index_remove(Core *c, const IndexRef *ref);
 uint64_t *index_walk(Core *c, IndexCursor *cur);
 IndexRef index_ref_at(Core *c, const IndexCursor *cur);
 IndexCursor index_cursor_of(Core *c, const IndexRef *ref);
-/* how many records a scan prefetches the index slots of ahead of the one it applies */
-#define SCAN_PREFETCH_DISTANCE 8
-uint64_t prefetch_records(Core *c, uint64_t at, uint64_t end, int n);
 
 /* ------------------------------------------------------------------ log.c */
 Py_ssize_t block_find(Core *c, uint64_t off);

@@ -48,6 +48,8 @@ static void Core_dealloc(Core *c) {
     if (c->forked) c->shared_role = SHARED_NONE; /* the parent's: publish nothing from here */
     shared_detach(c);
     PyMem_Free(c->pending);
+    PyMem_Free(c->scanned);
+    PyMem_Free(c->scanned_sorting);
     index_free(c);
     PyMem_Free(c->blocks);
     PyMem_Free(c->parts);
@@ -164,7 +166,7 @@ static int index_drop_deleted(Core *c, const IndexRef *at) {
     return freeable;
 }
 
-/* Does the key's record in the slot at holds hold a value other than expected (bytes, or
+/* Does the record the index entry at points to hold a value other than expected (bytes, or
  * NULL: no condition)? 1, 0, or -1 with an exception set (expected is not bytes). */
 static int value_differs(Core *c, const IndexRef *at, PyObject *expected) {
     if (!expected) return 0;

@@ -729,6 +729,37 @@ static ReaderBlock *rblock_new(Core *c, const ReaderBlock *nb) {
     return &c->rblocks[i];
 }
 
+/* how many records a catch-up prefetches the index slots of ahead of the one it applies */
+#define SCAN_PREFETCH_DISTANCE 8
+
+/* A catch-up's lookahead: walk up to n record headers from at (lengths only, bounds-checked,
+ * no CRC) and prefetch the home slot of each key, so that the index's cache misses of the
+ * records ahead overlap with the work on the current one. A hint only: it never changes
+ * what the catch-up finds. Returns the position after the n-th record, or 0 where it met
+ * anything but a record. (The scan at open instead makes its index entries in key-hash
+ * order: recovery.c, recover_flush.) */
+static uint64_t prefetch_records(Core *c, uint64_t at, uint64_t end, int n) {
+    while (n > 0) {
+        uint64_t room = VD_PAGE_SIZE - at % VD_PAGE_SIZE;
+        if (room < VD_RECORD_HEADER_SIZE) at += room;
+        if (at + VD_RECORD_HEADER_SIZE > end) return 0;
+        const uint8_t *r = c->base + at;
+        uint64_t meta = rec_meta(r);
+        unsigned rk = meta_kind_raw(meta);
+        if (!kind_is_top_level(rk)) return 0;
+        if (at + meta_header_len(meta) > end) return 0;
+        Rec rec;
+        rec_parse(r, &rec);
+        if (rec.total > end - at) return 0;
+        if (rk != VD_KIND_PAD && rk != VD_KIND_BATCH) { /* (a batch's records: not looked ahead at) */
+            index_prefetch(c, key_hash(r + rec.hlen, rec.klen));
+            n--;
+        }
+        at += align_up(rec.total, VD_RECORD_ALIGN);
+    }
+    return at;
+}
+
 /* The deletes applied in one catch-up: removed from the index at its end. */
 typedef struct {
     uint64_t *offs;

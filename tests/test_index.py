@@ -200,3 +200,26 @@ def test_keys_in_hash_order_split_segments_unevenly(tmp_path: Path) -> None:
         assert index_stats(b)[1] >= 4, "no split: nothing tested"
         assert len(b) == len(keys) and all(b[k] == b"w" for k in keys)
         assert b._require_engine().require_core().audit() == []
+
+
+def test_reopen_of_more_records_than_one_sorted_chunk(tmp_path: Path) -> None:
+    """The scan at open makes the index entries of up to 2,097,152 records at a time, in
+    key-hash order: 2,437,500 records (1,300,000 keys, half of them written again, a quarter
+    three times, an eighth deleted; no block is all dead, so none is freed) take two
+    chunks, and a key's newest record wins whichever chunk holds it."""
+    model: dict[bytes, bytes] = {}
+    n = 1_300_000
+    with viperdbm.open(tmp_path / "s", "c") as db:
+        for version, every, first in ((b"a", 1, 0), (b"b", 2, 0), (b"c", 4, 1)):
+            keys = range(first, n, every)
+            for start in range(0, len(keys), 100_000):
+                batch = {b"k%07d" % i: version + b"%d" % i for i in keys[start : start + 100_000]}
+                db.update(batch)
+                model.update(batch)
+        for i in range(3, n, 8):
+            del db[b"k%07d" % i]
+            del model[b"k%07d" % i]
+        assert db.stats()["blocks"] > 1
+    with viperdbm.open(tmp_path / "s", "r") as db:
+        assert len(db) == len(model)
+        assert dict(db.items()) == model
