@@ -167,6 +167,33 @@ static inline void wr32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
 static inline void wr64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
 static inline uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) & ~(a - 1); }
 
+/* One pass of an LSD radix sort, RADIX_BITS bits a pass: the n elements of size bytes at in
+ * go to out, stably ordered by the digit at shift of the uint64_t at key_off in each (the
+ * listings sort offsets, recovery its scanned records by hash). Inline: each caller gets
+ * it compiled for its element. */
+#define RADIX_BITS 11
+static inline void radix_pass(const void *in, void *out, size_t n, size_t size, size_t key_off, unsigned shift) {
+    size_t counts[1u << RADIX_BITS] = {0}; /* 16 KiB */
+    const uint64_t mask = (1u << RADIX_BITS) - 1;
+    const uint8_t *src = in;
+    uint8_t *dst = out;
+    uint64_t key;
+    for (size_t i = 0; i < n; i++) {
+        memcpy(&key, src + i * size + key_off, sizeof key);
+        counts[(key >> shift) & mask]++;
+    }
+    size_t sum = 0;
+    for (size_t d = 0; d <= mask; d++) {
+        size_t t = counts[d];
+        counts[d] = sum;
+        sum += t;
+    }
+    for (size_t i = 0; i < n; i++) {
+        memcpy(&key, src + i * size + key_off, sizeof key);
+        memcpy(dst + counts[(key >> shift) & mask]++ * size, src + i * size, size);
+    }
+}
+
 /* The CRC-32C of n bytes, as the format stores it. */
 static inline uint32_t crc32c(const void *data, size_t n) { return crc32c_update(0xFFFFFFFFu, data, n) ^ 0xFFFFFFFFu; }
 

@@ -342,18 +342,8 @@ static uint64_t *live_offsets_sorted(Core *c, Py_ssize_t *n) {
         a[k++] = off;
         top |= off;
     }
-    enum { BITS = 11, RADIX = 1 << BITS };
-    uint64_t counts[RADIX]; /* 16 KiB */
-    for (unsigned shift = 0; shift < 64 && (top >> shift); shift += BITS) {
-        memset(counts, 0, sizeof counts);
-        for (uint64_t i = 0; i < k; i++) counts[(a[i] >> shift) & (RADIX - 1)]++;
-        uint64_t sum = 0;
-        for (unsigned d = 0; d < RADIX; d++) {
-            uint64_t t = counts[d];
-            counts[d] = sum;
-            sum += t;
-        }
-        for (uint64_t i = 0; i < k; i++) b[counts[(a[i] >> shift) & (RADIX - 1)]++] = a[i];
+    for (unsigned shift = 0; shift < 64 && (top >> shift); shift += RADIX_BITS) {
+        radix_pass(a, b, k, sizeof *a, 0, shift);
         uint64_t *t = a;
         a = b;
         b = t;

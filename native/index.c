@@ -19,6 +19,8 @@
  * it gets to its working size in a few steps */
 #define SEG_DOUBLE_BELOW 4096
 #define SEG_MIN_SLOTS 16
+/* a segment's size is a multiple of this many slots: one cache line */
+#define SEG_SLOTS_ALIGN 8
 /* the tag bits kept below a prefix, at least: what a home is computed from */
 #define SEG_HOME_BITS_MIN 12
 
@@ -48,17 +50,15 @@ static void slots_free(uint64_t *slots, uint64_t cap) {
         munmap(slots, bytes);
 }
 
-static inline uint64_t round8(uint64_t n) { return (n + 7) & ~UINT64_C(7); }
-
 /* the capacity at which n entries fill a segment to 3/4 (a fresh or refitted one) */
 static uint64_t cap_for(uint64_t n) {
-    uint64_t cap = round8(n + n / 3 + 1);
+    uint64_t cap = align_up(n + n / 3 + 1, SEG_SLOTS_ALIGN);
     return cap < SEG_MIN_SLOTS ? SEG_MIN_SLOTS : cap;
 }
 
 /* the capacity of a segment that n entries fill as far as a growth leaves it (0.71) */
 static uint64_t cap_after_growth(uint64_t n) {
-    uint64_t cap = round8(n + n / 4 + n / 8 + n / 32 + 8); /* n * 45/32 = n * 5/4 * 9/8 */
+    uint64_t cap = align_up(n + n / 4 + n / 8 + n / 32 + 8, SEG_SLOTS_ALIGN); /* n * 45/32 = n * 5/4 * 9/8 */
     return cap < SEG_MIN_SLOTS ? SEG_MIN_SLOTS : cap;
 }
 
@@ -123,18 +123,16 @@ static int index_build(Core *c, unsigned bits, uint64_t cap) {
 }
 
 /* directory bits and segment size for about expected keys */
-static int index_build_for(Core *c, uint64_t expected) {
+int index_alloc(Core *c, uint64_t expected) {
     unsigned bits = 0, most = slot_tag_bits(c) - SEG_HOME_BITS_MIN;
     while (bits < most && cap_for(expected >> bits) > SEG_MAX_SLOTS * 3 / 4) bits++;
     return index_build(c, bits, cap_for(expected >> bits));
 }
 
-int index_alloc(Core *c, uint64_t expected) { return index_build_for(c, expected); }
-
 int index_presize(Core *c, uint64_t expected) {
     if (c->count || cap_for(expected) <= c->cap) return 0;
     if (c->listing) return core_error(ERR_INDEX_HELD);
-    return index_build_for(c, expected);
+    return index_alloc(c, expected);
 }
 
 void index_free(Core *c) {
@@ -212,9 +210,9 @@ static int seg_split(Core *c, Segment *g) {
  * segment again) or -1 with an exception set (nothing changed). */
 static int seg_grow(Core *c, Segment *g, uint64_t n) {
     if (c->listing) return core_error(ERR_INDEX_HELD);
-    uint64_t cap = g->cap < SEG_DOUBLE_BELOW ? 2 * g->cap : round8(g->cap + g->cap / 8);
+    uint64_t cap = g->cap < SEG_DOUBLE_BELOW ? 2 * g->cap : align_up(g->cap + g->cap / 8, SEG_SLOTS_ALIGN);
     uint64_t need = g->count + n;
-    while (cap * 4 / 5 < need) cap = round8(cap + cap / 8);
+    while (cap * 4 / 5 < need) cap = align_up(cap + cap / 8, SEG_SLOTS_ALIGN);
     if (cap > SEG_MAX_SLOTS && g->home_bits > SEG_HOME_BITS_MIN) return seg_split(c, g) < 0 ? -1 : 1;
     return seg_resize(c, g, cap);
 }

@@ -62,18 +62,8 @@ static int recover_flush(Core *c) {
     /* LSD radix sort on the hash's top 33 bits, 11 a pass: the order of segments and
      * homes in them (a segment has at most 2^17 slots, the directory far fewer than
      * 2^16 entries) */
-    enum { BITS = 11, RADIX = 1 << BITS };
-    size_t counts[RADIX];
-    for (unsigned shift = 31; shift < 64; shift += BITS) {
-        memset(counts, 0, sizeof counts);
-        for (size_t i = 0; i < n; i++) counts[(a[i].h >> shift) & (RADIX - 1)]++;
-        size_t sum = 0;
-        for (unsigned d = 0; d < RADIX; d++) {
-            size_t t = counts[d];
-            counts[d] = sum;
-            sum += t;
-        }
-        for (size_t i = 0; i < n; i++) b[counts[(a[i].h >> shift) & (RADIX - 1)]++] = a[i];
+    for (unsigned shift = 31; shift < 64; shift += RADIX_BITS) {
+        radix_pass(a, b, n, sizeof *a, offsetof(struct Scanned, h), shift);
         struct Scanned *t = a;
         a = b;
         b = t;
