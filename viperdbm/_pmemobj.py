@@ -69,6 +69,7 @@ from viperdbm._storedir import (
     Parts,
     fsync_dir,
     fsync_file,
+    part_path,
     poolset_text,
     read_poolset,
     scan_parts,
@@ -1086,9 +1087,20 @@ class Pool:
         """Bytes of the pool mapped at :attr:`base` now (sum of the part file sizes).
 
         Only an allocation can grow the pool, so the parts are scanned again only after
-        one (not at every call: an open would otherwise list the directory many times)."""
+        one (not at every call: an open would otherwise list the directory many times),
+        and only if a part file after the mapped ones exists: a growth adds the next one
+        (or, after a failed growth, the one after it). Listing a directory of many parts
+        after every allocation took a millisecond of each new block at 100M records."""
         self._handle()
-        return self._refresh_mapped() if self._may_have_grown else self._mapped
+        if not self._may_have_grown:
+            return self._mapped
+        after = len(self._mapped_parts)
+        if self._mapped_parts and not any(
+            os.path.lexists(part_path(self._parts_dir, n)) for n in (after, after + 1)
+        ):
+            self._may_have_grown = False
+            return self._mapped
+        return self._refresh_mapped()
 
     def _check_range(self, what: str, offset: int, length: int) -> None:
         if type(offset) is not int or type(length) is not int:

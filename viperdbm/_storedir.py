@@ -305,6 +305,12 @@ def probe_lock(directory: str, *, label: str) -> None:
 _PART_NAME = re.compile(r"[0-9]+\.pmem\Z")
 
 
+def part_path(parts_dir: str, number: int) -> str:
+    """Where part ``number`` is or will be: libpmemobj names a directory poolset's parts
+    000000.pmem, 000001.pmem, ... (set.c, ``util_poolset_append_new_part``)."""
+    return os.path.join(parts_dir, f"{number:06d}.pmem")
+
+
 class Part(NamedTuple):
     number: int
     path: str
