@@ -178,6 +178,7 @@ static int batch_put(Core *c, const BatchItem *items, Py_ssize_t n, uint64_t jof
     int freeable = batch_index(c, bi, pos, items, n);
     if (joff) shared_add(c, &c->blocks[bi]);
     shared_publish_end(c, &c->blocks[bi]); /* readers see the whole batch at once */
+    if (joff) fault_ahead_start(c, &c->blocks[bi]);
     crash_point("batch: index updated");
     return after_write(c, freeable);
 }

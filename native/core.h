@@ -343,6 +343,9 @@ typedef struct {
     uint64_t count, tombs_in_index;
     Block *blocks; /* sorted by off */
     size_t nblocks, blocks_cap;
+    /* the writer: where the next block will likely go (right after the last one), and how
+     * much of it has been faulted in ahead of need so far (log.c, fault_ahead_start) */
+    uint64_t ahead_from, ahead_done, ahead_end;
     Py_ssize_t active; /* index in blocks[] of the block being appended to, or -1 */
     uint64_t next_seq, floor, max_seq_seen;
     uint64_t durable_seq; /* every record up to this one was made durable by sync() */
@@ -597,6 +600,8 @@ IndexCursor index_cursor_of(Core *c, const IndexRef *ref);
 
 /* ------------------------------------------------------------------ log.c */
 Py_ssize_t block_find(Core *c, uint64_t off);
+/* a block was added: fault in the space after it, where the next block will likely go */
+void fault_ahead_start(Core *c, const Block *b);
 Py_ssize_t block_insert(Core *c, const Block *nb);
 int account_dead(Core *c, uint64_t off, uint64_t len);
 int check_block_bounds(Core *c, uint64_t off, uint64_t usable);

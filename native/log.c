@@ -228,6 +228,59 @@ void write_pad(Core *c, uint64_t at, uint64_t len) {
     write_record(c, at, VD_KIND_PAD, c->next_seq, NULL, 0, NULL, len - VD_RECORD_HEADER_SIZE);
 }
 
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
+#endif
+
+/* A new block's constructor zeroes its 4 MiB log: a first store into each page of space the
+ * file system has not written yet is a page fault (ext4 allocates or converts the block), and
+ * 1,024 of them made the one put that added a block take 5-30 ms. While the pool grows,
+ * libpmemobj's allocator puts the next block right after the last one (the heap is filled
+ * from the front), so that space is faulted in ahead of need: a step each time the active
+ * block's end passes one (fault_ahead, from the appends), or at once after a jumbo block (a
+ * batch of update(), which a standard block often follows). MADV_POPULATE_WRITE faults pages
+ * in writable without changing a byte, so a wrong guess (the space is another object's, or
+ * is never taken) costs a write-back of the same bytes, never data. Where the kernel refuses
+ * (older than 5.14, or no space to back the pages) the faulting stops until the next block,
+ * and the constructor's zeroing faults the pages in as before. */
+#define AHEAD_STEP (64u << 10)
+/* libpmemobj gives a large object whole chunks of 256 KiB: the next object starts at the
+ * next chunk, up to this much after a jumbo block's end (a standard block fills its chunks) */
+#define PMEMOBJ_CHUNK (256u << 10)
+
+/* Fault [from, to) in, as far as the pool is mapped: how far it got, or 0 if refused. */
+static uint64_t populate(Core *c, uint64_t from, uint64_t to) {
+    uint64_t mapped = c->mapped & ~(uint64_t)(VD_PAGE_SIZE - 1);
+    if (to > mapped) to = mapped;
+    if (to <= from) return from;
+    return madvise(c->base + from, (size_t)(to - from), MADV_POPULATE_WRITE) == 0 ? to : 0;
+}
+
+void fault_ahead_start(Core *c, const Block *b) {
+    c->ahead_from = c->ahead_done = c->ahead_end = 0;
+    /* only after the last block: elsewhere the space after it is most likely another
+     * block's, whose pages a fault-in would only make dirty again */
+    if (b != &c->blocks[c->nblocks - 1]) return;
+    uint64_t from = (b->off + b->size) & ~(uint64_t)(VD_PAGE_SIZE - 1);
+    c->ahead_from = c->ahead_done = from;
+    c->ahead_end = from + VD_BLOCK_SIZE + VD_PAGE_SIZE;
+    if (b->type == VD_TYPE_JUMBO_BLOCK) {
+        c->ahead_end += PMEMOBJ_CHUNK;
+        (void)populate(c, from, c->ahead_end);
+        c->ahead_done = c->ahead_end; /* no appends follow to go on with it */
+    }
+}
+
+static void fault_ahead(Core *c, const Block *b) {
+    /* as far into the next block as the appends are into this one, a step ahead */
+    uint64_t want = (c->ahead_from + (b->end - b->off) + AHEAD_STEP) & ~(uint64_t)(VD_PAGE_SIZE - 1);
+    if (want > c->ahead_end) want = c->ahead_end;
+    if (want < c->ahead_done + AHEAD_STEP && want < c->ahead_end) return;
+    uint64_t got = populate(c, c->ahead_done, want);
+    /* refused: stop until the next block; short of want: the pool ends there for now */
+    c->ahead_done = got ? got : c->ahead_end;
+}
+
 /* Append a record to the active block and point the index at it. */
 int append_record(Core *c, unsigned kind, const uint8_t *key, uint64_t klen, const uint8_t *val,
                          uint64_t vlen, uint64_t *out_off) {
@@ -252,6 +305,7 @@ int append_record(Core *c, unsigned kind, const uint8_t *key, uint64_t klen, con
     b->end = pos + alen;
     b->seq_max = c->next_seq - 1;
     shared_publish_end(c, b);
+    if (c->ahead_done < c->ahead_end) fault_ahead(c, b);
     *out_off = pos;
     return RC_DONE;
 }
@@ -400,6 +454,7 @@ PyObject *Core_add_block(Core *c, PyObject *args) {
     Py_ssize_t i = block_insert(c, &b);
     if (i < 0) return NULL;
     c->active = i;
+    fault_ahead_start(c, &c->blocks[i]);
     shared_add(c, &c->blocks[i]);
     shared_set_active(c);
     /* the block we leave may already be entirely dead */
@@ -429,6 +484,7 @@ Py_ssize_t write_jumbo(Core *c, unsigned kind, uint64_t joff, uint64_t jsize, co
     /* published whole, once its record is complete */
     shared_add(c, &c->blocks[bi]);
     shared_publish_end(c, &c->blocks[bi]);
+    fault_ahead_start(c, &c->blocks[bi]);
     *out_off = off;
     return bi;
 }

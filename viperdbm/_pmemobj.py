@@ -208,6 +208,7 @@ _pmemobj_first = _declare(_libobj, "pmemobj_first", PMEMoid, [_c_void_p])
 _pmemobj_next = _declare(_libobj, "pmemobj_next", PMEMoid, [PMEMoid])
 _pmemobj_persist = _declare(_libobj, "pmemobj_persist", None, [_c_void_p, _c_void_p, _c_size_t])
 _pmemobj_ctl_set = _declare(_libobj, "pmemobj_ctl_set", _c_int, [_c_void_p, _c_char_p, _c_void_p])
+_pmemobj_ctl_exec = _declare(_libobj, "pmemobj_ctl_exec", _c_int, [_c_void_p, _c_char_p, _c_void_p])
 _pmem_errormsg = _declare(_libpmem, "pmem_errormsg", _c_char_p, [])
 _pmem_msync = _declare(_libpmem, "pmem_msync", _c_int, [_c_void_p, _c_size_t])
 _pmem_is_pmem = _declare(_libpmem, "pmem_is_pmem", _c_int, [_c_void_p, _c_size_t])
@@ -1377,6 +1378,28 @@ class Pool:
         if self._growth_stopped:
             nbytes = 0
         _ctl_set(self, pop, "heap.size.granularity", ctypes.c_uint64(nbytes))
+
+    def extend(self, nbytes: int) -> None:
+        """Grow the pool by one part of ``nbytes`` now (``heap.size.extend``), not when an
+        allocation finds the heap full. Fails as that growth would (StoreFullError on a full
+        disk, and this handle then never grows again: see :meth:`_stop_growth`)."""
+        _check_u64("extend", "nbytes", nbytes)
+        pop = self._handle()
+        if self._growth_stopped:
+            raise GROWTH_STOPPED(
+                self.set_path,
+                errno=_errno.ENOSPC,
+                what="cannot grow the pool",
+                reason=self._growth_error,
+            )
+        _invoke(
+            self,
+            "cannot grow the pool",
+            _pmemobj_ctl_exec,
+            (pop, b"heap.size.extend", ctypes.byref(ctypes.c_uint64(nbytes))),
+            failed=_is_nonzero,
+            context="alloc",
+        )
 
     def is_pmem(self, length: int) -> bool:
         """``pmem_is_pmem(base, length)``: whether CPU flushes make the range durable."""

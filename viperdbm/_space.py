@@ -79,11 +79,20 @@ _CONSTRUCTED = frozenset({layout.TYPE_STANDARD_BLOCK, layout.TYPE_JUMBO_BLOCK, l
 _BLOCKS = frozenset({layout.TYPE_STANDARD_BLOCK, layout.TYPE_JUMBO_BLOCK})
 
 
+def growth_step(pool: Pool) -> int:
+    """The size of the part file the pool grows by next: a sixteenth of the pool keeps the
+    unused tail of the last part small (and the part count low)."""
+    return max(8 << 20, min(1 << 30, pool.mapped_size() // 16)) & ~((1 << 20) - 1)
+
+
 def tune_growth(pool: Pool) -> None:
-    """libpmemobj adds a part file of this size when the heap is full; a sixteenth of the
-    pool keeps the unused tail of the last part small (and the part count low)."""
-    size = max(8 << 20, min(1 << 30, pool.mapped_size() // 16))
-    pool.set_heap_granularity(size & ~((1 << 20) - 1))
+    """libpmemobj adds a part file of :func:`growth_step` bytes when the heap is full."""
+    pool.set_heap_granularity(growth_step(pool))
+
+
+#: a pool smaller than this grows only when an allocation needs it (see Space.grow_ahead):
+#: a store of a few records keeps its two parts
+GROW_AHEAD_FROM = 32 << 20
 
 
 class HeldBlocks:
@@ -193,11 +202,21 @@ class Space:
             )
         _native.crash_point("object allocated")
         usable = pool.usable_size(off)
+        self._pool_may_have_grown()
+        if type_num in _BLOCKS:
+            try:
+                self.grow_ahead(off + usable)
+            except Exception:  # an I/O error: the block was not handed to the core yet
+                pool.free(off)
+                raise
+        return off, usable
+
+    def _pool_may_have_grown(self) -> None:
+        pool = self.pool
         self.core.set_mapped(pool.mapped_size())
         if pool.has_part_writers:  # (flag 's') the core writes records into the new part too
             self.core.set_part_files(pool.writable_parts())
         tune_growth(pool)
-        return off, usable
 
     def adopt(self, off: int, register: Callable[..., _T], *args: int | bytes) -> _T:
         """Hand a block just allocated to the core; free it again if the core refuses it.
@@ -244,6 +263,29 @@ class Space:
             self.free_dead_blocks()
         if not may_use_reserve:
             self.keep_reserve()
+
+    def grow_ahead(self, block_end: int) -> None:
+        """Grow the pool now if the next block will not fit after the one just allocated.
+
+        The put that adds a block pays for its pages: the block's constructor zeroes its
+        log, and a first store into a page of a new part is a page fault the file system
+        handles page by page. The core faults the space after the last block in ahead of
+        need (native/log.c, fault_ahead_start), where libpmemobj puts the next block while
+        the pool grows; a part added here lets that space be in a part already. A block
+        lands at the end of the heap only if no freed space fitted it, so growing here is
+        at most about one block early. Refused growth (a full disk) is no error here: the
+        allocation that needs the space reports it, as it did before."""
+        pool = self.pool
+        mapped = pool.mapped_size()
+        ends = [block_end]
+        if self.reserve_off is not None:
+            ends.append(self.reserve_off + layout.BLOCK_SIZE)
+        if mapped < GROW_AHEAD_FROM or mapped - max(ends) >= 2 * layout.BLOCK_SIZE:
+            return
+        with contextlib.suppress(StoreFullError):
+            pool.extend(growth_step(pool))
+        _native.crash_point("pool grown ahead")
+        self._pool_may_have_grown()
 
     # ------------------------------------------------------------------ the reserve
     def _set_reserve(self, off: int | None) -> None:
