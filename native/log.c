@@ -248,11 +248,16 @@ void write_pad(Core *c, uint64_t at, uint64_t len) {
  * next chunk, up to this much after a jumbo block's end (a standard block fills its chunks) */
 #define PMEMOBJ_CHUNK (256u << 10)
 
-/* Fault [from, to) in, as far as the pool is mapped: how far it got, or 0 if refused. */
+/* Fault [from, to) in, as far as the pool is mapped: how far it got, or 0 if refused.
+ * MADV_WILLNEED first reads exactly the range into the page cache (space never written
+ * reads as zeros, without I/O): a fault on a page that is not cached reads around it, a
+ * whole read-ahead window (8 MiB here), and at 100M records, with the page cache full,
+ * that took 18 ms of one put every two blocks. */
 static uint64_t populate(Core *c, uint64_t from, uint64_t to) {
     uint64_t mapped = c->mapped & ~(uint64_t)(VD_PAGE_SIZE - 1);
     if (to > mapped) to = mapped;
     if (to <= from) return from;
+    (void)madvise(c->base + from, (size_t)(to - from), MADV_WILLNEED);
     return madvise(c->base + from, (size_t)(to - from), MADV_POPULATE_WRITE) == 0 ? to : 0;
 }
 
