@@ -498,7 +498,7 @@ typedef struct Segment {
     uint64_t *slots;
     uint64_t cap;       /* slots */
     uint64_t count;     /* entries */
-    uint64_t limit;     /* the most entries it takes before it grows (4/5 of cap) */
+    uint64_t limit;     /* the most entries it takes before it grows (0.77 to 0.83 of cap) */
     uint64_t home_mask; /* (1 << home_bits) - 1 */
     unsigned home_bits; /* the tag's bits below the prefix */
     unsigned depth;     /* the prefix's length in bits */

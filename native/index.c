@@ -5,11 +5,12 @@
  * keys a growth allocated and filled 2 GiB (a put of 2 s when it rehashed at once, puts of
  * tens of ms while it drained; 32 bytes a key while both tables lived), and after it the
  * table was 3/8 full (21 bytes a key). Here the index is a directory of segments, each a
- * small table that grows on its own: by 1/8 of its size when it is 4/5 full, and, past
+ * small table that grows on its own: by 1/8 of its size when it is 0.77 to 0.83 full (a
+ * fraction of its own, so that segments do not all grow at once: seg_limit), and, past
  * SEG_MAX_SLOTS, by splitting into two segments by the next bit of the tag (extendible
  * hashing: the directory doubles when a segment as deep as it splits). No growth touches
- * more than one segment, about 512 KiB, and the index stays between 0.71 and 0.8 full: 10
- * to 11.3 bytes a key. An insert pays about 8 moves, amortized, within one segment. */
+ * more than one segment, about 512 KiB, and the index stays between 0.68 and 0.83 full: 9.6
+ * to 11.7 bytes a key. An insert pays about 8 moves, amortized, within one segment. */
 #include "core.h"
 
 #include <sys/mman.h>
@@ -62,6 +63,16 @@ static uint64_t cap_after_growth(uint64_t n) {
     return cap < SEG_MIN_SLOTS ? SEG_MIN_SLOTS : cap;
 }
 
+/* How full g may get before it grows: 0.77 to 0.83 of its size, a fraction of its own
+ * (from its prefix). With one fraction for all, segments that keys fill at the same rate
+ * grew together: every segment of a 100M-key index within a few update() batches of
+ * 100,000 keys, one of which then grew hundreds of segments and took 0.4-0.7 s more than
+ * the others. */
+static uint64_t seg_limit(const Segment *g) {
+    uint64_t mix = ((g->prefix + 1) * UINT64_C(0x9E3779B97F4A7C15) + g->depth) >> 58; /* 0..63 */
+    return g->cap * (770 + mix) / 1000;
+}
+
 static Segment *seg_new(Core *c, uint64_t cap, unsigned depth, uint64_t prefix) {
     Segment *g = PyMem_RawCalloc(1, sizeof *g);
     uint64_t *slots = slots_alloc(cap);
@@ -72,9 +83,9 @@ static Segment *seg_new(Core *c, uint64_t cap, unsigned depth, uint64_t prefix) 
     }
     g->slots = slots;
     g->cap = cap;
-    g->limit = cap * 4 / 5;
     g->depth = depth;
     g->prefix = prefix;
+    g->limit = seg_limit(g);
     g->home_bits = slot_tag_bits(c) - depth;
     g->home_mask = (UINT64_C(1) << g->home_bits) - 1;
     return g;
@@ -155,7 +166,7 @@ static int seg_resize(Core *c, Segment *g, uint64_t cap) {
     uint64_t *old = g->slots, old_cap = g->cap;
     g->slots = fresh;
     g->cap = cap;
-    g->limit = cap * 4 / 5;
+    g->limit = seg_limit(g);
     g->count = 0;
     for (uint64_t i = 0; i < old_cap; i++)
         if (old[i]) seg_place(c, g, old[i]);

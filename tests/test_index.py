@@ -22,8 +22,10 @@ import viperdbm
 SEED = env_seed("VIPERDBM_INDEX_SEED", 2024)
 
 # the most slots one growth adds: a segment grows by 1/8 of at most 65,536 slots, or,
-# while small, doubles below 4,096
-GROWTH_MOST_SLOTS = 65_536 // 8
+# while small, doubles below 4,096; a segment of 65,536 slots splits when at most 0.834
+# full (its own limit, native/index.c seg_limit) into halves 0.71 full (and a cache line
+# of rounding each)
+GROWTH_MOST_SLOTS = int(65_536 * (0.834 * 45 / 32 - 1)) + 2 * 8
 
 
 def index_stats(db: viperdbm.Database) -> tuple[int, int, int]:
