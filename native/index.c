@@ -68,10 +68,11 @@ static uint64_t cap_after_growth(uint64_t n) {
  * grew together: every segment of a 100M-key index within a few update() batches of
  * 100,000 keys, one of which then grew hundreds of segments and took 0.4-0.7 s more than
  * the others. */
-static uint64_t seg_limit(const Segment *g) {
-    uint64_t mix = ((g->prefix + 1) * UINT64_C(0x9E3779B97F4A7C15) + g->depth) >> 58; /* 0..63 */
-    return g->cap * (770 + mix) / 1000;
+static uint64_t seg_fill_permille(const Segment *g) {
+    return 770 + (((g->prefix + 1) * UINT64_C(0x9E3779B97F4A7C15) + g->depth) >> 58); /* + 0..63 */
 }
+
+static uint64_t seg_limit(const Segment *g) { return g->cap * seg_fill_permille(g) / 1000; }
 
 static Segment *seg_new(Core *c, uint64_t cap, unsigned depth, uint64_t prefix) {
     Segment *g = PyMem_RawCalloc(1, sizeof *g);
@@ -222,8 +223,8 @@ static int seg_split(Core *c, Segment *g) {
 static int seg_grow(Core *c, Segment *g, uint64_t n) {
     if (c->listing) return core_error(ERR_INDEX_HELD);
     uint64_t cap = g->cap < SEG_DOUBLE_BELOW ? 2 * g->cap : align_up(g->cap + g->cap / 8, SEG_SLOTS_ALIGN);
-    uint64_t need = g->count + n;
-    while (cap * 4 / 5 < need) cap = align_up(cap + cap / 8, SEG_SLOTS_ALIGN);
+    uint64_t need = g->count + n, permille = seg_fill_permille(g);
+    while (cap * permille / 1000 < need) cap = align_up(cap + cap / 8, SEG_SLOTS_ALIGN);
     if (cap > SEG_MAX_SLOTS && g->home_bits > SEG_HOME_BITS_MIN) return seg_split(c, g) < 0 ? -1 : 1;
     return seg_resize(c, g, cap);
 }
