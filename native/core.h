@@ -588,6 +588,12 @@ int index_reserve(Core *c, uint64_t h);
 int index_reserve_many(Core *c, const uint64_t *hashes, size_t n);
 /* an empty index: sized again for about expected keys (a hint) */
 int index_presize(Core *c, uint64_t expected);
+/* every entry again, for pool offsets up to 2^(off_bits + 2): a reader whose pool grew past
+ * what its index was made for (-1 with an exception set: nothing changed) */
+int index_widen(Core *c, unsigned off_bits);
+/* a pool of mapped bytes outgrew the offsets the index was made for (its reservation): the
+ * index made again for twice as much (-1 with an exception set: nothing changed) */
+int core_fit_offsets(Core *c, uint64_t mapped);
 /* give back what the index holds beyond what its keys need (after recovery; without the
  * memory to do it the index stays as it is) */
 void index_fit(Core *c);

@@ -74,10 +74,7 @@ static PyObject *Core_set_mapped(Core *c, PyObject *arg) {
         internal_error("the mapped size of a pool never shrinks");
         return NULL;
     }
-    if (m > 4 && ((m - 1) >> 2) > c->off_mask) {
-        internal_error("the pool outgrew the address space its index was made for");
-        return NULL;
-    }
+    if (m > 4 && ((m - 1) >> 2) > c->off_mask && core_fit_offsets(c, m) < 0) return NULL;
     c->mapped = m;
     shared_set_mapped(c);
     Py_RETURN_NONE;

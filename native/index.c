@@ -255,6 +255,63 @@ again:
     return 0;
 }
 
+int index_widen(Core *c, unsigned off_bits) {
+    if (off_bits <= c->off_bits) return 0;
+    if (c->listing) return core_error(ERR_INDEX_HELD);
+    Segment **old_dir = c->dir;
+    unsigned old_dir_bits = c->dir_bits, old_dir_shift = c->dir_shift, old_off_bits = c->off_bits;
+    uint64_t old_mask = c->off_mask, old_cap = c->cap, old_nsegs = c->nsegs, count = c->count;
+    c->dir = NULL;
+    c->off_bits = off_bits;
+    c->off_mask = (UINT64_C(1) << off_bits) - 1;
+    int rc = index_alloc(c, count);
+    uint64_t n = UINT64_C(1) << old_dir_bits;
+    for (uint64_t d = 0; rc == 0 && d < n;) {
+        Segment *g = old_dir[d];
+        d += UINT64_C(1) << (old_dir_bits - g->depth);
+        for (uint64_t i = 0; rc == 0 && i < g->cap; i++) {
+            uint64_t s = g->slots[i];
+            if (!s) continue;
+            s = (s & ~c->off_mask) | (s & old_mask); /* the offset, and the hash bits left above it */
+            rc = index_reserve(c, s);
+            if (rc == 0) {
+                seg_place(c, seg_of(c, s >> c->off_bits), s);
+                c->count++;
+            }
+        }
+    }
+    Segment **new_dir = c->dir;
+    if (rc < 0) { /* no memory: the index as it was */
+        index_free(c);
+        c->dir = old_dir;
+        c->dir_bits = old_dir_bits;
+        c->dir_shift = old_dir_shift;
+        c->off_bits = old_off_bits;
+        c->off_mask = old_mask;
+        c->cap = old_cap;
+        c->nsegs = old_nsegs;
+        c->count = count;
+        return -1;
+    }
+    c->dir = old_dir; /* free the old directory and its segments, then put the new one back */
+    unsigned new_bits = c->dir_bits;
+    c->dir_bits = old_dir_bits;
+    uint64_t new_cap = c->cap, new_nsegs = c->nsegs;
+    index_free(c);
+    c->dir = new_dir;
+    c->dir_bits = new_bits;
+    c->cap = new_cap;
+    c->nsegs = new_nsegs;
+    return 0;
+}
+
+int core_fit_offsets(Core *c, uint64_t mapped) {
+    unsigned need = 64u - (unsigned)__builtin_clzll((mapped - 1) >> 2) + 1; /* room for twice as much */
+    if (index_widen(c, need > SLOT_OFF_BITS_MAX ? SLOT_OFF_BITS_MAX : need) < 0) return -1;
+    if (((mapped - 1) >> 2) > c->off_mask) return internal_error("the pool is larger than any index can address");
+    return 0;
+}
+
 void index_fit(Core *c) {
     uint64_t n = UINT64_C(1) << c->dir_bits;
     for (uint64_t d = 0; d < n;) {

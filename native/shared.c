@@ -659,6 +659,9 @@ PyObject *Core_set_base(Core *c, PyObject *args) {
     if (!PyArg_ParseTuple(args, "KK", &base, &mapped)) return NULL;
     if (core_check_open(c) < 0) return NULL;
     if (!base || base % os_page || mapped < c->mapped) return internal_error("a reader's mapping only grows"), NULL;
+    /* (a writer that opened the pool after this reader did may grow it past the
+     * reservation this reader assumed) */
+    if (mapped > 4 && ((mapped - 1) >> 2) > c->off_mask && core_fit_offsets(c, mapped) < 0) return NULL;
     c->base = (uint8_t *)(uintptr_t)base;
     c->mapped = mapped;
     Py_RETURN_NONE;

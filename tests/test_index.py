@@ -1,5 +1,6 @@
 """The DRAM index grows one segment at a time (native/index.c): a directory of segments,
-each a small table that grows by 1/8 when 4/5 full and splits in two past 65,536 slots.
+each a small table that grows by 1/8 when 0.77-0.83 full and splits in two past 65,536
+slots.
 No put pays for more than one segment, and the index stays at most 12 bytes a key once the
 store has a few thousand keys. Every operation must see every key across the growths and
 splits, in the writer and in a reader beside it.
@@ -18,6 +19,9 @@ from pathlib import Path
 from _vdbtools import child_env, env_seed
 
 import viperdbm
+from viperdbm import _layout as layout
+from viperdbm import _native
+from viperdbm import _storedir as storedir
 
 SEED = env_seed("VIPERDBM_INDEX_SEED", 2024)
 
@@ -225,3 +229,51 @@ def test_reopen_of_more_records_than_one_sorted_chunk(tmp_path: Path) -> None:
     with viperdbm.open(tmp_path / "s", "r") as db:
         assert len(db) == len(model)
         assert dict(db.items()) == model
+
+
+def test_an_index_made_for_a_smaller_pool_is_widened_when_the_pool_grows(tmp_path: Path) -> None:
+    """A slot keeps the record's offset in as few bits as the pool's reservation needs and
+    the key's hash in the rest. A reader takes the writer's rule for that bound, but a writer
+    that opens after it may reserve more; when its mapping grows past the bound, the core
+    makes its index again with wider offsets (index_widen). Here two cores over a real
+    store are made for its first blocks only (the bound) and then given the whole pool:
+    one with its first blocks' entries made (they are carried over), one with the rest
+    still to make (they need the wider offsets). Without the widening the second one read
+    other records' values for its keys."""
+    store = tmp_path / "s"
+    model = {b"k%07d" % i: b"%07d" % i * 14 for i in range(250_000)}
+    with viperdbm.open(store, "c") as db:
+        for key, value in model.items():
+            db[key] = value
+    directory = layout.BlockDirectory.unpack(
+        (store / layout.BLOCKS_FILE).read_bytes(), _native.crc32c
+    )
+    blocks = sorted(directory.blocks)
+    first = blocks[: len(blocks) // 3]
+    bound = max(off + size for off, size, _ in first)
+    parts = storedir.scan_parts(str(store / layout.PARTS_DIR)).mapped()
+    base, total = _native.core.map_parts(parts)
+    try:
+        assert total > 2 * bound, (total, bound)
+        # entries first, then the pool grows
+        core = _native.Core(base, bound, 0, bound)
+        scanned = sum(core.scan_block(off, size, kind)[1] for off, size, kind in first)
+        core.finish_recovery(False)
+        core.set_base(base, total)
+        assert core.audit() == []
+        found = {k: v for k in model if (v := core.get(k)) is not None}
+        assert len(found) == len(core) == scanned
+        assert all(model[k] == v for k, v in found.items())
+        # the pool grows before the entries of its later blocks are made
+        core = _native.Core(base, bound, 0, bound)
+        for off, size, kind in first:
+            core.scan_block(off, size, kind)
+        core.set_base(base, total)
+        for off, size, kind in blocks[len(first) :]:
+            core.scan_block(off, size, kind)
+        core.finish_recovery(False)
+        assert core.audit() == []
+        assert len(core) == len(model)
+        assert all(core.get(k) == v for k, v in model.items())
+    finally:
+        _native.core.unmap_parts(base, total)

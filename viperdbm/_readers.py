@@ -440,7 +440,10 @@ def open_live(path: str, slot: ReaderSlot) -> tuple[SharedOpen, PoolMapping] | N
             mapping.unmap()
             return None  # not this pool's (a copied directory?): the caller opens otherwise
         require_known_version(root, path)
-        core = _native.Core(mapping.base, mapping.length, 0)
+        # offsets bounded as the writer's are (a pool that outgrows that: set_base widens)
+        core = _native.Core(
+            mapping.base, mapping.length, 0, storedir.reservation_for_size(mapping.length)
+        )
         follow_writer(core, slot, mapping)
     except BaseException:
         mapping.unmap()
@@ -492,7 +495,12 @@ def open_shared(path: str) -> SharedOpen | None:
             _native.core.unmap_parts(base, total)
             return None
         require_known_version(root, path)
-        core = _native.Core(base, total, sum(size for _, size, _ in directory.blocks) // 128)
+        core = _native.Core(
+            base,
+            total,
+            sum(size for _, size, _ in directory.blocks) // 128,
+            storedir.reservation_for_size(total),
+        )
         core.set_floor(root.seq_floor)
         core.set_durable(root.durable_seq)
         for off, size, type_num in directory.blocks:

@@ -407,7 +407,12 @@ def reservation_for(parts: Parts) -> int:
 
     The pool grows inside this reservation while it is open (it is address space, not
     disk); it is computed anew at every open, so a store can always grow past it later."""
-    used = parts.mapped_size()
+    return reservation_for_size(parts.mapped_size())
+
+
+def reservation_for_size(used: int) -> int:
+    """:func:`reservation_for` a pool of ``used`` bytes. A reader takes it as the bound of
+    the pool's offsets, as the writer does, so that its index keeps as many hash bits."""
     reservation = layout.MIN_RESERVATION
     while reservation < 4 * used:
         reservation *= 2
