@@ -573,6 +573,7 @@ class ScaleRun:
             self.sync_batches()
             self.close("close")
             self.reopen()
+            self.reopen("reopen_read_only", "r")
             self.durable()
             return 0
         except BaseException as exc:
@@ -840,10 +841,10 @@ class ScaleRun:
         self.say(f"{phase}: {seconds:.2f} s ({stat_int(st, 'records'):,} records)")
         self.rec.end(phase, {"s": seconds, "stats": st, "disk_bytes": disk_bytes(self.store)})
 
-    def reopen(self) -> None:
-        """open(path, 'w') + one get in a fresh process (its memory is the open's alone)."""
-        self.rec.begin("reopen")
-        self.say("reopen ('w') in a fresh process ...")
+    def reopen(self, phase: str = "reopen", flag: str = "w") -> None:
+        """open(path, flag) + one get in a fresh process (its memory is the open's alone)."""
+        self.rec.begin(phase)
+        self.say(f"{phase} ({flag!r}) in a fresh process ...")
         probe = self.rec.doc["sync_batches"]["probe_key"]
         proc = subprocess.run(
             [
@@ -852,7 +853,7 @@ class ScaleRun:
                 "--child",
                 "reopen",
                 "--params",
-                json.dumps({"store": self.store, "flag": "w", "probe": probe}),
+                json.dumps({"store": self.store, "flag": flag, "probe": probe}),
             ],
             stdout=subprocess.PIPE,
             text=True,
@@ -866,14 +867,14 @@ class ScaleRun:
             1, stat_int(st, "records")
         )
         self.say(
-            f"reopen: {result['wall_s']:.2f} s wall, {result['cpu_s']:.2f} s CPU "
+            f"{phase}: {result['wall_s']:.2f} s wall, {result['cpu_s']:.2f} s CPU "
             f"({result['cores_used']:.2f} cores); rebuild {st.get('rebuild_seconds', 0):.2f} s; "
             f"RssAnon {fmt_bytes(result['rss_anon_before'])} -> "
             f"{fmt_bytes(result['rss_anon_after'])}"
         )
-        self.rec.end("reopen", result)
+        self.rec.end(phase, result)
         # the open ran in the child process: count its CPU as this phase's own, not others'
-        cpu = self.rec.doc["cpu"]["reopen"]
+        cpu = self.rec.doc["cpu"][phase]
         child_cores = float(result["cpu_s"]) / cpu["wall_s"]
         cpu["own_cores"] += child_cores
         cpu["other_cpus"] = max(0.0, cpu["other_cpus"] - child_cores)
@@ -1407,11 +1408,13 @@ def targets(res: Doc, a: argparse.Namespace, ops: Ops) -> list[Doc]:
 
     r = get(big, "reopen", "wall_s")
     cores = get(big, "reopen", "cores_used")
+    ro = get(big, "reopen_read_only", "wall_s")
     add(
         f"reopen <= 8 s at {nb}",
         "n/a" if r is None else f"{r:.2f} s ({cores:.2f} cores)",
         None if r is None else r / 8.0,
         None if r is None else r <= 8.0,
+        "" if ro is None else f"read-only ('r'): {ro:.2f} s",
     )
 
     points = [
@@ -1674,6 +1677,7 @@ def render(meta: Doc, res: Doc, verdicts: list[Doc]) -> str:
         ("worst single put", ("single_puts", "max_ns"), fmt_ns),
         ("single put p99.99", ("single_puts", "p9999_ns"), fmt_ns),
         ("reopen (s)", ("reopen", "wall_s"), lambda x: f"{x:.2f} s"),
+        ("reopen read-only (s)", ("reopen_read_only", "wall_s"), lambda x: f"{x:.2f} s"),
         (
             "index B/key after the single puts",
             ("single_puts", "index_bytes_per_key"),
