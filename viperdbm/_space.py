@@ -202,7 +202,7 @@ class Space:
             )
         _native.crash_point("object allocated")
         usable = pool.usable_size(off)
-        self._pool_may_have_grown()
+        self._note_pool_size()
         if type_num in _BLOCKS:
             try:
                 self.grow_ahead(off + usable)
@@ -211,7 +211,9 @@ class Space:
                 raise
         return off, usable
 
-    def _pool_may_have_grown(self) -> None:
+    def _note_pool_size(self) -> None:
+        """After a call that may have grown the pool: the core's bound for offsets, its part
+        files (flag 's'), and the size of the next growth."""
         pool = self.pool
         self.core.set_mapped(pool.mapped_size())
         if pool.has_part_writers:  # (flag 's') the core writes records into the new part too
@@ -285,7 +287,7 @@ class Space:
         with contextlib.suppress(StoreFullError):
             pool.extend(growth_step(pool))
         _native.crash_point("pool grown ahead")
-        self._pool_may_have_grown()
+        self._note_pool_size()
 
     # ------------------------------------------------------------------ the reserve
     def _set_reserve(self, off: int | None) -> None:
