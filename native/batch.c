@@ -103,7 +103,7 @@ static int batch_reserve(Core *c, const BatchItem *items, Py_ssize_t n, uint64_t
     size_t k = 0;
     for (Py_ssize_t i = 0; i < n; i++)
         if (!items[i].skip && items[i].value.p) hashes[k++] = items[i].hash;
-    int rc = index_reserve_many(c, hashes, k);
+    int rc = index_reserve_many(c, hashes, sizeof *hashes, k);
     PyMem_Free(hashes);
     return rc;
 }

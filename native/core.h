@@ -584,8 +584,9 @@ void index_free(Core *c);
 /* make room for one more key of hash h (before anything is written: the insert that
  * follows cannot fail) */
 int index_reserve(Core *c, uint64_t h);
-/* ... for n more keys of these hashes at once (a batch) */
-int index_reserve_many(Core *c, const uint64_t *hashes, size_t n);
+/* ... for n more keys at once (a batch, a chunk of recovery): their hashes are the uint64_t
+ * at hashes, hashes + stride, ... (bytes) */
+int index_reserve_many(Core *c, const void *hashes, size_t stride, size_t n);
 /* an empty index: sized again for about expected keys (a hint) */
 int index_presize(Core *c, uint64_t expected);
 /* every entry again, for pool offsets up to 2^(off_bits + 2): a reader whose pool grew past

@@ -238,12 +238,14 @@ int index_reserve(Core *c, uint64_t h) {
     }
 }
 
-int index_reserve_many(Core *c, const uint64_t *hashes, size_t n) {
+int index_reserve_many(Core *c, const void *hashes, size_t stride, size_t n) {
+    const uint8_t *at = hashes;
+#define HASH_AT(i) (*(const uint64_t *)(const void *)(at + (i) * stride))
 again:
-    for (size_t i = 0; i < n; i++) seg_of(c, hashes[i] >> c->off_bits)->pending = 0;
-    for (size_t i = 0; i < n; i++) seg_of(c, hashes[i] >> c->off_bits)->pending++;
+    for (size_t i = 0; i < n; i++) seg_of(c, HASH_AT(i) >> c->off_bits)->pending = 0;
+    for (size_t i = 0; i < n; i++) seg_of(c, HASH_AT(i) >> c->off_bits)->pending++;
     for (size_t i = 0; i < n; i++) {
-        Segment *g = seg_of(c, hashes[i] >> c->off_bits);
+        Segment *g = seg_of(c, HASH_AT(i) >> c->off_bits);
         if (g->pending && g->count + g->pending > g->limit) {
             int rc = seg_grow(c, g, g->pending);
             if (rc < 0) return -1;
@@ -252,6 +254,7 @@ again:
         g->pending = 0; /* (counted once) */
     }
     return 0;
+#undef HASH_AT
 }
 
 int index_widen(Core *c, unsigned off_bits) {

@@ -2,7 +2,11 @@
  * every length read from the media; then the power-fail rule, the active block, the damage. */
 #include "core.h"
 
+#include <pthread.h>
 #include <stdlib.h>
+
+/* a flush of fewer records makes its index entries in one thread */
+#define RECOVER_TWO_SHARES_FROM 4096
 
 /* Does the record at off (in the index) have the key of the record at *other? */
 static int records_share_key(Core *c, uint64_t off, const void *other) {
@@ -11,42 +15,140 @@ static int records_share_key(Core *c, uint64_t off, const void *other) {
     return a.klen == b.klen && memcmp(ka, kb, a.klen) == 0;
 }
 
-/* The index entry of a valid record (hash h) that the scan found: the newest version of
+/* The index entries of one share of a flush (recover_flush), made by one thread: what
+ * they change outside the index's segments (the blocks' counts, the core's) is counted
+ * here and added to the core once every share is done. */
+typedef struct {
+    Core *c;
+    const struct Scanned *a;
+    size_t from, to;
+    int64_t *delta; /* per block: live, live_bytes, dead_bytes */
+    int64_t count, tombs;
+    int err; /* an ERR_ code, with err_seq, or 0 */
+    uint64_t err_seq;
+} IndexShare;
+
+#define DELTA(w, bi, field) ((w)->delta[3 * (size_t)(bi) + (field)])
+enum { D_LIVE, D_LIVE_BYTES, D_DEAD_BYTES };
+
+/* The index entry of each valid record (hash h) that the scan found: the newest version of
  * each key wins. During recovery the index also holds tombstones (a delete must beat an
- * older put found later in the scan); count includes them and tombs_in_index counts them. */
-static int recover_index(Core *c, uint64_t h, uint64_t off, uint64_t seq, unsigned kind, uint64_t alen) {
-    Py_ssize_t bi = block_find(c, off);
-    if (bi < 0) return core_error(ERR_RECORD_OUTSIDE);
-    Block *b = &c->blocks[bi];
-    if (index_reserve(c, h) < 0) return -1;
-    IndexRef at;
-    if (index_probe(c, h, &at, records_share_key, &off)) {
-        uint64_t old = slot_off(c, *at.slot);
-        Rec o;
-        rec_parse(c->base + old, &o);
-        if (o.seq == seq) {
-            return core_error(ERR_SEQ_TWICE, (unsigned long long)seq);
+ * older put found later in the scan); count includes them and tombs_in_index counts them.
+ * No Python API, and nothing shared is written but the segments of the share's keys: this
+ * runs without the GIL, beside another share (index_reserve_many made the room first). */
+static void *index_share(void *arg) {
+    IndexShare *w = arg;
+    Core *c = w->c;
+    for (size_t i = w->from; i < w->to; i++) {
+        const struct Scanned *r = &w->a[i];
+        uint64_t off = r->off, alen = r->alen;
+        Py_ssize_t bi = block_find(c, off);
+        if (bi < 0) {
+            w->err = ERR_RECORD_OUTSIDE;
+            return NULL;
         }
-        if (o.seq > seq) { /* ours is the older one */
-            b->dead_bytes += alen;
-            return 0;
+        IndexRef at;
+        if (index_probe(c, r->h, &at, records_share_key, &off)) {
+            uint64_t old = slot_off(c, *at.slot);
+            Rec o;
+            rec_parse(c->base + old, &o);
+            if (o.seq == r->seq) {
+                w->err = ERR_SEQ_TWICE;
+                w->err_seq = r->seq;
+                return NULL;
+            }
+            if (o.seq > r->seq) { /* ours is the older one */
+                DELTA(w, bi, D_DEAD_BYTES) += (int64_t)alen;
+                continue;
+            }
+            if (o.kind == VD_KIND_PUT) { /* (as account_dead does) */
+                Py_ssize_t ob = block_find(c, old);
+                if (ob >= 0) {
+                    int64_t olen = (int64_t)align_up(o.total, VD_RECORD_ALIGN);
+                    DELTA(w, ob, D_LIVE)--;
+                    DELTA(w, ob, D_LIVE_BYTES) -= olen;
+                    DELTA(w, ob, D_DEAD_BYTES) += olen;
+                }
+            } else {
+                w->tombs--;
+            }
+            *at.slot = slot_make(c, r->h, off);
+        } else {
+            *at.slot = slot_make(c, r->h, off);
+            at.seg->count++;
+            w->count++;
         }
-        if (o.kind == VD_KIND_PUT)
-            account_dead(c, old, align_up(o.total, VD_RECORD_ALIGN));
+        if (r->kind == VD_KIND_PUT) {
+            DELTA(w, bi, D_LIVE)++;
+            DELTA(w, bi, D_LIVE_BYTES) += (int64_t)alen;
+        } else {
+            DELTA(w, bi, D_DEAD_BYTES) += (int64_t)alen;
+            w->tombs++;
+        }
+    }
+    return NULL;
+}
+
+static uint64_t plus_delta(uint64_t v, int64_t d) { return d < 0 && (uint64_t)-d > v ? 0 : v + (uint64_t)d; }
+
+/* The entries of the n records at a, sorted by hash, in two shares that run at once when
+ * the index splits by the hash's top bit (no segment holds keys of both halves): each
+ * share is then a run of the records and owns every segment it touches. */
+static int index_scanned(Core *c, const struct Scanned *a, size_t n) {
+    if (index_reserve_many(c, &a[0].h, sizeof *a, n) < 0) return -1;
+    uint64_t half = c->dir_bits ? UINT64_C(1) << (c->dir_bits - 1) : 0;
+    size_t split = n;
+    if (n >= RECOVER_TWO_SHARES_FROM && half && c->dir[half - 1] != c->dir[half]) {
+        size_t lo = 0, hi = n; /* the first record whose hash has its top bit set */
+        while (lo < hi) {
+            size_t mid = lo + (hi - lo) / 2;
+            if (a[mid].h >> 63)
+                hi = mid;
+            else
+                lo = mid + 1;
+        }
+        split = lo;
+    }
+    size_t nb = c->nblocks ? c->nblocks : 1;
+    int64_t *delta = PyMem_RawCalloc(2 * 3 * nb, sizeof *delta);
+    if (!delta) return PyErr_NoMemory(), -1;
+    IndexShare w[2] = {{c, a, 0, split, delta, 0, 0, 0, 0}, {c, a, split, n, delta + 3 * nb, 0, 0, 0, 0}};
+    if (split > 0 && split < n) {
+        pthread_t t;
+        Py_BEGIN_ALLOW_THREADS
+        int started = pthread_create(&t, NULL, index_share, &w[1]) == 0;
+        index_share(&w[0]);
+        if (started)
+            pthread_join(t, NULL);
         else
-            c->tombs_in_index--;
-        *at.slot = slot_make(c, h, off);
+            index_share(&w[1]);
+        Py_END_ALLOW_THREADS
     } else {
-        index_insert(c, &at, slot_make(c, h, off));
+        index_share(&w[0]);
+        index_share(&w[1]);
     }
-    if (kind == VD_KIND_PUT) {
-        b->live++;
-        b->live_bytes += alen;
-    } else {
-        b->dead_bytes += alen;
-        c->tombs_in_index++;
+    int rc = 0;
+    for (int k = 0; k < 2 && rc == 0; k++) {
+        if (w[k].err == ERR_SEQ_TWICE)
+            rc = core_error(ERR_SEQ_TWICE, (unsigned long long)w[k].err_seq);
+        else if (w[k].err)
+            rc = core_error(w[k].err);
     }
-    return 0;
+    /* the counts, after an error too: the entries made stay in the index */
+    for (size_t bi = 0; bi < c->nblocks; bi++) {
+        Block *b = &c->blocks[bi];
+        for (int k = 0; k < 2; k++) {
+            b->live = plus_delta(b->live, DELTA(&w[k], bi, D_LIVE));
+            b->live_bytes = plus_delta(b->live_bytes, DELTA(&w[k], bi, D_LIVE_BYTES));
+            b->dead_bytes = plus_delta(b->dead_bytes, DELTA(&w[k], bi, D_DEAD_BYTES));
+        }
+    }
+    for (int k = 0; k < 2; k++) {
+        c->count += (uint64_t)w[k].count;
+        c->tombs_in_index = plus_delta(c->tombs_in_index, w[k].tombs);
+    }
+    PyMem_RawFree(delta);
+    return rc;
 }
 
 /* The index entries of the records scanned so far, made in key-hash order: a hash's
@@ -70,9 +172,7 @@ static int recover_flush(Core *c) {
     }
     c->scanned = a; /* (after an odd number of passes, the other buffer) */
     c->scanned_sorting = b;
-    for (size_t i = 0; i < n; i++)
-        if (recover_index(c, a[i].h, a[i].off, a[i].seq, a[i].kind, a[i].alen) < 0) return -1;
-    return 0;
+    return index_scanned(c, a, n);
 }
 
 /* how many scanned records wait for their index entries at most (32 bytes each, and as
@@ -98,7 +198,7 @@ static int recover_later(Core *c, uint64_t h, uint64_t off, uint64_t seq, unsign
 
 /* Apply one valid record found by the scan (applying: a pending record that the power-fail
  * rule keeps, at the end of the scan): records newer than the durable watermark wait for
- * that rule, the others get their index entries (recover_index) in key-hash order. */
+ * that rule, the others get their index entries (index_share) in key-hash order. */
 static int recover_record(Core *c, uint64_t off, const Rec *r, uint64_t alen, Block *b, int applying, uint64_t log_at) {
     const uint8_t *key = c->base + off + r->hlen;
     if (r->seq > c->max_seq_seen) c->max_seq_seen = r->seq;
@@ -126,7 +226,6 @@ static int recover_record(Core *c, uint64_t off, const Rec *r, uint64_t alen, Bl
     }
     if (r->kind == VD_KIND_DEL) b->tombstones++;
     uint64_t h = key_hash(key, r->klen);
-    if (applying) return recover_index(c, h, off, r->seq, r->kind, alen);
     return recover_later(c, h, off, r->seq, r->kind, alen);
 }
 
@@ -366,12 +465,16 @@ static int apply_pending(Core *c, int writable) {
 PyObject *Core_finish_recovery(Core *c, PyObject *arg) {
     int writable = PyObject_IsTrue(arg);
     if (writable < 0 || core_check_open(c) < 0) return NULL;
+    /* the records the scan found, then those the power-fail rule keeps (apply_pending
+     * hands them to the same buffer) */
     int flushed = recover_flush(c);
+    if (flushed == 0) flushed = apply_pending(c, writable);
+    if (flushed == 0) flushed = recover_flush(c);
     PyMem_Free(c->scanned); /* (up to 2 x 64 MiB at a large store) */
     PyMem_Free(c->scanned_sorting);
     c->scanned = c->scanned_sorting = NULL;
     c->scanned_cap = 0;
-    if (flushed < 0 || apply_pending(c, writable) < 0) return NULL;
+    if (flushed < 0) return NULL;
     if (c->tombs_in_index) {
         IndexCursor cur = {0, 0};
         for (uint64_t *s; (s = index_walk(c, &cur));) {
