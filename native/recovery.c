@@ -20,8 +20,8 @@ static int records_share_key(Core *c, uint64_t off, const void *other) {
  * here and added to the core once every share is done. */
 typedef struct {
     Core *c;
-    const struct Scanned *a;
-    size_t from, to;
+    struct Scanned *run, *tmp; /* the share's records, in hash order once sorted; as much room */
+    size_t n;
     int64_t *delta; /* per block: live, live_bytes, dead_bytes */
     int64_t count, tombs;
     int err; /* an ERR_ code, with err_seq, or 0 */
@@ -31,16 +31,31 @@ typedef struct {
 #define DELTA(w, bi, field) ((w)->delta[3 * (size_t)(bi) + (field)])
 enum { D_LIVE, D_LIVE_BYTES, D_DEAD_BYTES };
 
-/* The index entry of each valid record (hash h) that the scan found: the newest version of
- * each key wins. During recovery the index also holds tombstones (a delete must beat an
- * older put found later in the scan); count includes them and tombs_in_index counts them.
- * No Python API, and nothing shared is written but the segments of the share's keys: this
- * runs without the GIL, beside another share (index_reserve_many made the room first). */
+/* Sort n records by their hash's top 33 bits (LSD radix, 11 a pass): the order of segments
+ * and of homes in them (a segment has at most 2^17 slots, the directory far fewer than 2^16
+ * entries). Where they end up: tmp (after an odd number of passes). */
+static struct Scanned *sort_by_hash(struct Scanned *a, struct Scanned *tmp, size_t n) {
+    for (unsigned shift = 31; shift < 64; shift += RADIX_BITS) {
+        radix_pass(a, tmp, n, sizeof *a, offsetof(struct Scanned, h), shift);
+        struct Scanned *t = a;
+        a = tmp;
+        tmp = t;
+    }
+    return a;
+}
+
+/* Sort the share's records, then make the index entry of each (a valid record of hash h that
+ * the scan found): the newest version of each key wins. During recovery the index also holds
+ * tombstones (a delete must beat an older put found later in the scan); count includes them
+ * and tombs_in_index counts them. No Python API, and nothing shared is written but the
+ * segments of the share's keys: this runs without the GIL, beside the other share
+ * (index_reserve_many made the room first). */
 static void *index_share(void *arg) {
     IndexShare *w = arg;
     Core *c = w->c;
-    for (size_t i = w->from; i < w->to; i++) {
-        const struct Scanned *r = &w->a[i];
+    w->run = sort_by_hash(w->run, w->tmp, w->n);
+    for (size_t i = 0; i < w->n; i++) {
+        const struct Scanned *r = &w->run[i];
         uint64_t off = r->off, alen = r->alen;
         Py_ssize_t bi = block_find(c, off);
         if (bi < 0) {
@@ -91,29 +106,24 @@ static void *index_share(void *arg) {
 
 static uint64_t plus_delta(uint64_t v, int64_t d) { return d < 0 && (uint64_t)-d > v ? 0 : v + (uint64_t)d; }
 
-/* The entries of the n records at a, sorted by hash, in two shares that run at once when
- * the index splits by the hash's top bit (no segment holds keys of both halves): each
- * share is then a run of the records and owns every segment it touches. */
-static int index_scanned(Core *c, const struct Scanned *a, size_t n) {
+/* The index entries of the n records at a (b: as much room), in two shares at once when the
+ * index splits by the hash's top bit (no segment holds keys of both halves): the records
+ * are first split by that bit (stably), and each thread sorts its half and makes its
+ * entries, in the segments of its half only. */
+static int index_scanned(Core *c, struct Scanned *a, struct Scanned *b, size_t n) {
     if (index_reserve_many(c, &a[0].h, sizeof *a, n) < 0) return -1;
-    uint64_t half = c->dir_bits ? UINT64_C(1) << (c->dir_bits - 1) : 0;
-    size_t split = n;
-    if (n >= RECOVER_TWO_SHARES_FROM && half && c->dir[half - 1] != c->dir[half]) {
-        size_t lo = 0, hi = n; /* the first record whose hash has its top bit set */
-        while (lo < hi) {
-            size_t mid = lo + (hi - lo) / 2;
-            if (a[mid].h >> 63)
-                hi = mid;
-            else
-                lo = mid + 1;
-        }
-        split = lo;
-    }
     size_t nb = c->nblocks ? c->nblocks : 1;
     int64_t *delta = PyMem_RawCalloc(2 * 3 * nb, sizeof *delta);
     if (!delta) return PyErr_NoMemory(), -1;
-    IndexShare w[2] = {{c, a, 0, split, delta, 0, 0, 0, 0}, {c, a, split, n, delta + 3 * nb, 0, 0, 0, 0}};
-    if (split > 0 && split < n) {
+    IndexShare w[2] = {{c, a, b, n, delta, 0, 0, 0, 0}, {c, a + n, b + n, 0, delta + 3 * nb, 0, 0, 0, 0}};
+    uint64_t half = c->dir_bits ? UINT64_C(1) << (c->dir_bits - 1) : 0;
+    if (n >= RECOVER_TWO_SHARES_FROM && half && c->dir[half - 1] != c->dir[half]) {
+        size_t low = 0;
+        for (size_t i = 0; i < n; i++) low += !(a[i].h >> 63);
+        size_t at[2] = {0, low};
+        for (size_t i = 0; i < n; i++) b[at[a[i].h >> 63]++] = a[i];
+        w[0] = (IndexShare){c, b, a, low, delta, 0, 0, 0, 0};
+        w[1] = (IndexShare){c, b + low, a + low, n - low, delta + 3 * nb, 0, 0, 0, 0};
         pthread_t t;
         Py_BEGIN_ALLOW_THREADS
         int started = pthread_create(&t, NULL, index_share, &w[1]) == 0;
@@ -125,7 +135,6 @@ static int index_scanned(Core *c, const struct Scanned *a, size_t n) {
         Py_END_ALLOW_THREADS
     } else {
         index_share(&w[0]);
-        index_share(&w[1]);
     }
     int rc = 0;
     for (int k = 0; k < 2 && rc == 0; k++) {
@@ -136,11 +145,11 @@ static int index_scanned(Core *c, const struct Scanned *a, size_t n) {
     }
     /* the counts, after an error too: the entries made stay in the index */
     for (size_t bi = 0; bi < c->nblocks; bi++) {
-        Block *b = &c->blocks[bi];
+        Block *blk = &c->blocks[bi];
         for (int k = 0; k < 2; k++) {
-            b->live = plus_delta(b->live, DELTA(&w[k], bi, D_LIVE));
-            b->live_bytes = plus_delta(b->live_bytes, DELTA(&w[k], bi, D_LIVE_BYTES));
-            b->dead_bytes = plus_delta(b->dead_bytes, DELTA(&w[k], bi, D_DEAD_BYTES));
+            blk->live = plus_delta(blk->live, DELTA(&w[k], bi, D_LIVE));
+            blk->live_bytes = plus_delta(blk->live_bytes, DELTA(&w[k], bi, D_LIVE_BYTES));
+            blk->dead_bytes = plus_delta(blk->dead_bytes, DELTA(&w[k], bi, D_DEAD_BYTES));
         }
     }
     for (int k = 0; k < 2; k++) {
@@ -160,19 +169,7 @@ static int recover_flush(Core *c) {
     size_t n = c->nscanned;
     if (!n) return 0;
     c->nscanned = 0;
-    struct Scanned *a = c->scanned, *b = c->scanned_sorting;
-    /* LSD radix sort on the hash's top 33 bits, 11 a pass: the order of segments and
-     * homes in them (a segment has at most 2^17 slots, the directory far fewer than
-     * 2^16 entries) */
-    for (unsigned shift = 31; shift < 64; shift += RADIX_BITS) {
-        radix_pass(a, b, n, sizeof *a, offsetof(struct Scanned, h), shift);
-        struct Scanned *t = a;
-        a = b;
-        b = t;
-    }
-    c->scanned = a; /* (after an odd number of passes, the other buffer) */
-    c->scanned_sorting = b;
-    return index_scanned(c, a, n);
+    return index_scanned(c, c->scanned, c->scanned_sorting, n);
 }
 
 /* how many scanned records wait for their index entries at most (32 bytes each, and as

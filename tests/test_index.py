@@ -277,3 +277,26 @@ def test_an_index_made_for_a_smaller_pool_is_widened_when_the_pool_grows(tmp_pat
         assert all(core.get(k) == v for k, v in model.items())
     finally:
         _native.core.unmap_parts(base, total)
+
+
+def test_a_reopen_counts_the_blocks_as_the_writer_did(tmp_path: Path) -> None:
+    """Recovery makes its index entries in two threads, each counting its blocks' changes
+    apart (native/recovery.c, index_share): after overwrites and deletes across 200,000
+    keys, a read-only and a writable reopen count the same live and dead bytes, records
+    and deletes as the writer that closed the store."""
+    rng = random.Random(SEED)
+    with viperdbm.open(tmp_path / "s", "c") as db:
+        for _ in range(300_000):
+            db[b"k%07d" % rng.randrange(200_000)] = b"v" * rng.randrange(1, 200)
+        for _ in range(50_000):
+            key = b"k%07d" % rng.randrange(200_000)
+            if key in db:
+                del db[key]
+        assert index_stats(db)[1] >= 2, "one segment: one thread, nothing tested"
+        before = dict(db.stats())
+    fields = ("records", "live_bytes", "dead_bytes", "tombstones", "blocks")
+    for flag in ("r", "w"):
+        with viperdbm.open(tmp_path / "s", flag) as db:
+            after = dict(db.stats())
+            assert db._require_engine().require_core().audit() == [], flag
+        assert {f: after[f] for f in fields} == {f: before[f] for f in fields}, flag
