@@ -82,23 +82,28 @@ def covered(ranges: list[tuple[int, int]], start: int, end: int) -> bool:
     return any(a <= start and end <= b for a, b in ranges)
 
 
+def run_writer(
+    prefix: list[str], script: str, *args: str, check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a child Python under ``prefix`` (an strace command line)."""
+    return subprocess.run(
+        [*prefix, sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=300,
+        check=check,
+    )
+
+
 def test_the_next_blocks_space_is_faulted_in_before_it_is_taken(tmp_path: Path) -> None:
     """Every standard block the writer adds after a bulk load's jumbo blocks lies in space
     that the writer had faulted in before: the first one after the last jumbo block, and
     each later one while its predecessor filled. Without the fault-in there is no such
     call."""
     trace = tmp_path / "madvise.trace"
-    proc = subprocess.run(
-        [
-            *(strace_or_skip(), "-f", "-qq", "-e", "trace=madvise", "-o", str(trace)),
-            *(sys.executable, "-c", WRITER, str(tmp_path / "s.vdb"), "14000"),
-        ],
-        capture_output=True,
-        text=True,
-        env=child_env(),
-        timeout=300,
-        check=True,
-    )
+    strace = [strace_or_skip(), "-f", "-qq", "-e", "trace=madvise", "-o", str(trace)]
+    proc = run_writer(strace, WRITER, str(tmp_path / "s.vdb"), "14000", check=True)
     out = json.loads(proc.stdout.splitlines()[-1])
     ranges = populated_ranges(trace, out["base"])
     added = out["added"]
@@ -118,13 +123,7 @@ def test_a_refused_fault_in_loses_nothing(tmp_path: Path) -> None:
     writer makes fails, and the store holds every write after reopen."""
     store = tmp_path / "s.vdb"
     for errname in ("EINVAL", "EFAULT"):
-        proc = subprocess.run(
-            [*inject(f"madvise:error={errname}"), sys.executable, "-c", WRITER, str(store), "9000"],
-            capture_output=True,
-            text=True,
-            env=child_env(),
-            timeout=300,
-        )
+        proc = run_writer(inject(f"madvise:error={errname}"), WRITER, str(store), "9000")
         assert proc.returncode == 0, f"{errname}: {proc.stderr[-3000:]}"
         with viperdbm.open(store, "r") as db:
             assert len(db) == 200_000 + 9_000
@@ -194,16 +193,7 @@ def test_a_growth_ahead_refused_by_a_full_disk_is_reported_by_the_put_that_needs
     )
     assert len(growth) >= 6, f"the writer grew the pool {len(growth)} times"
     store = tmp_path / "s.vdb"
-    proc = subprocess.run(
-        [
-            *inject(f"fallocate:error=ENOSPC:when={growth[3]}+"),
-            *(sys.executable, "-c", BIG_WRITER, str(store)),
-        ],
-        capture_output=True,
-        text=True,
-        env=child_env(),
-        timeout=300,
-    )
+    proc = run_writer(inject(f"fallocate:error=ENOSPC:when={growth[3]}+"), BIG_WRITER, str(store))
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.splitlines()[-1])
     assert out["errors"], "the pool grew past the failed fallocate"
@@ -230,15 +220,8 @@ def test_a_kill_in_a_growth_ahead_loses_nothing(tmp_path: Path, nth: int) -> Non
     )
     assert len(growth) > nth, f"the writer grew the pool {len(growth)} times"
     store = tmp_path / "s.vdb"
-    proc = subprocess.run(
-        [
-            *inject(f"fallocate:signal=KILL:when={growth[nth]}"),
-            *(sys.executable, "-c", KILLED_WRITER, str(store)),
-        ],
-        capture_output=True,
-        text=True,
-        env=child_env(),
-        timeout=300,
+    proc = run_writer(
+        inject(f"fallocate:signal=KILL:when={growth[nth]}"), KILLED_WRITER, str(store)
     )
     assert proc.returncode == -9, proc.stderr[-3000:]
     acked = [int(line) for line in proc.stdout.split()]
