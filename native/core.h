@@ -356,13 +356,15 @@ typedef struct {
         uint64_t at; /* where it starts in its block's log: off, or its batch's offset */
     } *pending;
     size_t npending, pending_cap;
-    /* during the scan: records whose index entries wait to be made in key-hash order
-     * (recovery.c, recover_flush) */
+    /* during the scan: the buffer a flush of scanned records is put in key-hash order in,
+     * before their index entries are made (recovery.c, index_scanned) */
     struct Scanned {
         uint64_t h, off, seq;
-        uint32_t alen, kind;
-    } *scanned, *scanned_sorting; /* (the sort's second buffer, as large) */
-    size_t nscanned, scanned_cap;
+        uint32_t alen;
+        uint32_t kind : 4;
+        uint32_t block : 28; /* its index in blocks[] (no block is added during a flush) */
+    } *scanned;
+    size_t scanned_cap;
     uint64_t discarded; /* records dropped by the power-fail rule at the last recovery */
     int persist_mode;
     void (*persist_fn)(const void *, size_t);
@@ -728,6 +730,7 @@ PyObject *Core_add_block(Core *c, PyObject *args);
 PyObject *Core_freeable(Core *c, PyObject *unused);
 PyObject *Core_drop_block(Core *c, PyObject *arg);
 PyObject *Core_scan_block(Core *c, PyObject *args);
+PyObject *Core_scan_blocks(Core *c, PyObject *arg);
 PyObject *Core_finish_recovery(Core *c, PyObject *arg);
 PyObject *Core_damage(Core *c, PyObject *unused);
 PyObject *Core_compact_begin(Core *c, PyObject *unused);

@@ -49,7 +49,6 @@ static void Core_dealloc(Core *c) {
     shared_detach(c);
     PyMem_Free(c->pending);
     PyMem_Free(c->scanned);
-    PyMem_Free(c->scanned_sorting);
     index_free(c);
     PyMem_Free(c->blocks);
     PyMem_Free(c->parts);
@@ -677,6 +676,8 @@ static PyMethodDef Core_methods[] = {
     {"firstkey", (PyCFunction)Core_firstkey, METH_NOARGS, "firstkey() -> bytes or None"},
     {"nextkey", (PyCFunction)Core_nextkey, METH_O, "nextkey(key) -> bytes or None"},
     {"scan_block", (PyCFunction)Core_scan_block, METH_VARARGS, "scan_block(off, usable, type) -> (status, records, damaged_at)"},
+    {"scan_blocks", (PyCFunction)Core_scan_blocks, METH_O,
+     "scan_blocks([(off, usable, type), ...]) -> [(status, records, damaged_at), ...]"},
     {"finish_recovery", (PyCFunction)Core_finish_recovery, METH_O, "finish_recovery(writable) -> freeable offsets"},
     {"damage", (PyCFunction)Core_damage, METH_NOARGS, "damage() -> [(block, offset)] of unreadable log tails"},
     {"freeable", (PyCFunction)Core_freeable, METH_NOARGS, "freeable() -> [(off, seq_max, size)] of dead blocks"},

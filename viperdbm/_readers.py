@@ -503,8 +503,7 @@ def open_shared(path: str) -> SharedOpen | None:
         )
         core.set_floor(root.seq_floor)
         core.set_durable(root.durable_seq)
-        for off, size, type_num in directory.blocks:
-            core.scan_block(off, size, type_num)
+        core.scan_blocks(directory.blocks)
         damage = core.damage()
         core.finish_recovery(False)
     except (ValueError, CorruptedError) as exc:  # a store problem: the exclusive open says which

@@ -108,15 +108,19 @@ def scan(
     check_against_block_directory(path, generation_at_open, objects, types)
     reserve_off: int | None = None
     unused: list[int] = []
+    blocks: list[tuple[int, int, int]] = []
     for off, _, usable in objects:
         type_num = types[off]
-        if not type_num:  # the reserve (it holds no block header)
-            if reserve_off is None:
-                reserve_off = off
-            else:
-                unused.append(off)  # (a second one: a crash while replacing it)
-            continue
-        status, _records, _damaged_at = core.scan_block(off, usable, type_num)
+        if type_num:
+            blocks.append((off, usable, type_num))
+        elif reserve_off is None:  # the reserve (it holds no block header)
+            reserve_off = off
+        else:
+            unused.append(off)  # (a second one: a crash while replacing it)
+    # every block at once: the core scans them in threads, without the GIL
+    for (off, _, _), (status, _records, _damaged_at) in zip(
+        blocks, core.scan_blocks(blocks), strict=True
+    ):
         if status == 1:
             unused.append(off)  # allocated, then the process died before its first record
         elif status == 2:
