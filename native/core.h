@@ -340,7 +340,7 @@ typedef struct {
     uint64_t off_mask;    /* (1 << off_bits) - 1 */
     uint64_t cap;         /* slots of every segment */
     uint64_t nsegs;
-    uint64_t count, tombs_in_index;
+    uint64_t count;
     Block *blocks; /* sorted by off */
     size_t nblocks, blocks_cap;
     /* the writer: where the next block will likely go (right after the last one), and how
@@ -356,6 +356,13 @@ typedef struct {
         uint64_t at; /* where it starts in its block's log: off, or its batch's offset */
     } *pending;
     size_t npending, pending_cap;
+    /* during recovery: the deletes whose records the scan put in the index (a delete must
+     * beat an older put found later in the scan), each removed by finish_recovery() if it
+     * is still there then; count includes them */
+    struct Deleted {
+        uint64_t h, off;
+    } *deleted;
+    size_t ndeleted, deleted_cap;
     /* during the scan: the buffer a flush of scanned records is put in key-hash order in,
      * before their index entries are made (recovery.c, index_scanned) */
     struct Scanned {

@@ -48,6 +48,7 @@ static void Core_dealloc(Core *c) {
     if (c->forked) c->shared_role = SHARED_NONE; /* the parent's: publish nothing from here */
     shared_detach(c);
     PyMem_Free(c->pending);
+    PyMem_Free(c->deleted);
     PyMem_Free(c->scanned);
     index_free(c);
     PyMem_Free(c->blocks);
