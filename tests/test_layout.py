@@ -205,6 +205,33 @@ def test_crc32c_is_castagnoli() -> None:
     assert core.crc32c(b"123456789") == 0xE3069283
 
 
+def _crc32c_bytewise(data: bytes, crc: int = 0) -> int:
+    """CRC-32C one byte at a time, from its definition (reflected polynomial 0x82F63B78)."""
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ (0x82F63B78 if c & 1 else 0)
+        table.append(c)
+    c = crc ^ 0xFFFFFFFF
+    for b in data:
+        c = (c >> 8) ^ table[(c ^ b) & 0xFF]
+    return c ^ 0xFFFFFFFF
+
+
+@pytest.mark.parametrize(
+    "size",
+    [0, 7, 255, 767, 768, 769, 1040, 2 * 768 + 5, 24_575, 24_576, 24_577, 2 * 24_576 + 768 + 13],
+)
+def test_crc32c_of_every_length_around_its_lanes(size: int) -> None:
+    """Long buffers are checksummed in three lanes at once (native/crc32c.c), 768 and
+    24,576 bytes at a time: every length on either side of those joins gives the CRC of
+    the definition, from 0 and from a running CRC."""
+    data = bytes((i * 131 + size) % 251 for i in range(size))
+    assert core.crc32c(data) == _crc32c_bytewise(data)
+    assert core.crc32c(data, 0x1234_5678) == _crc32c_bytewise(data, 0x1234_5678)
+
+
 # --------------------------------------------------------------------------- compatibility
 def _extract_old_store(into: Path) -> Path:
     with tarfile.open(OLD_STORE) as tar:
