@@ -274,6 +274,10 @@ class Torture:
     len_trusted: bool = True
     #: a reader process that stays open across every kill (None: no reader attached)
     reader: LiveReader | None = None
+    #: every round's child writes its stderr here (removed after a run without violations)
+    child_log: Path = field(
+        default_factory=lambda: Path(f"/tmp/viperdbm-torture-child-{os.getpid()}.log")
+    )
 
     # ---- verification ------------------------------------------------------------
     def violation(self, ctx: str, text: str) -> None:
@@ -390,8 +394,7 @@ class Torture:
             self.stats.fresh_stores += 1
         strategy = "growth" if self.mode == "grow" else rng.choice(STRATEGIES)
         ctx = f"VIPERDBM_TORTURE_SEED={self.seed} fs={self.fs} round {number} kill={strategy}"
-        log = Path(f"/tmp/viperdbm-torture-child-{os.getpid()}.log")
-        child = Child(self.store, seed, STREAM_LENGTH, self.mode, log)
+        child = Child(self.store, seed, STREAM_LENGTH, self.mode, self.child_log)
         reading = self.reader.reading(self, ctx) if self.reader else contextlib.nullcontext()
         with reading:
             self.aim_and_kill(child, strategy, rng)
@@ -561,6 +564,8 @@ def run_torture(torture: Torture, count: int) -> None:
     out.write_text(json.dumps(summary, indent=2))
     print(json.dumps({k: v for k, v in summary.items() if k != "first_violations"}))
     violations = torture.stats.violations
+    if not violations:  # (kept for a failed run: the last child's stderr)
+        torture.child_log.unlink(missing_ok=True)
     assert not violations, (
         f"{len(violations)} violations in {torture.stats.rounds} rounds "
         f"({torture.stats.acknowledged} acknowledged operations; summary in {out}):\n"
