@@ -451,3 +451,42 @@ def test_a_readers_file_the_reader_cannot_write(tmp_path: Path) -> None:
         assert (
             run_as_nobody(sys.executable, "-c", _NOBODY_READER, str(store)).stdout == "v\nclosed\n"
         )
+
+
+_READER_BESIDE_A_WRITER = """
+import sys, viperdbm
+try:
+    with viperdbm.open(sys.argv[1], "r") as db:
+        print("opened", db[b"k"].decode(), flush=True)
+except viperdbm.CorruptedError as exc:
+    print("CorruptedError", exc, flush=True)
+"""
+
+
+def test_a_header_damaged_beside_a_live_writer_is_a_clear_error(store_path: Path) -> None:
+    """The header of the readers file overwritten while a writer has the store open: a
+    reader cannot open beside it (the writer publishes nothing it could find), and says so
+    within seconds as a CorruptedError, where it waited two minutes for the writer to
+    publish. Once the writer has closed, readers open; the next writer makes the file
+    anew and readers open beside it again."""
+    with viperdbm.open(store_path, "c") as writer:
+        writer[b"k"] = b"v"
+        with open(store_path / layout.READERS_FILE, "r+b") as f:
+            f.write(b"\xa5" * 64)
+        out = subprocess.run(
+            [sys.executable, "-c", _READER_BESIDE_A_WRITER, str(store_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=child_env(),
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert out.stdout.startswith("CorruptedError") and "readers file" in out.stdout, out
+        assert writer[b"k"] == b"v"
+    with viperdbm.open(store_path, "r") as db:
+        assert db[b"k"] == b"v"
+    with viperdbm.open(store_path, "w") as writer, held_open(store_path, "r") as reader:
+        writer[b"k2"] = b"v2"
+        assert reader.call("get", _b64(b"k2")) == _b64(b"v2")
+        reader.close()

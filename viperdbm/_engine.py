@@ -43,6 +43,7 @@ from . import _storedir as storedir
 from . import _writepath as writepath
 from ._errors import (
     NOT_DURABLE,
+    READERS_HEADER_DAMAGED,
     REORGANIZE_DISK_FULL,
     REORGANIZE_REENTERED,
     STORE_BEING_REPLACED,
@@ -76,6 +77,9 @@ os.register_at_fork(after_in_child=_invalidate_after_fork)
 #: seconds a reader waits for a writer that is making the store's first readers file (it
 #: recovers the store first, which at 100M records takes tens of seconds)
 WAIT_FOR_FIRST_PUBLISH = 120.0
+#: seconds a reader beside a live writer takes a damaged readers header for one being made
+#: (a writer makes it in one go, its magic last) before it says so
+READERS_HEADER_GRACE = 1.0
 #: seconds a reader opens the path again while its writer swaps another store in there
 #: (each swap bars new readers for one rename and one fsync; then the path holds the new one)
 WAIT_FOR_SWAP = 60.0
@@ -364,6 +368,7 @@ class Engine:
                 self._open_pool()  # cannot share: hold the store alone
             return
         deadline = time.monotonic() + WAIT_FOR_FIRST_PUBLISH
+        damaged_since: float | None = None
         while True:
             since = readers.published_before(slot)
             if readers.writer_is_live(self.path):
@@ -372,7 +377,14 @@ class Engine:
                     shared, self._mapping = opened
                     self._adopt_shared(shared)
                     return
-                # the writer has not published yet (it recovers the store first): wait
+                # the writer has not published yet (it recovers the store first): wait,
+                # unless the file holds no header at all
+                if not readers.header_damaged(slot):
+                    damaged_since = None
+                elif damaged_since is None:
+                    damaged_since = time.monotonic()
+                elif time.monotonic() - damaged_since > READERS_HEADER_GRACE:
+                    raise READERS_HEADER_DAMAGED(self.path)
             elif self._open_shared() or self._recover_for_readers():
                 readers.follow_writer(self.require_core(), slot, self._require_mapping(), since)
                 return

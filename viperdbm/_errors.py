@@ -253,3 +253,12 @@ WRITER_NOT_PUBLISHING: Final = Message(
     "the store's writer has not finished opening it",
     "retry once the writer's open has returned (it recovers the store first)",
 )
+#: a reader beside a live writer that found the header of the readers file damaged
+READERS_HEADER_DAMAGED: Final = Message(
+    CorruptedError,
+    "the header of the store's readers file is damaged, so readers cannot open the store "
+    "beside its writer",
+    "if the writer is still opening the store, retry once its open has returned; otherwise "
+    "readers can open the store once the writer has closed it (the next writer makes the file "
+    "anew); the store's records are not affected",
+)

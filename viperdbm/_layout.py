@@ -62,6 +62,8 @@ READER_SLOTS = _CONSTANTS["READER_SLOTS"]
 
 #: a block header's size: a jumbo block is this, then its one record
 BLOCK_HEADER_SIZE = FORMAT["structures"]["VdBlockHeader"]["size"]
+#: the header of the ``readers`` file, at its start
+READERS_HEADER_SIZE = FORMAT["structures"]["VdReadersHeader"]["size"]
 
 #: libpmemobj's per-object header: requesting BLOCK_SIZE minus this fills whole 256 KiB chunks.
 PMEMOBJ_OBJECT_HEADER = 16

@@ -416,6 +416,14 @@ def follow_writer(
     idle_catch_up.add(core)
 
 
+def header_damaged(slot: ReaderSlot) -> bool:
+    """Does the readers file hold something other than a header, or the zeros of a file no
+    writer has made yet? (A writer makes the header in one go, its magic last.)"""
+    if _native.core.readers_header(slot.fd) is not None:
+        return False
+    return any(os.pread(slot.fd, layout.READERS_HEADER_SIZE, 0))
+
+
 def open_live(path: str, slot: ReaderSlot) -> tuple[SharedOpen, PoolMapping] | None:
     """Open read-only alongside a live writer, from what it publishes in the ``readers``
     file; None when that holds nothing yet (its writer is still recovering the store)."""
