@@ -137,10 +137,10 @@ def list_items_while_collecting(handle: str) -> str:
     )
 
 
-def run_script_ok(code: str, *args: str, timeout: float = 120) -> str:
+def run_script(code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run ``python -c code args`` in a child process (a crash there is a return code, not
-    the end of the suite); it must exit 0 and print a line starting with "ok"."""
-    result = subprocess.run(
+    the end of the suite), its output captured as text."""
+    return subprocess.run(
         [sys.executable, "-c", code, *args],
         capture_output=True,
         text=True,
@@ -148,6 +148,11 @@ def run_script_ok(code: str, *args: str, timeout: float = 120) -> str:
         env=child_env(),
         check=False,
     )
+
+
+def run_script_ok(code: str, *args: str, timeout: float = 120) -> str:
+    """:func:`run_script`; it must exit 0 and print a line starting with "ok"."""
+    result = run_script(code, *args, timeout=timeout)
     assert result.returncode == 0 and result.stdout.startswith("ok"), (
         result.returncode,
         result.stdout,

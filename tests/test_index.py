@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _vdbtools import child_env, env_seed
+from _vdbtools import child_env, env_seed, run_script
 
 import viperdbm
 from viperdbm import _layout as layout
@@ -318,14 +318,7 @@ def test_records_never_synced_in_many_blocks_survive_a_kill(tmp_path: Path) -> N
         "print('blocks', db.stats()['blocks'], flush=True)\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )
-    child = subprocess.run(
-        [sys.executable, "-c", code, str(store)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=child_env(),
-        check=False,
-    )
+    child = run_script(code, str(store))
     assert child.returncode == -9 and child.stdout.startswith("blocks"), child
     assert int(child.stdout.split()[1]) >= 8, child.stdout
     with viperdbm.open(store, "r") as db:

@@ -39,6 +39,7 @@ from _vdbtools import (
     env_seed,
     kill_quietly,
     run_as_nobody,
+    run_script,
     scratch_dir_for_nobody,
 )
 from conftest import FILESYSTEMS
@@ -473,14 +474,7 @@ def test_a_header_damaged_beside_a_live_writer_is_a_clear_error(store_path: Path
         writer[b"k"] = b"v"
         with open(store_path / layout.READERS_FILE, "r+b") as f:
             f.write(b"\xa5" * 64)
-        out = subprocess.run(
-            [sys.executable, "-c", _READER_BESIDE_A_WRITER, str(store_path)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=child_env(),
-            check=False,
-        )
+        out = run_script(_READER_BESIDE_A_WRITER, str(store_path), timeout=60)
         assert out.returncode == 0, out.stderr[-3000:]
         assert out.stdout.startswith("CorruptedError") and "readers file" in out.stdout, out
         assert writer[b"k"] == b"v"
